@@ -1,0 +1,25 @@
+"""vit_jax: Vision Transformer scale experiments in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name='vit_jax',
+    version='0.1.0',
+    description='JAX/Flax codebase for Vision Transformer data- and model-scaling experiments.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    # `configs` is a package too: the model registry reads its size table (configs/models.py).
+    packages=find_packages(include=['vit_jax', 'vit_jax.*', 'configs']),
+    # Ranges that were installed and tested together (Python 3.11, CPU).
+    install_requires=[
+        'absl-py>=2.1,<3',
+        'flax>=0.12.8,<0.13',
+        'jax>=0.10.2,<0.11',
+        'ml-collections>=1.1,<2',
+        'numpy>=2.2,<3',
+        'scipy>=1.15,<2',
+    ],
+    extras_require={
+        'test': ['pytest>=9,<10'],
+    },
+)

@@ -1,0 +1,62 @@
+"""Model zoo registry: `get_model(name, num_classes=..., **overrides)`.
+
+Names and sizes live in `configs/models.py`. Every module is called as
+`model.apply(variables, images, train=False)` on NHWC float images and returns float32 logits.
+"""
+import dataclasses
+
+import flax.linen as nn
+
+from configs import models as model_configs
+from vit_jax.models.resnet import ResNet
+from vit_jax.models.t2t import T2TViT
+from vit_jax.models.vit import VisionTransformer, forward_with_intermediates
+
+FAMILIES: dict[str, type[nn.Module]] = {
+    'vit': VisionTransformer,
+    'resnet': ResNet,
+    't2t': T2TViT,
+}
+
+
+def model_fields(family: str) -> list[str]:
+  """Constructor arguments a config may set for a model family."""
+  return [f.name for f in dataclasses.fields(FAMILIES[family])
+          if f.name not in ('parent', 'name', 'num_classes')]
+
+
+def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
+  """Builds a registered model (see `configs/models.py` for the names) with overrides.
+
+  Args:
+    name: e.g. 'ViT-B_16' or 'ViT-B/16', 'R50+ViT-B_16', 'BiT-R50x1', 'T2T-ViT-14'.
+    num_classes: size of the zero-initialised head.
+    **overrides: constructor arguments of the family's module, e.g. num_layers=24,
+      patch_size=4, dtype=jnp.bfloat16.
+
+  Raises:
+    ValueError: unknown name (lists the known ones), unknown override (lists the valid ones),
+      or inconsistent sizes (names the fields and values).
+  """
+  config = model_configs.get_model_config(name)
+  family = config.family
+  fields = model_fields(family)
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise ValueError(f'Unknown model override(s) {unknown} for {name!r} ({family}); '
+                     f'valid: {fields}.')
+  kwargs = {k: v for k, v in config.items() if k not in ('family', 'name')}
+  kwargs.update(overrides)
+  for key in ('resnet_layers', 'soft_split', 'patch_size'):
+    if isinstance(kwargs.get(key), list):  # ConfigDict / JSON give lists; modules hash tuples
+      kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in kwargs[key])
+  if 'hidden_size' in kwargs and kwargs['hidden_size'] % kwargs['num_heads']:
+    raise ValueError(f'num_heads={kwargs["num_heads"]} must divide '
+                     f'hidden_size={kwargs["hidden_size"]} ({name}).')
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}.')
+  return FAMILIES[family](num_classes=num_classes, **kwargs)
+
+
+__all__ = ['FAMILIES', 'ResNet', 'T2TViT', 'VisionTransformer', 'forward_with_intermediates',
+           'get_model', 'model_fields']
