@@ -10,6 +10,7 @@ prefix the tree with `params/`. All load here, never with pickle.
 import os
 import re
 import tempfile
+import zipfile
 from typing import Any
 
 from absl import logging
@@ -79,6 +80,8 @@ def read_npz(path: str) -> Params:
   """Reads a flat `.npz` into a nested dict of NumPy arrays, refusing pickled objects."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Checkpoint file not found: {path}')
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f'{path} is not a readable .npz checkpoint (not a zip archive).')
   try:
     with np.load(path, allow_pickle=False) as data:
       flat = {k: data[k] for k in data.files}
@@ -87,7 +90,7 @@ def read_npz(path: str) -> Params:
       raise ValueError(f'{path} holds pickled Python objects; refusing to load it (only plain '
                        'numeric arrays are accepted).') from e
     raise ValueError(f'{path} is not a readable .npz checkpoint: {e}') from e
-  except (OSError, EOFError) as e:
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f'{path} is not a readable .npz checkpoint: {e}') from e
   return unflatten(flat)
 
@@ -105,12 +108,16 @@ def save_npz(path: str, params: Params, *, naming: str = 'pre_linen') -> None:
   tree = unstack_layers(_to_numpy(params))
   if naming == 'pre_linen':
     tree = to_pre_linen_names(tree)
+  flat = flatten(tree)
+  bad = [k for k, v in flat.items() if not isinstance(v, np.ndarray) or v.dtype == object]
+  if bad:
+    raise ValueError(f'Cannot save non-numeric parameters {bad} to {path}.')
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
   try:
     with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **flatten(tree))
+      np.savez(f, allow_pickle=False, **flat)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
@@ -118,9 +125,11 @@ def save_npz(path: str, params: Params, *, naming: str = 'pre_linen') -> None:
 
 
 def _to_numpy(tree: Any) -> Any:
+  """Nested mapping of arrays -> nested dict of NumPy arrays; abstract leaves (shape and dtype
+  only, as `jax.eval_shape` gives) stay as they are."""
   if isinstance(tree, dict) or hasattr(tree, 'items'):
     return {k: _to_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree)
+  return np.asarray(tree) if hasattr(tree, '__array__') else tree
 
 
 def stack_layers(tree: Params) -> Params:
@@ -178,7 +187,8 @@ def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None =
 
   Args:
     path: `.npz` file.
-    init_params: the model's initialised parameters (the `params` collection).
+    init_params: the model's initialised parameters (the `params` collection), or their
+      shapes from `jax.eval_shape` (a reset head is then zeros).
     reset_head: see above.
     strict: if False, keys in the checkpoint that the model lacks are ignored (logged).
 
@@ -207,7 +217,8 @@ def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None =
     reset_head = any(k not in flat or flat[k].shape != expected[k].shape for k in head)
   if reset_head:
     logging.info('Replacing the head of %s with the model\'s zero-initialised head.', path)
-    flat.update({k: expected[k] for k in head})
+    flat.update({k: np.asarray(expected[k]) if hasattr(expected[k], '__array__')
+                 else np.zeros(expected[k].shape, expected[k].dtype) for k in head})
   key = 'Transformer/posembed_input/pos_embedding'
   if key in flat and key in expected and flat[key].shape != expected[key].shape:
     flat[key] = resize_posemb(flat[key], expected[key].shape[1], int('cls' in expected))

@@ -1,0 +1,178 @@
+"""npz checkpoints: round trips in both naming generations, resize, head, errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY_VIT, init, randomize
+from vit_jax import checkpoint
+from vit_jax.models import get_model
+
+POSEMB = 'Transformer/posembed_input/pos_embedding'
+
+
+def as_numpy(tree):
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def test_pre_linen_round_trip_gives_identical_logits(tiny_vit, tmp_path):
+  model, params, images = tiny_vit
+  path = tmp_path / 'vit.npz'
+  checkpoint.save_npz(str(path), params)
+  keys = set(np.load(path, allow_pickle=False).files)
+  block = 'Transformer/encoderblock_0/'
+  assert {block + 'MultiHeadDotProductAttention_1/query/kernel', block + 'LayerNorm_2/scale',
+          block + 'MlpBlock_3/Dense_1/bias', block + 'LayerNorm_0/bias', POSEMB} <= keys
+  assert not any('MlpBlock_0' in k for k in keys)
+  loaded = checkpoint.load_pretrained(str(path), params)
+  np.testing.assert_array_equal(model.apply({'params': loaded}, images),
+                                model.apply({'params': params}, images))
+
+
+def test_linen_naming_and_big_vision_prefix_load(tiny_vit, tmp_path):
+  _, params, _ = tiny_vit
+  flat = checkpoint.flatten(as_numpy(params))
+  path = tmp_path / 'bv.npz'
+  np.savez(path, **{f'params/{k}': v for k, v in flat.items()})
+  loaded = checkpoint.flatten(checkpoint.load_pretrained(str(path), params))
+  assert loaded.keys() == flat.keys()
+  for k in flat:
+    np.testing.assert_array_equal(loaded[k], flat[k])
+
+
+def test_scanned_and_unrolled_layouts_convert(tiny_vit, tmp_path):
+  model, params, images = tiny_vit
+  scanned = get_model('ViT-Ti_16', num_classes=5, scan=True, **TINY_VIT)
+  path, _ = _saved(tmp_path, params)
+  scan_init = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), images)['params']
+  scan_params = checkpoint.load_pretrained(path, scan_init)
+  assert scan_params['Transformer']['encoderblock']['LayerNorm_0']['scale'].shape == (2, 32)
+  want = jax.jit(model.apply)({'params': params}, images)
+  np.testing.assert_array_equal(jax.jit(scanned.apply)({'params': scan_params}, images), want)
+  # ... and a scanned model saves in the unrolled published layout.
+  checkpoint.save_npz(str(tmp_path / 's.npz'), scan_params)
+  back = checkpoint.load_pretrained(str(tmp_path / 's.npz'), params)
+  np.testing.assert_array_equal(jax.jit(model.apply)({'params': back}, images), want)
+
+
+def _saved(tmp_path, params):
+  path = tmp_path / 'p.npz'
+  checkpoint.save_npz(str(path), params)
+  return str(path), params
+
+
+def bilinear_reference(grid, new):
+  """Independent separable linear interpolation with corner-aligned sampling (zoom order=1)."""
+  old = grid.shape[0]
+  coords = np.arange(new) * (old - 1) / (new - 1)
+  rows = np.stack([np.interp(coords, np.arange(old), grid[:, j, c])
+                   for j in range(old) for c in range(grid.shape[2])], -1)
+  rows = rows.reshape(new, old, grid.shape[2])
+  return np.stack([np.stack([np.interp(coords, np.arange(old), rows[i, :, c])
+                             for c in range(grid.shape[2])], -1) for i in range(new)])
+
+
+def test_resize_posemb_matches_independent_bilinear():
+  posemb = np.random.default_rng(0).normal(size=(1, 1 + 4 * 4, 6)).astype(np.float64)
+  out = checkpoint.resize_posemb(posemb, 1 + 7 * 7, num_prefix=1)
+  assert out.shape == (1, 50, 6)
+  np.testing.assert_array_equal(out[0, 0], posemb[0, 0])  # class token kept apart
+  want = bilinear_reference(posemb[0, 1:].reshape(4, 4, 6), 7).reshape(49, 6)
+  np.testing.assert_allclose(out[0, 1:], want, atol=1e-12)
+  gap = checkpoint.resize_posemb(posemb[:, 1:], 7 * 7, num_prefix=0)
+  np.testing.assert_allclose(gap[0], want, atol=1e-12)
+
+
+def test_load_at_new_resolution_resizes_posemb(tiny_vit, tmp_path):
+  _, params, _ = tiny_vit
+  path, _ = _saved(tmp_path, params)
+  big = get_model('ViT-Ti_16', num_classes=5, **TINY_VIT)
+  big_params, big_images = init(big, 28)  # 4x4 -> 7x7 grid
+  loaded = checkpoint.load_pretrained(path, big_params)
+  want = checkpoint.resize_posemb(np.asarray(params['Transformer']['posembed_input']
+                                             ['pos_embedding']), 50, 1)
+  np.testing.assert_array_equal(loaded['Transformer']['posembed_input']['pos_embedding'], want)
+  np.testing.assert_array_equal(loaded['head']['kernel'], params['head']['kernel'])
+  assert big.apply({'params': loaded}, big_images).shape == (2, 5)
+
+
+def test_new_class_count_gets_zero_head_and_pre_logits_follow_the_model(tmp_path):
+  model = get_model('ViT-Ti_16', num_classes=5, representation_size=16, **TINY_VIT)
+  params, images = init(model, 16)
+  params = randomize(params)
+  path, _ = _saved(tmp_path, params)
+  new = get_model('ViT-Ti_16', num_classes=3, **TINY_VIT)  # no representation layer
+  new_init, _ = init(new, 16)
+  loaded = checkpoint.load_pretrained(path, new_init)
+  assert 'pre_logits' not in loaded
+  assert loaded['head']['kernel'].shape == (32, 3) and not np.any(loaded['head']['kernel'])
+  np.testing.assert_array_equal(loaded['embedding']['kernel'], params['embedding']['kernel'])
+  kept = checkpoint.load_pretrained(path, params)
+  np.testing.assert_array_equal(kept['pre_logits']['kernel'], params['pre_logits']['kernel'])
+  np.testing.assert_array_equal(kept['head']['kernel'], params['head']['kernel'])
+  reset = checkpoint.load_pretrained(path, init(model, 16)[0], reset_head=True)
+  assert not np.any(reset['head']['kernel'])
+
+
+def test_hybrid_groupnorm_stored_as_4d_loads(tmp_path):
+  model = get_model('R50+ViT-B_16', num_classes=2, hidden_size=32, mlp_dim=32, num_heads=2,
+                    num_layers=1, resnet_width=32, resnet_layers=(1,))
+  params, images = init(model, 16)
+  params = randomize(params)
+  flat = checkpoint.flatten(as_numpy(params))
+  stored = {k: v.reshape(1, 1, 1, -1) if '/gn' in f'/{k}' else v for k, v in flat.items()}
+  assert stored['gn_root/scale'].shape == (1, 1, 1, 32)
+  np.savez(tmp_path / 'h.npz', **stored)
+  loaded = checkpoint.load_pretrained(str(tmp_path / 'h.npz'), params)
+  np.testing.assert_array_equal(model.apply({'params': loaded}, images),
+                                model.apply({'params': params}, images))
+
+
+def test_wrong_architecture_reports_keys_and_shapes(tiny_vit, tmp_path):
+  _, params, _ = tiny_vit
+  path, _ = _saved(tmp_path, params)
+  other = get_model('ViT-Ti_16', num_classes=5, **dict(TINY_VIT, hidden_size=48, num_layers=3))
+  other_init = jax.eval_shape(other.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError) as e:
+    checkpoint.load_pretrained(path, other_init['params'])
+  msg = str(e.value)
+  assert 'does not fit the model' in msg
+  assert 'missing from the checkpoint (16)' in msg and 'encoderblock_2/LayerNorm_0/scale' in msg
+  assert 'embedding/kernel: checkpoint (4, 4, 3, 32) vs model (4, 4, 3, 48)' in msg
+
+
+def test_unexpected_keys_fail_unless_not_strict(tiny_vit, tmp_path):
+  _, params, _ = tiny_vit
+  flat = checkpoint.flatten(as_numpy(params))
+  np.savez(tmp_path / 'x.npz', extra=np.zeros(3), **flat)
+  with pytest.raises(ValueError, match=r'unexpected in the checkpoint \(1\):\n  extra'):
+    checkpoint.load_pretrained(str(tmp_path / 'x.npz'), params)
+  loaded = checkpoint.load_pretrained(str(tmp_path / 'x.npz'), params, strict=False)
+  assert 'extra' not in loaded
+
+
+def test_pickled_npz_is_refused(tmp_path):
+  np.savez(tmp_path / 'evil.npz', head=np.array([{'a': 1}], dtype=object))
+  with pytest.raises(ValueError, match='holds pickled Python objects; refusing'):
+    checkpoint.read_npz(str(tmp_path / 'evil.npz'))
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path, tiny_vit):
+  _, params, _ = tiny_vit
+  with pytest.raises(FileNotFoundError, match='nope.npz'):
+    checkpoint.load_pretrained(str(tmp_path / 'nope.npz'), params)
+  (tmp_path / 'bad.npz').write_bytes(b'not a zip file')
+  with pytest.raises(ValueError, match='bad.npz is not a readable .npz checkpoint'):
+    checkpoint.load_pretrained(str(tmp_path / 'bad.npz'), params)
+
+
+def test_save_is_atomic_and_keeps_the_old_file_on_failure(tiny_vit, tmp_path):
+  _, params, _ = tiny_vit
+  path, _ = _saved(tmp_path, params)
+  before = (tmp_path / 'p.npz').read_bytes()
+  with pytest.raises(ValueError, match="naming='old'"):
+    checkpoint.save_npz(path, params, naming='old')
+  with pytest.raises(Exception):
+    checkpoint.save_npz(path, {'bad': {'leaf': object()}})
+  assert (tmp_path / 'p.npz').read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['p.npz']
