@@ -7,6 +7,8 @@ any of them can be overridden per run (`--config.model.num_layers=24`).
 Accepted names (`_` and `/` are the same, `ViT-B/16` == `ViT-B_16`):
   ViT-{size}_{patch}       any size in VIT_SIZES, any patch size (ViT-B_16, ViT-Ti_4, ViT-H_14)
   R+ViT-Ti_16, R26+ViT-S_32, R26+ViT-B_32, R50+ViT-B_16, R50+ViT-L_32   ResNet + ViT hybrids
+                           (the number after `_` is the effective patch size on the image);
+                           R8+ViT-{Nano,Ti}_4-small: small hybrids for 32 px images
   BiT-R{depth}x{factor}    BiT ResNet classifier, depth in RESNET_LAYERS, root width 64 * factor
                            (factor may be fractional for narrow nets: BiT-R26x0.25 is 16 wide);
                            suffix `-small` uses a 3x3/1 stem without pooling, for 8-32 px images
@@ -31,14 +33,17 @@ VIT_SIZES = {
     'G': (1664, 8192, 16, 48),
 }
 
-# Hybrids as published with the original code: ViT size, patch size on the ResNet feature map,
-# ResNet stage sizes (the stem alone downsamples 4x, each further stage 2x).
+# Hybrids: ViT size, patch size on the ResNet feature map, ResNet stage sizes, stem. The 'bit'
+# stem downsamples 4x, the 'small' stem not at all; each stage after the first 2x. The first five
+# are the published ones; the `-small` ones suit 32 px images (32 -> 16 -> 8x8 tokens).
 HYBRIDS = {
-    'R+ViT-Ti_16': ('Ti', 8, ()),
-    'R26+ViT-S_32': ('S', 1, (2, 2, 2, 2)),
-    'R26+ViT-B_32': ('B', 1, (2, 2, 2, 2)),
-    'R50+ViT-B_16': ('B', 1, (3, 4, 9)),
-    'R50+ViT-L_32': ('L', 1, (3, 4, 6, 3)),
+    'R+ViT-Ti_16': ('Ti', 8, (), 'bit'),
+    'R26+ViT-S_32': ('S', 1, (2, 2, 2, 2), 'bit'),
+    'R26+ViT-B_32': ('B', 1, (2, 2, 2, 2), 'bit'),
+    'R50+ViT-B_16': ('B', 1, (3, 4, 9), 'bit'),
+    'R50+ViT-L_32': ('L', 1, (3, 4, 6, 3), 'bit'),
+    'R8+ViT-Nano_4-small': ('Nano', 2, (1, 1), 'small'),
+    'R8+ViT-Ti_4-small': ('Ti', 2, (1, 1), 'small'),
 }
 
 # Bottleneck units per stage; depth = 3 * sum(units) + 2.
@@ -66,13 +71,13 @@ PUBLISHED = (
     [f'ViT-{s}_{p}' for s, p in [('Ti', 16), ('S', 16), ('S', 32), ('B', 8), ('B', 16),
                                  ('B', 32), ('b', 32), ('L', 16), ('L', 32), ('H', 14),
                                  ('g', 14), ('G', 14)]]
-    + list(HYBRIDS)
+    + list(HYBRIDS)[:5]
     + [f'BiT-R{d}x{f}' for d in (50, 101, 152) for f in (1, 2, 3, 4)]
     + [f'T2T-ViT-{n}' for n in T2T_SIZES])
 
 # Small sizes for research sweeps on 8-32 px images.
-RESEARCH = ['ViT-Nano_4', 'ViT-Micro_4', 'ViT-Ti_4', 'ViT-S_4', 'BiT-R14x0.25-small',
-            'BiT-R26x0.5-small', 'BiT-R26x1-small']
+RESEARCH = ['ViT-Nano_4', 'ViT-Micro_4', 'ViT-Ti_4', 'ViT-S_4', *list(HYBRIDS)[5:],
+            'BiT-R14x0.25-small', 'BiT-R26x0.5-small', 'BiT-R26x1-small']
 
 
 def known_names() -> list[str]:
@@ -89,8 +94,8 @@ def _vit(size: str, patch_size: int) -> dict:
 def _parse(name: str) -> dict | None:
   """Returns the constructor arguments for `name`, or None if it is not a known name."""
   if name in HYBRIDS:
-    size, patch_size, layers = HYBRIDS[name]
-    return dict(_vit(size, patch_size), resnet_layers=layers)
+    size, patch_size, layers, stem = HYBRIDS[name]
+    return dict(_vit(size, patch_size), resnet_layers=layers, resnet_stem=stem)
   if m := re.fullmatch(r'ViT-([A-Za-z]+)_(\d+)', name):
     if m[1] in VIT_SIZES:
       return _vit(m[1], int(m[2]))

@@ -50,7 +50,8 @@ def _smoke_overrides(name):
   reduction = config.patch_size
   if 'resnet_layers' in config:
     overrides['resnet_width'] = 32
-    reduction *= 4 * 2**max(len(config.resnet_layers) - 1, 0)
+    stem = 4 if config.resnet_stem == 'bit' else 1
+    reduction *= stem * 2**max(len(config.resnet_layers) - 1, 0)
   return overrides, 2 * reduction
 
 

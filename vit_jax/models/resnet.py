@@ -21,9 +21,8 @@ STEMS = ('bit', 'small')
 
 def standardize(kernel: jax.Array, eps: float = 1e-5) -> jax.Array:
   """Weight standardisation of an HWIO kernel over its spatial and input axes."""
-  mean = jnp.mean(kernel, axis=(0, 1, 2))
-  std = jnp.std(kernel, axis=(0, 1, 2))
-  return (kernel - mean) / (std + eps)
+  centered = kernel - jnp.mean(kernel, axis=(0, 1, 2))
+  return centered / (jnp.std(centered, axis=(0, 1, 2)) + eps)
 
 
 class StdConv(nn.Conv):
