@@ -17,9 +17,15 @@ setup(
         'jax>=0.10.2,<0.11',
         'ml-collections>=1.1,<2',
         'numpy>=2.2,<3',
+        'optax>=0.2.8,<0.3',
+        'orbax-checkpoint>=0.12.8,<0.13',
+        'pillow>=11,<14',
+        'scikit-learn>=1.6,<2',     # only for the embedded digits dataset
         'scipy>=1.15,<2',
+        'tensorboardX>=2.6,<3',     # TensorBoard event files without TensorFlow
     ],
     extras_require={
         'test': ['pytest>=9,<10'],
+        'tfds': ['tensorflow', 'tensorflow-datasets'],  # only for `dataset='tfds:<name>'`
     },
 )

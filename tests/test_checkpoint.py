@@ -162,7 +162,7 @@ def test_missing_and_corrupt_files_are_named(tmp_path, tiny_vit):
   with pytest.raises(FileNotFoundError, match='nope.npz'):
     checkpoint.load_pretrained(str(tmp_path / 'nope.npz'), params)
   (tmp_path / 'bad.npz').write_bytes(b'not a zip file')
-  with pytest.raises(ValueError, match='bad.npz is not a readable .npz checkpoint'):
+  with pytest.raises(ValueError, match='bad.npz is not a readable .npz file'):
     checkpoint.load_pretrained(str(tmp_path / 'bad.npz'), params)
 
 

@@ -1,4 +1,7 @@
-"""Published-format `.npz` checkpoints: load into our models, save from them.
+"""Checkpoints: training checkpoints (orbax) and published-format `.npz` files.
+
+`CheckpointManager` keeps the train state and the data iterator's position of a run under
+`<workdir>/checkpoints/<step>/` (orbax; a step directory appears only once fully written).
 
 The original vit_jax checkpoints are flat `.npz` files with `/`-joined keys such as
 `Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`. Two naming generations exist:
@@ -9,13 +12,15 @@ prefix the tree with `params/`. All load here, never with pickle.
 """
 import os
 import re
-import tempfile
-import zipfile
 from typing import Any
 
 from absl import logging
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import scipy.ndimage
+
+from vit_jax import files
 
 Params = dict[str, Any]
 
@@ -77,22 +82,8 @@ def to_pre_linen_names(tree: Params) -> Params:
 
 
 def read_npz(path: str) -> Params:
-  """Reads a flat `.npz` into a nested dict of NumPy arrays, refusing pickled objects."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Checkpoint file not found: {path}')
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f'{path} is not a readable .npz checkpoint (not a zip archive).')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      flat = {k: data[k] for k in data.files}
-  except ValueError as e:
-    if 'allow_pickle' in str(e):
-      raise ValueError(f'{path} holds pickled Python objects; refusing to load it (only plain '
-                       'numeric arrays are accepted).') from e
-    raise ValueError(f'{path} is not a readable .npz checkpoint: {e}') from e
-  except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f'{path} is not a readable .npz checkpoint: {e}') from e
-  return unflatten(flat)
+  """Reads a flat `.npz` checkpoint into a nested dict of NumPy arrays (no pickle)."""
+  return unflatten(files.read_npz(path))
 
 
 def save_npz(path: str, params: Params, *, naming: str = 'pre_linen') -> None:
@@ -108,20 +99,7 @@ def save_npz(path: str, params: Params, *, naming: str = 'pre_linen') -> None:
   tree = unstack_layers(_to_numpy(params))
   if naming == 'pre_linen':
     tree = to_pre_linen_names(tree)
-  flat = flatten(tree)
-  bad = [k for k, v in flat.items() if not isinstance(v, np.ndarray) or v.dtype == object]
-  if bad:
-    raise ValueError(f'Cannot save non-numeric parameters {bad} to {path}.')
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, allow_pickle=False, **flat)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  files.write_npz(path, flatten(tree))
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -174,9 +152,64 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int, num_prefix: int) -> np.nd
   return np.concatenate([prefix, grid.reshape(1, new * new, -1)], axis=1)
 
 
+class CheckpointManager:
+  """Saves and restores (train state, data iterator state) under `directory`, keeping the last
+  `keep` steps. Writes are synchronous and atomic per step."""
+
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=('state', 'data'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores onto `abstract_state`'s structure and shardings (ShapeDtypeStructs)."""
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored.state, restored.data
+
+  def restore_params(self, step: int | None = None) -> Params:
+    """The parameters alone, as host NumPy arrays (for fine-tuning and export)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    return _to_numpy(jax.device_get(restored.state['params']))
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def read_params(path: str) -> Params:
+  """Parameters from a `.npz` file, or from the latest checkpoint of a run workdir."""
+  if os.path.isdir(path):
+    directory = os.path.join(path, 'checkpoints')
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f'{path} is neither a .npz file nor a run workdir with '
+                              'checkpoints/.')
+    manager = CheckpointManager(directory)
+    try:
+      return manager.restore_params()
+    finally:
+      manager.close()
+  return read_npz(path)
+
+
 def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None = None,
                     strict: bool = True) -> Params:
-  """Loads a published-format `.npz` into a tree shaped like `init_params`.
+  """Loads a published-format `.npz` (or a run workdir's latest checkpoint) into a tree shaped
+  like `init_params`.
 
   Handles both naming generations, big_vision's `params/` prefix, GroupNorm parameters stored
   as (1, 1, 1, C), scanned vs unrolled layers, and adapts the checkpoint to the model:
@@ -186,7 +219,7 @@ def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None =
     when it is None and the class count differs.
 
   Args:
-    path: `.npz` file.
+    path: `.npz` file or run workdir.
     init_params: the model's initialised parameters (the `params` collection), or their
       shapes from `jax.eval_shape` (a reset head is then zeros).
     reset_head: see above.
@@ -199,7 +232,7 @@ def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None =
     ValueError: naming every missing, unexpected (when strict) and wrongly-shaped key.
   """
   expected = flatten(_to_numpy(init_params))
-  tree = read_npz(path)
+  tree = read_params(path)
   if 'params' in tree and isinstance(tree['params'], dict):
     tree = tree['params']
   tree = to_linen_names(tree)

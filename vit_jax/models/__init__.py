@@ -6,6 +6,7 @@ Names and sizes live in `configs/models.py`. Every module is called as
 import dataclasses
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from configs import models as model_configs
 from vit_jax.models.resnet import ResNet
@@ -32,13 +33,15 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
     name: e.g. 'ViT-B_16' or 'ViT-B/16', 'R50+ViT-B_16', 'BiT-R50x1', 'T2T-ViT-14'.
     num_classes: size of the zero-initialised head.
     **overrides: constructor arguments of the family's module, e.g. num_layers=24,
-      patch_size=4, dtype=jnp.bfloat16.
+      patch_size=4, dtype=jnp.bfloat16 (or 'bfloat16'). None keeps the registry's value, so a
+      config can carry a slot for every field (configs/common.py).
 
   Raises:
     ValueError: unknown name (lists the known ones), unknown override (lists the valid ones),
       or inconsistent sizes (names the fields and values).
   """
   config = model_configs.get_model_config(name)
+  overrides = {k: v for k, v in overrides.items() if v is not None}
   family = config.family
   fields = model_fields(family)
   unknown = sorted(set(overrides) - set(fields))
@@ -47,6 +50,8 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
                      f'valid: {fields}.')
   kwargs = {k: v for k, v in config.items() if k not in ('family', 'name')}
   kwargs.update(overrides)
+  if isinstance(kwargs.get('dtype'), str):
+    kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
   for key in ('resnet_layers', 'soft_split', 'patch_size'):
     if isinstance(kwargs.get(key), list):  # ConfigDict / JSON give lists; modules hash tuples
       kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in kwargs[key])

@@ -118,7 +118,8 @@ class ResNet(nn.Module):
     x = stem_and_stages(images.astype(self.dtype), layers=self.resnet_layers,
                         width=self.resnet_width, stem=self.resnet_stem, dtype=self.dtype)
     x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pre_logits', x)
+    if not self.is_initializing():
+      self.sow('features', 'representation', x)
     x = nn.Dense(self.num_classes, name='head', kernel_init=nn.initializers.zeros,
                  bias_init=nn.initializers.constant(self.head_bias_init))(x)
     return x.astype(jnp.float32)

@@ -219,8 +219,9 @@ def pool_and_classify(module: nn.Module, x: jax.Array, *, classifier: str,
   """Pools encoder tokens (B, N, D) and applies pre_logits and head: -> (B, num_classes) f32.
 
   Called inside `module`'s compact method, so `pre_logits` and `head` are its parameters.
-  The pooled features (the few-shot / linear-probe representation) are sown as
-  `intermediates/pre_logits`.
+  The pooled features after `pre_logits` (the few-shot / linear-probe representation) are sown
+  as `features/representation`; apply with `mutable=['features']` to get them without the cost
+  of materialising attention weights.
   """
   if classifier == 'token':
     x = x[:, 0]
@@ -230,7 +231,8 @@ def pool_and_classify(module: nn.Module, x: jax.Array, *, classifier: str,
     raise ValueError(f"classifier={classifier!r} must be 'token' or 'gap'.")
   if representation_size is not None:
     x = jnp.tanh(nn.Dense(representation_size, name='pre_logits')(x))
-  module.sow('intermediates', 'pre_logits', x)
+  if not module.is_initializing():
+    module.sow('features', 'representation', x)
   x = nn.Dense(num_classes, name='head', kernel_init=nn.initializers.zeros,
                bias_init=nn.initializers.constant(head_bias_init))(x)
   return x.astype(jnp.float32)
@@ -326,7 +328,8 @@ def forward_with_intermediates(model: nn.Module, variables: Any, images: jax.Arr
   intermediates['pre_logits']: (B, F) pooled features before the head.
   Layers come from the `Transformer` encoder (scanned or unrolled alike).
   """
-  logits, state = model.apply(variables, images, train=False, mutable=['intermediates'])
+  logits, state = model.apply(variables, images, train=False,
+                              mutable=['intermediates', 'features'])
   inter = state['intermediates']
   encoder = inter['Transformer']
   if 'encoderblock' in encoder:  # scanned: leaves already carry a leading layer axis
@@ -339,6 +342,6 @@ def forward_with_intermediates(model: nn.Module, variables: Any, images: jax.Arr
       'attention_weights': stack(
           [b['MultiHeadDotProductAttention_0']['attention_weights'][0] for b in blocks]),
       'block_outputs': stack([b['out'][0] for b in blocks]),
-      'pre_logits': inter['pre_logits'][0],
+      'pre_logits': state['features']['representation'][0],
   }
   return logits, out

@@ -1,0 +1,216 @@
+"""Training end to end: workdir files, sharded = unsharded, exact resume, fine-tuning, errors."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from vit_jax import checkpoint, data, metrics, train
+from vit_jax.models import get_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ['--config.total_steps=6', '--config.batch_size=32', '--config.log_every=2',
+         '--config.eval_every=3', '--config.checkpoint_every=3', '--config.model.num_layers=1',
+         '--config.eval.fewshot_shots=(1, 2)', '--config.eval.fewshot_seeds=1']
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A finished 3-step run's workdir (copy it before changing it)."""
+  workdir = tmp_path_factory.mktemp('finished')
+  train.train_and_evaluate(smoke_config(total_steps=3, checkpoint_every=3, eval_every=3),
+                           str(workdir))
+  return workdir
+
+
+def smoke_config(**changes):
+  config = quickstart.get_config()
+  config.total_steps, config.batch_size, config.log_every = 6, 32, 2
+  config.eval_every = config.checkpoint_every = 3
+  config.model.num_layers = 1
+  config.eval.fewshot_shots, config.eval.fewshot_seeds = (1, 2), 1
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def run_cli(workdir, *overrides, devices=1, check=True, wait=True):
+  """Runs `python -m vit_jax.main` on the quickstart config in a subprocess."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
+         f'--workdir={workdir}', *SMOKE, *overrides]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def losses(workdir):
+  return {r['step']: r['loss'] for r in metrics.read_jsonl(f'{workdir}/metrics.jsonl')
+          if 'loss' in r}
+
+
+def test_quickstart_smoke_writes_every_workdir_file(tmp_path):
+  result = train.train_and_evaluate(smoke_config(), str(tmp_path))
+  files = set(os.listdir(tmp_path))
+  assert {'config.json', 'metrics.jsonl', 'result.json', 'checkpoints'} <= files
+  assert any(f.startswith('events.out.tfevents') for f in files)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  config = json.loads((tmp_path / 'config.json').read_text())
+  assert config['model']['name'] == 'ViT-Nano_2' and config['total_steps'] == 6
+  records = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+  assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]
+  assert [r['step'] for r in records if 'test_accuracy' in r] == [3, 6]
+  train_record = records[0]
+  assert {'loss', 'accuracy', 'grad_norm', 'lr', 'images_per_sec'} <= set(train_record)
+  saved = json.loads((tmp_path / 'result.json').read_text())
+  assert saved == pytest.approx(result)
+  assert saved['step'] == 6 and saved['examples_seen'] == 6 * 32
+  assert 0 <= saved['test_accuracy'] <= 1 and {'fewshot_1shot', 'fewshot_2shot'} <= set(saved)
+  assert saved['train_size'] == len(data.load_split('digits', 'train').labels)
+  assert saved['num_params'] == sum(
+      a.size for a in jax.tree_util.tree_leaves(checkpoint.read_params(str(tmp_path))))
+  # A rerun of a finished run does nothing and returns the same result.
+  assert train.train_and_evaluate(smoke_config(), str(tmp_path)) == saved
+
+
+def test_learns_digits(tmp_path):
+  config = smoke_config(total_steps=200, batch_size=64, log_every=50, eval_every=200,
+                        checkpoint_every=200)
+  config.optim.lr, config.schedule.warmup_steps = 3e-3, 20
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['test_accuracy'] > 0.4  # chance is 0.1; about 0.58 reached
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+  runs = []
+  for accum in (1, 4):
+    config = smoke_config(total_steps=4, log_every=1)
+    config.optim.grad_accum_steps = accum
+    config.model.dropout_rate = 0.0
+    train.train_and_evaluate(config, str(tmp_path / str(accum)))
+    runs.append(losses(tmp_path / str(accum)))
+  assert runs[0].keys() == runs[1].keys() == {1, 2, 3, 4}
+  for step in runs[0]:
+    assert runs[1][step] == pytest.approx(runs[0][step], rel=1e-4)
+
+
+@pytest.mark.parametrize('mesh', ["(('data', 8),)", "(('fsdp', 4), ('model', 2))"])
+def test_sharded_loss_equals_single_device(tmp_path, mesh):
+  run_cli(tmp_path / 'one')
+  run_cli(tmp_path / 'eight', f'--config.mesh={mesh}', devices=8)
+  one, eight = losses(tmp_path / 'one'), losses(tmp_path / 'eight')
+  assert one.keys() == eight.keys() == {2, 4, 6}
+  for step in one:
+    assert abs(eight[step] - one[step]) / abs(one[step]) < 1e-4
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+  long = ['--config.total_steps=300', '--config.checkpoint_every=10', '--config.eval_every=300',
+          '--config.log_every=10']
+  killed = tmp_path / 'killed'
+  proc = run_cli(killed, *long, wait=False)
+  deadline = time.time() + 300
+  while not (killed / 'checkpoints' / '10').exists() and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'result.json').exists(), 'the run finished before it could be killed'
+  run_cli(killed, *long)
+  run_cli(tmp_path / 'straight', *long)
+  a = checkpoint.flatten(checkpoint.read_params(str(killed)))
+  b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert sorted(losses(killed).items()) == sorted(losses(tmp_path / 'straight').items())
+
+
+def test_finetune_from_npz_at_another_resolution(tmp_path):
+  source = get_model('ViT-Nano_2', num_classes=10, num_layers=1)
+  params = jax.jit(source.init)(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 1)))['params']
+  checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)  # 4x4 grid at 8 px
+  config = smoke_config(image_size=16, total_steps=2, log_every=1, eval_every=2,
+                        checkpoint_every=2)
+  config.checkpoint.init_from = str(tmp_path / 'pre.npz')
+  config.optim.lr = 1e-12  # keep the loaded weights (up to a negligible step) to compare them
+  config.schedule.warmup_steps = 0
+  result = train.train_and_evaluate(config, str(tmp_path / 'ft'))
+  assert result['step'] == 2
+  tuned = checkpoint.read_params(str(tmp_path / 'ft'))
+  posemb = tuned['Transformer']['posembed_input']['pos_embedding']
+  assert posemb.shape == (1, 1 + 8 * 8, 64)  # 8x8 grid at 16 px
+  want = checkpoint.resize_posemb(np.asarray(params['Transformer']['posembed_input']
+                                             ['pos_embedding']), 65, 1)
+  np.testing.assert_allclose(posemb, want, atol=1e-6)
+  np.testing.assert_allclose(tuned['embedding']['kernel'], params['embedding']['kernel'],
+                             atol=1e-6)
+
+
+def test_training_path_does_not_import_tensorflow(tmp_path):
+  code = ('import sys, runpy\n'
+          f'sys.argv = ["main", "--config=configs/quickstart.py", "--workdir={tmp_path}", '
+          + ', '.join(repr(a) for a in SMOKE) + ']\n'
+          'try:\n  runpy.run_module("vit_jax.main", run_name="__main__")\n'
+          'except SystemExit as e:\n  assert not e.code, e.code\n'
+          'print("TF" if any(m.split(".")[0] == "tensorflow" for m in sys.modules) else "noTF")\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == 'noTF'
+  assert os.path.exists(tmp_path / 'result.json')
+
+
+@pytest.mark.parametrize('changes,message', [
+    ({'dataset': 'imagenet'}, 'imagenet'),
+    ({'dataset': 'folder:/no/such/dir'}, '/no/such/dir'),
+    ({'mesh': (('data', 2),)}, r"mesh=\(\('data', 2\),\) has 2 devices but 1 are available"),
+    ({'mesh': (('batch', -1),)}, 'unknown: .*batch'),
+    ({'optim.grad_accum_steps': 3}, 'batch_size=32 is not divisible by optim.grad_accum_steps=3'),
+    ({'optim.name': 'lamb'}, "optim.name='lamb' must be one of"),
+    ({'model.name': 'ViT-X_4'}, "Unknown model name 'ViT-X_4'"),
+    ({'total_steps': 0}, 'config.total_steps=0 must be a positive integer'),
+])
+def test_bad_input_names_the_field_and_keeps_the_workdir(finished_run, tmp_path, changes,
+                                                        message):
+  tmp_path = tmp_path / 'run'
+  shutil.copytree(finished_run, tmp_path)
+  before = {p: (tmp_path / p).read_bytes() for p in ('config.json', 'metrics.jsonl',
+                                                     'result.json')}
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    train.train_and_evaluate(smoke_config(**changes), str(tmp_path))
+  assert {p: (tmp_path / p).read_bytes() for p in before} == before
+  assert os.listdir(tmp_path / 'checkpoints') == ['3']
+
+
+def test_unknown_config_field(tmp_path):
+  config = smoke_config()
+  config.unlock()
+  config.optim.beta3 = 0.5
+  with pytest.raises(ValueError, match=r"Unknown config field\(s\) \['optim.beta3'\]"):
+    train.train_and_evaluate(config, str(tmp_path))
+  proc = run_cli(tmp_path, '--config.optim.beta3=0.5', check=False)
+  assert proc.returncode != 0 and 'beta3' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_batch_not_divisible_by_data_parallel_size(tmp_path):
+  proc = run_cli(tmp_path, '--config.batch_size=36', "--config.mesh=(('data', 8),)", devices=8,
+                 check=False)
+  assert proc.returncode != 0
+  assert 'batch_size=36 is not divisible by the data-parallel size 8' in proc.stderr
+  assert 'Traceback' not in proc.stderr

@@ -1,0 +1,99 @@
+"""Evaluation: test accuracy and loss, and the few-shot linear probe on pre-logits features.
+
+Few-shot protocol (ViT paper, DESIGN.md section 5): frozen pre-logits features, k examples per
+class drawn from the training split with a fixed seed, features standardised with the shots'
+statistics, a bias feature, closed-form ridge regression to +-1 one-hot targets, accuracy on the
+whole test split; averaged over seeds.
+"""
+from typing import Callable
+
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from vit_jax import data, sharding
+
+
+def make_eval_step(model, *, image_size: int, crop_fraction: float) -> Callable:
+  """Returns jitted (params, images uint8 (B,H,W,C), labels (B,), mask (B,)) ->
+  (sum of losses, number correct, count, pre-logits features (B, F))."""
+
+  def step(params, images, labels, mask):
+    x = data.preprocess_eval(images, image_size=image_size, crop_fraction=crop_fraction)
+    logits, state = model.apply({'params': params}, x, train=False, mutable=['features'])
+    loss = -jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, logits.shape[-1]), -1)
+    correct = (jnp.argmax(logits, -1) == labels) & mask
+    return (jnp.sum(jnp.where(mask, loss, 0.)), jnp.sum(correct), jnp.sum(mask),
+            state['features']['representation'][0])
+
+  return jax.jit(step)
+
+
+def features_and_metrics(eval_step: Callable, params, split: data.Split, *, batch_size: int,
+                         mesh: Mesh) -> tuple[dict[str, float], np.ndarray]:
+  """Runs `split` once; returns ({'loss', 'accuracy'}, features (N, F) float32)."""
+  totals = np.zeros(3)
+  features = []
+  for images, labels, mask in data.eval_batches(split, batch_size, jax.process_index(),
+                                                 jax.process_count()):
+    batch = [sharding.global_batch(a, mesh) for a in (images, labels, mask)]
+    loss, correct, count, feats = eval_step(params, *batch)
+    totals += [float(loss), float(correct), float(count)]
+    feats = np.asarray(multihost_utils.process_allgather(feats, tiled=True))
+    global_mask = np.asarray(multihost_utils.process_allgather(
+        batch[2], tiled=True))
+    features.append(feats[global_mask])
+  loss, correct, count = totals
+  return {'loss': loss / count, 'accuracy': correct / count}, np.concatenate(features)
+
+
+def fewshot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+  """`shots` examples of every class, chosen with `seed`; the first k of a larger draw form the
+  k-shot set of the same seed. Returns indices (num_classes * shots,)."""
+  rng = np.random.default_rng(seed)
+  picks = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    if len(members) < shots:
+      raise ValueError(f'eval.fewshot_shots: class {c} has only {len(members)} training '
+                       f'examples, fewer than {shots} shots.')
+    picks.append(rng.permutation(members)[:shots])
+  return np.concatenate(picks)
+
+
+def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                test_y: np.ndarray, num_classes: int, l2_reg: float) -> float:
+  """Closed-form ridge regression to +-1 targets on standardised features plus a bias
+  feature; returns test accuracy. Shapes: train_x (n, F), test_x (m, F)."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  add_bias = lambda x: np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)
+  x, t = add_bias(train_x.astype(np.float64)), add_bias(test_x.astype(np.float64))
+  y = 2. * np.eye(num_classes)[train_y] - 1.
+  # Dual form: w = X^T (X X^T + l2 I)^-1 Y, an n x n solve (n = shots * classes is small).
+  w = x.T @ np.linalg.solve(x @ x.T + l2_reg * np.eye(len(x)), y)
+  return float(np.mean(np.argmax(t @ w, axis=1) == test_y))
+
+
+def fewshot_accuracies(features_fn: Callable[[np.ndarray], np.ndarray], train_labels: np.ndarray,
+                       test_features: np.ndarray, test_labels: np.ndarray, *,
+                       shots: tuple[int, ...], seeds: int, l2_reg: float) -> dict[str, float]:
+  """Mean k-shot accuracy over `seeds` for every k in `shots`: {'fewshot_{k}shot': acc}.
+
+  `features_fn(indices)` returns the pre-logits features of those training examples.
+  """
+  num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+  draws = [fewshot_indices(train_labels, max(shots), seed) for seed in range(seeds)]
+  needed = np.unique(np.concatenate(draws))
+  feats = dict(zip(needed.tolist(), features_fn(needed)))
+  results = {}
+  for k in shots:
+    accs = []
+    for draw in draws:
+      idx = draw.reshape(-1, max(shots))[:, :k].reshape(-1)  # first k of every class
+      x = np.stack([feats[i] for i in idx.tolist()])
+      accs.append(ridge_probe(x, train_labels[idx], test_features, test_labels, num_classes,
+                              l2_reg))
+    results[f'fewshot_{k}shot'] = float(np.mean(accs))
+  return results

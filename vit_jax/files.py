@@ -1,0 +1,69 @@
+"""Atomic, pickle-free file I/O shared by checkpoints, the data cache and run outputs.
+
+Every write goes to a temporary file in the destination's directory and is renamed over the
+destination only once complete, so a crash never leaves a half-written file behind.
+"""
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, Iterator, TextIO
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = 'w') -> Iterator[TextIO]:
+  """Opens a temporary file that replaces `path` when the block exits without error."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
+                             suffix='.tmp')
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def write_json(path: str, obj: Any) -> None:
+  with atomic_open(path) as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """Writes a flat dict of numeric (or unicode) arrays as `.npz`; never pickles."""
+  bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray) or v.dtype == object]
+  if bad:
+    raise ValueError(f'Cannot save non-numeric arrays {bad} to {path}.')
+  with atomic_open(path, 'wb') as f:
+    np.savez(f, allow_pickle=False, **arrays)
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  """Reads a flat `.npz` into {key: array}, refusing pickled objects with a clear error."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'File not found: {path}')
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f'{path} is not a readable .npz file (not a zip archive).')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  except ValueError as e:
+    if 'allow_pickle' in str(e):
+      raise ValueError(f'{path} holds pickled Python objects; refusing to load it (only plain '
+                       'numeric arrays are accepted).') from e
+    raise ValueError(f'{path} is not a readable .npz file: {e}') from e
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f'{path} is not a readable .npz file: {e}') from e

@@ -1,0 +1,76 @@
+"""Run outputs: `metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow) and the
+progress line."""
+import json
+import os
+
+from absl import logging
+import tensorboardX
+
+from vit_jax import files
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """All complete records of a `metrics.jsonl` (a torn last line from a crash is skipped)."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning('Skipping an incomplete line in %s.', path)
+  return records
+
+
+class MetricsWriter:
+  """Appends {'step': s, **metrics} to `<workdir>/metrics.jsonl` and TensorBoard scalars.
+
+  On resume from step `resume_step`, records after that step (written by the interrupted run
+  after its last checkpoint) are dropped, so the file describes exactly one trajectory.
+  Only the writing process (process 0) creates files.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0, active: bool = True):
+    self.active = active
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if not active:
+      return
+    kept = [r for r in read_jsonl(self.path) if r.get('step', 0) <= resume_step]
+    with files.atomic_open(self.path) as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+    self._file = open(self.path, 'a')
+    self._tb = tensorboardX.SummaryWriter(workdir, purge_step=resume_step + 1 if resume_step else None)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.active:
+      return
+    self._file.write(json.dumps({'step': step, **metrics}) + '\n')
+    self._file.flush()
+    for key, value in metrics.items():
+      self._tb.add_scalar(key, value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.active:
+      self._file.close()
+      self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float], eta_seconds: float) -> str:
+  """'step 100/500 (20%) | loss 1.234 | accuracy 0.560 | lr 1.0e-03 | 12,345 img/s | ETA 0:01:23'."""
+  parts = [f'step {step}/{total} ({100 * step // total}%)']
+  for key in ('loss', 'accuracy', 'grad_norm'):
+    if key in metrics:
+      parts.append(f'{key} {metrics[key]:.4g}')
+  if 'lr' in metrics:
+    parts.append(f'lr {metrics["lr"]:.2e}')
+  if 'images_per_sec' in metrics:
+    parts.append(f'{metrics["images_per_sec"]:,.0f} img/s')
+  parts.append(f'ETA {format_duration(eta_seconds)}')
+  return ' | '.join(parts)

@@ -1,0 +1,268 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+config -> mesh -> data (in memory, uint8) -> model + optimizer -> state initialised directly
+sharded -> jitted train step (augmentation on device, explicit shardings, donated state) ->
+metrics / evaluation / checkpoints. Rerunning on the same workdir resumes from the latest
+checkpoint, data order included.
+"""
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from configs import common
+from vit_jax import checkpoint, data, evaluate, files, metrics, optim, sharding
+from vit_jax.models import get_model
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array       # () int32, number of updates applied
+  params: Any
+  opt_state: Any
+  rng: jax.Array        # (2,) uint32; step keys are fold_in(rng, step)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming any field that is not in the config vocabulary
+  (configs/common.py) or whose value cannot work."""
+  def unknown(cfg, ref, prefix=''):
+    for key, value in cfg.items():
+      if key not in ref:
+        yield prefix + key
+      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+          ref[key], ml_collections.ConfigDict):
+        yield from unknown(value, ref[key], f'{prefix}{key}.')
+  bad = list(unknown(config, common.get_config()))
+  if bad:
+    raise ValueError(f'Unknown config field(s) {bad}; see configs/common.py for the vocabulary.')
+  for field in ('batch_size', 'total_steps', 'image_size', 'log_every', 'eval_every',
+                'checkpoint_every'):
+    if not isinstance(config[field], int) or config[field] < 1:
+      raise ValueError(f'config.{field}={config[field]!r} must be a positive integer.')
+  accum = config.optim.grad_accum_steps
+  if config.batch_size % accum:
+    raise ValueError(f'batch_size={config.batch_size} is not divisible by '
+                     f'optim.grad_accum_steps={accum}.')
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+  """Per-example softmax cross-entropy with label smoothing: (B, K), (B,) -> (B,)."""
+  k = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, mesh, state_shardings):
+  """Returns the jitted step (state, images uint8 (B,H,W,C), labels (B,)) -> (state, metrics).
+
+  Augmentation runs inside the step; the state is donated; with grad_accum_steps = A the batch
+  is split into A strided micro-batches whose gradients are averaged.
+  """
+  aug = config.augment
+  augment = functools.partial(
+      data.augment, image_size=config.image_size, crop=aug.crop,
+      crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio), flip=aug.flip)
+  accum = config.optim.grad_accum_steps
+  smoothing = config.optim.label_smoothing
+
+  def loss_fn(params, images, labels, key):
+    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': key})
+    loss = jnp.mean(cross_entropy(logits, labels, smoothing))
+    return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, images, labels):
+    aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    x = augment(images, aug_key)
+    if accum == 1:
+      (loss, correct), grads = grad_fn(state.params, x, labels, dropout_key)
+    else:
+      micro = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:]).swapaxes(0, 1)
+
+      def body(carry, inputs):
+        (loss, correct), grads = grad_fn(state.params, *inputs)
+        return jax.tree_util.tree_map(jnp.add, carry, (loss, correct, grads)), None
+
+      zeros = (0., 0, jax.tree_util.tree_map(jnp.zeros_like, state.params))
+      (loss, correct, grads), _ = jax.lax.scan(
+          body, zeros, (micro(x), micro(labels), jax.random.split(dropout_key, accum)))
+      loss, grads = loss / accum, jax.tree_util.tree_map(lambda g: g / accum, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+    return new_state, {'loss': loss, 'accuracy': correct / labels.shape[0],
+                       'grad_norm': optax.tree.norm(grads), 'lr': schedule(state.step)}
+
+  batch = sharding.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(state_shardings, batch, batch),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def init_state(model, tx, config, image_shape: tuple[int, ...], mesh):
+  """Returns (abstract state with shardings, init function producing the sharded state)."""
+
+  def init_fn(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    params = model.init(params_rng, jnp.zeros((1, *image_shape)), train=False)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=state_rng)
+
+  rng = jax.random.PRNGKey(config.seed)
+  abstract = jax.eval_shape(init_fn, rng)
+  shardings = sharding.tree_shardings(abstract, mesh)
+  abstract = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return abstract, shardings, lambda: jax.jit(init_fn, out_shardings=shardings)(rng)
+
+
+def load_data(config) -> tuple[data.Split, data.Split]:
+  """Train split (the nested `train_size` subset) and test split."""
+  train = data.load_split(config.dataset, 'train', cache_dir=config.data.cache_dir)
+  test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
+  idx = data.nested_subset(train.labels, config.train_size, config.data.subset_seed)
+  train = dataclasses.replace(train, images=train.images[idx], labels=train.labels[idx])
+  return train, test
+
+
+def _write_config(config, workdir: str) -> None:
+  path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if old.strip() != text.strip():
+      backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
+      os.replace(path, backup)
+      logging.warning('The config differs from the one this workdir was started with; the old '
+                      'one is kept as %s.', backup)
+  files.write_json(path, config.to_dict())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates one run in `workdir`; resumes if it holds checkpoints.
+
+  Returns the final results (also written to `<workdir>/result.json`).
+  """
+  check_config(config)
+  mesh = sharding.make_mesh(config.mesh)
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % (dp * config.optim.grad_accum_steps):
+    raise ValueError(f'batch_size={config.batch_size} is not divisible by the data-parallel '
+                     f'size {dp} (mesh={config.mesh}) x optim.grad_accum_steps='
+                     f'{config.optim.grad_accum_steps}.')
+  train_split, test_split = load_data(config)
+  num_classes = len(train_split.class_names)
+  overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  model = get_model(config.model.name, num_classes=num_classes, **overrides)
+  tx, schedule = optim.make_optimizer(config)
+  image_shape = (config.image_size, config.image_size, train_split.images.shape[-1])
+  abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
+
+  os.makedirs(workdir, exist_ok=True)
+  is_writer = jax.process_index() == 0
+  manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                                         config.checkpoint.keep)
+  iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
+                                jax.process_index(), jax.process_count())
+  elapsed = 0.
+  if manager.latest_step() is not None:
+    state, saved = manager.restore(abstract)
+    iterator.set_state(saved['iterator'])
+    elapsed = saved['wall_time']
+    logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
+  else:
+    state = init()
+    if config.checkpoint.init_from:
+      params = checkpoint.load_pretrained(config.checkpoint.init_from, abstract.params,
+                                          reset_head=config.checkpoint.reset_head)
+      params = jax.device_put(params, shardings.params)
+      opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+      state = state.replace(params=params, opt_state=opt_state)
+      logging.info('Initialised from %s.', config.checkpoint.init_from)
+  if is_writer:
+    _write_config(config, workdir)
+  start_step = int(state.step)
+  result_path = os.path.join(workdir, 'result.json')
+  if start_step >= config.total_steps and os.path.exists(result_path):
+    logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
+    manager.close()
+    return files.read_json(result_path)
+  writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract.params))
+  logging.info('%s: %s parameters, %d train / %d test images, %d classes, mesh %s.',
+               config.model.name, f'{num_params:,}', len(train_split.labels),
+               len(test_split.labels), num_classes, dict(mesh.shape))
+
+  train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
+  eval_step = evaluate.make_eval_step(model, image_size=config.image_size,
+                                      crop_fraction=config.eval.crop_fraction)
+  eval_batch = -(-config.eval.batch_size // dp) * dp
+
+  def run_eval(step: int) -> dict[str, float]:
+    test_metrics, test_features = evaluate.features_and_metrics(
+        eval_step, state.params, test_split, batch_size=eval_batch, mesh=mesh)
+    features_fn = lambda idx: evaluate.features_and_metrics(
+        eval_step, state.params,
+        dataclasses.replace(train_split, images=train_split.images[idx],
+                            labels=train_split.labels[idx]),
+        batch_size=eval_batch, mesh=mesh)[1]
+    results = {f'test_{k}': v for k, v in test_metrics.items()}
+    if config.eval.fewshot_shots:
+      results.update(evaluate.fewshot_accuracies(
+          features_fn, train_split.labels, test_features, test_split.labels,
+          shots=tuple(config.eval.fewshot_shots), seeds=config.eval.fewshot_seeds,
+          l2_reg=config.eval.fewshot_l2_reg))
+    writer.write(step, results)
+    logging.info('eval at step %d: %s', step,
+                 ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
+    return results
+
+  pending, results = [], {}
+  last_log, last_log_step = time.time(), start_step
+  run_start = time.time() - elapsed
+  for step in range(start_step + 1, config.total_steps + 1):
+    images, labels = next(iterator)
+    state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
+                                     sharding.global_batch(labels, mesh))
+    pending.append(step_metrics)
+    final = step == config.total_steps
+    if step % config.log_every == 0 or final:
+      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      now = time.time()
+      summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
+      writer.write(step, summary)
+      eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
+      logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
+      results.update({f'train_{k}': v for k, v in summary.items()})
+      pending, last_log, last_log_step = [], now, step
+    if step % config.eval_every == 0 or final:
+      results.update(run_eval(step))
+    if step % config.checkpoint_every == 0 or final:
+      manager.save(step, state, {'iterator': iterator.get_state(),
+                                 'wall_time': time.time() - run_start})
+  if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
+    results.update(run_eval(int(state.step)))
+  manager.close()
+  writer.close()
+
+  final_step = int(state.step)
+  results.update({
+      'step': final_step, 'examples_seen': final_step * config.batch_size,
+      'wall_time_sec': time.time() - run_start, 'num_params': num_params,
+      'model': config.model.name, 'dataset': config.dataset,
+      'train_size': len(train_split.labels), 'devices': jax.device_count(),
+  })
+  if is_writer:
+    files.write_json(result_path, results)
+  return results
