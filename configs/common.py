@@ -28,6 +28,18 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(name=name, **fields))
 
 
+def model_and_dataset(arg: str, file: str, datasets: dict) -> tuple[str, str]:
+  """Splits a '<model>,<dataset>' preset; errors name the config `file` and the choices."""
+  try:
+    model, dataset = arg.split(',')
+  except ValueError:
+    raise ValueError(f'{file} preset {arg!r} must be "<model>,<dataset>", '
+                     f'e.g. "B_16,{next(iter(datasets))}".') from None
+  if dataset not in datasets:
+    raise ValueError(f'Unknown {file} dataset {dataset!r}; use one of {sorted(datasets)}.')
+  return model, dataset
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Returns the shared defaults (a tiny ViT on the embedded digits)."""
   config = ml_collections.ConfigDict()

@@ -8,7 +8,7 @@ Accepted names (`_` and `/` are the same, `ViT-B/16` == `ViT-B_16`):
   ViT-{size}_{patch}       any size in VIT_SIZES, any patch size (ViT-B_16, ViT-Ti_4, ViT-H_14)
   R+ViT-Ti_16, R26+ViT-S_32, R26+ViT-B_32, R50+ViT-B_16, R50+ViT-L_32   ResNet + ViT hybrids
                            (the number after `_` is the effective patch size on the image);
-                           R8+ViT-{Nano,Ti}_4-small: small hybrids for 32 px images
+                           R8+ViT-{Nano,Micro,Ti}_4-small: small hybrids for 32 px images
   BiT-R{depth}x{factor}    BiT ResNet classifier, depth in RESNET_LAYERS, root width 64 * factor
                            (factor may be fractional for narrow nets: BiT-R26x0.25 is 16 wide);
                            suffix `-small` uses a 3x3/1 stem without pooling, for 8-32 px images
@@ -43,6 +43,7 @@ HYBRIDS = {
     'R50+ViT-B_16': ('B', 1, (3, 4, 9), 'bit'),
     'R50+ViT-L_32': ('L', 1, (3, 4, 6, 3), 'bit'),
     'R8+ViT-Nano_4-small': ('Nano', 2, (1, 1), 'small'),
+    'R8+ViT-Micro_4-small': ('Micro', 2, (1, 1), 'small'),
     'R8+ViT-Ti_4-small': ('Ti', 2, (1, 1), 'small'),
 }
 

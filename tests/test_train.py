@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import quickstart
+from configs import finetune, quickstart
 from vit_jax import checkpoint, data, metrics, train
 from vit_jax.models import get_model
 
@@ -145,18 +145,19 @@ def test_finetune_from_npz_at_another_resolution(tmp_path):
   source = get_model('ViT-Nano_2', num_classes=10, num_layers=1)
   params = jax.jit(source.init)(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 1)))['params']
   checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)  # 4x4 grid at 8 px
-  config = smoke_config(image_size=16, total_steps=2, log_every=1, eval_every=2,
-                        checkpoint_every=2)
+  config = finetune.get_config('Nano_2,digits')  # 16x16 grid at 32 px
+  config.model.num_layers, config.batch_size, config.total_steps = 1, 32, 2
+  config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.eval.fewshot_shots = (1,)
   config.checkpoint.init_from = str(tmp_path / 'pre.npz')
   config.optim.lr = 1e-12  # keep the loaded weights (up to a negligible step) to compare them
-  config.schedule.warmup_steps = 0
   result = train.train_and_evaluate(config, str(tmp_path / 'ft'))
   assert result['step'] == 2
   tuned = checkpoint.read_params(str(tmp_path / 'ft'))
   posemb = tuned['Transformer']['posembed_input']['pos_embedding']
-  assert posemb.shape == (1, 1 + 8 * 8, 64)  # 8x8 grid at 16 px
+  assert posemb.shape == (1, 1 + 16 * 16, 64)
   want = checkpoint.resize_posemb(np.asarray(params['Transformer']['posembed_input']
-                                             ['pos_embedding']), 65, 1)
+                                             ['pos_embedding']), 1 + 16 * 16, 1)
   np.testing.assert_allclose(posemb, want, atol=1e-6)
   np.testing.assert_allclose(tuned['embedding']['kernel'], params['embedding']['kernel'],
                              atol=1e-6)

@@ -246,11 +246,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
       results.update({f'train_{k}': v for k, v in summary.items()})
       pending, last_log, last_log_step = [], now, step
+    pause = time.time()  # evaluation and checkpointing do not count towards images/s
     if step % config.eval_every == 0 or final:
       results.update(run_eval(step))
     if step % config.checkpoint_every == 0 or final:
       manager.save(step, state, {'iterator': iterator.get_state(),
                                  'wall_time': time.time() - run_start})
+    last_log += time.time() - pause
   if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
     results.update(run_eval(int(state.step)))
   manager.close()

@@ -1,0 +1,68 @@
+"""Every config preset builds a valid config and model; the CIFAR-10 preset runs at smoke size."""
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import cifar10
+from vit_jax import optim, train
+from vit_jax.models import get_model
+
+PRESETS = [('quickstart', None)] + [
+    ('cifar10', f'{m}{cpu}') for m in cifar10.MODELS for cpu in ('', ',cpu')] + [
+    ('pretrain', f'{m},{d}') for m in ('B_32', 'B_16', 'L_32', 'L_16', 'H_14')
+    for d in ('i1k', 'i21k', 'jft')] + [
+    ('finetune', f'{m},{d}') for m in ('B_16', 'R50+B_16')
+    for d in ('cifar10', 'cifar100', 'i1k', 'digits')]
+
+
+def load(module, arg):
+  config_module = importlib.import_module(f'configs.{module}')
+  return config_module.get_config() if arg is None else config_module.get_config(arg)
+
+
+@pytest.mark.parametrize('module,arg', PRESETS, ids=[f'{m}:{a}' for m, a in PRESETS])
+def test_preset_is_valid(module, arg):
+  config = load(module, arg)
+  train.check_config(config)
+  optim.make_optimizer(config)
+  overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  model = get_model(config.model.name, num_classes=10, **overrides)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, config.image_size, config.image_size, 3)))
+  assert shapes['params']['head']['kernel'].shape[-1] == 10
+
+
+def test_pretrain_recipe_numbers():
+  config = load('pretrain', 'L_16,jft')
+  assert (config.optim.name, config.optim.lr, config.optim.weight_decay) == ('adam', 4e-4, 0.1)
+  assert config.batch_size == 4096 and config.schedule.warmup_steps == 10_000
+  assert config.model.representation_size == 1024
+  assert load('pretrain', 'B_16,i1k').optim.lr == 3e-3
+  assert load('pretrain', 'B_16,i21k').total_steps == 14_197_122 * 90 // 4096
+
+
+@pytest.mark.parametrize('module,arg,message', [
+    ('cifar10', 'convnext', "Unknown cifar10 preset 'convnext'"),
+    ('pretrain', 'B_16', 'must be "<model>,<dataset>"'),
+    ('pretrain', 'B_16,laion', "Unknown pretrain dataset 'laion'"),
+    ('finetune', 'B_16,svhn', "Unknown finetune dataset 'svhn'"),
+])
+def test_unknown_presets_are_named(module, arg, message):
+  with pytest.raises(ValueError, match=message):
+    load(module, arg)
+
+
+@pytest.mark.skipif(not os.path.exists(cifar10.CIFAR10),
+                    reason='needs the CIFAR-10 archive from ../shared/datasets')
+def test_cifar10_hybrid_runs_at_smoke_size(tmp_path):
+  config = load('cifar10', 'hybrid,cpu')
+  config.train_size, config.total_steps, config.batch_size = 100, 2, 16
+  config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.model.num_layers, config.eval.fewshot_shots = 1, (1,)
+  config.data.cache_dir = str(tmp_path / 'cache')
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert result['train_size'] == 100 and result['step'] == 2
+  assert 0 <= result['test_accuracy'] <= 1
