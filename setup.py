@@ -15,6 +15,7 @@ setup(
         'absl-py>=2.1,<3',
         'flax>=0.12.8,<0.13',
         'jax>=0.10.2,<0.11',
+        'matplotlib>=3.9,<4',       # sweep report figures
         'ml-collections>=1.1,<2',
         'numpy>=2.2,<3',
         'optax>=0.2.8,<0.3',

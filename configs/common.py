@@ -79,6 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
       fewshot_shots=(1, 5, 10),       # linear probe on pre-logits features, k per class
       fewshot_seeds=3,
       fewshot_l2_reg=2.0**10,
+      val_fraction=0.0,               # > 0: hold out this much of the training subset
+                                      # (class-balanced) and report the best-validation step
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
       keep=3,                         # last N checkpoints kept

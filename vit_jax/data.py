@@ -49,6 +49,10 @@ class Split:
   labels: np.ndarray
   class_names: tuple[str, ...]
 
+  def take(self, indices: np.ndarray) -> 'Split':
+    """The examples at `indices`, same classes."""
+    return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
 
 def load_split(source: str, split: str, *, cache_dir: str | None = None) -> Split:
   """Loads split 'train' or 'test' of `source` (see the module docstring) into memory.

@@ -5,7 +5,6 @@ sharded -> jitted train step (augmentation on device, explicit shardings, donate
 metrics / evaluation / checkpoints. Rerunning on the same workdir resumes from the latest
 checkpoint, data order included.
 """
-import dataclasses
 import functools
 import os
 import time
@@ -126,13 +125,34 @@ def init_state(model, tx, config, image_shape: tuple[int, ...], mesh):
   return abstract, shardings, lambda: jax.jit(init_fn, out_shardings=shardings)(rng)
 
 
-def load_data(config) -> tuple[data.Split, data.Split]:
-  """Train split (the nested `train_size` subset) and test split."""
+def load_data(config) -> tuple[data.Split, data.Split | None, data.Split]:
+  """(train, validation or None, test): the nested `train_size` subset of the training split,
+  minus a class-balanced `eval.val_fraction` of it held out for validation."""
   train = data.load_split(config.dataset, 'train', cache_dir=config.data.cache_dir)
   test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
-  idx = data.nested_subset(train.labels, config.train_size, config.data.subset_seed)
-  train = dataclasses.replace(train, images=train.images[idx], labels=train.labels[idx])
-  return train, test
+  train = train.take(data.nested_subset(train.labels, config.train_size, config.data.subset_seed))
+  fraction = config.eval.val_fraction
+  if not 0 <= fraction < 1:
+    raise ValueError(f'eval.val_fraction={fraction} must be in [0, 1).')
+  if not fraction:
+    return train, None, test
+  num_val = max(round(fraction * len(train.labels)), len(train.class_names))
+  if num_val >= len(train.labels):
+    raise ValueError(f'eval.val_fraction={fraction} leaves no training examples out of '
+                     f'{len(train.labels)}.')
+  val = data.nested_subset(train.labels, num_val, config.data.subset_seed + 1)
+  rest = np.setdiff1d(np.arange(len(train.labels)), val)
+  return train.take(rest), train.take(val), test
+
+
+def forward_flops(model, image_shape: tuple[int, ...]) -> float:
+  """FLOPs of one example's forward pass, from XLA's cost analysis of the compiled model."""
+  compiled = jax.jit(lambda p, x: model.apply(p, x, train=False)).lower(
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_shape))),
+      jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0))
 
 
 def _write_config(config, workdir: str) -> None:
@@ -161,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f'batch_size={config.batch_size} is not divisible by the data-parallel '
                      f'size {dp} (mesh={config.mesh}) x optim.grad_accum_steps='
                      f'{config.optim.grad_accum_steps}.')
-  train_split, test_split = load_data(config)
+  train_split, val_split, test_split = load_data(config)
   num_classes = len(train_split.class_names)
   overrides = {k: v for k, v in config.model.items() if k != 'name'}
   model = get_model(config.model.name, num_classes=num_classes, **overrides)
@@ -175,11 +195,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          config.checkpoint.keep)
   iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
                                 jax.process_index(), jax.process_count())
-  elapsed = 0.
+  elapsed, best = 0., {}
   if manager.latest_step() is not None:
     state, saved = manager.restore(abstract)
     iterator.set_state(saved['iterator'])
-    elapsed = saved['wall_time']
+    elapsed, best = saved['wall_time'], saved['best']
     logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
   else:
     state = init()
@@ -200,9 +220,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return files.read_json(result_path)
   writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract.params))
-  logging.info('%s: %s parameters, %d train / %d test images, %d classes, mesh %s.',
-               config.model.name, f'{num_params:,}', len(train_split.labels),
-               len(test_split.labels), num_classes, dict(mesh.shape))
+  logging.info('%s: %s parameters, %d train / %d validation / %d test images, %d classes, '
+               'mesh %s.', config.model.name, f'{num_params:,}', len(train_split.labels),
+               0 if val_split is None else len(val_split.labels), len(test_split.labels),
+               num_classes, dict(mesh.shape))
 
   train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
   eval_step = evaluate.make_eval_step(model, image_size=config.image_size,
@@ -210,23 +231,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_batch = -(-config.eval.batch_size // dp) * dp
 
   def run_eval(step: int) -> dict[str, float]:
+    """Test (and validation) loss and accuracy and the few-shot probe; updates `best`, the
+    evaluation with the highest validation accuracy (the latest one without validation)."""
+    evals = {}
+    if val_split is not None:
+      val_metrics, _ = evaluate.features_and_metrics(
+          eval_step, state.params, val_split, batch_size=eval_batch, mesh=mesh)
+      evals.update({f'val_{k}': v for k, v in val_metrics.items()})
     test_metrics, test_features = evaluate.features_and_metrics(
         eval_step, state.params, test_split, batch_size=eval_batch, mesh=mesh)
-    features_fn = lambda idx: evaluate.features_and_metrics(
-        eval_step, state.params,
-        dataclasses.replace(train_split, images=train_split.images[idx],
-                            labels=train_split.labels[idx]),
-        batch_size=eval_batch, mesh=mesh)[1]
-    results = {f'test_{k}': v for k, v in test_metrics.items()}
+    evals.update({f'test_{k}': v for k, v in test_metrics.items()})
     if config.eval.fewshot_shots:
-      results.update(evaluate.fewshot_accuracies(
+      features_fn = lambda idx: evaluate.features_and_metrics(
+          eval_step, state.params, train_split.take(idx), batch_size=eval_batch, mesh=mesh)[1]
+      evals.update(evaluate.fewshot_accuracies(
           features_fn, train_split.labels, test_features, test_split.labels,
           shots=tuple(config.eval.fewshot_shots), seeds=config.eval.fewshot_seeds,
           l2_reg=config.eval.fewshot_l2_reg))
-    writer.write(step, results)
+    writer.write(step, evals)
     logging.info('eval at step %d: %s', step,
-                 ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
-    return results
+                 ', '.join(f'{k} {v:.4f}' for k, v in evals.items()))
+    if val_split is None or evals['val_accuracy'] > best.get('best_val_accuracy', -1.0):
+      best.clear()
+      best.update({'best_step': step, **{f'best_{k}': v for k, v in evals.items()}})
+    return evals
 
   pending, results = [], {}
   last_log, last_log_step = time.time(), start_step
@@ -250,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step % config.eval_every == 0 or final:
       results.update(run_eval(step))
     if step % config.checkpoint_every == 0 or final:
-      manager.save(step, state, {'iterator': iterator.get_state(),
+      manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
                                  'wall_time': time.time() - run_start})
     last_log += time.time() - pause
   if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
@@ -259,11 +287,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.close()
 
   final_step = int(state.step)
+  flops = forward_flops(model, image_shape)
+  results.update(best)
   results.update({
       'step': final_step, 'examples_seen': final_step * config.batch_size,
+      'forward_flops_per_example': flops,
+      'train_flops': 3 * flops * final_step * config.batch_size,
       'wall_time_sec': time.time() - run_start, 'num_params': num_params,
       'model': config.model.name, 'dataset': config.dataset,
-      'train_size': len(train_split.labels), 'devices': jax.device_count(),
+      'train_size': len(train_split.labels) + (0 if val_split is None else len(val_split.labels)),
+      'val_size': 0 if val_split is None else len(val_split.labels),
+      'devices': jax.device_count(),
   })
   if is_writer:
     files.write_json(result_path, results)

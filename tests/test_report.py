@@ -1,0 +1,210 @@
+"""Sweep report: power-law fits, crossings, and the figures, REPORT.md and report.json written
+from synthetic results.csv files."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from vit_jax import report
+
+SIZES = (1_000, 3_000, 10_000, 30_000, 100_000)
+# True error curves err(D) = a * D^-b + c: the ResNet is better on little data, the ViTs pass it
+# near 6,000-7,000 images, and ViT-24 is behind ViT-12 at 3,000 images but ahead from 10,000 on.
+CURVES = {'ResNet': ('resnet', 26, dict(a=2., b=0.3, c=0.15)),
+          'ViT-12': ('vit', 12, dict(a=20., b=0.5, c=0.05)),
+          'ViT-24': ('vit', 24, dict(a=50., b=0.6, c=0.03))}
+
+
+def true_error(d, a, b, c):
+  return a * np.asarray(d, np.float64) ** -b + c
+
+
+def dense_crossing(first, second, lo, hi):
+  """Independent reference: the first sign change of the difference on a fine log grid."""
+  d = np.geomspace(lo, hi, 1_000_000)
+  diff = true_error(d, **first) - true_error(d, **second)
+  i = np.flatnonzero(np.sign(diff[:-1]) != np.sign(diff[1:]))
+  return d[i[0]] if len(i) else None
+
+
+def result_row(model, family, depth, train_size, accuracy, **fields):
+  row = dict.fromkeys(report.COLUMNS, '')
+  row.update(model=model, family=family, depth=depth, width=192, params=5_000_000 * depth,
+             train_size=train_size, steps=1000, examples_seen=512_000, best_step=900,
+             train_accuracy=min(1., accuracy + 0.1), val_accuracy=accuracy,
+             test_accuracy=accuracy, fewshot_accuracy=accuracy / 2,
+             train_flops=1e12 * depth * train_size, wall_time_sec=60.,
+             status='done', workdir=f'/sweeps/s/{model}_{train_size}')
+  row.update(fields)
+  return row
+
+
+def failed_row(model, family, depth, train_size, error):
+  return {**dict.fromkeys(report.COLUMNS, ''), 'model': model, 'family': family, 'depth': depth,
+          'train_size': train_size, 'status': 'failed', 'error': error,
+          'workdir': f'/sweeps/s/{model}_{train_size}'}
+
+
+def write_csv(directory, rows):
+  with open(directory / 'results.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=report.COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  return str(directory)
+
+
+def synthetic_rows(curves=CURVES, sizes=SIZES):
+  return [result_row(model, family, depth, d, float(1 - true_error(d, **law)))
+          for model, (family, depth, law) in curves.items() for d in sizes]
+
+
+def assert_png(path):
+  with open(path, 'rb') as f:
+    data = f.read()
+  assert data[:8] == b'\x89PNG\r\n\x1a\n'
+  assert len(data) > 10_000
+
+
+@pytest.mark.parametrize('noise', [0., 0.003])
+def test_fit_power_law_recovers_known_parameters(noise):
+  sizes = np.geomspace(100, 50_000, 10)
+  errors = true_error(sizes, a=3., b=0.5, c=0.05)
+  errors += np.random.default_rng(0).normal(0, noise, sizes.shape)
+  fit = report.fit_power_law(sizes, errors)
+  tolerance = 1e-4 if noise == 0 else 0.1
+  assert fit['n'] == 10
+  assert fit['b'] == pytest.approx(0.5, abs=tolerance)
+  assert fit['c'] == pytest.approx(0.05, abs=tolerance / 5)
+  assert fit['a'] == pytest.approx(3., rel=10 * tolerance)
+  assert fit['r2'] > 0.995
+  assert fit['rmse'] < 2 * noise + 1e-6
+
+
+def test_fit_power_law_needs_three_valid_points():
+  with pytest.raises(ValueError, match='only 2 points'):
+    report.fit_power_law(np.array([100., 1000.]), np.array([0.5, 0.3]))
+  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    report.fit_power_law(np.array([1., 2., 3.]), np.array([0.5, 0.3, 1.5]))
+
+
+def test_crossing_matches_a_dense_grid_and_none_without_a_crossing():
+  resnet, vit = CURVES['ResNet'][2], CURVES['ViT-12'][2]
+  found = report.crossing(resnet, vit, 1_000, 100_000)
+  assert found == pytest.approx(dense_crossing(resnet, vit, 10, 1e7), rel=1e-4)
+  assert 5_000 < found < 10_000
+  assert report.crossing(vit, resnet, 1_000, 100_000) == pytest.approx(found)
+  parallel = dict(resnet, c=resnet['c'] + 0.1)  # the same curve shifted up never meets it
+  assert report.crossing(resnet, parallel, 1_000, 100_000) is None
+  # Equal exponents: (2 - 1) * D^-0.5 = 0.151 - 0.15 at D = 1e6 exactly, found only when the
+  # search (up to hi * 100) reaches it.
+  first, second = dict(a=2., b=0.5, c=0.15), dict(a=1., b=0.5, c=0.151)
+  assert report.crossing(first, second, 1_000, 100_000) == pytest.approx(1e6, rel=1e-6)
+  assert report.crossing(first, second, 1_000, 5_000) is None
+
+
+def test_read_results_converts_numbers_and_names_bad_ones(tmp_path):
+  write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5),
+                       failed_row('ViT-24', 'vit', 24, 1000, 'boom')])
+  done, failed = report.read_results(str(tmp_path / 'results.csv'))
+  assert (done['train_size'], done['test_accuracy'], done['status']) == (1000, 0.5, 'done')
+  assert isinstance(done['params'], int) and isinstance(done['train_flops'], float)
+  assert failed['test_accuracy'] is None and failed['error'] == 'boom'
+  write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5, steps='lots')])
+  with pytest.raises(ValueError, match="line 2: column 'steps' holds 'lots'"):
+    report.read_results(str(tmp_path / 'results.csv'))
+
+
+def test_write_report_on_a_sweep_where_vit_catches_up(tmp_path):
+  rows = synthetic_rows() + [failed_row('ViT-24', 'vit', 24, 300_000,
+                                        'RESOURCE_EXHAUSTED: out of memory')]
+  result = report.write_report(write_csv(tmp_path, rows), title='Synthetic sweep')
+
+  figures = ('accuracy_vs_data', 'gap_vs_data', 'accuracy_vs_compute')
+  assert result['report'] == str(tmp_path / 'REPORT.md')
+  assert result['json'] == str(tmp_path / 'report.json')
+  for name in figures:
+    assert result[name] == str(tmp_path / f'{name}.png')
+    assert_png(result[name])
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert text.startswith('# Synthetic sweep')
+  assert 'Setup: 3 models (ResNet, ViT-12, ViT-24)' in text
+  assert '15 finished points, 1 failed' in text
+  resnet_1000 = 100 * (1 - true_error(1000, **CURVES['ResNet'][2]))
+  assert f'| ViT-12 | 60.0M | {100 * (1 - true_error(1000, **CURVES["ViT-12"][2])):.1f} |' in text
+  assert f'| ResNet | 130.0M | {resnet_1000:.1f} |' in text
+  assert '| ViT-24 | 5 | ' in text and '| 0.600 | 0.030 | 1.000 | 97.0 |' in text  # fit row
+  assert 'RESOURCE_EXHAUSTED: out of memory' in text
+  for name in figures:
+    assert f'![{name}]({name}.png)' in text
+
+  crossing = dense_crossing(CURVES['ViT-12'][2], CURVES['ResNet'][2], 10, 1e7)
+  assert f'| ViT-12 vs ResNet | about {float(f"{crossing:.3g}"):,.0f} images (measured range) |' \
+      in text
+  findings = result['findings']
+  assert findings[0].startswith('At the smallest training size (1,000 images), ResNet is best')
+  assert findings[1].startswith('At the largest training size (100,000 images), ViT-24 is best')
+  vit12 = next(f for f in findings if f.startswith('ViT-12 loses to ResNet'))
+  assert 'at 1,000 images and beats ResNet' in vit12 and 'ViT-12 overtakes ResNet' in vit12
+  assert 'measured range' in vit12 and 'extrapolated' not in vit12
+  assert any(f.startswith('ViT-24 overtakes ViT-12 from') for f in findings)
+  assert 'this sweep agrees' in findings[-1]
+  assert all(f'- {sentence}' in text for sentence in findings)
+
+  saved = json.loads((tmp_path / 'report.json').read_text())
+  assert saved['fits']['ViT-12']['b'] == pytest.approx(0.5, abs=1e-3)
+  assert saved['fits']['ResNet']['c'] == pytest.approx(0.15, abs=1e-3)
+  assert saved['crossings'][0]['size'] == pytest.approx(crossing, rel=1e-3)
+  assert saved['findings'] == findings and saved['failed'][0]['train_size'] == 300_000
+
+
+def test_findings_say_about_equal_and_disagree_with_the_paper(tmp_path):
+  sizes = (1_000, 3_000, 10_000)
+  rows = [result_row('ResNet', 'resnet', 26, d, acc) for d, acc in zip(sizes, (0.6, 0.7, 0.8))]
+  rows += [result_row('ViT-12', 'vit', 12, d, acc) for d, acc in zip(sizes, (0.603, 0.69, 0.75))]
+  findings = report.write_report(write_csv(tmp_path, rows))['findings']
+  assert findings[0] == ('At the smallest training size (1,000 images), ViT-12 and ResNet are '
+                         'about equal (60.3% vs 60.0% test accuracy).')
+  assert findings[2].startswith(
+      'ViT-12 is about equal to ResNet (+0.3 points) at 1,000 images and loses to ResNet by 5.0 '
+      'points at 10,000 images; the gap widens as data grows, from 0.3 points to 5.0 points.')
+  assert findings[3].startswith('Fewer than two ViT depths finished')
+  assert 'this sweep disagrees' in findings[-1]
+  # Three points pin the ResNet's c to its bound 0: the table must not claim 100% accuracy.
+  assert '| 100.0 (c at its bound: not determined) |' in (tmp_path / 'REPORT.md').read_text()
+
+
+def test_results_table_lists_every_model_and_size():
+  table = report.results_table(synthetic_rows())
+  lines = table.splitlines()
+  assert lines[0] == 'Test accuracy (%) by training-set size:'
+  assert lines[1].split() == ['model', 'params', '1,000', '3,000', '10,000', '30,000',
+                              '100,000', 'few-shot', '@', '100,000']
+  assert [line.split()[0] for line in lines[3:]] == ['ResNet', 'ViT-12', 'ViT-24']
+  assert report.results_table([failed_row('ViT-12', 'vit', 12, 100, 'x')]) == 'No point finished.'
+
+
+def test_a_model_with_two_points_is_reported_without_a_fit(tmp_path):
+  rows = synthetic_rows() + synthetic_rows({'ViT-36': ('vit', 36, dict(a=60., b=0.6, c=0.02))},
+                                           SIZES[-2:])
+  result = report.write_report(write_csv(tmp_path, rows))
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert '| ViT-36 | 2 | - | - | - | - | no fit: only 2 points; a power-law fit needs 3. |' in text
+  assert '| ViT-36 vs ResNet | no fit for ViT-36 |' in text
+  assert json.loads((tmp_path / 'report.json').read_text())['fits']['ViT-36']['n'] == 2
+  assert any(f.startswith('ViT-36 beats ResNet') for f in result['findings'])
+
+
+def test_only_failed_rows_give_a_report_saying_nothing_finished(tmp_path):
+  rows = [failed_row('ViT-12', 'vit', 12, d, f'NaN loss at {d}') for d in (100, 1000)]
+  result = report.write_report(write_csv(tmp_path, rows))
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert 'No point finished: all 2 runs failed' in text and 'NaN loss at 1000' in text
+  assert sorted(result) == ['findings', 'json', 'report'] and result['findings'] == []
+  assert not list(tmp_path.glob('*.png'))
+  assert json.loads((tmp_path / 'report.json').read_text())['fits'] == {}
+
+
+def test_missing_results_csv_names_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / 'results.csv')):
+    report.write_report(str(tmp_path))

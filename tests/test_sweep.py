@@ -1,0 +1,88 @@
+"""The data-scaling sweep: smoke preset end to end, resume, failed points, dry runs."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import data_scaling
+from vit_jax import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_sweep(workdir, *overrides):
+  cmd = [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
+         f'--workdir={workdir}', *overrides]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+def read_rows(workdir):
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    return list(csv.DictReader(f))
+
+
+def test_smoke_sweep_end_to_end_resume_and_failures(tmp_path):
+  # 60 and 120 images train; 5000 exceeds the 1,438 digits and must fail alone.
+  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)')
+  assert '6 points, 0 already finished, 6 to run' in out
+  rows = read_rows(tmp_path)
+  assert [r['status'] for r in rows] == ['done', 'done', 'failed'] * 2
+  assert [r['model'] for r in rows] == ['ResNet'] * 3 + ['ViT-1'] * 3
+  done = [r for r in rows if r['status'] == 'done']
+  assert {int(r['train_size']) for r in done} == {60, 120}
+  for r in done:
+    assert 0 <= float(r['test_accuracy']) <= 1 and int(r['steps']) == 4
+    assert int(r['examples_seen']) == 4 * 64 and float(r['train_flops']) > 0
+    assert int(r['params']) > 0 and r['best_step'] and r['fewshot_accuracy']
+  assert rows[3]['family'] == 'vit' and rows[3]['depth'] == '1' and rows[3]['width'] == '64'
+  assert rows[0]['family'] == 'resnet' and rows[0]['depth'] == '14'
+  failed = [r for r in rows if r['status'] == 'failed']
+  assert all('train_size=5000' in r['error'] for r in failed)
+  for name in ('accuracy_vs_data.png', 'gap_vs_data.png', 'accuracy_vs_compute.png'):
+    assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  report_text = (tmp_path / 'REPORT.md').read_text()
+  assert 'ViT-1' in report_text and 'ResNet' in report_text and 'train_size=5000' in report_text
+  assert 'REPORT.md' in out and 'accuracy_vs_data.png' in out
+
+  # Rerun after losing one finished point: only it and the failed ones run again.
+  finished = tmp_path / 'ViT-1_n120' / 'result.json'
+  kept = tmp_path / 'ResNet_n60' / 'result.json'
+  stamp = kept.stat().st_mtime_ns
+  os.remove(finished)
+  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)')
+  assert '6 points, 3 already finished, 3 to run' in out
+  assert finished.exists() and kept.stat().st_mtime_ns == stamp
+  assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed'] * 2
+
+
+@pytest.mark.parametrize('preset', ['digits', 'smoke', 'cifar10', 'cifar10_cpu', 'paper'])
+def test_every_preset_expands(preset, tmp_path):
+  config = data_scaling.get_config(preset)
+  points = sweep.expand(config, str(tmp_path))
+  assert len(points) == len(config.models) * len(config.train_sizes)
+  assert len({p.workdir for p in points}) == len(points)
+  listing = sweep.describe(points)
+  assert listing.count('workdir=') == len(points)
+  for point in points:
+    family, depth, width = sweep._family_depth_width(point.config)
+    assert family in ('vit', 'hybrid', 'resnet') and depth > 0 and width > 0
+
+
+def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
+  points = sweep.expand(data_scaling.get_config('paper'), str(tmp_path))
+  assert {p.label for p in points} == {'ResNet50x1', 'ResNet152x2', 'ViT-b/32', 'ViT-B/32',
+                                        'ViT-L/32', 'ViT-L/16'}
+  assert sorted({p.train_size for p in points}) == [9_000_000, 30_000_000, 90_000_000,
+                                                   300_000_000]
+  assert {p.config.total_steps for p in points} == {303_000_000 * 7 // 4096}
+  assert {p.config.optim.lr for p in points if p.label == 'ViT-L/16'} == {4e-4}
+
+
+def test_unknown_preset_is_named():
+  with pytest.raises(ValueError, match="Unknown data_scaling preset 'huge'"):
+    data_scaling.get_config('huge')

@@ -1,0 +1,188 @@
+"""Run a sweep of training runs (a data-scaling study) and write its report.
+
+  python -m vit_jax.sweep --config=configs/data_scaling.py:digits --workdir=/tmp/scaling \
+      [--dry_run] [--config.<field>=<value> ...]
+
+Each point (model x training-set size) trains in its own process (`--point=<index>`), so a crash
+costs one point; a point whose `result.json` exists is skipped, so rerunning an interrupted
+sweep resumes it; a failed point is recorded with its error and the sweep carries on. At the end
+`results.csv` is collected and `vit_jax.report` writes the figures and `REPORT.md`.
+"""
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+from configs import models as model_configs
+from vit_jax import cli, files, metrics, report, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (configs/data_scaling.py).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: one subfolder per point.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the points and their configs; run nothing.')
+_POINT = flags.DEFINE_integer('point', None, 'Internal: train this point in this process.')
+
+@dataclasses.dataclass
+class Point:
+  label: str
+  train_size: int | None
+  config: ml_collections.ConfigDict   # the complete training config of this point
+  workdir: str
+
+
+def expand(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
+  """Every (model, train size) of the sweep, models in config order, sizes ascending."""
+  if not sweep.models or not sweep.train_sizes:
+    raise ValueError('The sweep needs at least one entry in `models` and in `train_sizes`.')
+  points = []
+  for label, entry in sweep.models.items():
+    for size in sweep.train_sizes:
+      config = ml_collections.ConfigDict(sweep.base.to_dict())
+      config.model = entry.model
+      config.train_size = size
+      if entry.lr is not None:
+        config.optim.lr = entry.lr
+      name = f'{label}_n{"all" if size is None else size}'.replace('/', '-')
+      points.append(Point(label, size, config, os.path.join(sweep_dir, name)))
+  return points
+
+
+def _family_depth_width(config: ml_collections.ConfigDict) -> tuple[str, int, int]:
+  """('vit' | 'hybrid' | 'resnet' | 't2t', depth, width) of a point's model."""
+  fields = model_configs.get_model_config(config.model.name).to_dict()
+  fields.update({k: v for k, v in config.model.items() if v is not None})
+  family = fields['family']
+  if family == 'resnet':
+    return family, 3 * sum(fields['resnet_layers']) + 2, fields['resnet_width']
+  if family == 'vit' and fields.get('resnet_layers') is not None:
+    family = 'hybrid'
+  return family, fields['num_layers'], fields['hidden_size']
+
+
+def _row(point: Point) -> dict:
+  """One results.csv row from the point's result.json (or its recorded error)."""
+  family, depth, width = _family_depth_width(point.config)
+  row = dict(model=point.label, family=family, depth=depth, width=width,
+             train_size=point.train_size, workdir=point.workdir)
+  result_path = os.path.join(point.workdir, 'result.json')
+  if not os.path.exists(result_path):
+    error_path = os.path.join(point.workdir, 'error.txt')
+    error = open(error_path).read().strip() if os.path.exists(error_path) else 'not run'
+    return dict(row, status='failed', error=error)
+  r = files.read_json(result_path)
+  shots = sorted(int(k[len('best_fewshot_'):-len('shot')]) for k in r
+                 if k.startswith('best_fewshot_'))
+  return dict(
+      row, params=r['num_params'], train_size=r['train_size'], steps=r['step'],
+      examples_seen=r['examples_seen'], best_step=r.get('best_step'),
+      train_accuracy=r.get('train_accuracy'), val_accuracy=r.get('best_val_accuracy'),
+      test_accuracy=r.get('best_test_accuracy', r.get('test_accuracy')),
+      fewshot_accuracy=r.get(f'best_fewshot_{shots[-1]}shot') if shots else None,
+      train_flops=r.get('train_flops'), wall_time_sec=r['wall_time_sec'], status='done',
+      error='')
+
+
+def write_results(points: list[Point], path: str) -> list[dict]:
+  rows = [_row(p) for p in points]
+  with files.atomic_open(path) as f:
+    writer = csv.DictWriter(f, fieldnames=report.COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  return rows
+
+
+def _error_message(stderr: str, returncode: int) -> str:
+  """The informative line of a failed point's output: our 'Error: ...' line, else the last
+  exception line of a traceback, else the exit status."""
+  lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+  for line in reversed(lines):
+    if line.startswith('Error') or 'Error:' in line or 'Exception:' in line:
+      return line[:500]
+  return f'exited with status {returncode}' + (f': {lines[-1][:300]}' if lines else '')
+
+
+def run_point(index: int, point: Point, argv: list[str]) -> tuple[str, str]:
+  """Trains `point` in a child process; returns (status, error)."""
+  os.makedirs(point.workdir, exist_ok=True)
+  overrides = [a for a in argv[1:] if not a.startswith(('--dry_run', '--point'))]
+  cmd = [sys.executable, '-m', 'vit_jax.sweep', *overrides, f'--point={index}']
+  with open(os.path.join(point.workdir, 'log.txt'), 'w') as log:
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.PIPE, text=True)
+    log.write(proc.stderr)
+  error_path = os.path.join(point.workdir, 'error.txt')
+  if proc.returncode == 0:
+    if os.path.exists(error_path):
+      os.remove(error_path)
+    return 'done', ''
+  error = _error_message(proc.stderr, proc.returncode)
+  with files.atomic_open(error_path) as f:
+    f.write(error + '\n')
+  return 'failed', error
+
+
+def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str]) -> list[dict]:
+  """Runs every unfinished point, then writes results.csv and the report."""
+  points = expand(sweep, sweep_dir)
+  os.makedirs(sweep_dir, exist_ok=True)
+  files.write_json(os.path.join(sweep_dir, 'sweep_config.json'), sweep.to_dict())
+  todo = [i for i, p in enumerate(points)
+          if not os.path.exists(os.path.join(p.workdir, 'result.json'))]
+  print(f'Sweep {sweep.get("name", "")}: {len(points)} points, {len(points) - len(todo)} '
+        f'already finished, {len(todo)} to run.', flush=True)
+  start = time.time()
+  for n, index in enumerate(todo, 1):
+    point = points[index]
+    status, error = run_point(index, point, argv)
+    per_point = (time.time() - start) / n
+    print(f'[{len(points) - len(todo) + n}/{len(points)}] {point.label} train_size='
+          f'{point.train_size}: {status}{" (" + error + ")" if error else ""} | elapsed '
+          f'{metrics.format_duration(time.time() - start)} | ETA '
+          f'{metrics.format_duration(per_point * (len(todo) - n))}', flush=True)
+  rows = write_results(points, os.path.join(sweep_dir, 'results.csv'))
+  written = report.write_report(sweep_dir, title=f'Data scaling: {sweep.get("name", "")}')
+  print(report.results_table(report.read_results(os.path.join(sweep_dir, 'results.csv'))))
+  print('\nResults:', os.path.join(sweep_dir, 'results.csv'))
+  for key, path in written.items():
+    if isinstance(path, str) and os.path.exists(path):
+      print(f'{key}: {path}')
+  return rows
+
+
+def describe(points: list[Point]) -> str:
+  """The dry-run listing: every point with its model, data, steps and mesh."""
+  lines = []
+  for i, p in enumerate(points):
+    c = p.config
+    model = {k: v for k, v in c.model.items() if v is not None}
+    lines.append(f'[{i}] {p.label}: train_size={p.train_size} steps={c.total_steps} '
+                 f'batch={c.batch_size} lr={c.optim.lr} mesh={c.mesh} dataset={c.dataset} '
+                 f'model={model}\n    workdir={p.workdir}')
+  return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> None:
+  if not _WORKDIR.value or _CONFIG.value is None:
+    raise app.UsageError('--config and --workdir are required.')
+  try:
+    points = expand(_CONFIG.value, _WORKDIR.value)
+    if _DRY_RUN.value:
+      print(describe(points))
+      return
+    if _POINT.value is not None:  # child process: one training run
+      cli.setup_logging()
+      point = points[_POINT.value]
+      train.train_and_evaluate(point.config, point.workdir)
+      return
+    run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'Error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
