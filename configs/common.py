@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
       grad_clip_norm=1.0,             # global-norm clipping; 0 = none
       label_smoothing=0.0,
       grad_accum_steps=1,             # micro-batches per step
+      skip_nonfinite=False,           # skip (and count) steps with a non-finite loss/gradient
+                                      # instead of stopping the run
   ))
   config.schedule = ml_collections.ConfigDict(dict(
       warmup_steps=50,

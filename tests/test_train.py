@@ -215,3 +215,50 @@ def test_batch_not_divisible_by_data_parallel_size(tmp_path):
   assert proc.returncode != 0
   assert 'batch_size=36 is not divisible by the data-parallel size 8' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path):
+  long = ['--config.total_steps=300', '--config.checkpoint_every=100', '--config.eval_every=300',
+          '--config.log_every=10']
+  run_cli(tmp_path / 'straight', *long)
+  stopped = tmp_path / 'stopped'
+  proc = run_cli(stopped, *long, wait=False)
+  deadline = time.time() + 300
+  while not (stopped / 'metrics.jsonl').exists() or not losses(stopped):
+    assert time.time() < deadline
+    time.sleep(0.02)  # training has started: the first progress line is written
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=60) == 0
+  steps = sorted(int(s) for s in os.listdir(stopped / 'checkpoints') if s.isdigit())
+  assert steps and steps[-1] < 300 and steps[-1] % 100, steps  # saved at the current step
+  assert not (stopped / 'result.json').exists()
+  run_cli(stopped, *long)
+  a = checkpoint.flatten(checkpoint.read_params(str(stopped)))
+  b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  for key in b:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = smoke_config(total_steps=6, checkpoint_every=2, eval_every=6, log_every=3)
+  train.train_and_evaluate(smoke_config(total_steps=2, checkpoint_every=2, eval_every=2),
+                           str(tmp_path))
+  good = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  config.optim.lr = float('inf')  # the first update makes every parameter non-finite
+  with pytest.raises(FloatingPointError, match=r'Non-finite loss or gradient at step 3 .*'
+                     r'last good checkpoint is step 2'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+  after = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  for key in good:
+    np.testing.assert_array_equal(after[key], good[key])
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path):
+  config = smoke_config(total_steps=4, checkpoint_every=4, eval_every=4, log_every=4)
+  config.optim.skip_nonfinite = True
+  config.optim.lr = float('inf')
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['train_skipped_steps'] == 4 and result['step'] == 4
+  params = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  assert all(np.all(np.isfinite(v)) for v in params.values())

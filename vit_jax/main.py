@@ -29,8 +29,12 @@ def main(argv: list[str]) -> None:
   cli.setup_logging()
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
     sys.exit(f'Error: {e}')
+  if result.get('preempted'):
+    print(f'Stopped by SIGTERM at step {result["step"]} with a checkpoint; rerun the same '
+          'command to continue.')
+    return
   print(f'Final test accuracy {result.get("test_accuracy", float("nan")):.4f} after '
         f'{result["step"]} steps ({result["wall_time_sec"]:.0f} s); results in '
         f'{_WORKDIR.value}/result.json')

@@ -180,7 +180,7 @@ def main(argv: list[str]) -> None:
       train.train_and_evaluate(point.config, point.workdir)
       return
     run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
     sys.exit(f'Error: {e}')
 
 

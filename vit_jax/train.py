@@ -3,10 +3,13 @@
 config -> mesh -> data (in memory, uint8) -> model + optimizer -> state initialised directly
 sharded -> jitted train step (augmentation on device, explicit shardings, donated state) ->
 metrics / evaluation / checkpoints. Rerunning on the same workdir resumes from the latest
-checkpoint, data order included.
+checkpoint, data order included. SIGTERM saves a checkpoint at the current step and returns;
+a non-finite loss or gradient stops the run (FloatingPointError) before anything is saved,
+unless optim.skip_nonfinite skips such steps.
 """
 import functools
 import os
+import signal
 import time
 from typing import Any
 
@@ -65,7 +68,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
   """Returns the jitted step (state, images uint8 (B,H,W,C), labels (B,)) -> (state, metrics).
 
   Augmentation runs inside the step; the state is donated; with grad_accum_steps = A the batch
-  is split into A strided micro-batches whose gradients are averaged.
+  is split into A strided micro-batches whose gradients are averaged. metrics['nonfinite'] is 1
+  when the loss, gradient or update is not finite; with optim.skip_nonfinite such a step leaves
+  parameters and optimizer state unchanged.
   """
   aug = config.augment
   augment = functools.partial(
@@ -73,6 +78,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
       crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio), flip=aug.flip)
   accum = config.optim.grad_accum_steps
   smoothing = config.optim.label_smoothing
+  skip_nonfinite = config.optim.skip_nonfinite
 
   def loss_fn(params, images, labels, key):
     logits = model.apply({'params': params}, images, train=True, rngs={'dropout': key})
@@ -98,10 +104,16 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
           body, zeros, (micro(x), micro(labels), jax.random.split(dropout_key, accum)))
       loss, grads = loss / accum, jax.tree_util.tree_map(lambda g: g / accum, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
+    grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+    params = optax.apply_updates(state.params, updates)
+    if skip_nonfinite:  # keep the previous parameters and optimizer state
+      keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {'loss': loss, 'accuracy': correct / labels.shape[0],
-                       'grad_norm': optax.tree.norm(grads), 'lr': schedule(state.step)}
+                       'grad_norm': grad_norm, 'lr': schedule(state.step),
+                       'nonfinite': 1. - finite}
 
   batch = sharding.batch_sharding(mesh)
   return jax.jit(step, in_shardings=(state_shardings, batch, batch),
@@ -195,11 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          config.checkpoint.keep)
   iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
                                 jax.process_index(), jax.process_count())
-  elapsed, best = 0., {}
+  elapsed, best, skipped = 0., {}, 0
   if manager.latest_step() is not None:
     state, saved = manager.restore(abstract)
     iterator.set_state(saved['iterator'])
-    elapsed, best = saved['wall_time'], saved['best']
+    elapsed, best, skipped = saved['wall_time'], saved['best'], saved['skipped']
     logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
   else:
     state = init()
@@ -256,31 +268,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       best.update({'best_step': step, **{f'best_{k}': v for k, v in evals.items()}})
     return evals
 
-  pending, results = [], {}
+  pending, results = [], {}  # pending: (step, device metrics) since the last log line
+
+  def check_finite() -> None:
+    """Stops on the first non-finite step since the last log line (before anything is saved
+    or evaluated), unless such steps are skipped."""
+    bad = [(s, m) for s, m in jax.device_get(pending) if m['nonfinite']]
+    if bad and not config.optim.skip_nonfinite:
+      s, m = bad[0]
+      raise FloatingPointError(
+          f'Non-finite loss or gradient at step {s} (loss={m["loss"]}, grad_norm='
+          f'{m["grad_norm"]}); stopping. The last good checkpoint is step '
+          f'{manager.latest_step()}: rerun to resume from it with a lower optim.lr, or set '
+          'optim.skip_nonfinite=True to skip such steps.')
+
+  preempted = []
+  previous_handler = signal.getsignal(signal.SIGTERM)
+  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   last_log, last_log_step = time.time(), start_step
   run_start = time.time() - elapsed
-  for step in range(start_step + 1, config.total_steps + 1):
-    images, labels = next(iterator)
-    state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
-                                     sharding.global_batch(labels, mesh))
-    pending.append(step_metrics)
-    final = step == config.total_steps
-    if step % config.log_every == 0 or final:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      now = time.time()
-      summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
-      writer.write(step, summary)
-      eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
-      logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
-      results.update({f'train_{k}': v for k, v in summary.items()})
-      pending, last_log, last_log_step = [], now, step
-    pause = time.time()  # evaluation and checkpointing do not count towards images/s
-    if step % config.eval_every == 0 or final:
-      results.update(run_eval(step))
-    if step % config.checkpoint_every == 0 or final:
-      manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
-                                 'wall_time': time.time() - run_start})
-    last_log += time.time() - pause
+  try:
+    for step in range(start_step + 1, config.total_steps + 1):
+      images, labels = next(iterator)
+      state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
+                                       sharding.global_batch(labels, mesh))
+      pending.append((step, step_metrics))
+      final = step == config.total_steps
+      if step % config.log_every == 0 or final:
+        check_finite()
+        host = [m for _, m in jax.device_get(pending)]
+        skipped += int(sum(m['nonfinite'] for m in host))
+        good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
+        summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
+        now = time.time()
+        summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
+        summary['skipped_steps'] = skipped
+        writer.write(step, summary)
+        eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
+        logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
+        results.update({f'train_{k}': v for k, v in summary.items()})
+        pending, last_log, last_log_step = [], now, step
+      pause = time.time()  # evaluation and checkpointing do not count towards images/s
+      if step % config.eval_every == 0 or final:
+        check_finite()
+        results.update(run_eval(step))
+      if step % config.checkpoint_every == 0 or final or preempted:
+        check_finite()
+        manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
+                                   'skipped': skipped, 'wall_time': time.time() - run_start})
+      last_log += time.time() - pause
+      if preempted and not final:
+        logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
+                        'continue.', step)
+        manager.close()
+        writer.close()
+        return {'preempted': True, 'step': step}
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
   if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
     results.update(run_eval(int(state.step)))
   manager.close()
