@@ -9,7 +9,7 @@ reports test and few-shot accuracy at the best validation step. The sweep writes
 
 Presets:
   digits       embedded 8x8 digits; ResNet vs ViT depth 4 and 8 on 150 / 400 / 1000 / all
-               (1,438) images. About 5 minutes on 2 CPU cores.
+               (1,438) images. About 6 minutes on 2 CPU cores.
   smoke        seconds, for the tests.
   cifar10      CIFAR-10 (../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10); BiT ResNet,
                a hybrid and ViT-Ti/4 at depth 12, 24, 36 on 1k..50k images, 2,500 steps of

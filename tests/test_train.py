@@ -132,6 +132,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
   proc.wait()
   assert not (killed / 'result.json').exists(), 'the run finished before it could be killed'
   run_cli(killed, *long)
+  assert [f for f in os.listdir(killed) if f.startswith('config')] == ['config.json']
   run_cli(tmp_path / 'straight', *long)
   a = checkpoint.flatten(checkpoint.read_params(str(killed)))
   b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))

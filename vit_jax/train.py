@@ -168,17 +168,18 @@ def forward_flops(model, image_shape: tuple[int, ...]) -> float:
 
 
 def _write_config(config, workdir: str) -> None:
+  """Writes the resolved config; a different one already there is kept with a timestamp."""
   path = os.path.join(workdir, 'config.json')
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
   if os.path.exists(path):
     with open(path) as f:
-      old = f.read()
-    if old.strip() != text.strip():
-      backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
-      os.replace(path, backup)
-      logging.warning('The config differs from the one this workdir was started with; the old '
-                      'one is kept as %s.', backup)
-  files.write_json(path, config.to_dict())
+      if f.read() != text:
+        backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
+        os.replace(path, backup)
+        logging.warning('The config differs from the one this workdir was started with; the '
+                        'old one is kept as %s.', backup)
+  with files.atomic_open(path) as f:
+    f.write(text)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
