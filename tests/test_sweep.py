@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import data_scaling
-from vit_jax import sweep
+from vit_jax import files, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,3 +86,13 @@ def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
 def test_unknown_preset_is_named():
   with pytest.raises(ValueError, match="Unknown data_scaling preset 'huge'"):
     data_scaling.get_config('huge')
+
+
+def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
+  with files.exclusive_lock(str(tmp_path), 'sweep'):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
+         f'--workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert f'Another sweep is running in {tmp_path} (pid {os.getpid()})' in proc.stderr
+  assert 'Traceback' not in proc.stderr and not (tmp_path / 'results.csv').exists()

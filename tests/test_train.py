@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import finetune, quickstart
-from vit_jax import checkpoint, data, metrics, train
+from vit_jax import checkpoint, data, files, metrics, train
 from vit_jax.models import get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -263,3 +263,29 @@ def test_skip_nonfinite_skips_and_counts(tmp_path):
   assert result['train_skipped_steps'] == 4 and result['step'] == 4
   params = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
   assert all(np.all(np.isfinite(v)) for v in params.values())
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  config = smoke_config()  # checkpoints at steps 3 and 6
+  train.train_and_evaluate(config, str(tmp_path))
+  want = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  for root, _, names in os.walk(tmp_path / 'checkpoints' / '6' / 'state'):
+    for name in names:
+      if root.endswith(os.sep + 'd'):  # the array data files
+        (tmp_path / root / name).write_bytes(b'damaged')
+  os.remove(tmp_path / 'result.json')
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert 'Checkpoint 6' in caplog.text and 'cannot be read' in caplog.text
+  assert (tmp_path / 'checkpoints' / 'corrupt-6').is_dir()
+  assert result['step'] == 6
+  got = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  for key in want:  # resumed from step 3 and reached the same step 6
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path):
+  with files.exclusive_lock(str(tmp_path), 'training run'):
+    proc = run_cli(tmp_path, check=False)
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+  assert f'Another training run is running in {tmp_path} (pid {os.getpid()})' in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()

@@ -172,11 +172,27 @@ class CheckpointManager:
     self._manager.wait_until_finished()
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restores onto `abstract_state`'s structure and shardings (ShapeDtypeStructs)."""
-    step = self.latest_step() if step is None else step
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored.state, restored.data
+    """Restores onto `abstract_state`'s structure and shardings (ShapeDtypeStructs).
+
+    Without `step`, the latest readable checkpoint: one that cannot be read (damaged after it
+    was written) is moved aside to `corrupt-<step>`, with a warning, and the previous is used.
+    """
+    candidates = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+    for candidate in candidates:
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored.state, restored.data
+      except Exception as e:  # orbax and tensorstore raise many types for damaged files
+        if step is not None:
+          raise
+        aside = os.path.join(self.directory, f'corrupt-{candidate}')
+        logging.warning('Checkpoint %d in %s cannot be read (%s: %s); moving it to %s and '
+                        'using the previous one.', candidate, self.directory,
+                        type(e).__name__, str(e)[:200], aside)
+        os.replace(os.path.join(self.directory, str(candidate)), aside)
+        self._manager.reload()
+    raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
 
   def restore_params(self, step: int | None = None) -> Params:
     """The parameters alone, as host NumPy arrays (for fine-tuning and export)."""

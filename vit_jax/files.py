@@ -4,6 +4,7 @@ Every write goes to a temporary file in the destination's directory and is renam
 destination only once complete, so a crash never leaves a half-written file behind.
 """
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -29,6 +30,36 @@ def atomic_open(path: str, mode: str = 'w') -> Iterator[TextIO]:
   except BaseException:
     os.unlink(tmp)
     raise
+
+
+class LockedError(RuntimeError):
+  """Another process holds the directory's lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: str, what: str) -> Iterator[None]:
+  """Holds `<directory>/.lock` exclusively for the block, so two runs or sweeps never write
+  the same directory; the operating system releases it if the process dies.
+
+  Raises:
+    LockedError: naming the directory and the holder's pid.
+  """
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, '.lock'), 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      raise LockedError(f'Another {what} is running in {directory} ({f.read().strip()}); wait '
+                        'for it to finish or use another directory.') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()}')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json(path: str, obj: Any) -> None:

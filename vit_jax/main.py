@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vit_jax import cli
+from vit_jax import files
 from vit_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
@@ -28,8 +29,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('--config is required, e.g. --config=configs/quickstart.py.')
   cli.setup_logging()
   try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    with files.exclusive_lock(_WORKDIR.value, 'training run'):
+      result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FloatingPointError, files.LockedError) as e:
     sys.exit(f'Error: {e}')
   if result.get('preempted'):
     print(f'Stopped by SIGTERM at step {result["step"]} with a checkpoint; rerun the same '

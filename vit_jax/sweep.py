@@ -179,8 +179,9 @@ def main(argv: list[str]) -> None:
       point = points[_POINT.value]
       train.train_and_evaluate(point.config, point.workdir)
       return
-    run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    with files.exclusive_lock(_WORKDIR.value, 'sweep'):
+      run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv)
+  except (ValueError, FileNotFoundError, FloatingPointError, files.LockedError) as e:
     sys.exit(f'Error: {e}')
 
 
