@@ -1,6 +1,5 @@
 """Shared test helpers: tiny models and random (non-zero) parameters."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -7,6 +7,7 @@ whole test split; averaged over seeds.
 """
 from typing import Callable
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -97,3 +98,42 @@ def fewshot_accuracies(features_fn: Callable[[np.ndarray], np.ndarray], train_la
                               l2_reg))
     results[f'fewshot_{k}shot'] = float(np.mean(accs))
   return results
+
+
+class Evaluator:
+  """Evaluates one run: validation (if held out) and test loss and accuracy, and the few-shot
+  probe with shots from the training split; keeps `best`, the results of the evaluation with
+  the highest validation accuracy (the latest one without validation) as 'best_<metric>' plus
+  'best_step'."""
+
+  def __init__(self, model, config, mesh: Mesh, train: data.Split, val: data.Split | None,
+               test: data.Split, best: dict):
+    dp = sharding.data_parallel_size(mesh)
+    self._step = make_eval_step(model, image_size=config.image_size,
+                                crop_fraction=config.eval.crop_fraction)
+    self._batch = -(-config.eval.batch_size // dp) * dp  # rounded up to the data-parallel size
+    self._mesh, self._config = mesh, config.eval
+    self._train, self._val, self._test = train, val, test
+    self.best = best
+
+  def _run(self, params, split: data.Split) -> tuple[dict[str, float], np.ndarray]:
+    return features_and_metrics(self._step, params, split, batch_size=self._batch,
+                                mesh=self._mesh)
+
+  def __call__(self, params, step: int) -> dict[str, float]:
+    results = {}
+    if self._val is not None:
+      results.update({f'val_{k}': v for k, v in self._run(params, self._val)[0].items()})
+    test_metrics, test_features = self._run(params, self._test)
+    results.update({f'test_{k}': v for k, v in test_metrics.items()})
+    if self._config.fewshot_shots:
+      results.update(fewshot_accuracies(
+          lambda idx: self._run(params, self._train.take(idx))[1], self._train.labels,
+          test_features, self._test.labels, shots=tuple(self._config.fewshot_shots),
+          seeds=self._config.fewshot_seeds, l2_reg=self._config.fewshot_l2_reg))
+    logging.info('eval at step %d: %s', step,
+                 ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
+    if self._val is None or results['val_accuracy'] > self.best.get('best_val_accuracy', -1.):
+      self.best.clear()
+      self.best.update({'best_step': step, **{f'best_{k}': v for k, v in results.items()}})
+    return results

@@ -7,11 +7,12 @@ checkpoint, data order included. SIGTERM saves a checkpoint at the current step 
 a non-finite loss or gradient stops the run (FloatingPointError) before anything is saved,
 unless optim.skip_nonfinite skips such steps.
 """
+import contextlib
 import functools
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 import flax.struct
@@ -167,6 +168,30 @@ def forward_flops(model, image_shape: tuple[int, ...]) -> float:
   return float(cost.get('flops', 0.0))
 
 
+def _stop_if_nonfinite(pending: list, skip: bool, last_good: int | None) -> None:
+  """Raises on the first non-finite (step, metrics) in `pending`, unless such steps are
+  skipped. Called before every log line, evaluation and checkpoint."""
+  bad = [(s, m) for s, m in jax.device_get(pending) if m['nonfinite']]
+  if bad and not skip:
+    step, m = bad[0]
+    raise FloatingPointError(
+        f'Non-finite loss or gradient at step {step} (loss={m["loss"]}, grad_norm='
+        f'{m["grad_norm"]}); stopping. The last good checkpoint is step {last_good}: rerun to '
+        'resume from it with a lower optim.lr, or set optim.skip_nonfinite=True to skip such '
+        'steps.')
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[list]:
+  """A list that becomes non-empty when SIGTERM arrives inside the block."""
+  flag = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def _write_config(config, workdir: str) -> None:
   """Writes the resolved config; a different one already there is kept with a timestamp."""
   path = os.path.join(workdir, 'config.json')
@@ -239,56 +264,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                num_classes, dict(mesh.shape))
 
   train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
-  eval_step = evaluate.make_eval_step(model, image_size=config.image_size,
-                                      crop_fraction=config.eval.crop_fraction)
-  eval_batch = -(-config.eval.batch_size // dp) * dp
+  evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best)
 
   def run_eval(step: int) -> dict[str, float]:
-    """Test (and validation) loss and accuracy and the few-shot probe; updates `best`, the
-    evaluation with the highest validation accuracy (the latest one without validation)."""
-    evals = {}
-    if val_split is not None:
-      val_metrics, _ = evaluate.features_and_metrics(
-          eval_step, state.params, val_split, batch_size=eval_batch, mesh=mesh)
-      evals.update({f'val_{k}': v for k, v in val_metrics.items()})
-    test_metrics, test_features = evaluate.features_and_metrics(
-        eval_step, state.params, test_split, batch_size=eval_batch, mesh=mesh)
-    evals.update({f'test_{k}': v for k, v in test_metrics.items()})
-    if config.eval.fewshot_shots:
-      features_fn = lambda idx: evaluate.features_and_metrics(
-          eval_step, state.params, train_split.take(idx), batch_size=eval_batch, mesh=mesh)[1]
-      evals.update(evaluate.fewshot_accuracies(
-          features_fn, train_split.labels, test_features, test_split.labels,
-          shots=tuple(config.eval.fewshot_shots), seeds=config.eval.fewshot_seeds,
-          l2_reg=config.eval.fewshot_l2_reg))
+    evals = evaluator(state.params, step)
     writer.write(step, evals)
-    logging.info('eval at step %d: %s', step,
-                 ', '.join(f'{k} {v:.4f}' for k, v in evals.items()))
-    if val_split is None or evals['val_accuracy'] > best.get('best_val_accuracy', -1.0):
-      best.clear()
-      best.update({'best_step': step, **{f'best_{k}': v for k, v in evals.items()}})
     return evals
 
   pending, results = [], {}  # pending: (step, device metrics) since the last log line
-
-  def check_finite() -> None:
-    """Stops on the first non-finite step since the last log line (before anything is saved
-    or evaluated), unless such steps are skipped."""
-    bad = [(s, m) for s, m in jax.device_get(pending) if m['nonfinite']]
-    if bad and not config.optim.skip_nonfinite:
-      s, m = bad[0]
-      raise FloatingPointError(
-          f'Non-finite loss or gradient at step {s} (loss={m["loss"]}, grad_norm='
-          f'{m["grad_norm"]}); stopping. The last good checkpoint is step '
-          f'{manager.latest_step()}: rerun to resume from it with a lower optim.lr, or set '
-          'optim.skip_nonfinite=True to skip such steps.')
-
-  preempted = []
-  previous_handler = signal.getsignal(signal.SIGTERM)
-  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  check_finite = lambda: _stop_if_nonfinite(pending, config.optim.skip_nonfinite,
+                                            manager.latest_step())
   last_log, last_log_step = time.time(), start_step
   run_start = time.time() - elapsed
-  try:
+  with _sigterm_flag() as preempted:
     for step in range(start_step + 1, config.total_steps + 1):
       images, labels = next(iterator)
       state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
@@ -324,8 +312,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         manager.close()
         writer.close()
         return {'preempted': True, 'step': step}
-  finally:
-    signal.signal(signal.SIGTERM, previous_handler)
   if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
     results.update(run_eval(int(state.step)))
   manager.close()

@@ -13,7 +13,7 @@ Attention weights and per-block outputs are sown into the `intermediates` collec
 computed only when that collection is mutable (see `forward_with_intermediates`), so the normal
 path runs the fused `jax.nn.dot_product_attention` and stores nothing.
 """
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
