@@ -73,7 +73,10 @@ def _row(point: Point) -> dict:
   result_path = os.path.join(point.workdir, 'result.json')
   if not os.path.exists(result_path):
     error_path = os.path.join(point.workdir, 'error.txt')
-    error = open(error_path).read().strip() if os.path.exists(error_path) else 'not run'
+    error = 'not run'
+    if os.path.exists(error_path):
+      with open(error_path) as f:
+        error = f.read().strip()
     return dict(row, status='failed', error=error)
   r = files.read_json(result_path)
   shots = sorted(int(k[len('best_fewshot_'):-len('shot')]) for k in r
