@@ -120,26 +120,96 @@ def test_sharded_loss_equals_single_device(tmp_path, mesh):
     assert abs(eight[step] - one[step]) / abs(one[step]) < 1e-4
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-  long = ['--config.total_steps=300', '--config.checkpoint_every=10', '--config.eval_every=300',
-          '--config.log_every=10']
+# Runs vit_jax.main with one function wrapped so that the process SIGKILLs itself at a chosen
+# moment: argv[1] names the moment, argv[2] its step (or call number); the rest are the flags.
+KILLER = """
+import os, re, runpy, signal, sys
+import orbax.checkpoint as ocp
+from vit_jax import evaluate, files, metrics, train
+
+moment, at = sys.argv.pop(1), int(sys.argv.pop(1))
+calls = []
+
+def die():
+  print(f'SIGKILL {moment} {at}', file=sys.stderr, flush=True)
+  os.kill(os.getpid(), signal.SIGKILL)
+
+def kill_when(owner, name, condition, after=False):
+  original = getattr(owner, name)
+  def wrapper(*args, **kwargs):
+    hit = condition(*args, **kwargs)
+    if hit and not after:
+      die()
+    out = original(*args, **kwargs)
+    if hit:
+      die()
+    return out
+  setattr(owner, name, wrapper)
+
+ckpt_step = lambda directory: int(re.search(r'/(\\d+)[^/]*/[^/]*$', str(directory)).group(1))
+if moment == 'step':  # the step is dispatched, then the process dies while it runs
+  make = train.make_train_step
+  def make_killing_step(*args, **kwargs):
+    step = make(*args, **kwargs)
+    def killing_step(state, *batch):
+      number = int(state.step) + 1  # read before the call: the state is donated
+      out = step(state, *batch)
+      if number == at:
+        die()
+      return out
+    return killing_step
+  train.make_train_step = make_killing_step
+elif moment == 'checkpoint-arrays':  # arrays written, the step not yet committed
+  kill_when(ocp.StandardCheckpointHandler, 'finalize', lambda self, d: ckpt_step(d) == at)
+elif moment == 'checkpoint-json':  # the data-iterator item of the checkpoint being written
+  kill_when(ocp.JsonCheckpointHandler, 'async_save', lambda self, d, *a, **k: ckpt_step(d) == at)
+elif moment == 'evaluation':  # the at-th pass over an evaluation split in this process
+  kill_when(evaluate, 'features_and_metrics', lambda *a, **k: calls.append(1) or len(calls) == at)
+elif moment == 'metrics':
+  kill_when(metrics.MetricsWriter, 'write', lambda self, step, values: step == at)
+elif moment == 'result':  # the final checkpoint is saved; result.json is being written
+  kill_when(files, 'write_json', lambda path, obj: path.endswith('result.json'))
+sys.argv[0] = 'vit_jax.main'
+runpy.run_module('vit_jax.main', run_name='__main__')
+"""
+
+
+def test_resume_after_sigkill_at_any_moment_matches_uninterrupted_run(tmp_path):
+  """One run killed at seven moments in turn (each rerun resumes and is killed at the next),
+  then finished: parameters, losses and results equal an uninterrupted run's, bitwise."""
+  flags = ['--config.total_steps=12', '--config.checkpoint_every=4', '--config.eval_every=6',
+           '--config.log_every=2']
+  run_cli(tmp_path / 'straight', *flags)
   killed = tmp_path / 'killed'
-  proc = run_cli(killed, *long, wait=False)
-  deadline = time.time() + 300
-  while not (killed / 'checkpoints' / '10').exists() and time.time() < deadline:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / 'result.json').exists(), 'the run finished before it could be killed'
-  run_cli(killed, *long)
-  assert [f for f in os.listdir(killed) if f.startswith('config')] == ['config.json']
-  run_cli(tmp_path / 'straight', *long)
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  for moment, at, resumes_from in [
+      ('step', 3, None),                # in a training step, before any checkpoint
+      ('checkpoint-arrays', 4, None),   # writing the first checkpoint
+      ('metrics', 6, None),             # writing a progress line (checkpoint 4 is written)
+      ('evaluation', 2, 4),             # in the evaluation at step 6 (its test split)
+      ('checkpoint-json', 8, 4),        # writing checkpoint 8's data-iterator state
+      ('step', 10, 4),                  # in a training step after checkpoint 8
+      ('result', 0, 8),                 # writing result.json after the final checkpoint
+  ]:
+    cmd = [sys.executable, '-c', KILLER, moment, str(at), '--config=configs/quickstart.py',
+           f'--workdir={killed}', *SMOKE, *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, (moment, at, proc.stderr[-3000:])
+    assert f'SIGKILL {moment} {at}' in proc.stderr
+    if resumes_from:
+      assert f'Resumed from step {resumes_from} ' in proc.stderr, (moment, proc.stderr[-3000:])
+    assert not (killed / 'result.json').exists()
+  assert 'Resumed from step 12 ' in run_cli(killed, *flags).stderr
   a = checkpoint.flatten(checkpoint.read_params(str(killed)))
   b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   assert sorted(losses(killed).items()) == sorted(losses(tmp_path / 'straight').items())
+  got, want = (files.read_json(f'{d}/result.json') for d in (killed, tmp_path / 'straight'))
+  for key in ('test_accuracy', 'test_loss', 'best_step', 'best_val_accuracy', 'fewshot_1shot'):
+    assert got.get(key) == want.get(key), key
+  assert sorted(os.listdir(killed / 'checkpoints')) == ['12', '4', '8']
 
 
 def test_finetune_from_npz_at_another_resolution(tmp_path):
