@@ -92,5 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       cache_dir=placeholder(str),     # decoded-array cache; None = ~/.cache/vit_jax
       subset_seed=0,                  # seed of the nested train_size subsets
+      corrupt_images='error',         # an undecodable image file: 'error' | 'skip' (counted
+                                      # in result.json as skipped_images)
   ))
   return config

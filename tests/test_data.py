@@ -176,6 +176,25 @@ def test_folder_errors_name_the_problem(tmp_path, problem, error, message):
     data.load_split(bad_tree(tmp_path, problem), 'test')
 
 
+def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):
+  """data.corrupt_images='skip' leaves broken files out, names and counts them (also when the
+  split comes from the cache) and keeps the labels of the others aligned."""
+  source = bad_tree(tmp_path, 'undecodable image')
+  root = source[len('folder:'):]
+  dogs = write_images(tmp_path / 'bad' / 'test' / 'dog', count=3, seed=5)
+  (tmp_path / 'bad' / 'test' / 'dog' / 'zz.jpg').write_bytes(b'\xff\xd8 truncated jpeg')
+  full = data.load_split(source, 'test', corrupt_images='skip')
+  for split in (full, data.load_split(source, 'test', corrupt_images='skip')):  # decoded, cached
+    assert split.skipped == (f'{root}/test/cat/broken.png', f'{root}/test/dog/zz.jpg')
+    assert split.labels.tolist() == [0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(split.images[2:], np.stack(dogs))
+  assert 'Skipped 2 image(s) of the test split' in caplog.text
+  with pytest.raises(ValueError, match=r"broken.png: .*set data.corrupt_images='skip'"):
+    data.load_split(source, 'test')  # the default is an error, whatever the cache holds
+  with pytest.raises(ValueError, match=r"data.corrupt_images='drop' must be one of"):
+    data.load_split(source, 'test', corrupt_images='drop')
+
+
 @pytest.mark.parametrize('source,split,message', [
     ('imagenet', 'train', r"config.dataset='imagenet' is not one of 'digits', 'folder:"),
     ('folder:', 'train', r"config.dataset='folder:' is not one of"),

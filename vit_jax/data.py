@@ -39,36 +39,45 @@ _GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')  # decoded as 'L' (one channel)
 Listing = tuple[set[str], set[str], Callable[[str], bytes]]
 
 
+CORRUPT_IMAGES = ('error', 'skip')  # what `data.corrupt_images` may say to do with a broken file
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One decoded split held in memory.
 
-  images: (N, H, W, C) uint8; labels: (N,) int32 indices into class_names.
+  images: (N, H, W, C) uint8; labels: (N,) int32 indices into class_names; skipped: the files
+  left out because they could not be decoded (with corrupt_images='skip').
   """
   images: np.ndarray
   labels: np.ndarray
   class_names: tuple[str, ...]
+  skipped: tuple[str, ...] = ()
 
   def take(self, indices: np.ndarray) -> 'Split':
     """The examples at `indices`, same classes."""
     return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
 
-def load_split(source: str, split: str, *, cache_dir: str | None = None) -> Split:
+def load_split(source: str, split: str, *, cache_dir: str | None = None,
+               corrupt_images: str = 'error') -> Split:
   """Loads split 'train' or 'test' of `source` (see the module docstring) into memory.
 
   'folder:' sources are decoded once and cached in `cache_dir` (default: $VIT_JAX_CACHE or
   ~/.cache/vit_jax) as `.npz` files keyed by the absolute path, the archive's size and mtime
-  (a directory's newest mtime and file count) and the split; an unreadable cache file is
-  decoded again.
+  (a directory's newest mtime and file count), the split and `corrupt_images`; an unreadable
+  cache file is decoded again. An image file that cannot be decoded is an error, or with
+  corrupt_images='skip' left out, logged and listed in `Split.skipped`.
   """
   if split not in SPLITS:
     raise ValueError(f"split={split!r} must be 'train' or 'test'.")
+  if corrupt_images not in CORRUPT_IMAGES:
+    raise ValueError(f'data.corrupt_images={corrupt_images!r} must be one of {CORRUPT_IMAGES}.')
   kind, _, arg = source.partition(':')
   if source == 'digits':
     return _load_digits(split)
   if kind == 'folder' and arg:
-    return _load_folder(arg, split, cache_dir)
+    return _load_folder(arg, split, cache_dir, skip_corrupt=corrupt_images == 'skip')
   if kind == 'tfds' and arg:
     return _load_tfds(arg, split)
   raise ValueError(f'config.dataset={source!r} is not one of {SOURCES}.')
@@ -105,14 +114,17 @@ def _load_tfds(name: str, split: str) -> Split:
   return Split(images.astype(np.uint8), labels.astype(np.int32), tuple(names))
 
 
-def _load_folder(path: str, split: str, cache_dir: str | None) -> Split:
+def _load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> Split:
   """An image-folder directory or `.tar.gz`, from the cache when it is there."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
-  cache_file = _cache_file(path, split, cache_dir)
+  cache_file = _cache_file(path, split, cache_dir, skip_corrupt)
   try:
     arrays = files.read_npz(cache_file)
-    return Split(arrays['images'], arrays['labels'], tuple(arrays['class_names'].tolist()))
+    result = Split(arrays['images'], arrays['labels'], tuple(arrays['class_names'].tolist()),
+                   tuple(arrays['skipped'].tolist()))
+    _warn_skipped(path, split, result.skipped)
+    return result
   except FileNotFoundError:
     pass
   except (ValueError, KeyError) as e:
@@ -122,18 +134,29 @@ def _load_folder(path: str, split: str, cache_dir: str | None) -> Split:
   start = time.perf_counter()
   dirs, file_names, read = _list_folder(path) if os.path.isdir(path) else _list_archive(path, split)
   paths, labels, class_names = _image_paths(path, split, dirs, file_names)
-  result = Split(_decode_images(path, paths, read), np.asarray(labels, np.int32), class_names)
-  logging.info('Decoded %d images of %s in %.1f s; caching them in %s.', len(paths), path,
+  images, kept = _decode_images(path, paths, read, skip_corrupt)
+  skipped = tuple(os.path.join(path, p) for p, k in zip(paths, kept) if not k)
+  result = Split(images, np.asarray(labels, np.int32)[kept], class_names, skipped)
+  logging.info('Decoded %d images of %s in %.1f s; caching them in %s.', len(images), path,
                time.perf_counter() - start, cache_file)
+  _warn_skipped(path, split, skipped)
   try:
     files.write_npz(cache_file, dict(images=result.images, labels=result.labels,
-                                     class_names=np.array(class_names, str)))
+                                     class_names=np.array(class_names, str),
+                                     skipped=np.array(skipped, str)))
   except OSError as e:
     logging.warning('Could not write the cache file %s: %s', cache_file, e)
   return result
 
 
-def _cache_file(path: str, split: str, cache_dir: str | None) -> str:
+def _warn_skipped(path: str, split: str, skipped: tuple[str, ...]) -> None:
+  if skipped:
+    logging.warning('Skipped %d image(s) of the %s split of %s that cannot be decoded '
+                    "(data.corrupt_images='skip'): %s%s", len(skipped), split, path,
+                    ', '.join(skipped[:5]), ' ...' if len(skipped) > 5 else '')
+
+
+def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> str:
   """Cache file name for `split` of `path`, from its absolute path and modification stamp."""
   path = os.path.abspath(path)
   if os.path.isdir(path):
@@ -145,7 +168,7 @@ def _cache_file(path: str, split: str, cache_dir: str | None) -> str:
     stamp = (newest, count)
   else:
     stamp = (os.stat(path).st_size, os.stat(path).st_mtime_ns)
-  key = repr((_CACHE_VERSION, path, stamp, split))
+  key = repr((_CACHE_VERSION, path, stamp, split, skip_corrupt))
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   cache_dir = cache_dir or os.environ.get('VIT_JAX_CACHE') or os.path.expanduser(
       '~/.cache/vit_jax')
@@ -232,15 +255,21 @@ def _image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   return paths, labels, tuple(classes)
 
 
-def _decode_images(path: str, paths: list[str], read: Callable[[str], bytes]) -> np.ndarray:
-  """Decodes `paths` with Pillow into (N, H, W, C) uint8; all must have one size and mode."""
-  images = []
-  for name in paths:
+def _decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
+                   skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes `paths` with Pillow into (N', H, W, C) uint8, all of one size and mode, and a
+  (N,) bool mask of the decoded paths (False only for files skipped with `skip_corrupt`)."""
+  images, kept = [], np.ones(len(paths), bool)
+  for i, name in enumerate(paths):
     try:
       with Image.open(io.BytesIO(read(name))) as pil:
         image = np.asarray(pil.convert('L' if pil.mode in _GRAY_MODES else 'RGB'))
     except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for broken files
-      raise ValueError(f'Cannot decode the image {os.path.join(path, name)}: {e}') from e
+      if skip_corrupt:
+        kept[i] = False
+        continue
+      raise ValueError(f'Cannot decode the image {os.path.join(path, name)}: {e}; set '
+                       "data.corrupt_images='skip' to leave such files out.") from e
     image = image.reshape(*image.shape[:2], -1)
     if images and image.shape != images[0].shape:
       describe = lambda s: f'{s[0]}x{s[1]} (HxW) with {s[2]} channel(s)'
@@ -249,7 +278,9 @@ def _decode_images(path: str, paths: list[str], read: Callable[[str], bytes]) ->
           f'{os.path.join(path, paths[0])} is {describe(images[0].shape)}: all images of a '
           'split must have the same size and mode.')
     images.append(image)
-  return np.stack(images)
+  if not images:
+    raise ValueError(f'None of the {len(paths)} images of {path} can be decoded.')
+  return np.stack(images), kept
 
 
 def nested_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
