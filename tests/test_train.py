@@ -1,6 +1,8 @@
 """Training end to end: workdir files, sharded = unsharded, exact resume, fine-tuning, errors."""
+import errno
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -352,6 +354,69 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   got = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
   for key in want:  # resumed from step 3 and reached the same step 6
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_continues(
+    tmp_path, monkeypatch):
+  train.train_and_evaluate(smoke_config(), str(tmp_path / 'straight'))
+  run = tmp_path / 'run'
+  save = checkpoint.CheckpointManager.save
+  def full_at_6(self, step, *args):
+    if step == 6:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / 'checkpoints' / '6'))
+    return save(self, step, *args)
+  monkeypatch.setattr(checkpoint.CheckpointManager, 'save', full_at_6)
+  with pytest.raises(OSError, match=rf'Cannot write in the workdir {run} \(.*/checkpoints/6: '
+                     r'No space left on device\)\. Everything written there before is intact'):
+    train.train_and_evaluate(smoke_config(), str(run))
+  assert os.listdir(run / 'checkpoints') == ['3'] and not (run / 'result.json').exists()
+  monkeypatch.setattr(checkpoint.CheckpointManager, 'save', save)  # space freed
+  assert train.train_and_evaluate(smoke_config(), str(run))['step'] == 6
+  a = checkpoint.flatten(checkpoint.read_params(str(run)))
+  b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  for key in b:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_file_size_limit_during_a_checkpoint_write_is_one_error_line(tmp_path):
+  """A real failed write (RLIMIT_FSIZE: tensorstore's error when the checkpoint exceeds it)
+  ends the run with one 'Error:' line naming the workdir (orbax's threads may log their own
+  noise around it); the rerun without the limit completes."""
+  def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # metrics fit, arrays do not
+  cmd = [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
+         f'--workdir={tmp_path}', *SMOKE]
+  proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
+                        capture_output=True, timeout=600, preexec_fn=limit_file_size)
+  assert proc.returncode == 1
+  [error] = [l for l in proc.stderr.splitlines() if l.startswith('Error:')]
+  assert error.startswith(f'Error: [Errno {errno.EFBIG}] Cannot write in the workdir {tmp_path} '
+                         '(writing checkpoint 3 failed, File too large: '), error
+  assert 'rerun the same command' in error
+  assert not [s for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()]
+  assert run_cli(tmp_path).returncode == 0 and (tmp_path / 'result.json').exists()
+
+
+def test_an_unwritable_workdir_is_reported_before_training(tmp_path, monkeypatch, finished_run):
+  def read_only(path, *args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+  monkeypatch.setattr(files, 'open', read_only, raising=False)  # the lock file is written first
+  with pytest.raises(OSError, match=rf'Cannot write in the workdir {finished_run} \('
+                     rf'{finished_run}/.lock: Read-only file system\)'):
+    train.train_and_evaluate(smoke_config(), str(finished_run))
+  blocked = tmp_path / 'a-file'
+  blocked.write_text('not a directory')
+  with pytest.raises(OSError, match=rf'{blocked}/run.*Not a directory'):
+    train.train_and_evaluate(smoke_config(), str(blocked / 'run'))
+
+
+def test_the_python_api_refuses_a_workdir_in_use(tmp_path):
+  with files.exclusive_lock(str(tmp_path), 'training run'):
+    with pytest.raises(files.LockedError, match=f'Another training run is running in {tmp_path} '
+                       rf'\(pid {os.getpid()}\)'):
+      train.train_and_evaluate(smoke_config(), str(tmp_path))
+  assert os.listdir(tmp_path) == ['.lock']
 
 
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path):

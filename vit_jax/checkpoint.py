@@ -10,6 +10,7 @@ pre-Linen numbers auto-named submodules with one counter per parent (`LayerNorm_
 (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`). big_vision files
 prefix the tree with `params/`. All load here, never with pickle.
 """
+import errno
 import os
 import re
 from typing import Any
@@ -167,9 +168,23 @@ class CheckpointManager:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
-    self._manager.wait_until_finished()
+    """Writes checkpoint `step`; it becomes visible only once complete.
+
+    Raises:
+      OSError: the write failed (e.g. a full disk: tensorstore reports it as a ValueError
+        carrying the OS error code); earlier checkpoints are untouched.
+    """
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+      self._manager.wait_until_finished()
+    except OSError:
+      raise
+    except Exception as e:  # tensorstore and orbax wrap OS errors in several types
+      code = re.search(r"os_error_code='(\d+)'", str(e))
+      code = int(code.group(1)) if code else errno.EIO
+      raise OSError(code, f'writing checkpoint {step} failed, {os.strerror(code)}: '
+                    f'{str(e)[:200]}') from e
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restores onto `abstract_state`'s structure and shardings (ShapeDtypeStructs).

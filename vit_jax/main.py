@@ -29,9 +29,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('--config is required, e.g. --config=configs/quickstart.py.')
   cli.setup_logging()
   try:
-    with files.exclusive_lock(_WORKDIR.value, 'training run'):
-      result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError, files.LockedError) as e:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, OSError, FloatingPointError, files.LockedError) as e:
     sys.exit(f'Error: {e}')
   if result.get('preempted'):
     print(f'Stopped by SIGTERM at step {result["step"]} with a checkpoint; rerun the same '

@@ -8,6 +8,7 @@ a non-finite loss or gradient stops the run (FloatingPointError) before anything
 unless optim.skip_nonfinite skips such steps.
 """
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -141,8 +142,9 @@ def init_state(model, tx, config, image_shape: tuple[int, ...], mesh):
 def load_data(config) -> tuple[data.Split, data.Split | None, data.Split]:
   """(train, validation or None, test): the nested `train_size` subset of the training split,
   minus a class-balanced `eval.val_fraction` of it held out for validation."""
-  train = data.load_split(config.dataset, 'train', cache_dir=config.data.cache_dir)
-  test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
+  train, test = (data.load_split(config.dataset, split, cache_dir=config.data.cache_dir,
+                                 corrupt_images=config.data.corrupt_images)
+                 for split in ('train', 'test'))
   train = train.take(data.nested_subset(train.labels, config.train_size, config.data.subset_seed))
   fraction = config.eval.val_fraction
   if not 0 <= fraction < 1:
@@ -207,10 +209,38 @@ def _write_config(config, workdir: str) -> None:
     f.write(text)
 
 
+# What a failed write reports when the workdir is full, read-only or otherwise unwritable.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EIO, errno.ENOTDIR}
+
+
+@contextlib.contextmanager
+def _workdir(workdir: str) -> Iterator[None]:
+  """Holds the workdir's lock (on process 0) for the block and turns a failed write into one
+  error that names the workdir and says what to do."""
+  try:
+    with (files.exclusive_lock(workdir, 'training run') if jax.process_index() == 0
+          else contextlib.nullcontext()):
+      yield
+  except OSError as e:
+    if e.errno not in _WRITE_ERRNOS:
+      raise
+    problem = f'{e.filename}: {e.strerror}' if e.filename else e.strerror or str(e)
+    raise OSError(e.errno, f'Cannot write in the workdir {workdir} ({problem}). Everything '
+                  'written there before is intact; free space or fix the permissions, then '
+                  'rerun the same command to continue from the last checkpoint.') from e
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates one run in `workdir`; resumes if it holds checkpoints.
 
   Returns the final results (also written to `<workdir>/result.json`).
+
+  Raises:
+    ValueError, FileNotFoundError: a bad config or dataset, before anything is written.
+    files.LockedError: another run holds the workdir.
+    OSError: the workdir cannot be written (full, read-only); nothing already there is lost.
+    FloatingPointError: a non-finite loss or gradient (unless optim.skip_nonfinite).
   """
   check_config(config)
   mesh = sharding.make_mesh(config.mesh)
@@ -227,109 +257,111 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   image_shape = (config.image_size, config.image_size, train_split.images.shape[-1])
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
 
-  os.makedirs(workdir, exist_ok=True)
-  is_writer = jax.process_index() == 0
-  manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
-                                         config.checkpoint.keep)
-  iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
-                                jax.process_index(), jax.process_count())
-  elapsed, best, skipped = 0., {}, 0
-  if manager.latest_step() is not None:
-    state, saved = manager.restore(abstract)
-    iterator.set_state(saved['iterator'])
-    elapsed, best, skipped = saved['wall_time'], saved['best'], saved['skipped']
-    logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
-  else:
-    state = init()
-    if config.checkpoint.init_from:
-      params = checkpoint.load_pretrained(config.checkpoint.init_from, abstract.params,
-                                          reset_head=config.checkpoint.reset_head)
-      params = jax.device_put(params, shardings.params)
-      opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-      state = state.replace(params=params, opt_state=opt_state)
-      logging.info('Initialised from %s.', config.checkpoint.init_from)
-  if is_writer:
-    _write_config(config, workdir)
-  start_step = int(state.step)
-  result_path = os.path.join(workdir, 'result.json')
-  if start_step >= config.total_steps and os.path.exists(result_path):
-    logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
+  with _workdir(workdir):
+    is_writer = jax.process_index() == 0
+    manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                                           config.checkpoint.keep)
+    iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
+                                  jax.process_index(), jax.process_count())
+    elapsed, best, skipped = 0., {}, 0
+    if manager.latest_step() is not None:
+      state, saved = manager.restore(abstract)
+      iterator.set_state(saved['iterator'])
+      elapsed, best, skipped = saved['wall_time'], saved['best'], saved['skipped']
+      logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
+    else:
+      state = init()
+      if config.checkpoint.init_from:
+        params = checkpoint.load_pretrained(config.checkpoint.init_from, abstract.params,
+                                            reset_head=config.checkpoint.reset_head)
+        params = jax.device_put(params, shardings.params)
+        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+        state = state.replace(params=params, opt_state=opt_state)
+        logging.info('Initialised from %s.', config.checkpoint.init_from)
+    if is_writer:
+      _write_config(config, workdir)
+    start_step = int(state.step)
+    result_path = os.path.join(workdir, 'result.json')
+    if start_step >= config.total_steps and os.path.exists(result_path):
+      logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
+      manager.close()
+      return files.read_json(result_path)
+    writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract.params))
+    logging.info('%s: %s parameters, %d train / %d validation / %d test images, %d classes, '
+                 'mesh %s.', config.model.name, f'{num_params:,}', len(train_split.labels),
+                 0 if val_split is None else len(val_split.labels), len(test_split.labels),
+                 num_classes, dict(mesh.shape))
+
+    train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
+    evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best)
+
+    def run_eval(step: int) -> dict[str, float]:
+      evals = evaluator(state.params, step)
+      writer.write(step, evals)
+      return evals
+
+    pending, results = [], {}  # pending: (step, device metrics) since the last log line
+    check_finite = lambda: _stop_if_nonfinite(pending, config.optim.skip_nonfinite,
+                                              manager.latest_step())
+    last_log, last_log_step = time.time(), start_step
+    run_start = time.time() - elapsed
+    with _sigterm_flag() as preempted:
+      for step in range(start_step + 1, config.total_steps + 1):
+        images, labels = next(iterator)
+        state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
+                                         sharding.global_batch(labels, mesh))
+        pending.append((step, step_metrics))
+        final = step == config.total_steps
+        if step % config.log_every == 0 or final:
+          check_finite()
+          host = [m for _, m in jax.device_get(pending)]
+          skipped += int(sum(m['nonfinite'] for m in host))
+          good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
+          summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
+          now = time.time()
+          summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
+          summary['skipped_steps'] = skipped
+          writer.write(step, summary)
+          eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
+          logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
+          results.update({f'train_{k}': v for k, v in summary.items()})
+          pending, last_log, last_log_step = [], now, step
+        pause = time.time()  # evaluation and checkpointing do not count towards images/s
+        if step % config.eval_every == 0 or final:
+          check_finite()
+          results.update(run_eval(step))
+        if step % config.checkpoint_every == 0 or final or preempted:
+          check_finite()
+          manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
+                                     'skipped': skipped, 'wall_time': time.time() - run_start})
+        last_log += time.time() - pause
+        if preempted and not final:
+          logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
+                          'continue.', step)
+          manager.close()
+          writer.close()
+          return {'preempted': True, 'step': step}
+    if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
+      results.update(run_eval(int(state.step)))
     manager.close()
-    return files.read_json(result_path)
-  writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
-  num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract.params))
-  logging.info('%s: %s parameters, %d train / %d validation / %d test images, %d classes, '
-               'mesh %s.', config.model.name, f'{num_params:,}', len(train_split.labels),
-               0 if val_split is None else len(val_split.labels), len(test_split.labels),
-               num_classes, dict(mesh.shape))
+    writer.close()
 
-  train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
-  evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best)
-
-  def run_eval(step: int) -> dict[str, float]:
-    evals = evaluator(state.params, step)
-    writer.write(step, evals)
-    return evals
-
-  pending, results = [], {}  # pending: (step, device metrics) since the last log line
-  check_finite = lambda: _stop_if_nonfinite(pending, config.optim.skip_nonfinite,
-                                            manager.latest_step())
-  last_log, last_log_step = time.time(), start_step
-  run_start = time.time() - elapsed
-  with _sigterm_flag() as preempted:
-    for step in range(start_step + 1, config.total_steps + 1):
-      images, labels = next(iterator)
-      state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
-                                       sharding.global_batch(labels, mesh))
-      pending.append((step, step_metrics))
-      final = step == config.total_steps
-      if step % config.log_every == 0 or final:
-        check_finite()
-        host = [m for _, m in jax.device_get(pending)]
-        skipped += int(sum(m['nonfinite'] for m in host))
-        good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
-        summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
-        now = time.time()
-        summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
-        summary['skipped_steps'] = skipped
-        writer.write(step, summary)
-        eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
-        logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
-        results.update({f'train_{k}': v for k, v in summary.items()})
-        pending, last_log, last_log_step = [], now, step
-      pause = time.time()  # evaluation and checkpointing do not count towards images/s
-      if step % config.eval_every == 0 or final:
-        check_finite()
-        results.update(run_eval(step))
-      if step % config.checkpoint_every == 0 or final or preempted:
-        check_finite()
-        manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
-                                   'skipped': skipped, 'wall_time': time.time() - run_start})
-      last_log += time.time() - pause
-      if preempted and not final:
-        logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
-                        'continue.', step)
-        manager.close()
-        writer.close()
-        return {'preempted': True, 'step': step}
-  if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
-    results.update(run_eval(int(state.step)))
-  manager.close()
-  writer.close()
-
-  final_step = int(state.step)
-  flops = forward_flops(model, image_shape)
-  results.update(best)
-  results.update({
-      'step': final_step, 'examples_seen': final_step * config.batch_size,
-      'forward_flops_per_example': flops,
-      'train_flops': 3 * flops * final_step * config.batch_size,
-      'wall_time_sec': time.time() - run_start, 'num_params': num_params,
-      'model': config.model.name, 'dataset': config.dataset,
-      'train_size': len(train_split.labels) + (0 if val_split is None else len(val_split.labels)),
-      'val_size': 0 if val_split is None else len(val_split.labels),
-      'devices': jax.device_count(),
-  })
-  if is_writer:
-    files.write_json(result_path, results)
-  return results
+    final_step = int(state.step)
+    num_val = 0 if val_split is None else len(val_split.labels)
+    flops = forward_flops(model, image_shape)
+    results.update(best)
+    results.update({
+        'step': final_step, 'examples_seen': final_step * config.batch_size,
+        'forward_flops_per_example': flops,
+        'train_flops': 3 * flops * final_step * config.batch_size,
+        'wall_time_sec': time.time() - run_start, 'num_params': num_params,
+        'model': config.model.name, 'dataset': config.dataset,
+        'train_size': len(train_split.labels) + num_val,
+        'val_size': num_val,
+        'devices': jax.device_count(),
+        'skipped_images': len(train_split.skipped) + len(test_split.skipped),
+    })
+    if is_writer:
+      files.write_json(result_path, results)
+    return results
