@@ -392,7 +392,7 @@ def test_a_file_size_limit_during_a_checkpoint_write_is_one_error_line(tmp_path)
   assert proc.returncode == 1
   [error] = [l for l in proc.stderr.splitlines() if l.startswith('Error:')]
   assert error.startswith(f'Error: [Errno {errno.EFBIG}] Cannot write in the workdir {tmp_path} '
-                         '(writing checkpoint 3 failed, File too large: '), error
+                          '(writing checkpoint 3 failed, File too large: '), error
   assert 'rerun the same command' in error
   assert not [s for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()]
   assert run_cli(tmp_path).returncode == 0 and (tmp_path / 'result.json').exists()
