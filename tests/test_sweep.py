@@ -1,8 +1,10 @@
 """The data-scaling sweep: smoke preset end to end, resume, failed points, dry runs."""
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -96,3 +98,58 @@ def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
   assert proc.returncode != 0
   assert f'Another sweep is running in {tmp_path} (pid {os.getpid()})' in proc.stderr
   assert 'Traceback' not in proc.stderr and not (tmp_path / 'results.csv').exists()
+
+
+def wait_for(condition, what, timeout=300):
+  """Polls `condition` until true; fails the test (a hung child, not a speed check) after
+  `timeout` seconds."""
+  deadline = time.time() + timeout
+  while not condition():
+    if time.time() > deadline:
+      pytest.fail(f'timed out waiting for {what}')
+    time.sleep(0.05)
+
+
+def checkpoints(point):
+  folder = point / 'checkpoints'
+  return sorted(int(s) for s in os.listdir(folder) if s.isdigit()) if folder.exists() else []
+
+
+def test_stopping_or_killing_the_sweep_stops_its_point_at_a_checkpoint(tmp_path):
+  """SIGKILL of the sweep process: its running point gets SIGTERM, checkpoints and exits.
+  SIGINT (Ctrl-C) or SIGTERM of the sweep: the point checkpoints, the sweep says so and exits
+  0. The rerun continues the point from its checkpoint; a rerun with another config is
+  refused."""
+  flags = ['--config.train_sizes=(60,)', '--config.base.total_steps=20000',
+           '--config.base.log_every=10', '--config.base.eval_every=20000',
+           '--config.base.checkpoint_every=20000']
+  cmd = [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
+         f'--workdir={tmp_path}', *flags]
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  point = tmp_path / 'ResNet_n60'
+  for signum in (signal.SIGKILL, signal.SIGINT, signal.SIGTERM):
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    before = checkpoints(point)
+    metrics_file = point / 'metrics.jsonl'
+    lines = lambda: metrics_file.read_text().count('\n') if metrics_file.exists() else 0
+    seen = lines()
+    wait_for(lambda: lines() > seen + 1, 'the point to make progress')
+    child = int((point / '.lock').read_text().split()[1])
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    wait_for(lambda: not os.path.exists(f'/proc/{child}') or
+             open(f'/proc/{child}/stat').read().split()[2] == 'Z', 'the point process to exit')
+    after = checkpoints(point)
+    assert after and after[-1] not in before and after[-1] < 20000, (before, after)
+    assert not (point / 'result.json').exists()
+    if signum != signal.SIGKILL:
+      assert proc.returncode == 0
+      assert f'Stopped by signal {signum} at ResNet train_size=60 (stopped)' in out
+  log = (point / 'log.txt').read_text()  # appended by both runs: the second resumed
+  assert f'Resumed from step {checkpoints(point)[0]} ' in log
+  # A changed config is refused rather than mixed with the results already there.
+  proc = subprocess.run(cmd + ['--config.base.optim.lr=0.1'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+  assert (f'{point} was run with another config than this sweep gives it (optim.lr: 0.002 '
+          'then, 0.1 now); use a new --workdir') in proc.stderr
