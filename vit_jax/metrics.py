@@ -40,7 +40,8 @@ class MetricsWriter:
     with files.atomic_open(self.path) as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
     self._file = open(self.path, 'a')
-    self._tb = tensorboardX.SummaryWriter(workdir, purge_step=resume_step + 1 if resume_step else None)
+    self._tb = tensorboardX.SummaryWriter(
+        workdir, purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
@@ -63,7 +64,8 @@ def format_duration(seconds: float) -> str:
 
 
 def progress_line(step: int, total: int, metrics: dict[str, float], eta_seconds: float) -> str:
-  """'step 100/500 (20%) | loss 1.234 | accuracy 0.560 | lr 1.0e-03 | 12,345 img/s | ETA 0:01:23'."""
+  """One line of progress, e.g.
+  'step 100/500 (20%) | loss 1.234 | accuracy 0.560 | lr 1.0e-03 | 12,345 img/s | ETA 0:01:23'."""
   parts = [f'step {step}/{total} ({100 * step // total}%)']
   for key in ('loss', 'accuracy', 'grad_norm'):
     if key in metrics:

@@ -42,9 +42,10 @@ def _kernels_only(params):
 
 def make_optimizer(config: ml_collections.ConfigDict
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optimizer, learning-rate schedule). Gradient clipping at `optim.grad_clip_norm` (0 = off), then Adam, AdamW (decoupled weight
-  decay, scaled by the learning rate) or SGD with momentum; `weight_decay` for 'adam' and 'sgd'
-  is added to the gradient (L2) before the update, as in the ViT paper's Adam setup."""
+  """Returns (optimizer, learning-rate schedule). Gradient clipping at `optim.grad_clip_norm`
+  (0 = off), then Adam, AdamW (decoupled weight decay, scaled by the learning rate) or SGD
+  with momentum; `weight_decay` for 'adam' and 'sgd' is added to the gradient (L2) before the
+  update, as in the ViT paper's Adam setup."""
   opt = config.optim
   if opt.name not in OPTIMIZERS:
     raise ValueError(f'optim.name={opt.name!r} must be one of {OPTIMIZERS}.')
