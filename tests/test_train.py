@@ -259,6 +259,16 @@ def test_training_path_does_not_import_tensorflow(tmp_path):
     ({'optim.name': 'lamb'}, "optim.name='lamb' must be one of"),
     ({'model.name': 'ViT-X_4'}, "Unknown model name 'ViT-X_4'"),
     ({'total_steps': 0}, 'config.total_steps=0 must be a positive integer'),
+    ({'eval.batch_size': 0}, 'eval.batch_size=0 must be a positive integer'),
+    ({'checkpoint.keep': 0}, 'checkpoint.keep=0 must be a positive integer'),
+    ({'eval.fewshot_shots': (0, 2)}, r'eval.fewshot_shots=\(0, 2\) must be positive integers'),
+    ({'train_size': 15}, r'class \d has only 1 training examples .*fewer than 2 shots'),
+    ({'checkpoint.init_from': '/no/such.npz'}, "checkpoint.init_from='/no/such.npz' does not"),
+    ({'model.patch_size': 0}, r'patch_size=0 must be positive \(ViT-Nano_2\)'),
+    ({'model.num_layers': 0}, 'num_layers=0 must be a positive integer'),
+    ({'model.dropout_rate': 1.5}, r'dropout_rate=1.5 must be in \[0, 1\)'),
+    ({'model.dtype': 'float8'}, "dtype='float8' must be one of"),
+    ({'data.corrupt_images': 'drop'}, "data.corrupt_images='drop' must be one of"),
 ])
 def test_bad_input_names_the_field_and_keeps_the_workdir(finished_run, tmp_path, changes,
                                                         message):

@@ -59,7 +59,8 @@ def fewshot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     members = np.flatnonzero(labels == c)
     if len(members) < shots:
       raise ValueError(f'eval.fewshot_shots: class {c} has only {len(members)} training '
-                       f'examples, fewer than {shots} shots.')
+                       f'examples (after the train_size subset and the validation hold-out), '
+                       f'fewer than {shots} shots; use fewer shots or more data.')
     picks.append(rng.permutation(members)[:shots])
   return np.concatenate(picks)
 

@@ -52,6 +52,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 'checkpoint_every'):
     if not isinstance(config[field], int) or config[field] < 1:
       raise ValueError(f'config.{field}={config[field]!r} must be a positive integer.')
+  for field in ('eval.batch_size', 'checkpoint.keep', 'optim.grad_accum_steps'):
+    section, key = field.split('.')
+    if not isinstance(config[section][key], int) or config[section][key] < 1:
+      raise ValueError(f'{field}={config[section][key]!r} must be a positive integer.')
+  shots = config.eval.fewshot_shots
+  if shots and (not all(isinstance(k, int) and k > 0 for k in shots) or
+                config.eval.fewshot_seeds < 1):
+    raise ValueError(f'eval.fewshot_shots={tuple(shots)} must be positive integers and '
+                     f'eval.fewshot_seeds={config.eval.fewshot_seeds} at least 1 (or no shots).')
   accum = config.optim.grad_accum_steps
   if config.batch_size % accum:
     raise ValueError(f'batch_size={config.batch_size} is not divisible by '
@@ -250,6 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f'size {dp} (mesh={config.mesh}) x optim.grad_accum_steps='
                      f'{config.optim.grad_accum_steps}.')
   train_split, val_split, test_split = load_data(config)
+  if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
+    evaluate.fewshot_indices(train_split.labels, max(shots), seed=0)
+  init_from = config.checkpoint.init_from
+  if init_from and not os.path.exists(init_from):
+    raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
   num_classes = len(train_split.class_names)
   overrides = {k: v for k, v in config.model.items() if k != 'name'}
   model = get_model(config.model.name, num_classes=num_classes, **overrides)

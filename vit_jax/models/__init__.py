@@ -6,6 +6,7 @@ Names and sizes live in `configs/models.py`. Every module is called as
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from configs import models as model_configs
@@ -24,6 +25,31 @@ def model_fields(family: str) -> list[str]:
   """Constructor arguments a config may set for a model family."""
   return [f.name for f in dataclasses.fields(FAMILIES[family])
           if f.name not in ('parent', 'name', 'num_classes')]
+
+
+_SIZES = ('hidden_size', 'mlp_dim', 'num_heads', 'num_layers', 'representation_size',
+          'resnet_width', 'token_dim')
+_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _check_values(kwargs: dict, name: str) -> None:
+  """Raises ValueError naming a size that is not a positive integer, a dropout rate outside
+  [0, 1) or an unsupported dtype."""
+  for key in _SIZES:
+    value = kwargs.get(key)
+    if value is not None and (not isinstance(value, int) or value < 1):
+      raise ValueError(f'{key}={value!r} must be a positive integer ({name}).')
+  patch = kwargs.get('patch_size')
+  if patch is not None and not all(isinstance(p, int) and p > 0
+                                   for p in jax.tree_util.tree_leaves(patch)):
+    raise ValueError(f'patch_size={patch!r} must be positive ({name}).')
+  for key in ('dropout_rate', 'attention_dropout_rate'):
+    if key in kwargs and not 0 <= kwargs[key] < 1:
+      raise ValueError(f'{key}={kwargs[key]!r} must be in [0, 1) ({name}).')
+  dtype = kwargs.get('dtype')
+  if dtype is not None and (dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+                            ) not in _DTYPES:
+    raise ValueError(f'dtype={dtype!r} must be one of {_DTYPES} ({name}).')
 
 
 def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
@@ -50,6 +76,7 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
                      f'valid: {fields}.')
   kwargs = {k: v for k, v in config.items() if k not in ('family', 'name')}
   kwargs.update(overrides)
+  _check_values(kwargs, name)
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
   for key in ('resnet_layers', 'soft_split', 'patch_size'):
