@@ -2,7 +2,6 @@
 import errno
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -392,13 +391,15 @@ def test_a_file_size_limit_during_a_checkpoint_write_is_one_error_line(tmp_path)
   """A real failed write (RLIMIT_FSIZE: tensorstore's error when the checkpoint exceeds it)
   ends the run with one 'Error:' line naming the workdir (orbax's threads may log their own
   noise around it); the rerun without the limit completes."""
-  def limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # metrics fit, arrays do not
-  cmd = [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
+  limited = ('import resource, runpy, signal, sys\n'
+             'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'  # fail the write, do not die
+             'resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))\n'  # arrays do not fit
+             'sys.argv[0] = "vit_jax.main"\n'
+             'runpy.run_module("vit_jax.main", run_name="__main__")\n')
+  cmd = [sys.executable, '-c', limited, '--config=configs/quickstart.py',
          f'--workdir={tmp_path}', *SMOKE]
   proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), text=True,
-                        capture_output=True, timeout=600, preexec_fn=limit_file_size)
+                        capture_output=True, timeout=600)
   assert proc.returncode == 1
   [error] = [l for l in proc.stderr.splitlines() if l.startswith('Error:')]
   assert error.startswith(f'Error: [Errno {errno.EFBIG}] Cannot write in the workdir {tmp_path} '
