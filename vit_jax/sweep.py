@@ -29,8 +29,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from configs import models as model_configs
 from vit_jax import cli, files, metrics, report, train
+from vit_jax.models import resolved_fields
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (configs/data_scaling.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: one subfolder per point.')
@@ -64,14 +64,10 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
 
 def _family_depth_width(config: ml_collections.ConfigDict) -> tuple[str, int, int]:
   """('vit' | 'hybrid' | 'resnet' | 't2t', depth, width) of a point's model."""
-  fields = model_configs.get_model_config(config.model.name).to_dict()
-  fields.update({k: v for k, v in config.model.items() if v is not None})
-  family = fields['family']
-  if family == 'resnet':
-    return family, 3 * sum(fields['resnet_layers']) + 2, fields['resnet_width']
-  if family == 'vit' and fields.get('resnet_layers') is not None:
-    family = 'hybrid'
-  return family, fields['num_layers'], fields['hidden_size']
+  fields = resolved_fields(**config.model)
+  if fields['family'] == 'resnet':
+    return 'resnet', 3 * sum(fields['resnet_layers']) + 2, fields['resnet_width']
+  return fields['family'], fields['num_layers'], fields['hidden_size']
 
 
 def _row(point: Point) -> dict:
@@ -226,7 +222,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str])
             f'{metrics.format_duration(time.time() - start)} | ETA '
             f'{metrics.format_duration(per_point * (len(todo) - n))}', flush=True)
   rows = write_results(points, os.path.join(sweep_dir, 'results.csv'))
-  written = report.write_report(sweep_dir, title=f'Data scaling: {sweep.get("name", "")}')
+  written = report.write_report(sweep_dir)
   print(report.results_table(report.read_results(os.path.join(sweep_dir, 'results.csv'))))
   print('\nResults:', os.path.join(sweep_dir, 'results.csv'))
   for key, path in written.items():

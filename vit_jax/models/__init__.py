@@ -27,6 +27,16 @@ def model_fields(family: str) -> list[str]:
           if f.name not in ('parent', 'name', 'num_classes')]
 
 
+def resolved_fields(name: str, **overrides) -> dict:
+  """The registry's fields of model `name` with `overrides` applied (None keeps the registry's
+  value); 'family' is 'vit', 'hybrid' (a ViT on a ResNet stem), 'resnet' or 't2t'."""
+  fields = model_configs.get_model_config(name).to_dict()
+  fields.update({k: v for k, v in overrides.items() if v is not None})
+  if fields['family'] == 'vit' and fields.get('resnet_layers'):
+    fields['family'] = 'hybrid'
+  return fields
+
+
 _SIZES = ('hidden_size', 'mlp_dim', 'num_heads', 'num_layers', 'representation_size',
           'resnet_width', 'token_dim')
 _DTYPES = ('float32', 'bfloat16', 'float16')
@@ -91,4 +101,4 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
 
 
 __all__ = ['FAMILIES', 'ResNet', 'T2TViT', 'VisionTransformer', 'forward_with_intermediates',
-           'get_model', 'model_fields']
+           'get_model', 'model_fields', 'resolved_fields']
