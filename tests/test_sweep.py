@@ -1,11 +1,13 @@
 """The data-scaling sweep: smoke preset end to end, resume, failed points, dry runs."""
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from configs import data_scaling
@@ -28,7 +30,7 @@ def read_rows(workdir):
     return list(csv.DictReader(f))
 
 
-def test_smoke_sweep_end_to_end_resume_and_failures(tmp_path):
+def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   # 60 and 120 images train; 5000 exceeds the 1,438 digits and must fail alone.
   out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)')
   assert '6 points, 0 already finished, 6 to run' in out
@@ -60,6 +62,27 @@ def test_smoke_sweep_end_to_end_resume_and_failures(tmp_path):
   assert '6 points, 3 already finished, 3 to run' in out
   assert finished.exists() and kept.stat().st_mtime_ns == stamp
   assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed'] * 2
+
+  # The sweep view of the analyses: every finished point, and the report includes it.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.analyze', f'--sweep={tmp_path}', '--images=8'], cwd=ROOT,
+      capture_output=True, text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Analysed 4 points' in proc.stdout
+  with open(tmp_path / 'analysis' / 'sweep.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['model'], r['train_size']) for r in rows] == [
+      ('ResNet', '60'), ('ResNet', '120'), ('ViT-1', '60'), ('ViT-1', '120')]
+  for r in rows:  # ResNets have no attention; both families have Fourier curves
+    assert (r['distance_first_layer'] == '') == (r['family'] == 'resnet')
+    assert float(r['log_amplitude_pi_last']) < 10
+  vit = json.loads((tmp_path / 'analysis' / 'ViT-1_n60' / 'analysis.json').read_text())
+  assert float(rows[2]['distance_first_layer']) == pytest.approx(
+      np.mean(vit['distance']['pixels'][0]))
+  assert (tmp_path / 'analysis' / 'sweep.png').read_bytes()[:4] == b'\x89PNG'
+  report_text = (tmp_path / 'REPORT.md').read_text()
+  assert report_text.startswith('# Data scaling: smoke')
+  assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
 
 
 @pytest.mark.parametrize('preset', ['digits', 'smoke', 'cifar10', 'cifar10_cpu', 'paper'])

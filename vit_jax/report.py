@@ -513,8 +513,12 @@ def _failed_section(rows: list[dict]) -> list[str]:
                                                 failed), '']
 
 
-def _markdown(title: str, rows: list[dict], curves: dict[str, list[dict]], fits: dict[str, dict],
-              crossings: list[dict], figures: dict[str, str], findings: list[str]) -> str:
+_INSIDE = 'analysis/sweep.png'  # written by `python -m vit_jax.analyze --sweep`
+
+
+def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, list[dict]],
+              fits: dict[str, dict], crossings: list[dict], figures: dict[str, str],
+              findings: list[str]) -> str:
   lines = [f'# {title}', '', _setup_line(rows, curves), '']
   if curves:
     lines += ['## Results', '', 'Test accuracy (%) by training-set size; few-shot accuracy (%) '
@@ -528,6 +532,11 @@ def _markdown(title: str, rows: list[dict], curves: dict[str, list[dict]], fits:
   if figures:
     lines += ['## Figures', '']
     lines += [f'![{name}]({os.path.basename(path)})\n' for name, path in figures.items()]
+  if os.path.exists(os.path.join(sweep_dir, _INSIDE)):
+    lines += ['## Inside the models', '', 'Mean attention distance of the first layer and the '
+              'high-frequency content of the last block by training-set size '
+              '(`python -m vit_jax.analyze --sweep`; numbers in `analysis/sweep.csv`).', '',
+              f'![inside the models]({_INSIDE})', '']
   lines += _failed_section(rows)
   if findings:
     lines += ['## Findings', '', *(f'- {sentence}' for sentence in findings), '']
@@ -537,13 +546,17 @@ def _markdown(title: str, rows: list[dict], curves: dict[str, list[dict]], fits:
 def write_report(sweep_dir: str, title: str | None = None) -> dict:
   """Writes the figures, `REPORT.md` and `report.json` for `<sweep_dir>/results.csv`.
 
-  Returns {'report': REPORT.md path, 'json': report.json path, 'findings': [sentences]} plus
+  The title defaults to the sweep's preset name (from `sweep_config.json`). Returns
+  {'report': REPORT.md path, 'json': report.json path, 'findings': [sentences]} plus
   {figure name: png path} for 'accuracy_vs_data', 'gap_vs_data' (not without a ResNet) and
   'accuracy_vs_compute' (not without FLOPs). With no finished point only the two text files
   are written.
   """
   rows = read_results(os.path.join(sweep_dir, 'results.csv'))
-  title = title or f'Data scaling: {os.path.basename(os.path.abspath(sweep_dir))}'
+  if title is None:  # the sweep's preset name, else the directory's
+    config_path = os.path.join(sweep_dir, 'sweep_config.json')
+    name = files.read_json(config_path).get('name') if os.path.exists(config_path) else None
+    title = f'Data scaling: {name or os.path.basename(os.path.abspath(sweep_dir))}'
   curves = _curves(rows)
   fits = _fits(curves)
   crossings = _crossings(curves, fits)
@@ -552,7 +565,7 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
   paths = {'report': os.path.join(sweep_dir, 'REPORT.md'),
            'json': os.path.join(sweep_dir, 'report.json')}
   with files.atomic_open(paths['report']) as f:
-    f.write(_markdown(title, rows, curves, fits, crossings, figures, findings))
+    f.write(_markdown(sweep_dir, title, rows, curves, fits, crossings, figures, findings))
   failed = [{key: r[key] for key in ('model', 'train_size', 'status', 'error', 'workdir')}
             for r in rows if r['status'] != 'done']
   files.write_json(paths['json'], {'title': title, 'sizes': _sizes(curves), 'fits': fits,

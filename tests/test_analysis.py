@@ -1,0 +1,171 @@
+"""Analyses against independent computations, and the analyze command end to end."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common, quickstart
+from vit_jax import analyze, train
+from vit_jax.analysis import attention, embeddings, fourier, hessian, robustness
+
+
+def test_filter_components_match_the_covariance_eigenvectors():
+  kernel = np.random.default_rng(0).normal(size=(4, 4, 3, 40)) * np.linspace(1, 3, 48).reshape(
+      4, 4, 3, 1)
+  components, ratio = embeddings.filter_components(kernel, 5)
+  filters = kernel.reshape(48, 40).T
+  eigval, eigvec = np.linalg.eigh(np.cov(filters, rowvar=False))
+  order = np.argsort(eigval)[::-1]
+  for i in range(5):
+    want = eigvec[:, order[i]]
+    got = components[i].ravel()
+    assert abs(np.dot(got, want)) == pytest.approx(1, abs=1e-8)  # the same axis, either sign
+  np.testing.assert_allclose(ratio, eigval[order[:5]] / eigval.sum(), rtol=1e-8)
+
+
+def test_posemb_similarity_excludes_the_class_token():
+  posemb = np.random.default_rng(1).normal(size=(1, 1 + 2 * 3, 8))
+  sim = embeddings.posemb_similarity(posemb, (2, 3))
+  patches = posemb[0, 1:]
+  for a in range(6):
+    for b in range(6):
+      want = patches[a] @ patches[b] / np.linalg.norm(patches[a]) / np.linalg.norm(patches[b])
+      assert sim[a // 3, a % 3, b // 3, b % 3] == pytest.approx(want)
+
+
+def test_mean_attention_distance_on_a_hand_built_map():
+  # A 1x4 grid of 16-px patches plus a class token. Head 0: every patch looks two patches to
+  # the right (cyclically): 32 px. Head 1: at itself: 0 px. Half of each row goes to the class
+  # token, which is left out and the rest renormalised.
+  n = 5
+  attn = np.zeros((1, 1, 2, n, n))
+  for q in range(4):
+    attn[0, 0, 0, 1 + q, 0] = attn[0, 0, 0, 1 + q, 1 + (q + 2) % 4] = 0.5
+    attn[0, 0, 1, 1 + q, 0] = attn[0, 0, 1, 1 + q, 1 + q] = 0.5
+  attn[0, 0, :, 0, 0] = 1
+  np.testing.assert_allclose(attention.mean_attention_distance(attn, (1, 4), 16), [[32, 0]])
+  # Uniform attention over a 2x2 grid of 10-px patches: 2 neighbours at 10, 1 at 10*sqrt(2).
+  uniform = np.full((3, 2, 4, 4, 4), 0.25)
+  want = (2 * 10 + 10 * np.sqrt(2)) / 4
+  np.testing.assert_allclose(attention.mean_attention_distance(uniform, (2, 2), 10), want)
+
+
+def test_attention_rollout_equals_explicit_matrix_products():
+  rng = np.random.default_rng(2)
+  attn = rng.random((3, 2, 4, 5, 5))
+  attn /= attn.sum(-1, keepdims=True)
+  maps = attention.attention_rollout(attn, (2, 2))
+  for b in range(2):
+    layers = []
+    for l in range(3):
+      a = attn[l, b].mean(0) + np.eye(5)
+      layers.append(a / a.sum(-1, keepdims=True))
+    joint = np.linalg.multi_dot(layers[::-1])
+    want = joint[0, 1:].reshape(2, 2)
+    np.testing.assert_allclose(maps[b], want / want.max(), rtol=1e-10)
+  no_prefix = attention.attention_rollout(attn[..., 1:, 1:] / attn[..., 1:, 1:].sum(
+      -1, keepdims=True), (2, 2))
+  assert no_prefix.shape == (2, 2, 2) and no_prefix.max() == pytest.approx(1)
+
+
+def test_relative_log_amplitude_against_an_explicit_dft():
+  size = 8
+  i, j = np.mgrid[:size, :size]
+  # a0 + a1 (-1)^(i+j): amplitude a0 H W at frequency 0 and a1 H W at (pi, pi).
+  checker = (3 + 0.5 * (-1.) ** (i + j))[None, :, :, None]
+  curve = fourier.relative_log_amplitude(checker)
+  assert curve[0] == 0 and curve[-1] == pytest.approx(np.log(0.5 / 3))
+  maps = np.random.default_rng(3).normal(size=(2, size, size, 3))
+  got = fourier.relative_log_amplitude(maps)
+  want = []
+  for step in range(size // 2 + 1):
+    w = -2 * np.pi * step / size  # the diagonal frequency (w, w), from 0 to -pi (= pi)
+    basis = np.exp(-1j * w * (i + j))
+    amp = [np.log(abs(np.sum(maps[b, :, :, c] * basis))) for b in range(2) for c in range(3)]
+    want.append(np.mean(amp))
+  np.testing.assert_allclose(got, np.array(want) - want[0], atol=1e-9)
+  with pytest.raises(ValueError, match='must be square, got 4x8'):
+    fourier.relative_log_amplitude(np.zeros((1, 4, 8, 1)))
+
+
+def test_hessian_power_iteration_matches_eigvalsh_of_the_explicit_hessian():
+  rng = np.random.default_rng(4)
+  x, y = jnp.asarray(rng.normal(size=(16, 3))), jnp.asarray(rng.integers(0, 2, 16))
+  params = {'w1': jnp.asarray(rng.normal(size=(3, 4))), 'w2': jnp.asarray(rng.normal(size=(4, 2)))}
+
+  def loss_fn(p):
+    logits = jnp.tanh(x @ p['w1']) @ p['w2']
+    return jnp.mean(train.cross_entropy(logits, y, 0.)) + 0.05 * sum(
+        jnp.sum(w ** 2) for w in jax.tree_util.tree_leaves(p))
+
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  explicit = np.asarray(jax.hessian(lambda f: loss_fn(unravel(f)))(flat), np.float64)
+  eig = np.linalg.eigvalsh((explicit + explicit.T) / 2)
+  want = eig[np.argsort(-np.abs(eig))][:3]
+  got = hessian.top_eigenvalues(loss_fn, params, k=3, iterations=2000, tol=1e-9)
+  np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
+@pytest.fixture(scope='module')
+def trained_runs(tmp_path_factory):
+  """Tiny 3-step runs of a ViT (token pooling) and a ResNet on digits."""
+  runs = {}
+  for name, model in (('vit', 'ViT-Nano_2'), ('resnet', 'BiT-R14x0.25-small')):
+    config = quickstart.get_config()
+    config.model = common.model_config(model, **({'num_layers': 2} if name == 'vit' else {}))
+    config.total_steps = config.log_every = config.eval_every = config.checkpoint_every = 3
+    config.batch_size, config.eval.fewshot_shots = 32, ()
+    workdir = tmp_path_factory.mktemp(name)
+    train.train_and_evaluate(config, str(workdir))
+    runs[name] = str(workdir)
+  return runs
+
+
+def test_analyze_a_vit_run_writes_every_figure_and_the_numbers(trained_runs, tmp_path):
+  results = analyze.analyze(trained_runs['vit'], str(tmp_path), num_images=6,
+                            hessian_batches=1)
+  for name in analyze.ANALYSES:
+    assert (tmp_path / f'{name}.png').read_bytes()[:4] == b'\x89PNG', name
+  saved = json.loads((tmp_path / 'analysis.json').read_text())
+  assert saved['family'] == 'vit' and saved['skipped'] == []
+  assert np.array(saved['distance']['pixels']).shape == (2, 2)  # 2 layers x 2 heads
+  assert np.array(saved['posemb']['similarity']).shape == (4, 4, 4, 4)  # 8 px / patch 2
+  assert np.array(saved['fourier']['delta_log_amplitude']).shape == (2, 3)  # 4x4 grid: 0..pi
+  assert np.array(saved['hessian']['top_eigenvalues']).shape == (1, 5)
+  assert results['rollout']['maps'] == saved['rollout']['maps']
+  assert len(saved['noise']['accuracy_drop']) == 8 and 0 <= saved['noise']['clean_accuracy'] <= 1
+
+
+def test_analyze_a_resnet_run_and_the_errors(trained_runs, tmp_path):
+  results = analyze.analyze(trained_runs['resnet'], str(tmp_path), only=None,
+                            num_images=4, hessian_batches=1)
+  assert results['skipped'] == ['filters', 'posemb', 'distance', 'rollout']
+  assert sorted(os.listdir(tmp_path)) == ['analysis.json', 'fourier.png', 'hessian.png',
+                                          'noise.png']
+  assert len(results['fourier']['delta_log_amplitude']) == 4  # R14: 4 residual units
+  with pytest.raises(ValueError, match=r"\['distance'\] do not apply to BiT-R14x0.25-small"):
+    analyze.analyze(trained_runs['resnet'], str(tmp_path), only=['distance'])
+  with pytest.raises(ValueError, match=r"Unknown analyses \['saliency'\]"):
+    analyze.analyze(trained_runs['resnet'], str(tmp_path), only=['saliency'])
+  with pytest.raises(FileNotFoundError, match='not a training run directory'):
+    analyze.analyze(str(tmp_path), str(tmp_path / 'x'))
+
+
+def test_band_noise_stays_in_its_band_and_has_the_asked_std():
+  rng = np.random.default_rng(5)
+  size = 16
+  fy = np.fft.fftfreq(size) * 2
+  radius = np.minimum(np.hypot(fy[:, None], fy[None, :]), 1)
+  for low, high in [(0, 0.25), (0.25, 0.5), (0.75, 1.0)]:
+    noise = robustness.band_noise((3, size, size, 2), (low, high), 0.2, rng)
+    np.testing.assert_allclose(noise.std(axis=(1, 2, 3)), 0.2)
+    power = np.abs(np.fft.fft2(noise, axes=(1, 2))).sum(axis=(0, 3))
+    inside = (radius >= low) & ((radius < high) | (high == 1))
+    assert power[~inside].max() < 1e-9 * power[inside].max()
+  assert robustness.bands(4) == [(0, .25), (.25, .5), (.5, .75), (.75, 1)]
+  with pytest.raises(ValueError, match=r'band=\(0.5, 0.2\) must satisfy'):
+    robustness.band_noise((1, 4, 4, 1), (0.5, 0.2), 0.1, rng)
+
