@@ -322,6 +322,24 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def test_sigterm_during_setup_stops_after_one_step_with_a_checkpoint(tmp_path):
+  code = ('import os, runpy, signal, sys\n'
+          'from vit_jax import train\n'
+          'load = train.load_data\n'
+          'def load_and_terminate(config):\n'  # SIGTERM while the data is loading
+          '  os.kill(os.getpid(), signal.SIGTERM)\n'
+          '  return load(config)\n'
+          'train.load_data = load_and_terminate\n'
+          'sys.argv[0] = "vit_jax.main"\n'
+          'runpy.run_module("vit_jax.main", run_name="__main__")\n')
+  proc = subprocess.run([sys.executable, '-c', code, '--config=configs/quickstart.py',
+                         f'--workdir={tmp_path}', *SMOKE], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Stopped by SIGTERM at step 1 with a checkpoint' in proc.stdout
+  assert os.listdir(tmp_path / 'checkpoints') == ['1'] and not (tmp_path / 'result.json').exists()
+
+
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   config = smoke_config(total_steps=6, checkpoint_every=2, eval_every=6, log_every=3)
   train.train_and_evaluate(smoke_config(total_steps=2, checkpoint_every=2, eval_every=2),

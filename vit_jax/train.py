@@ -12,6 +12,7 @@ import errno
 import functools
 import os
 import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -194,8 +195,12 @@ def _stop_if_nonfinite(pending: list, skip: bool, last_good: int | None) -> None
 
 @contextlib.contextmanager
 def _sigterm_flag() -> Iterator[list]:
-  """A list that becomes non-empty when SIGTERM arrives inside the block."""
+  """A list that becomes non-empty when SIGTERM arrives inside the block (only the main
+  thread can receive signals: elsewhere the list stays empty)."""
   flag = []
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
   previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
   try:
     yield flag
@@ -243,7 +248,9 @@ def _workdir(workdir: str) -> Iterator[None]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates one run in `workdir`; resumes if it holds checkpoints.
 
-  Returns the final results (also written to `<workdir>/result.json`).
+  Returns the final results (also written to `<workdir>/result.json`), or {'preempted': True,
+  'step': s} when SIGTERM arrived (at any time: during setup the run stops after one step)
+  and a checkpoint of step s was written.
 
   Raises:
     ValueError, FileNotFoundError: a bad config or dataset, before anything is written.
@@ -251,6 +258,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     OSError: the workdir cannot be written (full, read-only); nothing already there is lost.
     FloatingPointError: a non-finite loss or gradient (unless optim.skip_nonfinite).
   """
+  with _sigterm_flag() as preempted:
+    return _train_and_evaluate(config, workdir, preempted)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        preempted: list) -> dict[str, Any]:
+  """The body of `train_and_evaluate`; `preempted` becomes non-empty on SIGTERM."""
   check_config(config)
   mesh = sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh)
@@ -320,42 +334,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                               manager.latest_step())
     last_log, last_log_step = time.time(), start_step
     run_start = time.time() - elapsed
-    with _sigterm_flag() as preempted:
-      for step in range(start_step + 1, config.total_steps + 1):
-        images, labels = next(iterator)
-        state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
-                                         sharding.global_batch(labels, mesh))
-        pending.append((step, step_metrics))
-        final = step == config.total_steps
-        if step % config.log_every == 0 or final:
-          check_finite()
-          host = [m for _, m in jax.device_get(pending)]
-          skipped += int(sum(m['nonfinite'] for m in host))
-          good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
-          summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
-          now = time.time()
-          summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
-          summary['skipped_steps'] = skipped
-          writer.write(step, summary)
-          eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
-          logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
-          results.update({f'train_{k}': v for k, v in summary.items()})
-          pending, last_log, last_log_step = [], now, step
-        pause = time.time()  # evaluation and checkpointing do not count towards images/s
-        if step % config.eval_every == 0 or final:
-          check_finite()
-          results.update(run_eval(step))
-        if step % config.checkpoint_every == 0 or final or preempted:
-          check_finite()
-          manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
-                                     'skipped': skipped, 'wall_time': time.time() - run_start})
-        last_log += time.time() - pause
-        if preempted and not final:
-          logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
-                          'continue.', step)
-          manager.close()
-          writer.close()
-          return {'preempted': True, 'step': step}
+    for step in range(start_step + 1, config.total_steps + 1):
+      images, labels = next(iterator)
+      state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
+                                       sharding.global_batch(labels, mesh))
+      pending.append((step, step_metrics))
+      final = step == config.total_steps
+      if step % config.log_every == 0 or final:
+        check_finite()
+        host = [m for _, m in jax.device_get(pending)]
+        skipped += int(sum(m['nonfinite'] for m in host))
+        good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
+        summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
+        now = time.time()
+        summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
+        summary['skipped_steps'] = skipped
+        writer.write(step, summary)
+        eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
+        logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
+        results.update({f'train_{k}': v for k, v in summary.items()})
+        pending, last_log, last_log_step = [], now, step
+      pause = time.time()  # evaluation and checkpointing do not count towards images/s
+      if step % config.eval_every == 0 or final:
+        check_finite()
+        results.update(run_eval(step))
+      if step % config.checkpoint_every == 0 or final or preempted:
+        check_finite()
+        manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
+                                   'skipped': skipped, 'wall_time': time.time() - run_start})
+      last_log += time.time() - pause
+      if preempted and not final:
+        logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
+                        'continue.', step)
+        manager.close()
+        writer.close()
+        return {'preempted': True, 'step': step}
     if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
       results.update(run_eval(int(state.step)))
     manager.close()
