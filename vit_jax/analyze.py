@@ -143,8 +143,11 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   figure = lambda name: os.path.join(out, f'{name}.png')
 
   test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
-  x = data.preprocess_eval(jnp.asarray(test.images[:num_images]), image_size=config.image_size,
-                           crop_fraction=config.eval.crop_fraction)
+  spread = lambda n: np.linspace(0, len(test.labels) - 1, min(n, len(test.labels))).astype(int)
+  prepare = lambda idx: data.preprocess_eval(jnp.asarray(test.images[idx]),
+                                             image_size=config.image_size,
+                                             crop_fraction=config.eval.crop_fraction)
+  x = prepare(spread(num_images))  # evenly spaced: test splits are often sorted by class
   if kind in ('vit', 'hybrid'):
     _, inter = forward_with_intermediates(model, {'params': params}, x)
     attn = np.asarray(inter['attention_weights'])
@@ -176,11 +179,9 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     plots.fourier(curves, figure('fourier'))
     results['fourier'] = {'delta_log_amplitude': [c.round(4).tolist() for c in curves]}
   if 'noise' in wanted:
-    n = min(len(test.labels), NOISE_IMAGES)
-    clean = np.asarray(data.preprocess_eval(jnp.asarray(test.images[:n]),
-                                            image_size=config.image_size,
-                                            crop_fraction=config.eval.crop_fraction))
-    results['noise'] = noise_robustness(model, params, clean, test.labels[:n])
+    idx = spread(NOISE_IMAGES)
+    results['noise'] = noise_robustness(model, params, np.asarray(prepare(idx)),
+                                        test.labels[idx])
     plots.noise(results['noise'], figure('noise'))
   if 'hessian' in wanted:
     train_split = data.load_split(config.dataset, 'train', cache_dir=config.data.cache_dir)

@@ -1,5 +1,6 @@
 """Figures of the analyses (matplotlib, Agg backend; each function writes one PNG atomically)."""
 import matplotlib
+import matplotlib.ticker
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
@@ -54,6 +55,7 @@ def attention_distance(distance: np.ndarray, image_size: int, path: str) -> str:
   ax.scatter(layers.ravel(), distance.ravel(), s=12, alpha=0.7)
   ax.set(xlabel='network depth (layer)', ylabel='mean attention distance (pixels)',
          ylim=(0, image_size), title='Mean attention distance per head')
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.grid(alpha=0.3)
   return _save(fig, path)
 
@@ -91,7 +93,8 @@ def fourier(curves: list[np.ndarray], path: str) -> str:
   colours = plt.cm.viridis(np.linspace(0, 1, len(curves)))
   for curve, colour in zip(curves, colours):
     left.plot(np.linspace(0, 1, len(curve)), curve, color=colour)
-  left.set(xlabel='frequency (x pi)', ylabel='delta log amplitude', title='Feature maps')
+  left.set(xlabel='frequency (x pi)', ylabel='delta log amplitude',
+           title='Feature maps per block (dark: early, light: late)')
   depth = np.linspace(0, 1, len(curves))
   right.plot(depth, [curve[-1] for curve in curves], marker='o')
   right.set(xlabel='normalised depth', ylabel='delta log amplitude at pi',
