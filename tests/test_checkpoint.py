@@ -1,11 +1,13 @@
 """npz checkpoints: round trips in both naming generations, resize, head, errors."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import TINY_VIT, init, randomize
-from vit_jax import checkpoint
+from vit_jax import checkpoint, files
 from vit_jax.models import get_model
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -164,6 +166,16 @@ def test_missing_and_corrupt_files_are_named(tmp_path, tiny_vit):
   (tmp_path / 'bad.npz').write_bytes(b'not a zip file')
   with pytest.raises(ValueError, match='bad.npz is not a readable .npz file'):
     checkpoint.load_pretrained(str(tmp_path / 'bad.npz'), params)
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+  previous = os.umask(0o027)
+  try:
+    files.write_json(str(tmp_path / 'r.json'), {'a': 1})
+  finally:
+    os.umask(previous)
+  assert (tmp_path / 'r.json').stat().st_mode & 0o777 == 0o640
+  assert os.listdir(tmp_path) == ['r.json']  # no temporary file left
 
 
 def test_save_is_atomic_and_keeps_the_old_file_on_failure(tiny_vit, tmp_path):

@@ -22,6 +22,9 @@ def atomic_open(path: str, mode: str = 'w') -> Iterator[TextIO]:
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
                              suffix='.tmp')
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # what open() would give, not mkstemp's owner-only 0600
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
