@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import common, quickstart
-from vit_jax import analyze, train
-from vit_jax.analysis import attention, embeddings, fourier, hessian, robustness
+from vit_jax import train
+from vit_jax.analysis import attention, embeddings, fourier, hessian, robustness, run
 
 
 def test_filter_components_match_the_covariance_eigenvectors():
@@ -125,9 +125,9 @@ def trained_runs(tmp_path_factory):
 
 
 def test_analyze_a_vit_run_writes_every_figure_and_the_numbers(trained_runs, tmp_path):
-  results = analyze.analyze(trained_runs['vit'], str(tmp_path), num_images=6,
+  results = run.analyze(trained_runs['vit'], str(tmp_path), num_images=6,
                             hessian_batches=1)
-  for name in analyze.ANALYSES:
+  for name in run.ANALYSES:
     assert (tmp_path / f'{name}.png').read_bytes()[:4] == b'\x89PNG', name
   saved = json.loads((tmp_path / 'analysis.json').read_text())
   assert saved['family'] == 'vit' and saved['skipped'] == []
@@ -140,18 +140,18 @@ def test_analyze_a_vit_run_writes_every_figure_and_the_numbers(trained_runs, tmp
 
 
 def test_analyze_a_resnet_run_and_the_errors(trained_runs, tmp_path):
-  results = analyze.analyze(trained_runs['resnet'], str(tmp_path), only=None,
+  results = run.analyze(trained_runs['resnet'], str(tmp_path), only=None,
                             num_images=4, hessian_batches=1)
   assert results['skipped'] == ['filters', 'posemb', 'distance', 'rollout']
   assert sorted(os.listdir(tmp_path)) == ['analysis.json', 'fourier.png', 'hessian.png',
                                           'noise.png']
   assert len(results['fourier']['delta_log_amplitude']) == 4  # R14: 4 residual units
   with pytest.raises(ValueError, match=r"\['distance'\] do not apply to BiT-R14x0.25-small"):
-    analyze.analyze(trained_runs['resnet'], str(tmp_path), only=['distance'])
+    run.analyze(trained_runs['resnet'], str(tmp_path), only=['distance'])
   with pytest.raises(ValueError, match=r"Unknown analyses \['saliency'\]"):
-    analyze.analyze(trained_runs['resnet'], str(tmp_path), only=['saliency'])
+    run.analyze(trained_runs['resnet'], str(tmp_path), only=['saliency'])
   with pytest.raises(FileNotFoundError, match='not a training run directory'):
-    analyze.analyze(str(tmp_path), str(tmp_path / 'x'))
+    run.analyze(str(tmp_path), str(tmp_path / 'x'))
 
 
 def test_band_noise_stays_in_its_band_and_has_the_asked_std():

@@ -8,233 +8,25 @@ rollout, Fourier analysis of feature maps, Hessian eigenvalues.
 Writes `<name>.png` and the numbers behind it into `<out>/analysis.json`. Analyses that do not
 apply to the run's model family (attention for a ResNet, filters for a hybrid) are reported as
 skipped; asking for them by name with --only is an error. With --sweep, the cheap analyses
-(`SWEEP_ANALYSES`) run on every finished point into `<sweep>/analysis/<point>/`, and
-`<sweep>/analysis/sweep.png` + `sweep.csv` show how they change with training-set size and
-depth; the sweep's REPORT.md then includes that figure.
+(`vit_jax.analysis.run.SWEEP_ANALYSES`) run on every finished point into
+`<sweep>/analysis/<point>/`, and `<sweep>/analysis/sweep.png` + `sweep.csv` show how they
+change with training-set size and depth; the sweep's REPORT.md then includes that figure.
 """
-import csv
-import functools
-import os
-
 from absl import app
 from absl import flags
-from absl import logging
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
-from vit_jax import checkpoint, cli, data, files, report, train
-from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness
-from vit_jax.models import forward_with_intermediates, get_model, resolved_fields
-from vit_jax.models.resnet import ResidualUnit
-
-ANALYSES = ('filters', 'posemb', 'distance', 'rollout', 'fourier', 'noise', 'hessian')
-NOISE_STD = 0.1  # of the band-limited noise, in the model's input units ([-1, 1] images)
-NOISE_IMAGES = 512  # test images for the noise robustness analysis
-SWEEP_ANALYSES = ('distance', 'fourier')  # the default with --sweep (add 'hessian' if affordable)
-# Which families each analysis applies to.
-_FAMILIES = {'filters': ('vit',), 'posemb': ('vit', 'hybrid'), 'distance': ('vit', 'hybrid'),
-             'rollout': ('vit', 'hybrid'), 'fourier': ('vit', 'hybrid', 'resnet'),
-             'noise': ('vit', 'hybrid', 'resnet', 't2t'),
-             'hessian': ('vit', 'hybrid', 'resnet', 't2t')}
+from vit_jax import cli, report
+from vit_jax.analysis import run
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory (config.json and '
                                'checkpoints/).')
 _SWEEP = flags.DEFINE_string('sweep', None, 'A sweep directory (results.csv): analyse every '
                              'finished point.')
 _OUT = flags.DEFINE_string('out', None, 'Directory for the figures and analysis.json.')
-_ONLY = flags.DEFINE_list('only', None, f'Analyses to run (default: all that apply): {ANALYSES}.')
+_ONLY = flags.DEFINE_list('only', None,
+                          f'Analyses to run (default: all that apply): {run.ANALYSES}.')
 _IMAGES = flags.DEFINE_integer('images', 64, 'Test images for attention and Fourier analyses.')
 _HESSIAN_BATCHES = flags.DEFINE_integer('hessian_batches', 4, 'Mini-batches for the Hessian.')
-
-
-def load_run(workdir: str):
-  """(config, model, params) of a run's latest checkpoint."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
-  config = ml_collections.ConfigDict(files.read_json(path))
-  params = checkpoint.read_params(workdir)
-  num_classes = params['head']['kernel'].shape[-1]
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  return config, get_model(config.model.name, num_classes=num_classes, **overrides), params
-
-
-def _grid(num_tokens: int, classifier: str) -> tuple[int, int]:
-  side = int(round(np.sqrt(num_tokens - (classifier == 'token'))))
-  return side, side
-
-
-def _resnet_maps(model, params, x) -> list[np.ndarray]:
-  """Outputs (B, H, W, C) of every residual unit, in order."""
-  _, state = model.apply({'params': params}, x, train=False, capture_intermediates=lambda m, n:
-                         isinstance(m, ResidualUnit) and n == '__call__', mutable=['intermediates'])
-  maps = []
-  def collect(tree):
-    for key, value in tree.items():
-      if key == '__call__':
-        maps.append(np.asarray(value[0]))
-      elif isinstance(value, dict):
-        collect(value)
-  collect(state['intermediates'])
-  return maps
-
-
-def noise_robustness(model, params, images: np.ndarray, labels: np.ndarray, num_bands: int = 8,
-                     std: float = NOISE_STD, batch_size: int = 128) -> dict:
-  """Accuracy on `images` (B, H, W, C) in [-1, 1] clean and with noise confined to each of
-  `num_bands` frequency bands; returns {'bands', 'clean_accuracy', 'accuracy_drop'}."""
-  predict = jax.jit(lambda x: jnp.argmax(model.apply({'params': params}, x, train=False), -1))
-  def accuracy(x):
-    hits = [np.asarray(predict(jnp.asarray(x[i:i + batch_size], jnp.float32)))
-            for i in range(0, len(x), batch_size)]
-    return float(np.mean(np.concatenate(hits) == labels))
-  clean = accuracy(images)
-  rng = np.random.default_rng(0)
-  drops = [clean - accuracy(images + robustness.band_noise(images.shape, band, std, rng))
-           for band in robustness.bands(num_bands)]
-  return {'bands': robustness.bands(num_bands), 'clean_accuracy': clean, 'accuracy_drop': drops}
-
-
-def hessian_eigenvalues(config, model, params, train_split: data.Split, batches: int,
-                        k: int = 5, iterations: int = 50) -> np.ndarray:
-  """(batches, k) top Hessian eigenvalues of the training loss (cross-entropy with label
-  smoothing plus 0.5 * weight_decay * |params|^2) on augmented training mini-batches."""
-  aug = config.augment
-  augment = functools.partial(data.augment, image_size=config.image_size, crop=aug.crop,
-                              crop_scale=tuple(aug.crop_scale),
-                              crop_ratio=tuple(aug.crop_ratio), flip=aug.flip)
-  batch_size = min(config.batch_size, len(train_split.labels))
-  rng = np.random.default_rng(0)
-  values = []
-  for b in range(batches):
-    idx = rng.choice(len(train_split.labels), batch_size, replace=False)
-    x = augment(jnp.asarray(train_split.images[idx]), jax.random.PRNGKey(b))
-    y = jnp.asarray(train_split.labels[idx])
-
-    def loss_fn(p, x=x, y=y):
-      logits = model.apply({'params': p}, x, train=False)
-      ce = jnp.mean(train.cross_entropy(logits, y, config.optim.label_smoothing))
-      l2 = sum(jnp.sum(w ** 2) for w in jax.tree_util.tree_leaves(p))
-      return ce + 0.5 * config.optim.weight_decay * l2
-    values.append(np.asarray(hessian.top_eigenvalues(loss_fn, params, k, iterations, seed=b)))
-    logging.info('Hessian batch %d/%d: top eigenvalues %s', b + 1, batches, values[-1])
-  return np.stack(values)
-
-
-def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: int = 64,
-            hessian_batches: int = 4) -> dict:
-  """Runs the analyses on `workdir`'s latest checkpoint; returns the numbers (also written to
-  `<out>/analysis.json`, figures beside it)."""
-  unknown = sorted(set(only or ()) - set(ANALYSES))
-  if unknown:
-    raise ValueError(f'Unknown analyses {unknown}; choose from {ANALYSES}.')
-  config, model, params = load_run(workdir)
-  kind = resolved_fields(**config.model)['family']
-  wanted = list(only or ANALYSES)
-  bad = [a for a in wanted if kind not in _FAMILIES[a]]
-  if only and bad:
-    raise ValueError(f'{bad} do not apply to {config.model.name} ({kind}).')
-  results = {'model': config.model.name, 'family': kind, 'workdir': os.path.abspath(workdir),
-             'skipped': bad}
-  wanted = [a for a in wanted if a not in bad]
-  os.makedirs(out, exist_ok=True)
-  figure = lambda name: os.path.join(out, f'{name}.png')
-
-  test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
-  spread = lambda n: np.linspace(0, len(test.labels) - 1, min(n, len(test.labels))).astype(int)
-  prepare = lambda idx: data.preprocess_eval(jnp.asarray(test.images[idx]),
-                                             image_size=config.image_size,
-                                             crop_fraction=config.eval.crop_fraction)
-  x = prepare(spread(num_images))  # evenly spaced: test splits are often sorted by class
-  if kind in ('vit', 'hybrid'):
-    _, inter = forward_with_intermediates(model, {'params': params}, x)
-    attn = np.asarray(inter['attention_weights'])
-    grid = _grid(attn.shape[-1], model.classifier)
-    pixels = config.image_size / grid[1]
-  if 'filters' in wanted:
-    components, ratio = embeddings.filter_components(np.asarray(params['embedding']['kernel']), 28)
-    plots.filter_components(components, ratio, figure('filters'))
-    results['filters'] = {'explained_variance_ratio': ratio.tolist()}
-  if 'posemb' in wanted:
-    posemb = params['Transformer']['posembed_input']['pos_embedding']
-    similarity = embeddings.posemb_similarity(np.asarray(posemb), grid)
-    plots.posemb_similarity(similarity, figure('posemb'))
-    results['posemb'] = {'similarity': similarity.round(4).tolist()}
-  if 'distance' in wanted:
-    distance = attention.mean_attention_distance(attn, grid, pixels)
-    plots.attention_distance(distance, config.image_size, figure('distance'))
-    results['distance'] = {'pixels': distance.round(3).tolist()}
-  if 'rollout' in wanted:
-    maps = attention.attention_rollout(attn[:, :8], grid)
-    plots.rollout(np.asarray(x[:8]), maps, figure('rollout'))
-    results['rollout'] = {'maps': maps.round(4).tolist()}
-  if 'fourier' in wanted:
-    if kind == 'resnet':
-      maps = _resnet_maps(model, params, x)
-    else:
-      maps = [fourier.tokens_to_maps(b, grid) for b in np.asarray(inter['block_outputs'])]
-    curves = [fourier.relative_log_amplitude(m) for m in maps]  # lengths follow map sizes
-    plots.fourier(curves, figure('fourier'))
-    results['fourier'] = {'delta_log_amplitude': [c.round(4).tolist() for c in curves]}
-  if 'noise' in wanted:
-    idx = spread(NOISE_IMAGES)
-    results['noise'] = noise_robustness(model, params, np.asarray(prepare(idx)),
-                                        test.labels[idx])
-    plots.noise(results['noise'], figure('noise'))
-  if 'hessian' in wanted:
-    train_split = data.load_split(config.dataset, 'train', cache_dir=config.data.cache_dir)
-    values = hessian_eigenvalues(config, model, params, train_split, hessian_batches)
-    plots.hessian_spectrum(values, figure('hessian'))
-    results['hessian'] = {'top_eigenvalues': values.tolist()}
-  files.write_json(os.path.join(out, 'analysis.json'), results)
-  return results
-
-
-SWEEP_COLUMNS = ('model', 'family', 'depth', 'train_size', 'distance_first_layer',
-                 'distance_mean', 'log_amplitude_pi_last', 'log_amplitude_pi_mean',
-                 'hessian_top')
-
-
-def _summary(row: dict, results: dict) -> dict:
-  """One sweep.csv row: the point and scalar summaries of its analyses (None if not run)."""
-  out = {k: row[k] for k in ('model', 'family', 'depth', 'train_size')}
-  out.update(dict.fromkeys(SWEEP_COLUMNS[4:]))
-  if 'distance' in results:
-    pixels = np.array(results['distance']['pixels'])  # (layers, heads)
-    out['distance_first_layer'], out['distance_mean'] = pixels[0].mean(), pixels.mean()
-  if 'fourier' in results:
-    at_pi = [curve[-1] for curve in results['fourier']['delta_log_amplitude']]
-    out['log_amplitude_pi_last'], out['log_amplitude_pi_mean'] = at_pi[-1], np.mean(at_pi)
-  if 'hessian' in results:
-    out['hessian_top'] = float(np.mean(np.array(results['hessian']['top_eigenvalues'])[:, 0]))
-  return out
-
-
-def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int = 64,
-                  hessian_batches: int = 2) -> list[dict]:
-  """Runs `only` (default SWEEP_ANALYSES, those that apply) on every finished point of a sweep;
-  writes `<sweep>/analysis/<point>/`, `sweep.csv` and `sweep.png`; returns the summary rows."""
-  rows = [r for r in report.read_results(os.path.join(sweep_dir, 'results.csv'))
-          if r['status'] == 'done']
-  if not rows:
-    raise ValueError(f'No finished point in {sweep_dir}/results.csv to analyse.')
-  out = os.path.join(sweep_dir, 'analysis')
-  summaries = []
-  for n, row in enumerate(rows, 1):
-    kinds = [a for a in (only or SWEEP_ANALYSES) if row['family'] in _FAMILIES[a]]
-    name = os.path.basename(os.path.normpath(row['workdir']))
-    results = analyze(row['workdir'], os.path.join(out, name), kinds, num_images,
-                      hessian_batches) if kinds else {}
-    summaries.append(_summary(row, results))
-    logging.info('Analysed %d/%d: %s', n, len(rows), name)
-  with files.atomic_open(os.path.join(out, 'sweep.csv')) as f:
-    writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
-    writer.writeheader()
-    writer.writerows(summaries)
-  plots.sweep(summaries, os.path.join(out, 'sweep.png'))
-  return summaries
 
 
 def main(argv: list[str]) -> None:
@@ -245,16 +37,17 @@ def main(argv: list[str]) -> None:
   cli.setup_logging()
   try:
     if _SWEEP.value:
-      summaries = analyze_sweep(_SWEEP.value, _ONLY.value, _IMAGES.value, _HESSIAN_BATCHES.value)
+      summaries = run.analyze_sweep(_SWEEP.value, _ONLY.value, _IMAGES.value,
+                                    _HESSIAN_BATCHES.value)
       report.write_report(_SWEEP.value)
       print(f'Analysed {len(summaries)} points; {_SWEEP.value}/analysis/sweep.png and sweep.csv '
             f'written, {_SWEEP.value}/REPORT.md updated.')
       return
-    results = analyze(_WORKDIR.value, _OUT.value, _ONLY.value, _IMAGES.value,
-                      _HESSIAN_BATCHES.value)
+    results = run.analyze(_WORKDIR.value, _OUT.value, _ONLY.value, _IMAGES.value,
+                          _HESSIAN_BATCHES.value)
   except (ValueError, OSError) as e:
     raise SystemExit(f'Error: {e}') from None
-  done = [a for a in ANALYSES if a in results]
+  done = [a for a in run.ANALYSES if a in results]
   print(f'{results["model"]} ({results["family"]}): {", ".join(done)} written to {_OUT.value}'
         + (f'; not applicable: {results["skipped"]}' if results['skipped'] else ''))
 

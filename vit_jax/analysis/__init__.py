@@ -1,5 +1,6 @@
 """What a trained model learned (ViT paper Fig. 7; Park & Kim, "How Do Vision Transformers
-Work?", ICLR 2022). Pure functions on arrays; `vit_jax.analyze` runs them on a checkpoint.
+Work?", ICLR 2022). Pure functions on arrays; `run` applies them to a checkpoint or a sweep
+(the command is `python -m vit_jax.analyze`).
 
 - embeddings: principal components of the patch-embedding filters; position-embedding
   cosine similarity.
@@ -8,4 +9,5 @@ Work?", ICLR 2022). Pure functions on arrays; `vit_jax.analyze` runs them on a c
 - robustness: noise confined to a frequency band.
 - hessian: top Hessian eigenvalues by power iteration on Hessian-vector products.
 - plots: the figures.
+- run: `analyze(workdir, out)` and `analyze_sweep(sweep_dir)`.
 """
