@@ -29,7 +29,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from vit_jax import cli, files, metrics, report, train
+from vit_jax import checkpoint, cli, files, metrics, report, train
 from vit_jax.models import resolved_fields
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (configs/data_scaling.py).')
@@ -115,15 +115,6 @@ def _error_message(output: str, returncode: int) -> str:
   return f'exited with status {returncode}' + (f': {lines[-1][:300]}' if lines else '')
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out = {}
-  for key, value in tree.items():
-    out.update(_flat(value, f'{prefix}{key}.') if isinstance(value, dict) else
-               {prefix + key: value})
-  return out
-
-
 def check_configs(points: list[Point]) -> None:
   """Raises ValueError if a point's workdir was started with another config than the sweep
   gives it now, so results of different configs are never mixed. Fields present on one side
@@ -132,13 +123,14 @@ def check_configs(points: list[Point]) -> None:
     path = os.path.join(point.workdir, 'config.json')
     if not os.path.exists(path):
       continue
-    then = _flat(files.read_json(path))
-    now = _flat(json.loads(point.config.to_json_best_effort()))
+    then = checkpoint.flatten(files.read_json(path))  # {'optim/lr': ...}
+    now = checkpoint.flatten(json.loads(point.config.to_json_best_effort()))
     changed = sorted(k for k in then.keys() & now.keys() if then[k] != now[k])
     if changed:
       raise ValueError(
           f'{point.workdir} was run with another config than this sweep gives it (' +
-          ', '.join(f'{k}: {then[k]!r} then, {now[k]!r} now' for k in changed[:5]) +
+          ', '.join(f'{k.replace("/", ".")}: {then[k]!r} then, {now[k]!r} now'
+                    for k in changed[:5]) +
           '); use a new --workdir, or delete that point to rerun it.')
 
 
