@@ -56,7 +56,8 @@ def test_unknown_presets_are_named(module, arg, message):
 
 
 @pytest.mark.skipif(not os.path.exists(cifar10.CIFAR10),
-                    reason='needs the CIFAR-10 archive from ../shared/datasets')
+                    reason='environment: the CIFAR-10 archive (../shared/datasets/cifar10.tar.gz '
+                    'or $VIT_JAX_CIFAR10) is not on this machine')
 def test_cifar10_hybrid_runs_at_smoke_size(tmp_path):
   config = load('cifar10', 'hybrid,cpu')
   config.train_size, config.total_steps, config.batch_size = 100, 2, 16

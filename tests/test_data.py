@@ -206,7 +206,8 @@ def test_bad_source_or_split(source, split, message):
 
 
 @pytest.mark.skipif(importlib.util.find_spec('tensorflow_datasets') is not None,
-                    reason='TensorFlow Datasets is installed')
+                    reason='environment: checks the message shown without TensorFlow Datasets, '
+                    'which is installed here')
 def test_tfds_without_tensorflow_says_what_to_install():
   with pytest.raises(ImportError, match=r'pip install tensorflow tensorflow-datasets.*folder:'):
     data.load_split('tfds:cifar10', 'train')
