@@ -111,11 +111,15 @@ def test_hessian_power_iteration_matches_eigvalsh_of_the_explicit_hessian():
 
 @pytest.fixture(scope='module')
 def trained_runs(tmp_path_factory):
-  """Tiny 3-step runs of a ViT (token pooling) and a ResNet on digits."""
+  """Tiny 3-step runs on digits: a ViT (token pooling), one with fixed sin-cos position
+  embeddings, and a ResNet."""
   runs = {}
-  for name, model in (('vit', 'ViT-Nano_2'), ('resnet', 'BiT-R14x0.25-small')):
+  vit = {'num_layers': 2}
+  for name, model, overrides in (('vit', 'ViT-Nano_2', vit),
+                                 ('sincos', 'ViT-Nano_2', dict(vit, posemb='sincos2d')),
+                                 ('resnet', 'BiT-R14x0.25-small', {})):
     config = quickstart.get_config()
-    config.model = common.model_config(model, **({'num_layers': 2} if name == 'vit' else {}))
+    config.model = common.model_config(model, **overrides)
     config.total_steps = config.log_every = config.eval_every = config.checkpoint_every = 3
     config.batch_size, config.eval.fewshot_shots = 32, ()
     workdir = tmp_path_factory.mktemp(name)
@@ -169,3 +173,11 @@ def test_band_noise_stays_in_its_band_and_has_the_asked_std():
   with pytest.raises(ValueError, match=r'band=\(0.5, 0.2\) must satisfy'):
     robustness.band_noise((1, 4, 4, 1), (0.5, 0.2), 0.1, rng)
 
+
+
+def test_fixed_position_embeddings_skip_the_posemb_analysis(trained_runs, tmp_path):
+  results = run.analyze(trained_runs['sincos'], str(tmp_path), only=None, num_images=4,
+                        hessian_batches=1)
+  assert results['skipped'] == ['posemb'] and 'distance' in results
+  with pytest.raises(ValueError, match=r"\['posemb'\] do not apply"):
+    run.analyze(trained_runs['sincos'], str(tmp_path), only=['posemb'])

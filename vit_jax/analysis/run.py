@@ -114,7 +114,8 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   config, model, params = load_run(workdir)
   kind = resolved_fields(**config.model)['family']
   wanted = list(only or ANALYSES)
-  bad = [a for a in wanted if kind not in _FAMILIES[a]]
+  learned_posemb = 'posembed_input' in params.get('Transformer', {})  # not with sincos2d
+  bad = [a for a in wanted if kind not in _FAMILIES[a] or (a == 'posemb' and not learned_posemb)]
   if only and bad:
     raise ValueError(f'{bad} do not apply to {config.model.name} ({kind}).')
   results = {'model': config.model.name, 'family': kind, 'workdir': os.path.abspath(workdir),
@@ -129,22 +130,21 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
                                              image_size=config.image_size,
                                              crop_fraction=config.eval.crop_fraction)
   x = prepare(spread(num_images))  # evenly spaced: test splits are often sorted by class
-  if kind in ('vit', 'hybrid'):
+  if kind in ('vit', 'hybrid') and {'distance', 'rollout', 'fourier'} & set(wanted):
     _, inter = forward_with_intermediates(model, {'params': params}, x)
     attn = np.asarray(inter['attention_weights'])
     grid = _grid(attn.shape[-1], model.classifier)
-    pixels = config.image_size / grid[1]
   if 'filters' in wanted:
     components, ratio = embeddings.filter_components(np.asarray(params['embedding']['kernel']), 28)
     plots.filter_components(components, ratio, figure('filters'))
     results['filters'] = {'explained_variance_ratio': ratio.tolist()}
   if 'posemb' in wanted:
-    posemb = params['Transformer']['posembed_input']['pos_embedding']
-    similarity = embeddings.posemb_similarity(np.asarray(posemb), grid)
+    posemb = np.asarray(params['Transformer']['posembed_input']['pos_embedding'])
+    similarity = embeddings.posemb_similarity(posemb, _grid(posemb.shape[-2], model.classifier))
     plots.posemb_similarity(similarity, figure('posemb'))
     results['posemb'] = {'similarity': similarity.round(4).tolist()}
   if 'distance' in wanted:
-    distance = attention.mean_attention_distance(attn, grid, pixels)
+    distance = attention.mean_attention_distance(attn, grid, config.image_size / grid[1])
     plots.attention_distance(distance, config.image_size, figure('distance'))
     results['distance'] = {'pixels': distance.round(3).tolist()}
   if 'rollout' in wanted:
