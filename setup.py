@@ -19,14 +19,25 @@ setup(
         'ml-collections>=1.1,<2',
         'numpy>=2.2,<3',
         'optax>=0.2.8,<0.3',
-        'orbax-checkpoint>=0.12.8,<0.13',
+        # 0.11.36 is the newest that jax2onnx (the [export] extra) allows; both ends tested.
+        'orbax-checkpoint>=0.11.36,<0.13',
         'pillow>=11,<14',
         'scikit-learn>=1.6,<2',     # only for the embedded digits dataset
         'scipy>=1.15,<2',
         'tensorboardX>=2.6,<3',     # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        'test': ['pytest>=9,<10'],
+        # Export to PyTorch / ONNX and the PyTorch reference of the benchmarks. torch is pinned
+        # exactly: 2.13.0 is the CPU build that installs offline; a range pulls CUDA wheels.
+        'export': [
+            'jax2onnx>=0.17.1,<0.18',
+            'onnx>=1.23,<1.24',
+            'onnxruntime>=1.31,<1.32',
+            'safetensors>=0.8,<0.9',
+            'torch==2.13.0',
+            'transformers>=5.23,<6',
+        ],
+        'test': ['pytest>=9,<10', 'vit_jax[export]'],
         'tfds': ['tensorflow', 'tensorflow-datasets'],  # only for `dataset='tfds:<name>'`
     },
 )
