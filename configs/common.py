@@ -89,6 +89,14 @@ def get_config() -> ml_collections.ConfigDict:
       init_from=placeholder(str),     # a .npz or a run workdir to fine-tune from
       reset_head=placeholder(bool),   # None: reset when the class count differs
   ))
+  config.mpp = ml_collections.ConfigDict(dict(
+      enabled=False,                  # pre-train by masked patch prediction (vit_jax/mpp.py;
+                                      # plain ViTs): labels are not used, and the metrics'
+                                      # loss / accuracy are those of the corrupted patches
+      corrupt_fraction=0.5,           # patches corrupted per image ...
+      mask_fraction=0.8,              # ... of which replaced by the mask token,
+      random_fraction=0.1,            # ... by a random patch of the batch (rest unchanged)
+  ))
   config.data = ml_collections.ConfigDict(dict(
       cache_dir=placeholder(str),     # decoded-array cache; None = ~/.cache/vit_jax
       subset_seed=0,                  # seed of the nested train_size subsets

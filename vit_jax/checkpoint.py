@@ -237,6 +237,14 @@ def read_params(path: str) -> Params:
   return read_npz(path)
 
 
+# Parameters of pre-training that a fine-tuned model may lack -> why they are dropped.
+_PRETRAINING_ONLY = {
+    'pre_logits/': 'the model has no representation layer',
+    'mask_token': 'masked patch prediction only',
+    'mpp_head/': 'masked patch prediction only',
+}
+
+
 def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None = None,
                     strict: bool = True) -> Params:
   """Loads a published-format `.npz` (or a run workdir's latest checkpoint) into a tree shaped
@@ -245,7 +253,8 @@ def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None =
   Handles both naming generations, big_vision's `params/` prefix, GroupNorm parameters stored
   as (1, 1, 1, C), scanned vs unrolled layers, and adapts the checkpoint to the model:
   - position embeddings are resized to the model's grid (`resize_posemb`);
-  - `pre_logits` is dropped when the model has none (built without `representation_size`);
+  - `pre_logits` is dropped when the model has none (built without `representation_size`),
+    and so are masked patch prediction's `mask_token` and `mpp_head`;
   - the head is taken from `init_params` (zero-initialised) when `reset_head` is True, or
     when it is None and the class count differs.
 
@@ -271,11 +280,12 @@ def load_pretrained(path: str, init_params: Params, *, reset_head: bool | None =
   tree = stack_layers(tree) if scanned else unstack_layers(tree)
   flat = flatten(tree)
 
-  if not any(k.startswith('pre_logits/') for k in expected):
-    dropped = [k for k in flat if k.startswith('pre_logits/')]
-    if dropped:
-      logging.info('Dropping pre_logits from %s (the model has no representation layer).', path)
-    flat = {k: v for k, v in flat.items() if k not in dropped}
+  for part, why in _PRETRAINING_ONLY.items():
+    if not any(k.startswith(part) for k in expected):
+      dropped = [k for k in flat if k.startswith(part)]
+      if dropped:
+        logging.info('Dropping %s from %s (%s).', part.rstrip('/'), path, why)
+      flat = {k: v for k, v in flat.items() if k not in dropped}
   head = {k for k in expected if k.startswith('head/')}
   if reset_head is None:
     reset_head = any(k not in flat or flat[k].shape != expected[k].shape for k in head)

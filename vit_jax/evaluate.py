@@ -14,15 +14,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vit_jax import data, sharding
+from vit_jax import data, mpp, sharding
 
 
-def make_eval_step(model, *, image_size: int, crop_fraction: float) -> Callable:
+def make_eval_step(model, *, image_size: int, crop_fraction: float,
+                   masked_patches: dict | None = None) -> Callable:
   """Returns jitted (params, images uint8 (B,H,W,C), labels (B,), mask (B,)) ->
-  (sum of losses, number correct, count, pre-logits features (B, F))."""
+  (sum of losses, number correct, count, pre-logits features (B, F)).
+
+  With `masked_patches` (`mpp.objective_args`) the scores are those of
+  masked patch prediction over the corrupted patches, with the same corruption every call.
+  """
 
   def step(params, images, labels, mask):
     x = data.preprocess_eval(images, image_size=image_size, crop_fraction=crop_fraction)
+    if masked_patches is not None:
+      loss, correct, count, features = mpp.objective(
+          model, params, x, jax.random.PRNGKey(0), train=False, valid=mask, **masked_patches)
+      return loss, correct, count, features['representation'][0]
     logits, state = model.apply({'params': params}, x, train=False, mutable=['features'])
     loss = -jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, logits.shape[-1]), -1)
     correct = (jnp.argmax(logits, -1) == labels) & mask
@@ -111,7 +120,8 @@ class Evaluator:
                test: data.Split, best: dict):
     dp = sharding.data_parallel_size(mesh)
     self._step = make_eval_step(model, image_size=config.image_size,
-                                crop_fraction=config.eval.crop_fraction)
+                                crop_fraction=config.eval.crop_fraction,
+                                masked_patches=mpp.objective_args(config))
     self._batch = -(-config.eval.batch_size // dp) * dp  # rounded up to the data-parallel size
     self._mesh, self._config = mesh, config.eval
     self._train, self._val, self._test = train, val, test

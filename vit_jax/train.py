@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from configs import common
-from vit_jax import checkpoint, data, evaluate, files, metrics, optim, sharding
+from vit_jax import checkpoint, data, evaluate, files, metrics, mpp, optim, sharding
 from vit_jax.models import get_model
 
 
@@ -66,6 +66,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % accum:
     raise ValueError(f'batch_size={config.batch_size} is not divisible by '
                      f'optim.grad_accum_steps={accum}.')
+  mpp.objective_args(config)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
@@ -79,6 +80,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
                     config: ml_collections.ConfigDict, mesh, state_shardings):
   """Returns the jitted step (state, images uint8 (B,H,W,C), labels (B,)) -> (state, metrics).
 
+  The loss is the classification cross-entropy, or with `mpp.enabled` that of masked patch
+  prediction (labels unused; metrics['accuracy'] is then over corrupted patches).
   Augmentation runs inside the step; the state is donated; with grad_accum_steps = A the batch
   is split into A strided micro-batches whose gradients are averaged. metrics['nonfinite'] is 1
   when the loss, gradient or update is not finite; with optim.skip_nonfinite such a step leaves
@@ -91,11 +94,17 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
   accum = config.optim.grad_accum_steps
   smoothing = config.optim.label_smoothing
   skip_nonfinite = config.optim.skip_nonfinite
+  masked_patches = mpp.objective_args(config)
 
-  def loss_fn(params, images, labels, key):
+  def loss_fn(params, images, labels, key):  # -> (loss, accuracy)
+    if masked_patches is not None:
+      corrupt_key, dropout_key = jax.random.split(key)
+      loss, correct, count, _ = mpp.objective(model, params, images, corrupt_key, train=True,
+                                              dropout_key=dropout_key, **masked_patches)
+      return loss / count, correct / count
     logits = model.apply({'params': params}, images, train=True, rngs={'dropout': key})
     loss = jnp.mean(cross_entropy(logits, labels, smoothing))
-    return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
+    return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -103,18 +112,19 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = augment(images, aug_key)
     if accum == 1:
-      (loss, correct), grads = grad_fn(state.params, x, labels, dropout_key)
+      (loss, accuracy), grads = grad_fn(state.params, x, labels, dropout_key)
     else:
       micro = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:]).swapaxes(0, 1)
 
       def body(carry, inputs):
-        (loss, correct), grads = grad_fn(state.params, *inputs)
-        return jax.tree_util.tree_map(jnp.add, carry, (loss, correct, grads)), None
+        (loss, accuracy), grads = grad_fn(state.params, *inputs)
+        return jax.tree_util.tree_map(jnp.add, carry, (loss, accuracy, grads)), None
 
-      zeros = (0., 0, jax.tree_util.tree_map(jnp.zeros_like, state.params))
-      (loss, correct, grads), _ = jax.lax.scan(
+      zeros = (0., 0., jax.tree_util.tree_map(jnp.zeros_like, state.params))
+      (loss, accuracy, grads), _ = jax.lax.scan(
           body, zeros, (micro(x), micro(labels), jax.random.split(dropout_key, accum)))
-      loss, grads = loss / accum, jax.tree_util.tree_map(lambda g: g / accum, grads)
+      loss, accuracy, grads = jax.tree_util.tree_map(lambda a: a / accum,
+                                                     (loss, accuracy, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     grad_norm, update_norm = optax.tree.norm(grads), optax.tree.norm(updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
@@ -123,7 +133,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
       keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {'loss': loss, 'accuracy': correct / labels.shape[0],
+    return new_state, {'loss': loss, 'accuracy': accuracy,
                        'grad_norm': grad_norm, 'lr': schedule(state.step),
                        'nonfinite': 1. - finite}
 
@@ -280,6 +290,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
   num_classes = len(train_split.class_names)
   overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  if config.mpp.enabled:  # the head predicts patch colours
+    overrides['masked_patch_prediction'] = True
+    num_classes = mpp.num_colors(train_split.images.shape[-1])
   model = get_model(config.model.name, num_classes=num_classes, **overrides)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.image_size, config.image_size, train_split.images.shape[-1])
@@ -316,10 +329,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return files.read_json(result_path)
     writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract.params))
-    logging.info('%s: %s parameters, %d train / %d validation / %d test images, %d classes, '
+    logging.info('%s: %s parameters, %d train / %d validation / %d test images, %d %s, '
                  'mesh %s.', config.model.name, f'{num_params:,}', len(train_split.labels),
                  0 if val_split is None else len(val_split.labels), len(test_split.labels),
-                 num_classes, dict(mesh.shape))
+                 num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
+                 dict(mesh.shape))
 
     train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
     evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best)

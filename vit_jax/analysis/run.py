@@ -37,6 +37,9 @@ def load_run(workdir: str):
     raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
   config = ml_collections.ConfigDict(files.read_json(path))
   params = checkpoint.read_params(workdir)
+  if 'head' not in params:
+    raise ValueError(f'{workdir} has no classification head (a masked patch prediction '
+                     'pre-training run?): analyse a classifier, e.g. its fine-tuned run.')
   num_classes = params['head']['kernel'].shape[-1]
   overrides = {k: v for k, v in config.model.items() if k != 'name'}
   return config, get_model(config.model.name, num_classes=num_classes, **overrides), params

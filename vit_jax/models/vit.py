@@ -262,6 +262,11 @@ class VisionTransformer(nn.Module):
     gelu_approximate: tanh GELU as in the published models; False for exact GELU.
     resnet_layers, resnet_width, resnet_stem: hybrid ResNet stages (None: plain ViT), root
       width and stem ('bit' 7x7/2 + max-pool, or 'small' 3x3/1).
+    masked_patch_prediction: the self-supervised variant (vit_jax/mpp.py): a learned
+      `mask_token` (1, 1, D) replaces the patch embeddings where the call's `mask` (B, M) is
+      True, and `mpp_head` maps every patch token to `num_classes` colour logits: the call
+      returns (B, M, num_classes) float32. The other parameters keep their names, so the
+      encoder fine-tunes as a classifier (the two extra parameters are then dropped).
   """
   num_classes: int
   patch_size: int | tuple[int, int] = 16
@@ -283,9 +288,11 @@ class VisionTransformer(nn.Module):
   resnet_layers: tuple[int, ...] | None = None
   resnet_width: int = 64
   resnet_stem: str = 'bit'
+  masked_patch_prediction: bool = False
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, images: jax.Array, *, train: bool = False,
+               mask: jax.Array | None = None) -> jax.Array:
     if images.ndim != 4:
       raise ValueError(f'images must be (batch, height, width, channels), got {images.shape}.')
     if self.posemb not in ('learn', 'sincos2d'):
@@ -303,6 +310,15 @@ class VisionTransformer(nn.Module):
                 name='embedding')(x)
     b, h, w, d = x.shape
     x = x.reshape(b, h * w, d)
+    if self.masked_patch_prediction:
+      if self.resnet_layers is not None:
+        raise ValueError('masked_patch_prediction needs a plain ViT: a hybrid\'s tokens are '
+                         'not image patches.')
+      token = self.param('mask_token', nn.initializers.normal(stddev=0.02), (1, 1, d))
+      if mask is not None:
+        x = jnp.where(mask[..., None], token.astype(x.dtype), x)
+    elif mask is not None:
+      raise ValueError('mask= needs a model built with masked_patch_prediction=True.')
     if self.posemb == 'sincos2d':
       x = x + posemb_sincos_2d(h, w, d).astype(self.dtype)
     if self.classifier == 'token':
@@ -314,6 +330,11 @@ class VisionTransformer(nn.Module):
         dtype=self.dtype, learned_posemb=self.posemb == 'learn',
         attention_impl=self.attention_impl, gelu_approximate=self.gelu_approximate,
         scan=self.scan, remat_policy=self.remat_policy, name='Transformer')(x, train=train)
+    if self.masked_patch_prediction:
+      patches = x[:, -h * w:]
+      if not self.is_initializing():
+        self.sow('features', 'representation', jnp.mean(patches, axis=1))
+      return nn.Dense(self.num_classes, name='mpp_head')(patches).astype(jnp.float32)
     return pool_and_classify(self, x, classifier=self.classifier,
                              representation_size=self.representation_size,
                              num_classes=self.num_classes, head_bias_init=self.head_bias_init)
