@@ -1,0 +1,161 @@
+"""What an export starts from: a model and its parameters made ready for export, plus the real
+images that verify it.
+
+`Source.from_run(workdir, step)` reads a training run; `Source.from_model(...)` wraps any model
+of the registry (the Python API and the tests). Either way the model is rebuilt in float32
+with unrolled layers (`scan=False`, no rematerialisation, XLA attention) and its parameters are
+unrolled NumPy arrays, so every format sees one `encoderblock_{i}` subtree per layer.
+"""
+import dataclasses
+import os
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import checkpoint, data
+from vit_jax.models import ResNet, T2TViT, VisionTransformer
+
+Params = dict[str, Any]
+NUM_IMAGES = 8  # real images in the verification batch
+NUM_RANDOM = 3  # random inputs in the second verification batch (another batch size)
+_EXPORT_FIELDS = dict(scan=False, remat_policy='none', dtype=jnp.float32, attention_impl=None)
+
+
+class UnsupportedError(ValueError):
+  """A model that a format cannot represent faithfully."""
+
+
+def family(model: nn.Module) -> str:
+  """'vit', 'hybrid' (ResNet stem + ViT), 'resnet' or 't2t'."""
+  if isinstance(model, VisionTransformer):
+    return 'vit' if model.resnet_layers is None else 'hybrid'
+  if isinstance(model, ResNet):
+    return 'resnet'
+  if isinstance(model, T2TViT):
+    return 't2t'
+  raise TypeError(f'Cannot export a {type(model).__name__}; only registry models are supported.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A model ready for export.
+
+  name: the registry name (for messages and manifests); model: the float32 unrolled module;
+  params: its parameters (NumPy, unrolled); image_size: S; channels: C; class_names: one per
+  class, or None when unknown; images: (N, S, S, C) float32 real images in [-1, 1],
+  preprocessed as evaluation does; images_from: where they came from; workdir, step: the run.
+  """
+  name: str
+  model: nn.Module
+  params: Params
+  image_size: int
+  channels: int
+  class_names: tuple[str, ...] | None
+  images: np.ndarray
+  images_from: str
+  workdir: str | None = None
+  step: int | None = None
+
+  @property
+  def family(self) -> str:
+    return family(self.model)
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.num_classes
+
+  def logits(self, images: np.ndarray) -> np.ndarray:
+    """The JAX model's logits (B, num_classes) on images (B, S, S, C) float32."""
+    return np.asarray(_apply(self.model, self.params, jnp.asarray(images, jnp.float32)))
+
+  def unsupported(self, fmt: str, reason: str) -> UnsupportedError:
+    return UnsupportedError(f'--format={fmt} cannot export {self.name} ({self.family}): {reason}.')
+
+  @classmethod
+  def from_model(cls, name: str, model: nn.Module, params: Params, *, image_size: int,
+                 class_names: tuple[str, ...] | None = None, images: np.ndarray | None = None,
+                 **run: Any) -> 'Source':
+    """Wraps `model` and `params` (scanned or unrolled); without `images`, real images come
+    from the embedded digits, resized to `image_size` and repeated over the channels."""
+    updates = {k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)}
+    model = model.clone(**updates)
+    params = checkpoint.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
+    channels = params_channels(params)
+    images_from = 'the given images'
+    if images is None:
+      images, _, images_from = sample_images('digits', image_size, channels)
+    if class_names is not None and len(class_names) != model.num_classes:
+      raise ValueError(f'{len(class_names)} class names for a {model.num_classes}-class head.')
+    return cls(name, model, params, image_size, channels,
+               None if class_names is None else tuple(class_names),
+               np.asarray(images, np.float32), images_from, **run)
+
+  @classmethod
+  def from_run(cls, workdir: str, step: int | None = None) -> 'Source':
+    """A run's checkpoint `step` (default: the latest), its dataset's class names and test
+    images (the embedded digits when the dataset cannot be read here)."""
+    config, model, params = checkpoint.load_run(workdir, step)
+    if step is None:
+      manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+      step = manager.latest_step()
+      manager.close()
+    images, names, images_from = sample_images(
+        config.dataset, config.image_size, params_channels(checkpoint.unstack_layers(params)),
+        cache_dir=config.data.cache_dir, crop_fraction=config.eval.crop_fraction)
+    if names is not None and len(names) != model.num_classes:
+      logging.warning('The dataset has %d classes but the head %d; exporting without label '
+                      'names.', len(names), model.num_classes)
+      names = None
+    return cls.from_model(config.model.name, model, params, image_size=config.image_size,
+                          class_names=names, images=images, workdir=os.path.abspath(workdir),
+                          step=step)
+
+
+def _apply(model: nn.Module, params: Params, images: jax.Array) -> jax.Array:
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, images)
+
+
+def params_channels(params: Params) -> int:
+  """Input channels C of a model, from its first convolution's kernel (..., C, features)."""
+  for key, value in checkpoint.flatten(params).items():
+    if key.endswith('kernel') and np.ndim(value) == 4:
+      return int(np.shape(value)[2])
+  raise ValueError('Cannot tell the input channels: the parameters have no convolution.')
+
+
+def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: str | None = None,
+                  crop_fraction: float = 1.0) -> tuple[np.ndarray, tuple[str, ...] | None, str]:
+  """NUM_IMAGES test images of `dataset`, evenly spaced over the split (test splits are often
+  sorted by class), preprocessed as evaluation does: (N, S, S, C) float32 in [-1, 1].
+
+  Falls back to the embedded digits (with a warning) when `dataset` cannot be loaded here.
+  Returns (images, the dataset's class names or None for the fallback, a description).
+  """
+  try:
+    split = data.load_split(dataset, 'test', cache_dir=cache_dir)
+    names, source = split.class_names, f'the {dataset!r} test split'
+  except (OSError, ImportError, ValueError) as e:
+    logging.warning('Cannot read the dataset %r here (%s); verifying on the embedded digits.',
+                    dataset, e)
+    split = data.load_split('digits', 'test')
+    names, source = None, 'the embedded digits (the run\'s dataset is not readable here)'
+  idx = np.linspace(0, len(split.labels) - 1, min(NUM_IMAGES, len(split.labels))).astype(int)
+  images = split.images[idx]
+  if images.shape[-1] != channels:
+    if images.shape[-1] != 1:
+      raise ValueError(f'{source} has {images.shape[-1]} channels, the model {channels}.')
+    images = np.repeat(images, channels, axis=-1)
+  x = data.preprocess_eval(jnp.asarray(images), image_size=image_size,
+                           crop_fraction=crop_fraction)
+  return np.asarray(x), names, f'{len(idx)} images of {source}'
+
+
+def random_images(source: Source, seed: int = 0) -> np.ndarray:
+  """NUM_RANDOM uniform [-1, 1] inputs (B, S, S, C) float32, a second batch size."""
+  rng = np.random.default_rng(seed)
+  shape = (NUM_RANDOM, source.image_size, source.image_size, source.channels)
+  return rng.uniform(-1, 1, shape).astype(np.float32)
