@@ -7,8 +7,9 @@ with unrolled layers (`scan=False`, no rematerialisation, XLA attention) and its
 unrolled NumPy arrays, so every format sees one `encoderblock_{i}` subtree per layer.
 """
 import dataclasses
+import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import flax.linen as nn
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import checkpoint, data
+from vit_jax.export import layout
 from vit_jax.models import ResNet, T2TViT, VisionTransformer
 
 Params = dict[str, Any]
@@ -68,9 +70,10 @@ class Source:
   def num_classes(self) -> int:
     return self.model.num_classes
 
-  def logits(self, images: np.ndarray) -> np.ndarray:
-    """The JAX model's logits (B, num_classes) on images (B, S, S, C) float32."""
-    return np.asarray(_apply(self.model, self.params, jnp.asarray(images, jnp.float32)))
+  @functools.cached_property
+  def logits(self) -> Callable[[np.ndarray], np.ndarray]:
+    """The JAX model: images (B, S, S, C) float32 -> logits (B, num_classes)."""
+    return predictor(self.model, self.params)
 
   def unsupported(self, fmt: str, reason: str) -> UnsupportedError:
     return UnsupportedError(f'--format={fmt} cannot export {self.name} ({self.family}): {reason}.')
@@ -78,53 +81,63 @@ class Source:
   @classmethod
   def from_model(cls, name: str, model: nn.Module, params: Params, *, image_size: int,
                  class_names: tuple[str, ...] | None = None, images: np.ndarray | None = None,
-                 **run: Any) -> 'Source':
-    """Wraps `model` and `params` (scanned or unrolled); without `images`, real images come
-    from the embedded digits, resized to `image_size` and repeated over the channels."""
-    updates = {k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)}
-    model = model.clone(**updates)
+                 dataset: str = 'digits', cache_dir: str | None = None,
+                 crop_fraction: float = 1.0, workdir: str | None = None,
+                 step: int | None = None) -> 'Source':
+    """Wraps `model` and `params` (scanned or unrolled).
+
+    Without `images`, real images come from the test split of `dataset` (the embedded digits
+    when it cannot be read here), preprocessed as evaluation does; without `class_names`, the
+    dataset's class names are used when their number matches the head.
+    """
+    model = model.clone(**{k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)})
     params = checkpoint.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
-    channels = params_channels(params)
+    channels = input_channels(model, params, image_size, name)
     images_from = 'the given images'
     if images is None:
-      images, _, images_from = sample_images('digits', image_size, channels)
+      images, names, images_from = sample_images(dataset, image_size, channels,
+                                                 cache_dir=cache_dir, crop_fraction=crop_fraction)
+      if class_names is None and names is not None:
+        if len(names) == model.num_classes:
+          class_names = names
+        else:
+          logging.warning('%s has %d classes but the head %d; exporting without label names.',
+                          dataset, len(names), model.num_classes)
     if class_names is not None and len(class_names) != model.num_classes:
       raise ValueError(f'{len(class_names)} class names for a {model.num_classes}-class head.')
     return cls(name, model, params, image_size, channels,
                None if class_names is None else tuple(class_names),
-               np.asarray(images, np.float32), images_from, **run)
+               np.asarray(images, np.float32), images_from, workdir, step)
 
   @classmethod
   def from_run(cls, workdir: str, step: int | None = None) -> 'Source':
-    """A run's checkpoint `step` (default: the latest), its dataset's class names and test
-    images (the embedded digits when the dataset cannot be read here)."""
+    """A run's checkpoint `step` (default: the latest), with its dataset's class names and
+    test images."""
     config, model, params = checkpoint.load_run(workdir, step)
     if step is None:
       manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'))
       step = manager.latest_step()
       manager.close()
-    images, names, images_from = sample_images(
-        config.dataset, config.image_size, params_channels(checkpoint.unstack_layers(params)),
-        cache_dir=config.data.cache_dir, crop_fraction=config.eval.crop_fraction)
-    if names is not None and len(names) != model.num_classes:
-      logging.warning('The dataset has %d classes but the head %d; exporting without label '
-                      'names.', len(names), model.num_classes)
-      names = None
     return cls.from_model(config.model.name, model, params, image_size=config.image_size,
-                          class_names=names, images=images, workdir=os.path.abspath(workdir),
-                          step=step)
+                          dataset=config.dataset, cache_dir=config.data.cache_dir,
+                          crop_fraction=config.eval.crop_fraction,
+                          workdir=os.path.abspath(workdir), step=step)
 
 
-def _apply(model: nn.Module, params: Params, images: jax.Array) -> jax.Array:
-  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, images)
+def predictor(model: nn.Module, params: Params) -> Callable[[np.ndarray], np.ndarray]:
+  """The jitted forward pass: images (B, S, S, C) float32 -> logits (B, classes) NumPy."""
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  return lambda images: np.asarray(apply(params, jnp.asarray(images, jnp.float32)))
 
 
-def params_channels(params: Params) -> int:
-  """Input channels C of a model, from its first convolution's kernel (..., C, features)."""
-  for key, value in checkpoint.flatten(params).items():
-    if key.endswith('kernel') and np.ndim(value) == 4:
-      return int(np.shape(value)[2])
-  raise ValueError('Cannot tell the input channels: the parameters have no convolution.')
+def input_channels(model: nn.Module, params: Params, image_size: int, name: str) -> int:
+  """The channels C of the (S, S, C) images that `params` were made for (checked by shape)."""
+  shapes = {k: np.shape(v) for k, v in checkpoint.flatten(params).items()}
+  for channels in (3, 1, 4, 2):
+    if layout.param_shapes(model, image_size, channels) == shapes:
+      return channels
+  raise ValueError(f'The parameters do not fit {name} on {image_size}x{image_size} images with '
+                   '1 to 4 channels (wrong image_size, model overrides or checkpoint).')
 
 
 def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: str | None = None,
