@@ -140,7 +140,7 @@ def runner(source: Source, directory: str) -> tuple[Callable[[np.ndarray], np.nd
 
   def run(images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-      pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+      pixels = torch.from_numpy(np.array(images.transpose(0, 3, 1, 2), np.float32))
       return model(pixel_values=pixels).logits.numpy()
   return run, (f'transformers {transformers.__version__} '
                'ViTForImageClassification.from_pretrained')

@@ -119,7 +119,7 @@ def runner(source: Source, directory: str) -> tuple[Callable[[np.ndarray], np.nd
 
   def run(images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-      return model(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))).numpy()
+      return model(torch.from_numpy(np.array(images.transpose(0, 3, 1, 2), np.float32))).numpy()
   return run, f'timm {timm.__version__} create_model + load_state_dict'
 
 
