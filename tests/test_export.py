@@ -64,7 +64,8 @@ def exports(sources, tmp_path_factory):
 def test_sources_are_checked_against_the_numpy_reference(sources):
   for source in sources.values():
     np.testing.assert_allclose(source.logits(source.images),
-                               numpy_logits(source.model, source.params, source.images), atol=2e-5)
+                               numpy_logits(source.model, source.params, source.images),
+                               atol=2e-5)
 
 
 def test_hf_export_loads_with_from_pretrained_and_matches(sources, exports):
@@ -74,7 +75,8 @@ def test_hf_export_loads_with_from_pretrained_and_matches(sources, exports):
   images = rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
   with torch.no_grad():
     got = model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits
-  np.testing.assert_allclose(got.numpy(), numpy_logits(source.model, source.params, images), atol=1e-4)
+  np.testing.assert_allclose(got.numpy(), numpy_logits(source.model, source.params, images),
+                             atol=1e-4)
   config = json.load(open(os.path.join(folder, 'config.json')))
   assert config['layer_norm_eps'] == 1e-6 and config['hidden_act'] == 'gelu_pytorch_tanh'
   assert model.config.id2label == dict(enumerate('abcde'))
@@ -246,7 +248,7 @@ def test_unsupported_combinations_are_one_clear_error(sources, tmp_path):
   resnet = get_model('BiT-R14x0.25-small', num_classes=3)
   source = export.Source.from_model('BiT-R14x0.25-small', resnet, zero_params(resnet, 8),
                                     image_size=8, images=np.zeros((1, 8, 8, 3)))
-  for fmt, reason in (('hf', 'plain ViT'), ('timm', 'only plain ViTs'), ('onnx', 'StdConv')):
+  for fmt, reason in (('hf', 'only plain ViTs'), ('timm', 'only plain ViTs'), ('onnx', 'StdConv')):
     with pytest.raises(export.UnsupportedError,
                        match=rf'--format={fmt} cannot export BiT-R14x0.25-small \(resnet\).*'
                        f'{reason}'):

@@ -66,20 +66,11 @@ def _entries(num_layers: int) -> list[layout.Entry]:
 
 def check(source: Source) -> None:
   """Raises UnsupportedError for models ViTForImageClassification cannot represent."""
-  model = source.model
-  if source.family != 'vit':
-    raise source.unsupported('hf', 'ViTForImageClassification is a plain ViT; use '
-                             '--format=onnx or --format=npz')
-  if model.classifier != 'token':
-    raise source.unsupported('hf', f"classifier={model.classifier!r}: ViTForImageClassification "
-                             "classifies the class token only; use --format=timm, onnx or npz")
-  if model.representation_size is not None:
-    raise source.unsupported('hf', f'representation_size={model.representation_size}: '
-                             'ViTForImageClassification has no pre-logits layer; use '
-                             '--format=onnx or npz')
-  if model.posemb != 'learn':
-    raise source.unsupported('hf', f"posemb={model.posemb!r}: ViTForImageClassification "
-                             "learns its position embedding; use --format=onnx or npz")
+  source.require_plain_vit('hf', 'ViTForImageClassification')
+  if source.model.classifier != 'token':
+    raise source.unsupported('hf', f"classifier={source.model.classifier!r}: "
+                             "ViTForImageClassification classifies the class token only; use "
+                             "--format=timm, onnx or npz")
 
 
 def config(source: Source) -> dict[str, Any]:

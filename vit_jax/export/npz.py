@@ -29,4 +29,5 @@ def runner(source: Source, directory: str) -> tuple[Callable[[np.ndarray], np.nd
   """The model on the parameters read back from the file, as a function of NHWC images."""
   params = checkpoint.load_pretrained(os.path.join(directory, MODEL), source.params,
                                       reset_head=False)
-  return predictor(source.model, params), 'checkpoint.load_pretrained of the file, run in the JAX model'
+  return predictor(source.model, params), ('checkpoint.load_pretrained of the file, run in '
+                                            'the JAX model')

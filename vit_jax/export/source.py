@@ -78,6 +78,18 @@ class Source:
   def unsupported(self, fmt: str, reason: str) -> UnsupportedError:
     return UnsupportedError(f'--format={fmt} cannot export {self.name} ({self.family}): {reason}.')
 
+  def require_plain_vit(self, fmt: str, target: str) -> None:
+    """Raises UnsupportedError unless the model is a plain ViT with a learned position
+    embedding and no pre-logits layer, what `target` (e.g. timm's VisionTransformer) holds."""
+    if self.family != 'vit':
+      raise self.unsupported(fmt, f'only plain ViTs map onto {target}; use --format=onnx or npz')
+    if self.model.representation_size is not None:
+      raise self.unsupported(fmt, f'representation_size={self.model.representation_size}: '
+                             f'{target} has no pre-logits layer; use --format=onnx or npz')
+    if self.model.posemb != 'learn':
+      raise self.unsupported(fmt, f'posemb={self.model.posemb!r}: {target} learns its position '
+                             'embedding; use --format=onnx or npz')
+
   @classmethod
   def from_model(cls, name: str, model: nn.Module, params: Params, *, image_size: int,
                  class_names: tuple[str, ...] | None = None, images: np.ndarray | None = None,

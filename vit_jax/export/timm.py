@@ -59,16 +59,8 @@ def _entries(num_layers: int, class_token: bool) -> list[layout.Entry]:
 
 def check(source: Source) -> None:
   """Raises UnsupportedError for models timm's VisionTransformer cannot represent."""
+  source.require_plain_vit('timm', "timm's VisionTransformer")
   model = source.model
-  if source.family != 'vit':
-    raise source.unsupported('timm', 'only plain ViTs map onto timm\'s VisionTransformer; use '
-                             '--format=onnx or --format=npz')
-  if model.representation_size is not None:
-    raise source.unsupported('timm', f'representation_size={model.representation_size}: timm\'s '
-                             'VisionTransformer has no pre-logits layer; use --format=onnx or npz')
-  if model.posemb != 'learn':
-    raise source.unsupported('timm', f"posemb={model.posemb!r}: timm's VisionTransformer learns "
-                             "its position embedding; use --format=onnx or npz")
   if int(model.hidden_size * (model.mlp_dim / model.hidden_size)) != model.mlp_dim:
     raise source.unsupported('timm', f'mlp_dim={model.mlp_dim} is not reproduced by timm\'s '
                              f'int(embed_dim * mlp_ratio) with hidden_size={model.hidden_size}')
@@ -109,8 +101,9 @@ def runner(source: Source, directory: str) -> tuple[Callable[[np.ndarray], np.nd
   try:
     import timm
   except ImportError as e:
-    return predictor(*load(directory)), (f'timm is not importable here ({e}): checked by reading {WEIGHTS} back '
-                      'into our model, not by running timm')
+    return predictor(*load(directory)), (f'timm is not importable here ({e}): checked by '
+                                         f'reading {WEIGHTS} back into our model, not by '
+                                         'running timm')
   import torch
   from safetensors import torch as safetensors_torch
   model = timm.create_model(**files.read_json(os.path.join(directory, CONFIG)))
