@@ -3,6 +3,7 @@
 Used by the tests to check the Flax model's numbers. Works on our parameter tree (unrolled).
 """
 import numpy as np
+import scipy.special
 
 
 def layer_norm(x, p, eps=1e-6):
@@ -13,6 +14,10 @@ def layer_norm(x, p, eps=1e-6):
 
 def gelu_tanh(x):
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_exact(x):
+  return 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2)))
 
 
 def softmax(x):
@@ -36,7 +41,7 @@ def patchify(images, p):
   return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def vit_forward(params, images, *, patch_size, classifier='token'):
+def vit_forward(params, images, *, patch_size, classifier='token', gelu=gelu_tanh):
   """Returns logits (B, classes) and the attention weights of every layer."""
   x = patchify(images.astype(np.float64), patch_size)
   kernel = params['embedding']['kernel']
@@ -53,7 +58,7 @@ def vit_forward(params, images, *, patch_size, classifier='token'):
     x = x + y
     mlp = blk['MlpBlock_0']
     y = layer_norm(x, blk['LayerNorm_1'])
-    y = gelu_tanh(y @ mlp['Dense_0']['kernel'] + mlp['Dense_0']['bias'])
+    y = gelu(y @ mlp['Dense_0']['kernel'] + mlp['Dense_0']['bias'])
     x = x + y @ mlp['Dense_1']['kernel'] + mlp['Dense_1']['bias']
   x = layer_norm(x, enc['encoder_norm'])
   x = x[:, 0] if classifier == 'token' else x.mean(1)

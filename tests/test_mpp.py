@@ -128,6 +128,8 @@ def test_pretrain_then_finetune(tmp_path):
   saved = checkpoint.read_params(pre)
   assert saved['mpp_head']['kernel'].shape[-1] == mpp.num_colors(1)  # digits are grayscale
   assert 'mask_token' in saved and 'head' not in saved
+  with pytest.raises(ValueError, match='no classification head'):  # analysis and export
+    checkpoint.load_run(pre)
 
   # The classifier takes the encoder; the mask token and colour head are dropped.
   config = smoke_config(**{'checkpoint.init_from': pre})

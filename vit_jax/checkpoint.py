@@ -17,11 +17,13 @@ from typing import Any
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import scipy.ndimage
 
 from vit_jax import files
+from vit_jax.models import get_model
 
 Params = dict[str, Any]
 
@@ -167,6 +169,9 @@ class CheckpointManager:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: Any, data_state: dict) -> None:
     """Writes checkpoint `step`; it becomes visible only once complete.
 
@@ -222,8 +227,9 @@ class CheckpointManager:
     self._manager.close()
 
 
-def read_params(path: str) -> Params:
-  """Parameters from a `.npz` file, or from the latest checkpoint of a run workdir."""
+def read_params(path: str, step: int | None = None) -> Params:
+  """Parameters from a `.npz` file, or from checkpoint `step` (default: the latest) of a run
+  workdir."""
   if os.path.isdir(path):
     directory = os.path.join(path, 'checkpoints')
     if not os.path.isdir(directory):
@@ -231,10 +237,31 @@ def read_params(path: str) -> Params:
                               'checkpoints/.')
     manager = CheckpointManager(directory)
     try:
-      return manager.restore_params()
+      if step is not None and step not in manager.all_steps():
+        raise FileNotFoundError(f'No checkpoint for step {step} in {directory}; there are '
+                                f'{manager.all_steps()}.')
+      return manager.restore_params(step)
     finally:
       manager.close()
+  if step is not None:
+    raise ValueError(f'step={step} applies to a run workdir, not to the file {path}.')
   return read_npz(path)
+
+
+def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, Params]:
+  """(config, model, params) of a run's checkpoint `step` (default: the latest): the resolved
+  config from `<workdir>/config.json`, the model it names and its parameters as NumPy arrays."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
+  config = ml_collections.ConfigDict(files.read_json(path))
+  params = read_params(workdir, step)
+  if 'head' not in params:
+    raise ValueError(f'{workdir} has no classification head (a masked patch prediction '
+                     'pre-training run?): use a classifier, e.g. its fine-tuned run.')
+  num_classes = params['head']['kernel'].shape[-1]
+  overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  return config, get_model(config.model.name, num_classes=num_classes, **overrides), params
 
 
 # Parameters of pre-training that a fine-tuned model may lack -> why they are dropped.

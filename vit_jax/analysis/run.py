@@ -12,12 +12,11 @@ import os
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vit_jax import checkpoint, data, files, report, train
 from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness
-from vit_jax.models import forward_with_intermediates, get_model, resolved_fields
+from vit_jax.models import forward_with_intermediates, resolved_fields
 from vit_jax.models.resnet import ResidualUnit
 
 ANALYSES = ('filters', 'posemb', 'distance', 'rollout', 'fourier', 'noise', 'hessian')
@@ -29,21 +28,6 @@ _FAMILIES = {'filters': ('vit',), 'posemb': ('vit', 'hybrid'), 'distance': ('vit
              'rollout': ('vit', 'hybrid'), 'fourier': ('vit', 'hybrid', 'resnet'),
              'noise': ('vit', 'hybrid', 'resnet', 't2t'),
              'hessian': ('vit', 'hybrid', 'resnet', 't2t')}
-
-def load_run(workdir: str):
-  """(config, model, params) of a run's latest checkpoint."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
-  config = ml_collections.ConfigDict(files.read_json(path))
-  params = checkpoint.read_params(workdir)
-  if 'head' not in params:
-    raise ValueError(f'{workdir} has no classification head (a masked patch prediction '
-                     'pre-training run?): analyse a classifier, e.g. its fine-tuned run.')
-  num_classes = params['head']['kernel'].shape[-1]
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  return config, get_model(config.model.name, num_classes=num_classes, **overrides), params
-
 
 def _grid(num_tokens: int, classifier: str) -> tuple[int, int]:
   side = int(round(np.sqrt(num_tokens - (classifier == 'token'))))
@@ -114,7 +98,7 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   unknown = sorted(set(only or ()) - set(ANALYSES))
   if unknown:
     raise ValueError(f'Unknown analyses {unknown}; choose from {ANALYSES}.')
-  config, model, params = load_run(workdir)
+  config, model, params = checkpoint.load_run(workdir)
   kind = resolved_fields(**config.model)['family']
   wanted = list(only or ANALYSES)
   learned_posemb = 'posembed_input' in params.get('Transformer', {})  # not with sincos2d

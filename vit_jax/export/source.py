@@ -1,0 +1,186 @@
+"""What an export starts from: a model and its parameters made ready for export, plus the real
+images that verify it.
+
+`Source.from_run(workdir, step)` reads a training run; `Source.from_model(...)` wraps any model
+of the registry (the Python API and the tests). Either way the model is rebuilt in float32
+with unrolled layers (`scan=False`, no rematerialisation, XLA attention) and its parameters are
+unrolled NumPy arrays, so every format sees one `encoderblock_{i}` subtree per layer.
+"""
+import dataclasses
+import functools
+import os
+from typing import Any, Callable
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import checkpoint, data
+from vit_jax.export import layout
+from vit_jax.models import ResNet, T2TViT, VisionTransformer
+
+Params = dict[str, Any]
+NUM_IMAGES = 8  # real images in the verification batch
+NUM_RANDOM = 3  # random inputs in the second verification batch (another batch size)
+_EXPORT_FIELDS = dict(scan=False, remat_policy='none', dtype=jnp.float32, attention_impl=None)
+
+
+class UnsupportedError(ValueError):
+  """A model that a format cannot represent faithfully."""
+
+
+def family(model: nn.Module) -> str:
+  """'vit', 'hybrid' (ResNet stem + ViT), 'resnet' or 't2t'."""
+  if isinstance(model, VisionTransformer):
+    return 'vit' if model.resnet_layers is None else 'hybrid'
+  if isinstance(model, ResNet):
+    return 'resnet'
+  if isinstance(model, T2TViT):
+    return 't2t'
+  raise TypeError(f'Cannot export a {type(model).__name__}; only registry models are supported.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A model ready for export.
+
+  name: the registry name (for messages and manifests); model: the float32 unrolled module;
+  params: its parameters (NumPy, unrolled); image_size: S; channels: C; class_names: one per
+  class, or None when unknown; images: (N, S, S, C) float32 real images in [-1, 1],
+  preprocessed as evaluation does; images_from: where they came from; workdir, step: the run.
+  """
+  name: str
+  model: nn.Module
+  params: Params
+  image_size: int
+  channels: int
+  class_names: tuple[str, ...] | None
+  images: np.ndarray
+  images_from: str
+  workdir: str | None = None
+  step: int | None = None
+
+  @property
+  def family(self) -> str:
+    return family(self.model)
+
+  @property
+  def num_classes(self) -> int:
+    return self.model.num_classes
+
+  @functools.cached_property
+  def logits(self) -> Callable[[np.ndarray], np.ndarray]:
+    """The JAX model: images (B, S, S, C) float32 -> logits (B, num_classes)."""
+    return predictor(self.model, self.params)
+
+  def unsupported(self, fmt: str, reason: str) -> UnsupportedError:
+    return UnsupportedError(f'--format={fmt} cannot export {self.name} ({self.family}): {reason}.')
+
+  def require_plain_vit(self, fmt: str, target: str) -> None:
+    """Raises UnsupportedError unless the model is a plain ViT with a learned position
+    embedding and no pre-logits layer, what `target` (e.g. timm's VisionTransformer) holds."""
+    if self.family != 'vit':
+      raise self.unsupported(fmt, f'only plain ViTs map onto {target}; use --format=onnx or npz')
+    if self.model.representation_size is not None:
+      raise self.unsupported(fmt, f'representation_size={self.model.representation_size}: '
+                             f'{target} has no pre-logits layer; use --format=onnx or npz')
+    if self.model.posemb != 'learn':
+      raise self.unsupported(fmt, f'posemb={self.model.posemb!r}: {target} learns its position '
+                             'embedding; use --format=onnx or npz')
+
+  @classmethod
+  def from_model(cls, name: str, model: nn.Module, params: Params, *, image_size: int,
+                 class_names: tuple[str, ...] | None = None, images: np.ndarray | None = None,
+                 dataset: str = 'digits', cache_dir: str | None = None,
+                 crop_fraction: float = 1.0, workdir: str | None = None,
+                 step: int | None = None) -> 'Source':
+    """Wraps `model` and `params` (scanned or unrolled).
+
+    Without `images`, real images come from the test split of `dataset` (the embedded digits
+    when it cannot be read here), preprocessed as evaluation does; without `class_names`, the
+    dataset's class names are used when their number matches the head.
+    """
+    model = model.clone(**{k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)})
+    params = checkpoint.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
+    channels = input_channels(model, params, image_size, name)
+    images_from = 'the given images'
+    if images is None:
+      images, names, images_from = sample_images(dataset, image_size, channels,
+                                                 cache_dir=cache_dir, crop_fraction=crop_fraction)
+      if class_names is None and names is not None:
+        if len(names) == model.num_classes:
+          class_names = names
+        else:
+          logging.warning('%s has %d classes but the head %d; exporting without label names.',
+                          dataset, len(names), model.num_classes)
+    if class_names is not None and len(class_names) != model.num_classes:
+      raise ValueError(f'{len(class_names)} class names for a {model.num_classes}-class head.')
+    return cls(name, model, params, image_size, channels,
+               None if class_names is None else tuple(class_names),
+               np.asarray(images, np.float32), images_from, workdir, step)
+
+  @classmethod
+  def from_run(cls, workdir: str, step: int | None = None) -> 'Source':
+    """A run's checkpoint `step` (default: the latest), with its dataset's class names and
+    test images."""
+    config, model, params = checkpoint.load_run(workdir, step)
+    if step is None:
+      manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+      step = manager.latest_step()
+      manager.close()
+    return cls.from_model(config.model.name, model, params, image_size=config.image_size,
+                          dataset=config.dataset, cache_dir=config.data.cache_dir,
+                          crop_fraction=config.eval.crop_fraction,
+                          workdir=os.path.abspath(workdir), step=step)
+
+
+def predictor(model: nn.Module, params: Params) -> Callable[[np.ndarray], np.ndarray]:
+  """The jitted forward pass: images (B, S, S, C) float32 -> logits (B, classes) NumPy."""
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  return lambda images: np.asarray(apply(params, jnp.asarray(images, jnp.float32)))
+
+
+def input_channels(model: nn.Module, params: Params, image_size: int, name: str) -> int:
+  """The channels C of the (S, S, C) images that `params` were made for (checked by shape)."""
+  shapes = {k: np.shape(v) for k, v in checkpoint.flatten(params).items()}
+  for channels in (3, 1, 4, 2):
+    if layout.param_shapes(model, image_size, channels) == shapes:
+      return channels
+  raise ValueError(f'The parameters do not fit {name} on {image_size}x{image_size} images with '
+                   '1 to 4 channels (wrong image_size, model overrides or checkpoint).')
+
+
+def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: str | None = None,
+                  crop_fraction: float = 1.0) -> tuple[np.ndarray, tuple[str, ...] | None, str]:
+  """NUM_IMAGES test images of `dataset`, evenly spaced over the split (test splits are often
+  sorted by class), preprocessed as evaluation does: (N, S, S, C) float32 in [-1, 1].
+
+  Falls back to the embedded digits (with a warning) when `dataset` cannot be loaded here.
+  Returns (images, the dataset's class names or None for the fallback, a description).
+  """
+  try:
+    split = data.load_split(dataset, 'test', cache_dir=cache_dir)
+    names, source = split.class_names, f'the {dataset!r} test split'
+  except (OSError, ImportError, ValueError) as e:
+    logging.warning('Cannot read the dataset %r here (%s); verifying on the embedded digits.',
+                    dataset, e)
+    split = data.load_split('digits', 'test')
+    names, source = None, 'the embedded digits (the run\'s dataset is not readable here)'
+  idx = np.linspace(0, len(split.labels) - 1, min(NUM_IMAGES, len(split.labels))).astype(int)
+  images = split.images[idx]
+  if images.shape[-1] != channels:
+    if images.shape[-1] != 1:
+      raise ValueError(f'{source} has {images.shape[-1]} channels, the model {channels}.')
+    images = np.repeat(images, channels, axis=-1)
+  x = data.preprocess_eval(jnp.asarray(images), image_size=image_size,
+                           crop_fraction=crop_fraction)
+  return np.asarray(x), names, f'{len(idx)} images of {source}'
+
+
+def random_images(source: Source, seed: int = 0) -> np.ndarray:
+  """NUM_RANDOM uniform [-1, 1] inputs (B, S, S, C) float32, a second batch size."""
+  rng = np.random.default_rng(seed)
+  shape = (NUM_RANDOM, source.image_size, source.image_size, source.channels)
+  return rng.uniform(-1, 1, shape).astype(np.float32)
