@@ -3,6 +3,11 @@
 Mesh axes: `data` (batch only), `fsdp` (batch, and parameters / optimizer state sharded along
 their largest divisible dimension), `model` (Megatron-style tensor parallelism: attention
 heads and MLP hidden units). The batch is sharded over every axis except `model`.
+
+Activations are constrained too (`constrain`), inside the train step that enters its mesh: with
+a `model` axis the attention heads and MLP hidden units of every block stay split over it and
+the residual stream stays split over the batch axes. Outside a mesh (init, evaluation,
+analyses) the constraints are no-ops.
 """
 import math
 import re
@@ -63,7 +68,7 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
   return Mesh(np.asarray(devices).reshape(sizes), tuple(names))
 
 
-def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+def batch_axes(mesh: Mesh | jax.sharding.AbstractMesh) -> tuple[str, ...]:
   """The mesh axes the batch is sharded over."""
   return tuple(a for a in mesh.axis_names if a != MODEL_AXIS)
 
@@ -81,7 +86,38 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _path_str(path) -> str:
+def constrain(x: jax.Array, *dims: str | None) -> jax.Array:
+  """Sharding constraint on an activation for tensor parallelism.
+
+  `dims` names every dimension of `x`: 'batch' (split over the batch axes), 'model' (split over
+  the `model` axis) or None. A no-op unless the current (abstract) mesh has a `model` axis:
+  the train step enters its mesh with `jax.sharding.use_abstract_mesh`; everything else runs
+  without one.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or MODEL_AXIS not in mesh.axis_names:
+    return x
+  if len(dims) != x.ndim:
+    raise ValueError(f'constrain: {len(dims)} dimension names for an array of shape {x.shape}.')
+  return jax.lax.with_sharding_constraint(
+      x, P(*(batch_axes(mesh) if d == 'batch' else d for d in dims)))
+
+
+def check_tensor_parallel(mesh: Mesh, model_fields: dict[str, Any]) -> None:
+  """Raises ValueError naming the config field when the `model` axis cannot split the
+  attention heads or MLP hidden units of the model (`models.resolved_fields`)."""
+  size = dict(mesh.shape).get(MODEL_AXIS, 1)
+  for field in ('num_heads', 'mlp_dim'):
+    value = model_fields.get(field)
+    if size > 1 and value is not None and value % size:
+      raise ValueError(f'model.{field}={value} is not divisible by the {MODEL_AXIS!r} mesh '
+                       f'axis size {size} (mesh={tuple(mesh.shape.items())}): tensor '
+                       f'parallelism splits the {field} over it; choose a {MODEL_AXIS!r} '
+                       'size that divides both model.num_heads and model.mlp_dim.')
+
+
+def path_str(path) -> str:
+  """A pytree key path as 'a/b/c' (the form the partition rules match)."""
   parts = []
   for key in path:
     for attr in ('key', 'name', 'idx'):
@@ -115,7 +151,7 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
   """NamedShardings for every array leaf of `tree` (params, optimizer state, train state)."""
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: NamedSharding(
-          mesh, partition_spec(_path_str(path), tuple(leaf.shape), mesh)), tree)
+          mesh, partition_spec(path_str(path), tuple(leaf.shape), mesh)), tree)
 
 
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
