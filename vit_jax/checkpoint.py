@@ -160,7 +160,9 @@ class CheckpointManager:
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory, item_names=('state', 'data'),
+        self.directory,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=False))
 
@@ -210,12 +212,17 @@ class CheckpointManager:
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
 
   def restore_params(self, step: int | None = None) -> Params:
-    """The parameters alone, as host NumPy arrays (for fine-tuning and export)."""
+    """The parameters alone, as host NumPy arrays (for fine-tuning and export), whatever
+    mesh and process count wrote the checkpoint: arrays are read onto one local device."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        self._manager.item_metadata(step)['state'])
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
+        state=ocp.args.StandardRestore(target)))
     return _to_numpy(jax.device_get(restored.state['params']))
 
   def close(self) -> None:
