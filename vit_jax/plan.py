@@ -61,7 +61,9 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
   arguments, outputs, aliased, temporaries, peak = arguments + outputs - aliased +
   temporaries), 'flops_per_step' (3 x forward FLOPs x batch: forward, backward and no
   rematerialisation), 'compile_seconds', 'params' (path, shape, PartitionSpec of every
-  parameter)}.
+  parameter), 'fsdp_replicated' (paths of the large parameters the `fsdp` axis cannot split,
+  `sharding.fsdp_replicated`), 'fsdp_replicated_bytes' (their bytes on every device, optimizer
+  state not included)}.
 
   Raises:
     ValueError: the same config errors as training (mesh, batch, model, tensor parallelism).
@@ -82,6 +84,7 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
   start = time.time()
   compiled = step.lower(abstract, images, labels).compile()
   seconds = time.time() - start
+  whole = sharding.fsdp_replicated(abstract.params, mesh)
   mem = compiled.memory_analysis()
   memory = {'arguments': mem.argument_size_in_bytes, 'outputs': mem.output_size_in_bytes,
             'aliased': mem.alias_size_in_bytes, 'temporaries': mem.temp_size_in_bytes}
@@ -96,6 +99,8 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
       'flops_per_step': 3 * config.batch_size * forward_flops(config, num_classes, image_shape),
       'compile_seconds': seconds,
       'params': _param_rows(shardings.params, abstract.params),
+      'fsdp_replicated': [path for path, _ in whole],
+      'fsdp_replicated_bytes': sum(leaf.size * leaf.dtype.itemsize for _, leaf in whole),
   }
 
 
@@ -110,7 +115,11 @@ def summary(result: dict[str, Any]) -> str:
       f'{m["temporaries"] / GB:.2f}',
       f'FLOPs per step (all devices): {result["flops_per_step"]:.3e}; compiled in '
       f'{result["compile_seconds"]:.1f} s',
-      'parameter shardings:',
   ]
+  if whole := result['fsdp_replicated']:
+    lines.append(f'not split by fsdp (no dimension divisible by its size): {len(whole)} '
+                 f'parameters, {result["fsdp_replicated_bytes"] / GB:.3f} GB on every device '
+                 f'(plus their optimizer state), e.g. {whole[0]}')
+  lines.append('parameter shardings:')
   lines += [f'  {p["path"]} {tuple(p["shape"])} {p["spec"]}' for p in result['params']]
   return '\n'.join(lines)

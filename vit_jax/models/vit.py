@@ -82,7 +82,7 @@ class MlpBlock(nn.Module):
                                bias_init=nn.initializers.normal(stddev=1e-6))
     d = x.shape[-1]
     x = nn.gelu(dense(self.mlp_dim)(x), approximate=self.gelu_approximate)
-    x = sharding.constrain(x, 'batch', None, 'model')  # hidden units split (tensor parallel)
+    x = sharding.constrain(x, 'batch', None, 'model')  # batch split; units over `model`
     x = nn.Dropout(self.dropout_rate)(x, deterministic=self.deterministic)
     x = dense(d)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=self.deterministic)
@@ -115,7 +115,7 @@ class MultiHeadDotProductAttention(nn.Module):
     qkv = lambda name, bias: nn.DenseGeneral(
         (self.num_heads, head_dim), dtype=self.dtype, use_bias=bias, name=name,
         kernel_init=nn.initializers.xavier_uniform())(x)
-    heads = lambda a: sharding.constrain(a, 'batch', None, 'model', None)  # tensor parallel
+    heads = lambda a: sharding.constrain(a, 'batch', None, 'model', None)  # heads: `model`
     q = heads(qkv('query', self.qkv_bias)) / jnp.sqrt(head_dim).astype(self.dtype)  # (B,N,K,D/K)
     k = heads(qkv('key', self.qkv_bias))
     v = heads(qkv('value', self.qkv_bias))
