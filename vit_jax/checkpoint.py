@@ -17,6 +17,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 import scipy.ndimage
@@ -192,7 +193,8 @@ class CheckpointManager:
     """Restores onto `abstract_state`'s structure and shardings (ShapeDtypeStructs).
 
     Without `step`, the latest readable checkpoint: one that cannot be read (damaged after it
-    was written) is moved aside to `corrupt-<step>`, with a warning, and the previous is used.
+    was written) is moved aside to `corrupt-<step>` by process 0, with a warning, and every
+    process uses the previous one once it has been moved (a barrier).
     """
     candidates = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
     for candidate in candidates:
@@ -207,7 +209,9 @@ class CheckpointManager:
         logging.warning('Checkpoint %d in %s cannot be read (%s: %s); moving it to %s and '
                         'using the previous one.', candidate, self.directory,
                         type(e).__name__, str(e)[:200], aside)
-        os.replace(os.path.join(self.directory, str(candidate)), aside)
+        if jax.process_index() == 0:
+          os.replace(os.path.join(self.directory, str(candidate)), aside)
+        multihost_utils.sync_global_devices(f'checkpoint {candidate} moved aside')
         self._manager.reload()
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
 

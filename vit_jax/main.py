@@ -18,6 +18,7 @@ import sys
 
 from absl import app
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from vit_jax import cli
@@ -71,6 +72,8 @@ def main(argv: list[str]) -> None:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, OSError, FloatingPointError, files.LockedError) as e:
     sys.exit(f'Error: {e}')
+  if jax.process_index():  # one report, from process 0
+    return
   if result.get('preempted'):
     print(f'Stopped by SIGTERM at step {result["step"]} with a checkpoint; rerun the same '
           'command to continue.')
