@@ -3,7 +3,6 @@ collectives), form one 8-device mesh through `jax.distributed` and train exactly
 8-device process; process 0 alone writes the run's files; checkpoints written by the two
 processes are restored by the two processes and by a single process."""
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -91,13 +90,18 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
   # Only process 0 wrote the run's files: one TensorBoard file, one record per step (above).
   assert len([f for f in os.listdir(two) if f.startswith('events.out.tfevents')]) == 1
   assert (two / 'result.json').exists() and (two / 'config.json').exists()
+  assert ['Final test accuracy' in log for log in logs] == [True, False]  # one report
   assert_same(params(two, 4), params(one, 4))  # written by two processes, read by one
 
-  # Resume both processes from the step-2 checkpoint the two of them wrote.
-  shutil.rmtree(two / 'checkpoints' / '4')
+  # Damage the step-4 checkpoint: process 0 moves it aside, both resume from step 2.
+  for root, _, names in os.walk(two / 'checkpoints' / '4' / 'state'):
+    for name in names:
+      if root.endswith(os.sep + 'd'):  # the array data files
+        (two / root / name).write_bytes(b'damaged')
   os.remove(two / 'result.json')
   logs = run_main(two, 2, 4)
   assert 'Resumed from step 2' in logs[0]
+  assert (two / 'checkpoints' / 'corrupt-4').is_dir()
   assert losses(two) == pytest.approx(reference, rel=1e-5)
   assert_same(params(two, 4), params(one, 4))
 
