@@ -1,10 +1,13 @@
-"""Shared test helpers: tiny models and random (non-zero) parameters."""
+"""Shared test helpers: tiny models, random (non-zero) parameters, child-process settings."""
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from vit_jax.models import get_model
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = dict(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2, patch_size=4)
 
 
@@ -29,3 +32,16 @@ def tiny_vit():
   model = get_model('ViT-Ti_16', num_classes=5, **TINY_VIT)
   params, images = init(model, 16)
   return model, randomize(params), images
+
+
+# XLA's cheaper CPU compilation halves the child's run time (compiling dominates it); every
+# comparison is between runs compiled alike.
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+
+
+def child_env(devices: int) -> dict[str, str]:
+  """Environment of a child process with `devices` simulated CPU devices that imports this
+  checkout (not whatever `vit_jax` the interpreter has installed)."""
+  path = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
+  return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=path,
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}')

@@ -17,6 +17,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -162,7 +163,9 @@ class CheckpointManager:
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory, item_names=('state', 'data'),
+        self.directory,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=False))
 
@@ -195,7 +198,8 @@ class CheckpointManager:
     """Restores onto `abstract_state`'s structure and shardings (ShapeDtypeStructs).
 
     Without `step`, the latest readable checkpoint: one that cannot be read (damaged after it
-    was written) is moved aside to `corrupt-<step>`, with a warning, and the previous is used.
+    was written) is moved aside to `corrupt-<step>` by process 0, with a warning, and every
+    process uses the previous one once it has been moved (a barrier).
     """
     candidates = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
     for candidate in candidates:
@@ -210,17 +214,24 @@ class CheckpointManager:
         logging.warning('Checkpoint %d in %s cannot be read (%s: %s); moving it to %s and '
                         'using the previous one.', candidate, self.directory,
                         type(e).__name__, str(e)[:200], aside)
-        os.replace(os.path.join(self.directory, str(candidate)), aside)
+        if jax.process_index() == 0:
+          os.replace(os.path.join(self.directory, str(candidate)), aside)
+        multihost_utils.sync_global_devices(f'checkpoint {candidate} moved aside')
         self._manager.reload()
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
 
   def restore_params(self, step: int | None = None) -> Params:
-    """The parameters alone, as host NumPy arrays (for fine-tuning and export)."""
+    """The parameters alone, as host NumPy arrays (for fine-tuning and export), whatever
+    mesh and process count wrote the checkpoint: arrays are read onto one local device."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        self._manager.item_metadata(step)['state'])
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
+        state=ocp.args.StandardRestore(target)))
     return _to_numpy(jax.device_get(restored.state['params']))
 
   def close(self) -> None:

@@ -26,7 +26,7 @@ import optax
 
 from configs import common
 from vit_jax import checkpoint, data, evaluate, files, metrics, mpp, optim, sharding
-from vit_jax.models import get_model
+from vit_jax.models import get_model, resolved_fields
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -69,6 +69,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   mpp.objective_args(config)
 
 
+def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
+  """Raises ValueError unless the batch splits over the data-parallel devices and the
+  gradient-accumulation micro-batches."""
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % (dp * config.optim.grad_accum_steps):
+    raise ValueError(f'batch_size={config.batch_size} is not divisible by the data-parallel '
+                     f'size {dp} (mesh={config.mesh}) x optim.grad_accum_steps='
+                     f'{config.optim.grad_accum_steps}.')
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
   """Per-example softmax cross-entropy with label smoothing: (B, K), (B,) -> (B,)."""
   k = logits.shape[-1]
@@ -83,9 +93,10 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
   The loss is the classification cross-entropy, or with `mpp.enabled` that of masked patch
   prediction (labels unused; metrics['accuracy'] is then over corrupted patches).
   Augmentation runs inside the step; the state is donated; with grad_accum_steps = A the batch
-  is split into A strided micro-batches whose gradients are averaged. metrics['nonfinite'] is 1
-  when the loss, gradient or update is not finite; with optim.skip_nonfinite such a step leaves
-  parameters and optimizer state unchanged.
+  is split into A strided micro-batches whose gradients are averaged. The step is traced inside
+  `mesh` (as an abstract mesh), so the model's activation constraints (`sharding.constrain`)
+  apply. metrics['nonfinite'] is 1 when the loss, gradient or update is not finite; with
+  optim.skip_nonfinite such a step leaves parameters and optimizer state unchanged.
   """
   aug = config.augment
   augment = functools.partial(
@@ -108,7 +119,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def step(state: TrainState, images, labels):
+  def update(state: TrainState, images, labels):
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = augment(images, aug_key)
     if accum == 1:
@@ -136,6 +147,10 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     return new_state, {'loss': loss, 'accuracy': accuracy,
                        'grad_norm': grad_norm, 'lr': schedule(state.step),
                        'nonfinite': 1. - finite}
+
+  def step(state: TrainState, images, labels):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return update(state, images, labels)
 
   batch = sharding.batch_sharding(mesh)
   return jax.jit(step, in_shardings=(state_shardings, batch, batch),
@@ -277,11 +292,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """The body of `train_and_evaluate`; `preempted` becomes non-empty on SIGTERM."""
   check_config(config)
   mesh = sharding.make_mesh(config.mesh)
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % (dp * config.optim.grad_accum_steps):
-    raise ValueError(f'batch_size={config.batch_size} is not divisible by the data-parallel '
-                     f'size {dp} (mesh={config.mesh}) x optim.grad_accum_steps='
-                     f'{config.optim.grad_accum_steps}.')
+  check_batch(config, mesh)
   train_split, val_split, test_split = load_data(config)
   if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
     evaluate.fewshot_indices(train_split.labels, max(shots), seed=0)
@@ -294,6 +305,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     overrides['masked_patch_prediction'] = True
     num_classes = mpp.num_colors(train_split.images.shape[-1])
   model = get_model(config.model.name, num_classes=num_classes, **overrides)
+  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name, **overrides))
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.image_size, config.image_size, train_split.images.shape[-1])
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import sharding
 from vit_jax.models import resnet
 
 Dtype = Any
@@ -81,6 +82,7 @@ class MlpBlock(nn.Module):
                                bias_init=nn.initializers.normal(stddev=1e-6))
     d = x.shape[-1]
     x = nn.gelu(dense(self.mlp_dim)(x), approximate=self.gelu_approximate)
+    x = sharding.constrain(x, 'batch', None, 'model')  # batch split; units over `model`
     x = nn.Dropout(self.dropout_rate)(x, deterministic=self.deterministic)
     x = dense(d)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=self.deterministic)
@@ -113,9 +115,10 @@ class MultiHeadDotProductAttention(nn.Module):
     qkv = lambda name, bias: nn.DenseGeneral(
         (self.num_heads, head_dim), dtype=self.dtype, use_bias=bias, name=name,
         kernel_init=nn.initializers.xavier_uniform())(x)
-    q = qkv('query', self.qkv_bias) / jnp.sqrt(head_dim).astype(self.dtype)  # (B, N, K, D/K)
-    k = qkv('key', self.qkv_bias)
-    v = qkv('value', self.qkv_bias)
+    heads = lambda a: sharding.constrain(a, 'batch', None, 'model', None)  # heads: `model`
+    q = heads(qkv('query', self.qkv_bias)) / jnp.sqrt(head_dim).astype(self.dtype)  # (B,N,K,D/K)
+    k = heads(qkv('key', self.qkv_bias))
+    v = heads(qkv('value', self.qkv_bias))
     dropout = self.dropout_rate > 0 and not self.deterministic
     if dropout or self.is_mutable_collection('intermediates'):
       weights = jax.nn.softmax(jnp.einsum('bqkh,bnkh->bkqn', q, k)).astype(self.dtype)
@@ -124,6 +127,7 @@ class MultiHeadDotProductAttention(nn.Module):
       y = jnp.einsum('bkqn,bnkh->bqkh', weights, v)
     else:
       y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation=self.implementation)
+    y = heads(y)
     return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name='out',
                            kernel_init=nn.initializers.xavier_uniform())(y)
 
@@ -152,7 +156,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
                  deterministic=self.deterministic, gelu_approximate=self.gelu_approximate)(y)
-    out = x + y
+    out = sharding.constrain(x + y, 'batch', None, None)  # residual stream: batch-split only
     self.sow('intermediates', 'out', out)
     return out
 

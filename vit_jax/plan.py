@@ -1,0 +1,125 @@
+"""Plan a run without running it: compile the sharded train step on (simulated) devices and
+report per-device memory, FLOPs per step and the sharding of every parameter.
+
+  python -m vit_jax.main --config=configs/pretrain.py:g_14,i21k --plan --plan_devices=256 \
+      --config.mesh="(('fsdp', -1), ('model', 4))" --config.model.scan=True
+
+Nothing is allocated: the state and the batch are abstract (`jax.ShapeDtypeStruct` with their
+shardings) and only lowered and compiled, so a ViT-g on hundreds of simulated CPU devices fits
+in host memory. The numbers are XLA's CPU compilation of the same SPMD program a TPU or GPU
+would run; their buffer assignment and fusion differ, so treat them as estimates.
+"""
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vit_jax import optim, sharding, train
+from vit_jax.models import get_model, resolved_fields
+
+GB = 1e9
+
+
+def use_simulated_devices(count: int) -> None:
+  """Makes JAX start with `count` CPU devices; call before anything touches a device."""
+  if count < 1:
+    raise ValueError(f'--plan_devices={count} must be positive.')
+  jax.config.update('jax_platforms', 'cpu')
+  jax.config.update('jax_num_cpu_devices', count)
+
+
+def _param_rows(shardings: Any, abstract: Any) -> list[dict[str, Any]]:
+  """[{'path', 'shape', 'spec'}] for every parameter."""
+  flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
+  specs = jax.tree_util.tree_leaves(shardings)
+  return [{'path': sharding.path_str(path), 'shape': list(leaf.shape), 'spec': str(s.spec)}
+          for (path, leaf), s in zip(flat, specs)]
+
+
+def forward_flops(config: ml_collections.ConfigDict, num_classes: int,
+                  image_shape: tuple[int, ...]) -> float:
+  """Forward FLOPs of one example. XLA's cost analysis counts a scanned layer once, so for
+  models with `num_layers` they come from unscanned 1- and 2-layer versions: F(L) = F(1) +
+  (L - 1) (F(2) - F(1))."""
+  overrides = {k: v for k, v in config.model.items() if k not in ('name', 'scan')}
+  layers = resolved_fields(config.model.name, **overrides).get('num_layers')
+  build = lambda **changes: get_model(config.model.name, num_classes=num_classes,
+                                      **{**overrides, **changes})
+  if layers is None:
+    return train.forward_flops(build(), image_shape)
+  one, two = (train.forward_flops(build(num_layers=n), image_shape) for n in (1, 2))
+  return one + (layers - 1) * (two - one)
+
+
+def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
+         ) -> dict[str, Any]:
+  """Compiles `config`'s train step on the current devices (abstract inputs only).
+
+  Returns {'model', 'mesh', 'devices', 'batch_size', 'num_params', 'memory' (bytes per device:
+  arguments, outputs, aliased, temporaries, peak = arguments + outputs - aliased +
+  temporaries), 'flops_per_step' (3 x forward FLOPs x batch: forward, backward and no
+  rematerialisation), 'compile_seconds', 'params' (path, shape, PartitionSpec of every
+  parameter), 'fsdp_replicated' (paths of the large parameters the `fsdp` axis cannot split,
+  `sharding.fsdp_replicated`), 'fsdp_replicated_bytes' (their bytes on every device, optimizer
+  state not included)}.
+
+  Raises:
+    ValueError: the same config errors as training (mesh, batch, model, tensor parallelism).
+  """
+  train.check_config(config)
+  mesh = sharding.make_mesh(config.mesh)
+  train.check_batch(config, mesh)
+  overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  model = get_model(config.model.name, num_classes=num_classes, **overrides)
+  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name, **overrides))
+  tx, schedule = optim.make_optimizer(config)
+  image_shape = (config.image_size, config.image_size, channels)
+  abstract, shardings, _ = train.init_state(model, tx, config, image_shape, mesh)
+  step = train.make_train_step(model, tx, schedule, config, mesh, shardings)
+  batch = sharding.batch_sharding(mesh)
+  images = jax.ShapeDtypeStruct((config.batch_size, *image_shape), jnp.uint8, sharding=batch)
+  labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=batch)
+  start = time.time()
+  compiled = step.lower(abstract, images, labels).compile()
+  seconds = time.time() - start
+  whole = sharding.fsdp_replicated(abstract.params, mesh)
+  mem = compiled.memory_analysis()
+  memory = {'arguments': mem.argument_size_in_bytes, 'outputs': mem.output_size_in_bytes,
+            'aliased': mem.alias_size_in_bytes, 'temporaries': mem.temp_size_in_bytes}
+  memory['peak'] = (memory['arguments'] + memory['outputs'] - memory['aliased']
+                    + memory['temporaries'])
+  return {
+      'model': config.model.name, 'mesh': dict(mesh.shape), 'devices': mesh.size,
+      'batch_size': config.batch_size, 'image_size': config.image_size,
+      'scan': bool(config.model.scan), 'remat_policy': config.model.remat_policy or 'none',
+      'num_params': sum(int(a.size) for a in jax.tree_util.tree_leaves(abstract.params)),
+      'memory': memory,
+      'flops_per_step': 3 * config.batch_size * forward_flops(config, num_classes, image_shape),
+      'compile_seconds': seconds,
+      'params': _param_rows(shardings.params, abstract.params),
+      'fsdp_replicated': [path for path, _ in whole],
+      'fsdp_replicated_bytes': sum(leaf.size * leaf.dtype.itemsize for _, leaf in whole),
+  }
+
+
+def summary(result: dict[str, Any]) -> str:
+  """The plan as text: header lines, then one line per parameter."""
+  m = result['memory']
+  lines = [
+      f'{result["model"]}: {result["num_params"]:,} parameters, batch {result["batch_size"]} '
+      f'at {result["image_size"]} px, mesh {result["mesh"]} ({result["devices"]} devices)',
+      f'per device: peak {m["peak"] / GB:.2f} GB = arguments {m["arguments"] / GB:.2f} + outputs '
+      f'{m["outputs"] / GB:.2f} - aliased (donated) {m["aliased"] / GB:.2f} + temporaries '
+      f'{m["temporaries"] / GB:.2f}',
+      f'FLOPs per step (all devices): {result["flops_per_step"]:.3e}; compiled in '
+      f'{result["compile_seconds"]:.1f} s',
+  ]
+  if whole := result['fsdp_replicated']:
+    lines.append(f'not split by fsdp (no dimension divisible by its size): {len(whole)} '
+                 f'parameters, {result["fsdp_replicated_bytes"] / GB:.3f} GB on every device '
+                 f'(plus their optimizer state), e.g. {whole[0]}')
+  lines.append('parameter shardings:')
+  lines += [f'  {p["path"]} {tuple(p["shape"])} {p["spec"]}' for p in result['params']]
+  return '\n'.join(lines)
