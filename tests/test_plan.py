@@ -1,0 +1,91 @@
+"""Plan mode (`python -m vit_jax.main --plan`): per-device memory and FLOPs of a mesh of
+simulated devices, checked against byte counts and XLA's cost analysis made here."""
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh
+
+from conftest import ROOT, child_env
+from configs import quickstart
+from vit_jax import optim, sharding, train
+from vit_jax.models import get_model
+
+BATCH, LAYERS, DEVICES = 32, 2, 8
+
+
+@pytest.fixture(scope='module')
+def plans(tmp_path_factory):
+  """Plan results by mesh axis, each computed once."""
+  cache = {}
+  def get(axis: str) -> dict:
+    if axis not in cache:
+      cache[axis] = run_plan(tmp_path_factory.mktemp(axis), f"(('{axis}', {DEVICES}),)")
+    return cache[axis]
+  return get
+
+
+def run_plan(tmp_path, mesh: str) -> dict:
+  out = tmp_path / 'plan.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py', '--plan',
+       f'--plan_devices={DEVICES}', '--plan_num_classes=10', f'--plan_json={out}',
+       f'--config.batch_size={BATCH}', f'--config.model.num_layers={LAYERS}',
+       f'--config.mesh={mesh}', '--config.model.scan=True'],
+      cwd=ROOT, env=child_env(1), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'per device: peak' in proc.stdout and 'parameter shardings:' in proc.stdout
+  return json.loads(out.read_text())
+
+
+@pytest.fixture(scope='module')
+def model_and_state():
+  """The quickstart model (unscanned) and its abstract train state, built here on one device."""
+  config = quickstart.get_config()
+  config.model.num_layers = LAYERS
+  overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  model = get_model(config.model.name, num_classes=10, **overrides)
+  tx, _ = optim.make_optimizer(config)
+  shapes = jax.eval_shape(
+      lambda: (lambda p: (p, tx.init(p)))(
+          model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']))
+  return model, shapes
+
+
+def per_device_bytes(tree, mesh) -> int:
+  """Bytes of `tree`'s shards on one device under the partition rules on `mesh`."""
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    spec = sharding.partition_spec(sharding.path_str(path), tuple(leaf.shape), mesh)
+    split = math.prod(mesh.shape[a] for a in jax.tree_util.tree_leaves(tuple(spec)) if a)
+    total += leaf.size * leaf.dtype.itemsize // split
+  return total
+
+
+@pytest.mark.parametrize('axis', ['data', 'fsdp'])
+def test_plan_arguments_are_the_state_and_batch_shards(plans, model_and_state, axis):
+  _, (params, opt_state) = model_and_state
+  result = plans(axis)
+  assert result['devices'] == DEVICES and result['mesh'] == {axis: DEVICES}
+  assert result['num_params'] == sum(a.size for a in jax.tree_util.tree_leaves(params))
+  mesh = AbstractMesh((DEVICES,), (axis,))
+  # Step (int32), RNG key (2 x uint32), parameters, optimizer state and the batch rows.
+  state = per_device_bytes((params, opt_state), mesh) + 4 + 8
+  batch = BATCH // DEVICES * (8 * 8 * 3 + 4)  # uint8 RGB images (the plan assumes 3 channels), int32 labels
+  assert result['memory']['arguments'] == pytest.approx(state + batch, abs=64)
+  if axis == 'fsdp':
+    sharded = [p for p in result['params'] if 'fsdp' in p['spec']]
+    assert any(p['path'].endswith('MlpBlock_0/Dense_0/kernel') for p in sharded)
+    assert per_device_bytes(params, mesh) < per_device_bytes(params, AbstractMesh((1,), ('data',)))
+
+
+def test_plan_flops_match_cost_analysis_of_the_unscanned_model(plans, model_and_state):
+  model, _ = model_and_state
+  result = plans('data')
+  forward = train.forward_flops(model, (8, 8, 3))  # XLA's count for the whole unrolled model
+  np.testing.assert_allclose(result['flops_per_step'], 3 * BATCH * forward, rtol=1e-6)
