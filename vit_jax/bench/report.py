@@ -1,0 +1,72 @@
+"""Measurement records (one dict per measurement, JSON-serialisable) and the readable table."""
+import datetime
+import os
+import platform
+import sys
+
+import jax
+import numpy as np
+
+from vit_jax.bench import timing
+
+
+def environment() -> dict:
+  """Device, thread count, software versions, XLA flags, date and machine load."""
+  device = jax.devices()[0]
+  versions = {'python': platform.python_version(), 'jax': jax.__version__,
+              'jaxlib': sys.modules['jaxlib'].__version__, 'numpy': np.__version__}
+  for name in ('flax', 'optax'):
+    versions[name] = sys.modules[name].__version__
+  return {'device': device.platform, 'device_kind': device.device_kind,
+          'num_devices': jax.device_count(), 'cpu_threads': len(os.sched_getaffinity(0)),
+          'versions': versions, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'date': datetime.datetime.now().isoformat(timespec='seconds'),
+          'load_average': os.getloadavg()}
+
+
+def throughput(seconds: np.ndarray, batch: int, flops_per_image: float | None = None,
+               peak: float | None = None) -> dict:
+  """Step-time summary, images/s at the median step time and, given the FLOPs per image and
+  the peak FLOP/s of all devices together, the model FLOP utilisation."""
+  step = timing.summarize(seconds)
+  result = {'step_time_s': step, 'images_per_sec': batch / step['median']}
+  if flops_per_image is not None and peak:
+    result['mfu'] = flops_per_image * result['images_per_sec'] / peak
+  return result
+
+
+def _gb(n: int | None) -> str:
+  return 'n/a' if n is None else f'{n / 2**30:.2f} GiB'
+
+
+def _line(label: str, r: dict) -> str:
+  s = r['step_time_s']
+  text = (f'  {label:<10} {s["median"] * 1e3:9.1f} ms/step (IQR {s["iqr_over_median"]:.0%}, '
+          f'min {s["min"] * 1e3:.1f}, n={s["n"]})  {r["images_per_sec"]:9.1f} img/s')
+  if 'mfu' in r:
+    text += f'  MFU {r["mfu"]:.1%}'
+  return text
+
+
+def table(m: dict) -> str:
+  """A few readable lines for one measurement."""
+  head = (f'{m["mode"]} {m["model"]} {m["image_size"]}px batch {m["batch"]} {m["dtype"]} on '
+          f'{m["device_kind"]} x{m["num_devices"]} ({m["cpu_threads"]} CPU threads, load '
+          f'{" ".join(f"{v:.2f}" for v in m["load_average"])})')
+  lines = [head]
+  if m['mode'] == 'data':
+    for stage in ('host', 'augment', 'train'):
+      lines.append(_line(stage, m[stage]))
+    lines.append(f'  host pipeline (1 core) / train step consumption: {m["ratio"]:.2f}x')
+    return '\n'.join(lines)
+  lines.append(_line('ours', m['ours']) + f'  memory {_gb(m["memory_bytes"])} '
+               f'({m["memory_source"]})')
+  lines.append(f'  FLOPs/image {m["flops_per_image"] / 1e9:.3f} G analytic, '
+               f'{m["xla_flops_per_image"] / 1e9:.3f} G XLA; peak {m["peak_flops"] / 1e12:.2f} '
+               f'TFLOP/s per device ({m["peak_flops_source"]})')
+  if 'reference' in m:
+    ref = m['reference']
+    lines.append(_line('reference', ref) + f'  [{ref["implementation"]}, '
+                 f'{ref["threads"]} threads]')
+    lines.append(f'  ratio ours/reference: {m["ratio"]:.2f}x images/s')
+  return '\n'.join(lines)

@@ -1,0 +1,34 @@
+"""Interleaved timing of several step functions, so machine load affects them alike."""
+import time
+from typing import Callable
+
+import numpy as np
+
+Step = Callable[[], None]  # runs one step and waits for its result (block_until_ready)
+
+
+def time_interleaved(steps: dict[str, Step], num_steps: int, warmup: int
+                     ) -> dict[str, np.ndarray]:
+  """Runs each step `warmup` times (compilation, caches: not timed), then `num_steps` rounds
+  in which every step runs once in turn; returns name -> (num_steps,) seconds per call."""
+  if num_steps < 1 or warmup < 0:
+    raise ValueError(f'--steps={num_steps} must be >= 1 and --warmup={warmup} >= 0.')
+  for step in steps.values():
+    for _ in range(warmup):
+      step()
+  times = {name: np.empty(num_steps) for name in steps}
+  for i in range(num_steps):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      step()
+      times[name][i] = time.perf_counter() - start
+  return times
+
+
+def summarize(seconds: np.ndarray) -> dict[str, float]:
+  """Median, quartiles, min and max of per-step seconds, and the relative spread
+  (interquartile range / median)."""
+  p25, median, p75 = np.percentile(seconds, [25, 50, 75])
+  return {'median': float(median), 'p25': float(p25), 'p75': float(p75),
+          'min': float(seconds.min()), 'max': float(seconds.max()), 'n': len(seconds),
+          'iqr_over_median': float((p75 - p25) / median)}
