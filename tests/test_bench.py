@@ -124,11 +124,10 @@ def test_time_interleaved_alternates_and_summarizes():
 
 
 def test_peak_flops_table():
-  class Device:  # what peak_flops reads of a jax.Device
-    platform = 'gpu'
+  class Device:  # what datasheet_peak reads of a jax.Device
     def __init__(self, kind):
       self.device_kind = kind
-  assert flops.peak_flops(Device('NVIDIA H100 80GB HBM3'), 'bfloat16')[0] == 989e12
-  assert flops.peak_flops(Device('NVIDIA H100 PCIe'), 'bfloat16')[0] == 756e12
-  assert flops.peak_flops(Device('NVIDIA H200'), 'float32')[0] == 494.7e12
-  assert np.isnan(flops.peak_flops(Device('NVIDIA T4'), 'bfloat16')[0])
+  assert flops.datasheet_peak(Device('NVIDIA H100 80GB HBM3'), 'bfloat16')[0] == 989e12
+  assert flops.datasheet_peak(Device('NVIDIA H100 PCIe'), 'bfloat16')[0] == 756e12
+  assert flops.datasheet_peak(Device('NVIDIA H200'), 'float32')[0] == 494.7e12
+  assert flops.datasheet_peak(Device('cpu'), 'float32')[0] is None

@@ -7,8 +7,7 @@ counts 3x forward (the backward pass is two matmuls per forward matmul), the usu
 convention: the patch embedding needs no input gradient and the optimizer's elementwise update
 is not counted, so the true count differs by a few %.
 """
-import os
-import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,27 +53,19 @@ def vit_forward_flops(fields: dict, image_size: int, num_classes: int, channels:
   return 2. * macs
 
 
-def matmul_ceiling(dtype: str, size: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of the fastest of `repeats` jitted (size x size) @ (size x size) products on the
-  default device: the practical peak, used where no datasheet figure applies (CPUs)."""
+def matmul_step(dtype: str, size: int = 2048) -> tuple[Callable[[], None], float]:
+  """(step, FLOPs per call): a jitted (size x size) @ (size x size) product on the default
+  device. Timed beside the model, its FLOP/s is the practical peak where no datasheet figure
+  applies (CPUs), measured under the same load."""
   x = jnp.ones((size, size), dtype)
   f = jax.jit(lambda a: a @ a)
-  f(x).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(x).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2. * size**3 / best
+  return lambda: f(x).block_until_ready(), 2. * size**3
 
 
-def peak_flops(device: jax.Device, dtype: str) -> tuple[float, str]:
-  """(peak FLOP/s, where it comes from) for one device: the datasheet table for known GPUs,
-  else the measured matmul ceiling (CPU: all the process's cores together)."""
+def datasheet_peak(device: jax.Device, dtype: str) -> tuple[float | None, str]:
+  """(peak FLOP/s, source) of one device from PEAK_FLOPS; (None, why) when the table has no
+  entry (CPUs, unknown GPUs: measure the matmul ceiling instead)."""
   for kind, peaks in PEAK_FLOPS:
     if kind in device.device_kind:
       return peaks[dtype], f'datasheet ({kind}, {dtype} dense)'
-  if device.platform == 'gpu':
-    return float('nan'), f'unknown GPU {device.device_kind!r}: add it to PEAK_FLOPS'
-  return matmul_ceiling(dtype), (f'measured {dtype} 2048x2048 matmul on '
-                                 f'{len(os.sched_getaffinity(0))} cores')
+  return None, f'{device.device_kind!r} is not in PEAK_FLOPS'

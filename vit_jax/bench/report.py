@@ -10,15 +10,24 @@ import numpy as np
 from vit_jax.bench import timing
 
 
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                  platform.processor())
+  except OSError:
+    return platform.processor()
+
+
 def environment() -> dict:
-  """Device, thread count, software versions, XLA flags, date and machine load."""
+  """Device, CPU, thread count, software versions, XLA flags, date and machine load."""
   device = jax.devices()[0]
   versions = {'python': platform.python_version(), 'jax': jax.__version__,
               'jaxlib': sys.modules['jaxlib'].__version__, 'numpy': np.__version__}
   for name in ('flax', 'optax'):
     versions[name] = sys.modules[name].__version__
   return {'device': device.platform, 'device_kind': device.device_kind,
-          'num_devices': jax.device_count(), 'cpu_threads': len(os.sched_getaffinity(0)),
+          'num_devices': jax.device_count(), 'cpu_model': _cpu_model(), 'cpu_threads': len(os.sched_getaffinity(0)),
           'versions': versions, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'date': datetime.datetime.now().isoformat(timespec='seconds'),
           'load_average': os.getloadavg()}
