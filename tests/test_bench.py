@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vit_jax.bench import __main__ as bench
-from vit_jax.bench import flops, timing
+from vit_jax.bench import flops, report, timing
 from vit_jax.models import get_model, resolved_fields
 
 # Small, but matmul-dominated enough for the FLOP checks: 65 tokens of width 64.
@@ -67,12 +67,17 @@ def test_train_json_against_torch(train_record):
     assert side['mfu'] == pytest.approx(
         record['flops_per_image'] * side['images_per_sec'] / record['peak_flops'])
   assert record['ratio'] == pytest.approx(ours['images_per_sec'] / ref['images_per_sec'])
+  assert record['ratio_best'] == pytest.approx(
+      ref['step_time_s']['min'] / ours['step_time_s']['min'])
   # The reference has exactly our parameters (same shapes, eps, head).
   assert ref['num_params'] == record['num_params']
   assert ref['threads'] == record['cpu_threads']
   assert record['flops_per_image'] == 3 * flops.vit_forward_flops(
       resolved_fields('ViT-Ti_4', **SMALL), 32, 10)
   assert record['memory_bytes'] > 0 and record['versions']['jax'] == jax.__version__
+  header, _, row = report.markdown([record]).splitlines()
+  assert header.count('|') == row.count('|') == 14
+  assert f'| {record["ratio"]:.2f}x | {record["ratio_best"]:.2f}x |' in row
 
 
 def test_infer_table_bfloat16(capsys):

@@ -77,5 +77,34 @@ def table(m: dict) -> str:
     ref = m['reference']
     lines.append(_line('reference', ref) + f'  [{ref["implementation"]}, '
                  f'{ref["threads"]} threads]')
-    lines.append(f'  ratio ours/reference: {m["ratio"]:.2f}x images/s')
+    lines.append(f'  ratio ours/reference: {m["ratio"]:.2f}x images/s at the median step, '
+                 f'{m["ratio_best"]:.2f}x at the fastest')
   return '\n'.join(lines)
+
+
+def _ms(r: dict) -> str:
+  return f'{r["step_time_s"]["median"] * 1e3:.0f} ({r["step_time_s"]["iqr_over_median"]:.0%})'
+
+
+def markdown(records: list[dict]) -> str:
+  """BENCHMARKS.md tables of JSON records: model measurements, then data measurements."""
+  rows = ['| mode | model | px | batch | dtype | ours ms/step (IQR) | ours img/s | MFU | '
+          'reference ms/step (IQR) | reference img/s | ratio | best | load (1/5/15 min) |',
+          '| --- ' * 13 + '|']
+  data_rows = ['| model | px | batch | dataset | host img/s (1 core) | augment img/s | '
+               'train img/s | host / train | load (1/5/15 min) |', '| --- ' * 9 + '|']
+  for m in records:
+    load = ' '.join(f'{v:.1f}' for v in m['load_average'])
+    if m['mode'] == 'data':
+      data_rows.append(
+          f'| {m["model"]} | {m["image_size"]} | {m["batch"]} | {m["dataset"]} | '
+          f'{m["host"]["images_per_sec"]:,.0f} | {m["augment"]["images_per_sec"]:,.0f} | '
+          f'{m["train"]["images_per_sec"]:,.1f} | {m["ratio"]:,.0f}x | {load} |')
+      continue
+    ours, ref = m['ours'], m.get('reference')
+    theirs = (f'{_ms(ref)} | {ref["images_per_sec"]:,.1f} | {m["ratio"]:.2f}x | '
+              f'{m["ratio_best"]:.2f}x' if ref else 'n/a | n/a | n/a | n/a')
+    rows.append(f'| {m["mode"]} | {m["model"]} | {m["image_size"]} | {m["batch"]} | '
+                f'{m["dtype"]} | {_ms(ours)} | {ours["images_per_sec"]:,.1f} | '
+                f'{ours["mfu"]:.0%} | {theirs} | {load} |')
+  return '\n'.join(rows if len(data_rows) == 2 else rows + [''] + data_rows)
