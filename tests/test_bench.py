@@ -136,3 +136,11 @@ def test_peak_flops_table():
   assert flops.datasheet_peak(Device('NVIDIA H100 PCIe'), 'bfloat16')[0] == 756e12
   assert flops.datasheet_peak(Device('NVIDIA H200'), 'float32')[0] == 494.7e12
   assert flops.datasheet_peak(Device('cpu'), 'float32')[0] is None
+
+
+def test_cpu_matmuls_run_without_ynnpack_fusions():
+  """Importing vit_jax turns YNNPACK fusions off (vit_jax/__init__.py): XLA's CPU backend
+  compiles a dense layer to a plain dot, not a `ynn_fusion`."""
+  x = jnp.ones((64, 64))
+  hlo = jax.jit(lambda a: jax.nn.gelu(a @ a)).lower(x).compile().as_text()
+  assert 'ynn_fusion' not in hlo and ' dot(' in hlo
