@@ -64,11 +64,14 @@ def test_train_json_against_torch(train_record):
     step = side['step_time_s']
     assert step['n'] == 2 and 0 < step['min'] <= step['median'] <= step['max']
     assert side['images_per_sec'] == pytest.approx(4 / step['median'])
+    assert side['cpu_time_s']['n'] == 2 and side['cpu_time_s']['min'] > 0
     assert side['mfu'] == pytest.approx(
         record['flops_per_image'] * side['images_per_sec'] / record['peak_flops'])
   assert record['ratio'] == pytest.approx(ours['images_per_sec'] / ref['images_per_sec'])
   assert record['ratio_best'] == pytest.approx(
       ref['step_time_s']['min'] / ours['step_time_s']['min'])
+  assert record['ratio_cpu_time'] == pytest.approx(
+      ref['cpu_time_s']['median'] / ours['cpu_time_s']['median'])
   # The reference has exactly our parameters (same shapes, eps, head).
   assert ref['num_params'] == record['num_params']
   assert ref['threads'] == record['cpu_threads']
@@ -76,8 +79,9 @@ def test_train_json_against_torch(train_record):
       resolved_fields('ViT-Ti_4', **SMALL), 32, 10)
   assert record['memory_bytes'] > 0 and record['versions']['jax'] == jax.__version__
   header, _, row = report.markdown([record]).splitlines()
-  assert header.count('|') == row.count('|') == 14
-  assert f'| {record["ratio"]:.2f}x | {record["ratio_best"]:.2f}x |' in row
+  assert header.count('|') == row.count('|') == 16
+  assert (f'| {record["ratio"]:.2f}x | {record["ratio_best"]:.2f}x | '
+          f'{record["ratio_cpu_time"]:.2f}x |') in row
 
 
 def test_infer_table_bfloat16(capsys):
@@ -120,9 +124,10 @@ def test_bad_flag_values(capsys):
 def test_time_interleaved_alternates_and_summarizes():
   calls = []
   steps = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
-  times = timing.time_interleaved(steps, num_steps=3, warmup=2)
+  wall, cpu = timing.time_interleaved(steps, num_steps=3, warmup=2)
   assert calls == ['a', 'a', 'b', 'b'] + ['a', 'b'] * 3
-  assert {k: v.shape for k, v in times.items()} == {'a': (3,), 'b': (3,)}
+  assert {k: v.shape for k, v in wall.items()} == {k: v.shape for k, v in cpu.items()} == {
+      'a': (3,), 'b': (3,)}
   s = timing.summarize(np.array([1., 2., 3., 4., 10.]))
   assert (s['median'], s['p25'], s['p75'], s['min'], s['max'], s['n']) == (3, 2, 4, 1, 10, 5)
   assert s['iqr_over_median'] == pytest.approx(2 / 3)

@@ -88,9 +88,9 @@ def measure(args: argparse.Namespace) -> dict:
   if args.mode == 'data':
     steps = jax_side.pipeline_steps(config, _split(args, config))
     steps['train'] = jax_side.train_bench(config, args.num_classes).step
-    times = timing.time_interleaved(steps, args.steps, args.warmup)
+    times, cpu = timing.time_interleaved(steps, args.steps, args.warmup)
     for stage, seconds in times.items():
-      record[stage] = report.throughput(seconds, args.batch)
+      record[stage] = report.throughput(seconds, cpu[stage], args.batch)
     record['dataset'] = args.dataset or 'synthetic'
     record['ratio'] = record['host']['images_per_sec'] / record['train']['images_per_sec']
     return record
@@ -107,7 +107,7 @@ def measure(args: argparse.Namespace) -> dict:
   peak, source = flops.datasheet_peak(jax.devices()[0], args.dtype)
   if peak is None:  # CPU: the matmul ceiling, timed in the same rounds as the model
     steps['matmul'], matmul_flops = flops.matmul_step(args.dtype)
-  times = timing.time_interleaved(steps, args.steps, args.warmup)
+  times, cpu = timing.time_interleaved(steps, args.steps, args.warmup)
   if peak is None:
     peak = matmul_flops / np.median(times['matmul'])
     source = (f'measured: {args.dtype} 2048x2048 matmul in the same rounds '
@@ -117,13 +117,18 @@ def measure(args: argparse.Namespace) -> dict:
                 peak_flops=peak, peak_flops_source=source, num_params=ours.num_params,
                 memory_bytes=jax_side.peak_memory(ours.memory_bytes),
                 memory_source=ours.memory_source,
-                ours=report.throughput(times['ours'], args.batch, per_image, total_peak))
+                ours=report.throughput(times['ours'], cpu['ours'], args.batch, per_image,
+                                       total_peak))
   if args.vs:
-    reference.update(report.throughput(times['reference'], args.batch, per_image, total_peak))
+    reference.update(report.throughput(times['reference'], cpu['reference'], args.batch,
+                                       per_image, total_peak))
     record['reference'] = reference
     record['ratio'] = record['ours']['images_per_sec'] / reference['images_per_sec']
     # Each side's fastest step: on a loaded machine the closest to its unloaded speed.
     record['ratio_best'] = reference['step_time_s']['min'] / record['ours']['step_time_s']['min']
+    # CPU seconds per step, theirs / ours: the measure to read on a busy machine with one core.
+    record['ratio_cpu_time'] = (reference['cpu_time_s']['median']
+                                / record['ours']['cpu_time_s']['median'])
   record['load_average_end'] = os.getloadavg()
   return record
 

@@ -33,12 +33,13 @@ def environment() -> dict:
           'load_average': os.getloadavg()}
 
 
-def throughput(seconds: np.ndarray, batch: int, flops_per_image: float | None = None,
-               peak: float | None = None) -> dict:
-  """Step-time summary, images/s at the median step time and, given the FLOPs per image and
-  the peak FLOP/s of all devices together, the model FLOP utilisation."""
+def throughput(seconds: np.ndarray, cpu_seconds: np.ndarray, batch: int,
+               flops_per_image: float | None = None, peak: float | None = None) -> dict:
+  """Step-time and CPU-time summaries, images/s at the median step time and, given the FLOPs
+  per image and the peak FLOP/s of all devices together, the model FLOP utilisation."""
   step = timing.summarize(seconds)
-  result = {'step_time_s': step, 'images_per_sec': batch / step['median']}
+  result = {'step_time_s': step, 'cpu_time_s': timing.summarize(cpu_seconds),
+            'images_per_sec': batch / step['median']}
   if flops_per_image is not None and peak:
     result['mfu'] = flops_per_image * result['images_per_sec'] / peak
   return result
@@ -78,7 +79,7 @@ def table(m: dict) -> str:
     lines.append(_line('reference', ref) + f'  [{ref["implementation"]}, '
                  f'{ref["threads"]} threads]')
     lines.append(f'  ratio ours/reference: {m["ratio"]:.2f}x images/s at the median step, '
-                 f'{m["ratio_best"]:.2f}x at the fastest')
+                 f'{m["ratio_best"]:.2f}x at the fastest, {m["ratio_cpu_time"]:.2f}x in CPU time')
   return '\n'.join(lines)
 
 
@@ -89,8 +90,8 @@ def _ms(r: dict) -> str:
 def markdown(records: list[dict]) -> str:
   """BENCHMARKS.md tables of JSON records: model measurements, then data measurements."""
   rows = ['| mode | model | px | batch | dtype | ours ms/step (IQR) | ours img/s | MFU | '
-          'reference ms/step (IQR) | reference img/s | ratio | best | load (1/5/15 min) |',
-          '| --- ' * 13 + '|']
+          'reference ms/step (IQR) | reference img/s | ratio | best | CPU time | threads | '
+          'load (1/5/15 min) |', '| --- ' * 15 + '|']
   data_rows = ['| model | px | batch | dataset | host img/s (1 core) | augment img/s | '
                'train img/s | host / train | load (1/5/15 min) |', '| --- ' * 9 + '|']
   for m in records:
@@ -103,8 +104,9 @@ def markdown(records: list[dict]) -> str:
       continue
     ours, ref = m['ours'], m.get('reference')
     theirs = (f'{_ms(ref)} | {ref["images_per_sec"]:,.1f} | {m["ratio"]:.2f}x | '
-              f'{m["ratio_best"]:.2f}x' if ref else 'n/a | n/a | n/a | n/a')
+              f'{m["ratio_best"]:.2f}x | {m["ratio_cpu_time"]:.2f}x' if ref
+              else 'n/a | n/a | n/a | n/a | n/a')
     rows.append(f'| {m["mode"]} | {m["model"]} | {m["image_size"]} | {m["batch"]} | '
                 f'{m["dtype"]} | {_ms(ours)} | {ours["images_per_sec"]:,.1f} | '
-                f'{ours["mfu"]:.0%} | {theirs} | {load} |')
+                f'{ours["mfu"]:.0%} | {theirs} | {m["cpu_threads"]} | {load} |')
   return '\n'.join(rows if len(data_rows) == 2 else rows + [''] + data_rows)

@@ -8,21 +8,25 @@ Step = Callable[[], None]  # runs one step and waits for its result (block_until
 
 
 def time_interleaved(steps: dict[str, Step], num_steps: int, warmup: int
-                     ) -> dict[str, np.ndarray]:
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Runs each step `warmup` times (compilation, caches: not timed), then `num_steps` rounds
-  in which every step runs once in turn; returns name -> (num_steps,) seconds per call."""
+  in which every step runs once in turn. Returns (wall, cpu): name -> (num_steps,) seconds per
+  call of wall-clock time and of this process's CPU time (all threads; with one core, e.g.
+  under `taskset -c 0`, a measure of work that other processes' load does not change)."""
   if num_steps < 1 or warmup < 0:
     raise ValueError(f'--steps={num_steps} must be >= 1 and --warmup={warmup} >= 0.')
   for step in steps.values():
     for _ in range(warmup):
       step()
-  times = {name: np.empty(num_steps) for name in steps}
+  wall = {name: np.empty(num_steps) for name in steps}
+  cpu = {name: np.empty(num_steps) for name in steps}
   for i in range(num_steps):
     for name, step in steps.items():
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       step()
-      times[name][i] = time.perf_counter() - start
-  return times
+      wall[name][i] = time.perf_counter() - start
+      cpu[name][i] = time.process_time() - start_cpu
+  return wall, cpu
 
 
 def summarize(seconds: np.ndarray) -> dict[str, float]:
