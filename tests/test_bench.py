@@ -115,10 +115,12 @@ def test_bad_input_names_the_problem(argv, message):
 
 
 def test_bad_flag_values(capsys):
-  for argv in (['--batch=0'], ['--set=num_layers']):
+  for argv in (['train', '--batch=0'], ['train', '--set=num_layers'], ['data', '--vs=torch']):
     with pytest.raises(SystemExit):
-      bench.main(['train', '--model=ViT-Ti_4', *argv])
-  assert '--batch=0 must be positive' in capsys.readouterr().err
+      bench.main([*argv, '--model=ViT-Ti_4'])
+  err = capsys.readouterr().err
+  assert '--batch=0 must be positive' in err and 'must be <field>=<value>' in err
+  assert 'the data mode has no reference' in err
 
 
 def test_time_interleaved_alternates_and_summarizes():

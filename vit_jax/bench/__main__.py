@@ -49,6 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   for flag in ('batch', 'image_size', 'num_classes'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag.replace("_", "-")}={getattr(args, flag)} must be positive.')
+  if args.mode == 'data' and args.vs:
+    parser.error('--vs compares train or infer steps; the data mode has no reference.')
   args.overrides = {}
   for item in args.set:
     key, sep, value = item.partition('=')
