@@ -22,7 +22,8 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from vit_jax import data  # pylint: disable=wrong-import-position
-from vit_jax.bench import flops, jax_side, report, timing, torch_ref  # pylint: disable=wrong-import-position
+from vit_jax.bench import (  # pylint: disable=wrong-import-position
+    flops, jax_side, report, timing, torch_ref)
 
 MODES = ('train', 'infer', 'data')
 DTYPES = ('float32', 'bfloat16')

@@ -27,7 +27,8 @@ def environment() -> dict:
   for name in ('flax', 'optax'):
     versions[name] = sys.modules[name].__version__
   return {'device': device.platform, 'device_kind': device.device_kind,
-          'num_devices': jax.device_count(), 'cpu_model': _cpu_model(), 'cpu_threads': len(os.sched_getaffinity(0)),
+          'num_devices': jax.device_count(), 'cpu_model': _cpu_model(),
+          'cpu_threads': len(os.sched_getaffinity(0)),
           'versions': versions, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'date': datetime.datetime.now().isoformat(timespec='seconds'),
           'load_average': os.getloadavg()}
@@ -98,7 +99,8 @@ def markdown(records: list[dict]) -> str:
     load = ' '.join(f'{v:.1f}' for v in m['load_average'])
     if m['mode'] == 'data':
       data_rows.append(
-          f'| {m["model"]} | {m["image_size"]} | {m["batch"]} | {m["dataset"]} | '
+          f'| {m["model"]} | {m["image_size"]} | {m["batch"]} | '
+          f'{os.path.basename(m["dataset"])} | '
           f'{m["host"]["images_per_sec"]:,.0f} | {m["augment"]["images_per_sec"]:,.0f} | '
           f'{m["train"]["images_per_sec"]:,.1f} | {m["ratio"]:,.0f}x | {load} |')
       continue
