@@ -1,0 +1,153 @@
+"""The benchmark harness at tiny size: output fields, FLOP counts, the PyTorch reference,
+errors. No timing assertions: timings only have to be positive and add up."""
+import contextlib
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.bench import __main__ as bench
+from vit_jax.bench import flops, report, timing
+from vit_jax.models import get_model, resolved_fields
+
+# Small, but matmul-dominated enough for the FLOP checks: 65 tokens of width 64.
+SMALL = dict(hidden_size=64, mlp_dim=256, num_heads=2, num_layers=1)
+TINY = ['--model=ViT-Ti_4', '--image-size=32', '--batch=4', '--num-classes=10',
+        *(f'--set={k}={v}' for k, v in SMALL.items()), '--steps=2', '--warmup=1']
+
+
+@pytest.fixture(scope='module')
+def train_record():
+  """The JSON record of a tiny `train --vs=torch` run."""
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    bench.main(['train', *TINY, '--vs=torch', '--json'])
+  return json.loads(out.getvalue())
+
+
+def run(capsys, *argv) -> str:
+  bench.main([*argv])
+  return capsys.readouterr().out
+
+
+def test_forward_flops_of_vit_b16():
+  # DESIGN.md section 10: ViT-B/16 at 224 is 17.6 GMACs = 35.2 GFLOPs forward.
+  fields = resolved_fields('ViT-B_16')
+  assert flops.vit_forward_flops(fields, 224, 1000) == pytest.approx(35.2e9, rel=0.01)
+
+
+def test_forward_flops_match_xla_cost_analysis():
+  """XLA also counts LayerNorm, GELU, softmax and adds, so it is higher by a few %: here
+  (width 64, 65 tokens) 2-8%; at ViT-B size the elementwise share is smaller still."""
+  model = get_model('ViT-Ti_4', num_classes=10, **SMALL)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+      variables, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)).compile()
+  xla = compiled.cost_analysis()['flops']
+  analytic = flops.vit_forward_flops(resolved_fields('ViT-Ti_4', **SMALL), 32, 10)
+  assert 1.0 < xla / analytic < 1.08
+
+
+def test_train_flops_match_xla_cost_analysis(train_record):
+  """3x forward against XLA's count of the whole train step: the patch embedding needs no
+  input gradient (less); augmentation, the elementwise backward and AdamW's update add more."""
+  assert 1.0 < train_record['xla_flops_per_image'] / train_record['flops_per_image'] < 1.15
+
+
+def test_train_json_against_torch(train_record):
+  record = train_record
+  ours, ref = record['ours'], record['reference']
+  assert (record['mode'], record['model'], record['batch']) == ('train', 'ViT-Ti_4', 4)
+  for side in (ours, ref):
+    step = side['step_time_s']
+    assert step['n'] == 2 and 0 < step['min'] <= step['median'] <= step['max']
+    assert side['images_per_sec'] == pytest.approx(4 / step['median'])
+    assert side['cpu_time_s']['n'] == 2 and side['cpu_time_s']['min'] > 0
+    assert side['mfu'] == pytest.approx(
+        record['flops_per_image'] * side['images_per_sec'] / record['peak_flops'])
+  assert record['ratio'] == pytest.approx(ours['images_per_sec'] / ref['images_per_sec'])
+  assert record['ratio_best'] == pytest.approx(
+      ref['step_time_s']['min'] / ours['step_time_s']['min'])
+  assert record['ratio_cpu_time'] == pytest.approx(
+      ref['cpu_time_s']['median'] / ours['cpu_time_s']['median'])
+  # The reference has exactly our parameters (same shapes, eps, head).
+  assert ref['num_params'] == record['num_params']
+  assert ref['threads'] == record['cpu_threads']
+  assert record['flops_per_image'] == 3 * flops.vit_forward_flops(
+      resolved_fields('ViT-Ti_4', **SMALL), 32, 10)
+  assert record['memory_bytes'] > 0 and record['versions']['jax'] == jax.__version__
+  header, _, row = report.markdown([record]).splitlines()
+  assert header.count('|') == row.count('|') == 16
+  assert (f'| {record["ratio"]:.2f}x | {record["ratio_best"]:.2f}x | '
+          f'{record["ratio_cpu_time"]:.2f}x |') in row
+
+
+def test_infer_table_bfloat16(capsys):
+  out = run(capsys, 'infer', *TINY, '--dtype=bfloat16')
+  assert out.startswith('infer ViT-Ti_4 32px batch 4 bfloat16')
+  assert 'ours' in out and 'img/s' in out and 'reference' not in out
+
+
+def test_data_json(capsys):
+  record = json.loads(run(capsys, 'data', *TINY, '--json'))
+  assert record['dataset'] == 'synthetic'
+  for stage in ('host', 'augment', 'train'):
+    assert record[stage]['images_per_sec'] > 0
+  assert record['ratio'] == pytest.approx(
+      record['host']['images_per_sec'] / record['train']['images_per_sec'])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model=ViT-Q_4'], 'Unknown model name'),
+    (['--model=ViT-Ti_4', '--image-size=18'], 'patch_size=4 does not divide'),
+    (['--model=BiT-R14x0.25-small'], 'covers plain ViTs'),
+    (['--model=ViT-Ti_4', '--set=depth=3'], "Unknown model field(s) ['depth']"),
+    (['--model=ViT-Ti_4', '--set=num_heads=5'], 'num_heads=5 must divide'),
+    (['--model=ViT-Ti_4', '--batch=3', '--set=classifier=gap', '--vs=torch'],
+     'no PyTorch reference'),
+])
+def test_bad_input_names_the_problem(argv, message):
+  with pytest.raises(SystemExit) as e:
+    bench.main(['train', '--image-size=16', '--set=num_layers=1', *argv])
+  assert message in str(e.value)
+
+
+def test_bad_flag_values(capsys):
+  for argv in (['train', '--batch=0'], ['train', '--set=num_layers'], ['data', '--vs=torch']):
+    with pytest.raises(SystemExit):
+      bench.main([*argv, '--model=ViT-Ti_4'])
+  err = capsys.readouterr().err
+  assert '--batch=0 must be positive' in err and 'must be <field>=<value>' in err
+  assert 'the data mode has no reference' in err
+
+
+def test_time_interleaved_alternates_and_summarizes():
+  calls = []
+  steps = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
+  wall, cpu = timing.time_interleaved(steps, num_steps=3, warmup=2)
+  assert calls == ['a', 'a', 'b', 'b'] + ['a', 'b'] * 3
+  assert {k: v.shape for k, v in wall.items()} == {k: v.shape for k, v in cpu.items()} == {
+      'a': (3,), 'b': (3,)}
+  s = timing.summarize(np.array([1., 2., 3., 4., 10.]))
+  assert (s['median'], s['p25'], s['p75'], s['min'], s['max'], s['n']) == (3, 2, 4, 1, 10, 5)
+  assert s['iqr_over_median'] == pytest.approx(2 / 3)
+
+
+def test_peak_flops_table():
+  class Device:  # what datasheet_peak reads of a jax.Device
+    def __init__(self, kind):
+      self.device_kind = kind
+  assert flops.datasheet_peak(Device('NVIDIA H100 80GB HBM3'), 'bfloat16')[0] == 989e12
+  assert flops.datasheet_peak(Device('NVIDIA H100 PCIe'), 'bfloat16')[0] == 756e12
+  assert flops.datasheet_peak(Device('NVIDIA H200'), 'float32')[0] == 494.7e12
+  assert flops.datasheet_peak(Device('cpu'), 'float32')[0] is None
+
+
+def test_cpu_matmuls_run_without_ynnpack_fusions():
+  """Importing vit_jax turns YNNPACK fusions off (vit_jax/__init__.py): XLA's CPU backend
+  compiles a dense layer to a plain dot, not a `ynn_fusion`."""
+  x = jnp.ones((64, 64))
+  hlo = jax.jit(lambda a: jax.nn.gelu(a @ a)).lower(x).compile().as_text()
+  assert 'ynn_fusion' not in hlo and ' dot(' in hlo

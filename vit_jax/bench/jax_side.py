@@ -1,0 +1,146 @@
+"""Our side of the benchmark: the real train step of `vit_jax.train`, the forward pass and the
+input pipeline, built from a training config, on device-resident synthetic inputs."""
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import common
+from vit_jax import data, optim, sharding, train
+from vit_jax.models import get_model, resolved_fields
+
+
+def make_config(model: str, *, batch: int, image_size: int, dtype: str,
+                overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """configs/common.py's defaults (AdamW, global-norm clipping, random resized crop) with the
+  benchmark's model, batch and image size; `overrides` are model fields (e.g. scan=True)."""
+  config = common.get_config()
+  config.model = common.model_config(model, dtype=dtype, **overrides)
+  config.batch_size, config.image_size = batch, image_size
+  train.check_config(config)
+  return config
+
+
+def model_fields(config: ml_collections.ConfigDict) -> dict:
+  """The resolved model fields (registry values plus overrides, with `family`)."""
+  return resolved_fields(config.model.name,
+                         **{k: v for k, v in config.model.items() if k != 'name'})
+
+
+@dataclasses.dataclass
+class Bench:
+  """One benchmark subject: `step()` runs one call and waits for it; the compiled program's
+  XLA cost analysis and memory figures, the device count and parameter count."""
+  step: Callable[[], None]
+  xla_flops: float          # XLA's cost_analysis() FLOPs of one call
+  memory_bytes: int | None  # peak device memory in use, or the compiled program's footprint
+  memory_source: str
+  num_params: int
+
+
+def _build_model(config, num_classes: int):
+  overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  model = get_model(config.model.name, num_classes=num_classes, **overrides)
+  # The model's own checks (e.g. the patch size must divide the image) fail here, early.
+  jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                 jnp.zeros((1, config.image_size, config.image_size, 3)))
+  return model
+
+
+def _check_batch(config, mesh) -> None:
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp:
+    raise ValueError(f'--batch={config.batch_size} is not divisible by the {dp} devices.')
+
+
+def _compiled_figures(compiled) -> tuple[float, int | None, str]:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  stats = jax.devices()[0].memory_stats()
+  if stats and 'peak_bytes_in_use' in stats:
+    return float(cost['flops']), None, 'memory_stats'  # filled in after the run
+  m = compiled.memory_analysis()
+  size = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes)
+  return float(cost['flops']), int(size), 'compiled memory_analysis (arguments+outputs+temp)'
+
+
+def synthetic_images(batch: int, image_size: int, seed: int = 0) -> np.ndarray:
+  """(batch, S, S, 3) uint8 noise: the training step's input before augmentation."""
+  return np.random.default_rng(seed).integers(0, 256, (batch, image_size, image_size, 3),
+                                              dtype=np.uint8)
+
+
+def train_bench(config, num_classes: int) -> Bench:
+  """The jitted train step of `vit_jax.train.make_train_step` (augmentation, forward,
+  backward, optimizer update; donated state) on a device-resident uint8 batch."""
+  mesh = sharding.make_mesh(config.mesh)
+  _check_batch(config, mesh)
+  model = _build_model(config, num_classes)
+  tx, schedule = optim.make_optimizer(config)
+  shape = (config.image_size, config.image_size, 3)
+  _, shardings, init = train.init_state(model, tx, config, shape, mesh)
+  state = init()
+  images = sharding.global_batch(synthetic_images(config.batch_size, config.image_size), mesh)
+  labels = sharding.global_batch(np.arange(config.batch_size, dtype=np.int32) % num_classes,
+                                 mesh)
+  compiled = train.make_train_step(model, tx, schedule, config, mesh, shardings).lower(
+      state, images, labels).compile()
+  flops, memory, source = _compiled_figures(compiled)
+  num_params = sum(p.size for p in jax.tree_util.tree_leaves(state.params))
+  holder = [state]
+
+  def step():
+    holder[0], metrics = compiled(holder[0], images, labels)
+    jax.block_until_ready((holder[0], metrics))
+  return Bench(step, flops, memory, source, num_params)
+
+
+def infer_bench(config, num_classes: int) -> Bench:
+  """The jitted forward pass (train=False) on a device-resident float32 batch in [-1, 1]."""
+  mesh = sharding.make_mesh(config.mesh)
+  _check_batch(config, mesh)
+  model = _build_model(config, num_classes)
+  shape = (config.image_size, config.image_size, 3)
+  params = jax.jit(model.init, out_shardings=sharding.replicated(mesh))(
+      jax.random.PRNGKey(config.seed), jnp.zeros((1, *shape)))
+  images = sharding.global_batch(
+      synthetic_images(config.batch_size, config.image_size).astype(np.float32) / 127.5 - 1,
+      mesh)
+  compiled = jax.jit(lambda p, x: model.apply(p, x, train=False)).lower(params, images).compile()
+  flops, memory, source = _compiled_figures(compiled)
+  num_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
+  return Bench(lambda: compiled(params, images).block_until_ready(), flops, memory, source,
+               num_params)
+
+
+def pipeline_steps(config, split: data.Split) -> dict[str, Callable[[], None]]:
+  """The input pipeline's two stages as steps of one global batch: 'host' (a batch drawn by
+  `data.TrainIterator` from the decoded in-memory split and put on the device: one Python
+  thread, i.e. one core) and 'augment' (the jitted on-device augmentation the train step
+  runs, alone)."""
+  mesh = sharding.make_mesh(config.mesh)
+  _check_batch(config, mesh)
+  iterator = data.TrainIterator(split, config.batch_size, config.seed)
+  aug = config.augment
+  augment = jax.jit(lambda x, key: data.augment(
+      x, key, image_size=config.image_size, crop=aug.crop, crop_scale=tuple(aug.crop_scale),
+      crop_ratio=tuple(aug.crop_ratio), flip=aug.flip))
+  images = sharding.global_batch(next(iterator)[0], mesh)
+  key = jax.random.PRNGKey(0)
+
+  def host():
+    batch_images, batch_labels = next(iterator)
+    jax.block_until_ready((sharding.global_batch(batch_images, mesh),
+                           sharding.global_batch(batch_labels, mesh)))
+  return {'host': host, 'augment': lambda: augment(images, key).block_until_ready()}
+
+
+def peak_memory(memory_bytes: int | None) -> int | None:
+  """The device's peak bytes in use where the backend reports it (GPU), else the given
+  compiled-program figure."""
+  stats = jax.devices()[0].memory_stats()
+  return stats['peak_bytes_in_use'] if stats and 'peak_bytes_in_use' in stats else memory_bytes
