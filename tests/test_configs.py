@@ -15,7 +15,8 @@ PRESETS = [('quickstart', None)] + [
     ('pretrain', f'{m},{d}') for m in ('B_32', 'B_16', 'L_32', 'L_16', 'H_14')
     for d in ('i1k', 'i21k', 'jft')] + [
     ('finetune', f'{m},{d}') for m in ('B_16', 'R50+B_16')
-    for d in ('cifar10', 'cifar100', 'i1k', 'digits')]
+    for d in ('cifar10', 'cifar100', 'i1k', 'digits')] + [
+    ('masked_patch', p) for p in ('pretrain', 'finetune', 'scratch')]
 
 
 def load(module, arg):
@@ -49,6 +50,7 @@ def test_pretrain_recipe_numbers():
     ('pretrain', 'B_16', 'must be "<model>,<dataset>"'),
     ('pretrain', 'B_16,laion', "Unknown pretrain dataset 'laion'"),
     ('finetune', 'B_16,svhn', "Unknown finetune dataset 'svhn'"),
+    ('masked_patch', 'mae', "Unknown masked_patch preset 'mae'"),
 ])
 def test_unknown_presets_are_named(module, arg, message):
   with pytest.raises(ValueError, match=message):
