@@ -8,7 +8,7 @@ import pytest
 
 from configs import cifar10
 from vit_jax import optim, train
-from vit_jax.models import get_model
+from vit_jax.models import config_overrides, get_model
 
 PRESETS = [('quickstart', None)] + [
     ('cifar10', f'{m}{cpu}') for m in cifar10.MODELS for cpu in ('', ',cpu')] + [
@@ -29,8 +29,7 @@ def test_preset_is_valid(module, arg):
   config = load(module, arg)
   train.check_config(config)
   optim.make_optimizer(config)
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  model = get_model(config.model.name, num_classes=10, **overrides)
+  model = get_model(config.model.name, num_classes=10, **config_overrides(config.model))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jnp.zeros((1, config.image_size, config.image_size, 3)))
   assert shapes['params']['head']['kernel'].shape[-1] == 10

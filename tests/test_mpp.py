@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_VIT, init, randomize
 from test_train import smoke_config
 from vit_jax import checkpoint, mpp, train
-from vit_jax.models import get_model
+from vit_jax.models import config_overrides, get_model
 
 
 def numpy_patches(images, p):
@@ -133,8 +133,7 @@ def test_pretrain_then_finetune(tmp_path):
 
   # The classifier takes the encoder; the mask token and colour head are dropped.
   config = smoke_config(**{'checkpoint.init_from': pre})
-  model = get_model(config.model.name, num_classes=10, **{
-      k: v for k, v in config.model.items() if k != 'name'})
+  model = get_model(config.model.name, num_classes=10, **config_overrides(config.model))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))['params']
   loaded = checkpoint.load_pretrained(pre, shapes)
   assert 'mask_token' not in loaded and not loaded['head']['kernel'].any()

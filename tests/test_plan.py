@@ -14,7 +14,7 @@ from jax.sharding import AbstractMesh
 from conftest import ROOT, child_env
 from configs import quickstart
 from vit_jax import optim, sharding, train
-from vit_jax.models import get_model
+from vit_jax.models import config_overrides, get_model
 
 BATCH, LAYERS, DEVICES = 32, 2, 8
 
@@ -48,8 +48,7 @@ def model_and_state():
   """The quickstart model (unscanned) and its abstract train state, built here on one device."""
   config = quickstart.get_config()
   config.model.num_layers = LAYERS
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  model = get_model(config.model.name, num_classes=10, **overrides)
+  model = get_model(config.model.name, num_classes=10, **config_overrides(config.model))
   tx, _ = optim.make_optimizer(config)
   shapes = jax.eval_shape(
       lambda: (lambda p: (p, tx.init(p)))(

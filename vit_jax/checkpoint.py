@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import scipy.ndimage
 
 from vit_jax import files
-from vit_jax.models import get_model
+from vit_jax.models import config_overrides, get_model
 
 Params = dict[str, Any]
 
@@ -271,8 +271,8 @@ def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, Params]:
     raise ValueError(f'{workdir} has no classification head (a masked patch prediction '
                      'pre-training run?): use a classifier, e.g. its fine-tuned run.')
   num_classes = params['head']['kernel'].shape[-1]
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  return config, get_model(config.model.name, num_classes=num_classes, **overrides), params
+  model = get_model(config.model.name, num_classes=num_classes, **config_overrides(config.model))
+  return config, model, params
 
 
 # Parameters of pre-training that a fine-tuned model may lack -> why they are dropped.

@@ -19,7 +19,7 @@ row-major like the model's tokens.
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import resolved_fields
+from vit_jax.models import config_overrides, resolved_fields
 
 COLOR_BITS = 3  # bits per channel of the predicted mean colour
 
@@ -105,8 +105,7 @@ def patch_size(config) -> int:
   Raises:
     ValueError: for another model family or rectangular patches, naming the model.
   """
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  fields = resolved_fields(config.model.name, **overrides)
+  fields = resolved_fields(config.model.name, **config_overrides(config.model))
   patch = fields.get('patch_size')
   if isinstance(patch, (tuple, list)):
     patch = patch[0] if patch[0] == patch[1] else None

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vit_jax import optim, sharding, train
-from vit_jax.models import get_model, resolved_fields
+from vit_jax.models import config_overrides, get_model, resolved_fields
 
 GB = 1e9
 
@@ -43,7 +43,8 @@ def forward_flops(config: ml_collections.ConfigDict, num_classes: int,
   """Forward FLOPs of one example. XLA's cost analysis counts a scanned layer once, so for
   models with `num_layers` they come from unscanned 1- and 2-layer versions: F(L) = F(1) +
   (L - 1) (F(2) - F(1))."""
-  overrides = {k: v for k, v in config.model.items() if k not in ('name', 'scan')}
+  overrides = config_overrides(config.model)
+  overrides.pop('scan', None)
   layers = resolved_fields(config.model.name, **overrides).get('num_layers')
   build = lambda **changes: get_model(config.model.name, num_classes=num_classes,
                                       **{**overrides, **changes})
@@ -71,9 +72,9 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
   train.check_config(config)
   mesh = sharding.make_mesh(config.mesh)
   train.check_batch(config, mesh)
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  model = get_model(config.model.name, num_classes=num_classes, **overrides)
-  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name, **overrides))
+  model = train.build_model(config, num_classes, channels)
+  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name,
+                                                       **config_overrides(config.model)))
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.image_size, config.image_size, channels)
   abstract, shardings, _ = train.init_state(model, tx, config, image_shape, mesh)

@@ -26,7 +26,7 @@ import optax
 
 from configs import common
 from vit_jax import checkpoint, data, evaluate, files, metrics, mpp, optim, sharding
-from vit_jax.models import get_model, resolved_fields
+from vit_jax.models import config_overrides, get_model, resolved_fields
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -77,6 +77,16 @@ def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
     raise ValueError(f'batch_size={config.batch_size} is not divisible by the data-parallel '
                      f'size {dp} (mesh={config.mesh}) x optim.grad_accum_steps='
                      f'{config.optim.grad_accum_steps}.')
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, channels: int):
+  """The run's model: a classifier of `num_classes`, or with `mpp.enabled` the masked patch
+  predictor of the colours of `channels`-channel images."""
+  overrides = config_overrides(config.model)
+  if config.mpp.enabled:
+    overrides['masked_patch_prediction'] = True
+    num_classes = mpp.num_colors(channels)
+  return get_model(config.model.name, num_classes=num_classes, **overrides)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
@@ -299,13 +309,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_from = config.checkpoint.init_from
   if init_from and not os.path.exists(init_from):
     raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
-  num_classes = len(train_split.class_names)
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  if config.mpp.enabled:  # the head predicts patch colours
-    overrides['masked_patch_prediction'] = True
-    num_classes = mpp.num_colors(train_split.images.shape[-1])
-  model = get_model(config.model.name, num_classes=num_classes, **overrides)
-  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name, **overrides))
+  model = build_model(config, len(train_split.class_names), train_split.images.shape[-1])
+  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name,
+                                                       **config_overrides(config.model)))
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.image_size, config.image_size, train_split.images.shape[-1])
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
@@ -344,7 +350,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('%s: %s parameters, %d train / %d validation / %d test images, %d %s, '
                  'mesh %s.', config.model.name, f'{num_params:,}', len(train_split.labels),
                  0 if val_split is None else len(val_split.labels), len(test_split.labels),
-                 num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
+                 model.num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
                  dict(mesh.shape))
 
     train_step = make_train_step(model, tx, schedule, config, mesh, shardings)

@@ -10,7 +10,7 @@ import numpy as np
 
 from configs import common
 from vit_jax import data, optim, sharding, train
-from vit_jax.models import get_model, resolved_fields
+from vit_jax.models import config_overrides, resolved_fields
 
 
 def make_config(model: str, *, batch: int, image_size: int, dtype: str,
@@ -26,8 +26,7 @@ def make_config(model: str, *, batch: int, image_size: int, dtype: str,
 
 def model_fields(config: ml_collections.ConfigDict) -> dict:
   """The resolved model fields (registry values plus overrides, with `family`)."""
-  return resolved_fields(config.model.name,
-                         **{k: v for k, v in config.model.items() if k != 'name'})
+  return resolved_fields(config.model.name, **config_overrides(config.model))
 
 
 @dataclasses.dataclass
@@ -42,8 +41,7 @@ class Bench:
 
 
 def _build_model(config, num_classes: int):
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  model = get_model(config.model.name, num_classes=num_classes, **overrides)
+  model = train.build_model(config, num_classes, channels=3)
   # The model's own checks (e.g. the patch size must divide the image) fail here, early.
   jax.eval_shape(model.init, jax.random.PRNGKey(0),
                  jnp.zeros((1, config.image_size, config.image_size, 3)))

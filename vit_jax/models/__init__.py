@@ -27,6 +27,12 @@ def model_fields(family: str) -> list[str]:
           if f.name not in ('parent', 'name', 'num_classes')]
 
 
+def config_overrides(model_config) -> dict:
+  """The overrides of a config's `model` section: every field but `name` (None = the
+  registry's value)."""
+  return {k: v for k, v in model_config.items() if k != 'name'}
+
+
 def resolved_fields(name: str, **overrides) -> dict:
   """The registry's fields of model `name` with `overrides` applied (None keeps the registry's
   value); 'family' is 'vit', 'hybrid' (a ViT on a ResNet stem), 'resnet' or 't2t'."""
@@ -100,5 +106,5 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
   return FAMILIES[family](num_classes=num_classes, **kwargs)
 
 
-__all__ = ['FAMILIES', 'ResNet', 'T2TViT', 'VisionTransformer', 'forward_with_intermediates',
-           'get_model', 'model_fields', 'resolved_fields']
+__all__ = ['FAMILIES', 'ResNet', 'T2TViT', 'VisionTransformer', 'config_overrides',
+           'forward_with_intermediates', 'get_model', 'model_fields', 'resolved_fields']
