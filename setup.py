@@ -27,14 +27,17 @@ setup(
         'tensorboardX>=2.6,<3',     # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        # Export to PyTorch / ONNX and the PyTorch reference of the benchmarks. torch is pinned
-        # exactly: 2.13.0 is the CPU build that installs offline; a range pulls CUDA wheels.
+        # Export to PyTorch / timm / ONNX and the PyTorch reference of the benchmarks. torch and
+        # torchvision are pinned exactly to the pair that installs and imports together (CUDA
+        # builds, which run on the CPU); timm needs torchvision.
         'export': [
             'jax2onnx>=0.17.1,<0.18',
             'onnx>=1.23,<1.24',
             'onnxruntime>=1.31,<1.32',
             'safetensors>=0.8,<0.9',
-            'torch==2.13.0',
+            'timm>=1.0,<2',
+            'torch==2.14.1',
+            'torchvision==0.29.1',
             'transformers>=5.23,<6',
         ],
         'test': ['pytest>=9,<10', 'vit_jax[export]'],
