@@ -8,8 +8,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
-    # `configs` is a package too: the model registry reads its size table (configs/models.py).
-    packages=find_packages(include=['vit_jax', 'vit_jax.*', 'configs']),
+    # configs/ holds presets loaded by path (`--config=configs/<file>.py`), not a package.
+    packages=find_packages(include=['vit_jax', 'vit_jax.*']),
     # Ranges that were installed and tested together (Python 3.11, CPU).
     install_requires=[
         'absl-py>=2.1,<3',

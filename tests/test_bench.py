@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vit_jax import flops
 from vit_jax.bench import __main__ as bench
-from vit_jax.bench import flops, report, timing
+from vit_jax.bench import report, timing
 from vit_jax.models import get_model, resolved_fields
 
 # Small, but matmul-dominated enough for the FLOP checks: 65 tokens of width 64.
@@ -33,7 +34,7 @@ def run(capsys, *argv) -> str:
 
 
 def test_forward_flops_of_vit_b16():
-  # DESIGN.md section 10: ViT-B/16 at 224 is 17.6 GMACs = 35.2 GFLOPs forward.
+  # ViT-B/16 at 224 px is 17.6 GMACs = 35.2 GFLOPs forward (the commonly quoted figure).
   fields = resolved_fields('ViT-B_16')
   assert flops.vit_forward_flops(fields, 224, 1000) == pytest.approx(35.2e9, rel=0.01)
 
@@ -146,8 +147,9 @@ def test_peak_flops_table():
 
 
 def test_cpu_matmuls_run_without_ynnpack_fusions():
-  """Importing vit_jax turns YNNPACK fusions off (vit_jax/__init__.py): XLA's CPU backend
-  compiles a dense layer to a plain dot, not a `ynn_fusion`."""
+  """Our commands (and the test suite, tests/conftest.py) turn YNNPACK fusions off
+  (`vit_jax.cli.set_cpu_flag`): XLA's CPU backend compiles a dense layer to a plain dot, not a
+  `ynn_fusion`."""
   x = jnp.ones((64, 64))
   hlo = jax.jit(lambda a: jax.nn.gelu(a @ a)).lower(x).compile().as_text()
   assert 'ynn_fusion' not in hlo and ' dot(' in hlo

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import cifar10
+from vit_jax import config as config_lib
 from vit_jax import optim, train
 from vit_jax.models import config_overrides, get_model
 
@@ -27,7 +28,7 @@ def load(module, arg):
 @pytest.mark.parametrize('module,arg', PRESETS, ids=[f'{m}:{a}' for m, a in PRESETS])
 def test_preset_is_valid(module, arg):
   config = load(module, arg)
-  train.check_config(config)
+  config_lib.check(config)
   optim.make_optimizer(config)
   model = get_model(config.model.name, num_classes=10, **config_overrides(config.model))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),

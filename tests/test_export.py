@@ -17,7 +17,7 @@ import transformers
 from configs import quickstart
 from conftest import init, randomize
 from numpy_vit import gelu_exact, gelu_tanh, vit_forward
-from vit_jax import checkpoint, data, export, files, train
+from vit_jax import checkpoint, data, export, files, pretrained, train
 from vit_jax.export import hf, layout, timm
 from vit_jax.models import get_model
 
@@ -98,8 +98,8 @@ def test_hf_and_timm_round_trips_are_bitwise(sources, exports):
   for name, fmt, load in (('token', 'hf', hf.load), ('token', 'timm', timm.load),
                           ('gap', 'timm', timm.load)):
     model, params = load(exports[name, fmt])
-    want = checkpoint.flatten(sources[name].params)
-    got = checkpoint.flatten(params)
+    want = pretrained.flatten(sources[name].params)
+    got = pretrained.flatten(params)
     assert sorted(got) == sorted(want), (name, fmt)
     for key in want:
       np.testing.assert_array_equal(got[key], want[key], err_msg=f'{name} {fmt} {key}')
@@ -187,7 +187,7 @@ def test_npz_export_has_the_published_names_and_matches(sources, exports):
   arrays = files.read_npz(os.path.join(exports['token', 'npz'], 'model.npz'))
   assert 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel' in arrays
   assert 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel' in arrays
-  params = checkpoint.to_linen_names(checkpoint.unflatten(arrays))
+  params = pretrained.to_linen_names(pretrained.unflatten(arrays))
   images = source.images[:3]
   np.testing.assert_allclose(numpy_logits(source.model, params, images), source.logits(images),
                              atol=2e-5)
@@ -237,7 +237,7 @@ def test_cli_exports_a_trained_run_and_hf_carries_its_labels(digits_run, tmp_pat
 
 def zero_params(model, image_size):
   """Zero parameters of the right shapes for (S, S, 3) images, without compiling `init`."""
-  return checkpoint.unflatten({k: np.zeros(v, np.float32) for k, v in
+  return pretrained.unflatten({k: np.zeros(v, np.float32) for k, v in
                                layout.param_shapes(model, image_size, 3).items()})
 
 

@@ -21,9 +21,11 @@ import json  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from vit_jax import data  # pylint: disable=wrong-import-position
+from vit_jax import cli, data, flops  # pylint: disable=wrong-import-position
 from vit_jax.bench import (  # pylint: disable=wrong-import-position
-    flops, jax_side, report, timing, torch_ref)
+    jax_side, report, timing, torch_ref)
+
+cli.set_cpu_flag()  # before JAX starts a backend
 
 MODES = ('train', 'infer', 'data')
 DTYPES = ('float32', 'bfloat16')

@@ -2,7 +2,8 @@
 
 Modules: `sources` (`load_split` for 'digits', 'folder:<path>', 'tfds:<name>'), `folder`
 (image-folder trees and .tar.gz archives with a decoded-array cache), `split` (the in-memory
-`Split`), `subsets` (nested class-balanced subsets), `batches` (the training stream and the
+`Split`), `subsets` (nested class-balanced subsets, the validation hold-out,
+the evaluation sample, `load_data` of a training config), `batches` (the training stream and the
 evaluation pass), `transforms` (device-side augmentation and evaluation preprocessing).
 
 Shapes: N examples, B global batch, L = B / process_count local batch, H x W images with
@@ -13,8 +14,9 @@ in [-1, 1] on the device, inside the jitted step.
 from vit_jax.data.batches import TrainIterator, eval_batches
 from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, load_split
 from vit_jax.data.split import SPLITS, Split
-from vit_jax.data.subsets import nested_subset
-from vit_jax.data.transforms import augment, preprocess_eval
+from vit_jax.data.subsets import evenly_spaced, hold_out, load_data, nested_subset
+from vit_jax.data.transforms import augment, augment_from_config, preprocess_eval
 
 __all__ = ['CORRUPT_IMAGES', 'SOURCES', 'SPLITS', 'Split', 'TrainIterator', 'augment',
-           'eval_batches', 'load_split', 'nested_subset', 'preprocess_eval']
+           'augment_from_config', 'eval_batches', 'evenly_spaced', 'hold_out', 'load_data',
+           'load_split', 'nested_subset', 'preprocess_eval']

@@ -1,4 +1,7 @@
 """Augmentation and evaluation preprocessing on the device, inside the jitted step."""
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +20,15 @@ def _resize_box(images: jax.Array, corner: jax.Array, size: jax.Array,
 def _check_range(name: str, value: tuple[float, float], upper: float = np.inf) -> None:
   if not 0 < value[0] <= value[1] <= upper:
     raise ValueError(f'{name}={value} must satisfy 0 < min <= max <= {upper}.')
+
+
+def augment_from_config(config) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`augment` with the options of a training config (`image_size` and `augment.*`):
+  (images uint8 (B, H, W, C), key) -> (B, image_size, image_size, C) float32."""
+  aug = config.augment
+  return functools.partial(augment, image_size=config.image_size, crop=aug.crop,
+                           crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio),
+                           flip=aug.flip)
 
 
 def augment(images: jax.Array, key: jax.Array, *, image_size: int, crop: bool,

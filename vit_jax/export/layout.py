@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax import pretrained
 from vit_jax.models import get_model
 
 
@@ -124,4 +124,4 @@ def param_shapes(model: nn.Module, image_size: int | tuple[int, int], channels: 
   size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
   images = jax.ShapeDtypeStruct((1, *size, channels), np.float32)
   params: Any = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)['params']
-  return {k: tuple(v.shape) for k, v in checkpoint.flatten(params).items()}
+  return {k: tuple(v.shape) for k, v in pretrained.flatten(params).items()}

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, data
+from vit_jax import checkpoint, data, pretrained
 from vit_jax.export import layout
 from vit_jax.models import ResNet, T2TViT, VisionTransformer
 
@@ -103,7 +103,7 @@ class Source:
     dataset's class names are used when their number matches the head.
     """
     model = model.clone(**{k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)})
-    params = checkpoint.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
+    params = pretrained.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
     channels = input_channels(model, params, image_size, name)
     images_from = 'the given images'
     if images is None:
@@ -144,7 +144,7 @@ def predictor(model: nn.Module, params: Params) -> Callable[[np.ndarray], np.nda
 
 def input_channels(model: nn.Module, params: Params, image_size: int, name: str) -> int:
   """The channels C of the (S, S, C) images that `params` were made for (checked by shape)."""
-  shapes = {k: np.shape(v) for k, v in checkpoint.flatten(params).items()}
+  shapes = {k: np.shape(v) for k, v in pretrained.flatten(params).items()}
   for channels in (3, 1, 4, 2):
     if layout.param_shapes(model, image_size, channels) == shapes:
       return channels
@@ -168,8 +168,7 @@ def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: st
                     dataset, e)
     split = data.load_split('digits', 'test')
     names, source = None, 'the embedded digits (the run\'s dataset is not readable here)'
-  idx = np.linspace(0, len(split.labels) - 1, min(NUM_IMAGES, len(split.labels))).astype(int)
-  images = split.images[idx]
+  images = split.images[data.evenly_spaced(len(split.labels), NUM_IMAGES)]
   if images.shape[-1] != channels:
     if images.shape[-1] != 1:
       raise ValueError(f'{source} has {images.shape[-1]} channels, the model {channels}.')

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from vit_jax import checkpoint, files
+from vit_jax import files, pretrained
 from vit_jax.export import layout
 from vit_jax.export.source import Source, predictor
 
@@ -84,7 +84,7 @@ def create_kwargs(source: Source) -> dict[str, Any]:
 def state_dict(source: Source) -> dict[str, np.ndarray]:
   """`source`'s parameters as a timm VisionTransformer state dict."""
   model = source.model
-  return layout.to_state_dict(checkpoint.flatten(source.params),
+  return layout.to_state_dict(pretrained.flatten(source.params),
                               _entries(model.num_layers, model.classifier == 'token'))
 
 
@@ -143,7 +143,7 @@ def import_state_dict(state: Mapping[str, Any], *, num_heads: int, gelu_approxim
   shapes = layout.param_shapes(model, (grid * patch[0], grid * patch[1]), channels)
   flat = layout.from_state_dict(arrays, _entries(model.num_layers, class_token), shapes,
                                 'the timm checkpoint')
-  return model, checkpoint.unflatten(flat)
+  return model, pretrained.unflatten(flat)
 
 
 def load(directory: str):
