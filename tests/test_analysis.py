@@ -12,6 +12,8 @@ from vit_jax import config as config_lib
 from vit_jax import train
 from vit_jax.analysis import attention, embeddings, fourier, hessian, robustness, run
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 
 def test_filter_components_match_the_covariance_eigenvectors():
   kernel = np.random.default_rng(0).normal(size=(4, 4, 3, 40)) * np.linspace(1, 3, 48).reshape(

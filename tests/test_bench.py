@@ -14,6 +14,8 @@ from vit_jax.bench import __main__ as bench
 from vit_jax.bench import report, timing
 from vit_jax.models import get_model, resolved_fields
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 # Small, but matmul-dominated enough for the FLOP checks: 65 tokens of width 64.
 SMALL = dict(hidden_size=64, mlp_dim=256, num_heads=2, num_layers=1)
 TINY = ['--model=ViT-Ti_4', '--image-size=32', '--batch=4', '--num-classes=10',

@@ -57,6 +57,7 @@ def test_unknown_presets_are_named(module, arg, message):
     load(module, arg)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(cifar10.CIFAR10),
                     reason='environment: the CIFAR-10 archive (../shared/datasets/cifar10.tar.gz '
                     'or $VIT_JAX_CIFAR10) is not on this machine')

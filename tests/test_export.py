@@ -21,6 +21,8 @@ from vit_jax import checkpoint, data, export, files, pretrained, train
 from vit_jax.export import hf, layout, timm
 from vit_jax.models import get_model
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An odd width and head count, patch 4, class token, tanh GELU; and patch 8, mean pooling,
 # exact GELU, scanned layers (unstacked for export), one channel.

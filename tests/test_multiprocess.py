@@ -13,6 +13,8 @@ import pytest
 from conftest import ROOT, child_env
 from vit_jax import checkpoint, distributed, metrics, pretrained
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 # SGD: Adam turns the rounding noise of gradients that are zero in exact arithmetic (the key
 # bias) into full-size steps, so its parameters would not compare (see test_sharding.py).
 SMOKE = ['--config.optim.name=sgd', '--config.total_steps=4', '--config.batch_size=32', '--config.log_every=1',

@@ -16,6 +16,8 @@ from configs import quickstart
 from vit_jax import flops, optim, sharding, train
 from vit_jax.models import config_overrides, get_model
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 BATCH, LAYERS, DEVICES = 32, 2, 8
 
 

@@ -66,6 +66,7 @@ def _unique_smoke_models():
   return cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model,size', _unique_smoke_models())
 def test_every_registered_model_runs(model, size):
   params, images = init(model, size)

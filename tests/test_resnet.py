@@ -58,6 +58,7 @@ def test_stems_downsample_as_documented(stem, size, grid):
   assert feature_map.shape == (2, grid, grid, 32 * 8 * 4)
 
 
+@pytest.mark.slow
 def test_narrow_resnet_uses_fewer_groups():
   model = get_model('BiT-R14x0.25-small', num_classes=3)
   params, images = init(model, 16)

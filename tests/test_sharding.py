@@ -16,6 +16,8 @@ import pytest
 
 from conftest import ROOT, child_env
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 STEPS, BATCH, IMAGE, CLASSES = 3, 16, 16, 10
 MESHES = {
     'data': (('data', 8),),

@@ -16,6 +16,8 @@ from configs import finetune, quickstart
 from vit_jax import checkpoint, data, files, flops, metrics, pretrained, train
 from vit_jax.models import get_model
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ['--config.total_steps=6', '--config.batch_size=32', '--config.log_every=2',
          '--config.eval_every=3', '--config.checkpoint_every=3', '--config.model.num_layers=1',

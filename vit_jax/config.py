@@ -51,7 +51,9 @@ def _real(low: float, high: float = math.inf, *, open_low: bool = False, open_hi
   def valid(v):
     return ((v > low if open_low else v >= low) and
             (v < high if open_high else v <= high) and not math.isnan(v))
-  if high == math.inf:
+  if low == -math.inf and high == math.inf:
+    rule = 'a finite number'
+  elif high == math.inf:
     rule = f'{"> " if open_low else ">= "}{low}'
   else:
     rule = f'in {"(" if open_low else "["}{low}, {high}{")" if open_high else "]"}'
@@ -62,13 +64,13 @@ def _choice(*values, none: bool = False) -> Field:
   return Field((str,), lambda v: v in values, f'one of {values}', none)
 
 
-def _ints(length: int | None = None, none: bool = False) -> Field:
-  """A tuple of positive integers (of `length` when given)."""
-  def valid(v):
-    return (all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v) and
-            (length is None or len(v) == length))
-  rule = 'positive integers' if length is None else f'{length} positive integers'
-  return Field((tuple, list), valid, rule, none)
+def _is_int(v, low: int) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _ints(none: bool = False) -> Field:
+  """A tuple of positive integers."""
+  return Field((tuple, list), lambda v: all(_is_int(i, 1) for i in v), 'positive integers', none)
 
 
 def _range_pair(high: float) -> Field:
@@ -103,9 +105,10 @@ def _mesh(v) -> bool:
 
 
 _SOFT_SPLIT = Field(
-    (tuple, list), lambda v: all(isinstance(s, (tuple, list)) and len(s) == 3 and
-                                 _ints().valid(s) for s in v),
-    '(kernel, stride, padding) triples of positive integers', none=True)
+    (tuple, list), lambda v: all(
+        isinstance(s, (tuple, list)) and len(s) == 3 and _is_int(s[0], 1) and _is_int(s[1], 1)
+        and _is_int(s[2], 0) for s in v),
+    '(kernel, stride, padding) triples, padding >= 0 and the others positive', none=True)
 _POSITIVE_OR_NONE = _int(none=True)
 
 # Every model override a config may set (None = the registry's value). The names are exactly
@@ -167,7 +170,7 @@ TRAIN_FIELDS: dict[str, Field] = {
 SWEEP_FIELDS: dict[str, Field] = {
     'name': _TEXT,
     'train_sizes': Field((tuple, list), lambda v: len(v) > 0 and all(
-        s is None or _int().error('', s) is None for s in v),
+        s is None or _is_int(s, 1) for s in v),
                          'a non-empty tuple of positive integers or None (all)'),
 }
 SWEEP_MODEL_FIELDS: dict[str, Field] = {'lr': _real(0, open_low=True, none=True)}
