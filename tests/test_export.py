@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import onnxruntime
@@ -251,6 +252,23 @@ def test_timm_resnet_and_hybrid_load_into_timms_classes_and_match(sources, expor
   assert state['patch_embed.backbone.stem.conv.weight'].shape == (8, 3, 7, 7)
 
 
+def test_timm_stem_only_hybrid_has_the_layout_of_timms_r_ti_hybrid(tmp_path):
+  """R+ViT-Ti/16 (the BiT stem alone under the ViT) exports with the keys of timm's
+  vit_tiny_r_s16_p8_224, whose backbone is the stem without a `stem.` prefix."""
+  shape = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1, resnet_width=8,
+               patch_size=2)
+  model = get_model('R+ViT-Ti_16', num_classes=3, **shape)
+  source = export.Source.from_model('R+ViT-Ti_16', model, randomize(zero_params(model, 16)),
+                                    image_size=16)
+  manifest = export.export_source(source, 'timm', str(tmp_path / 'timm'))
+  assert max(manifest['verification']['max_abs_diff'].values()) <= 1e-4
+  state = safetensors_numpy.load_file(str(tmp_path / 'timm' / 'model.safetensors'))
+  stock = timm_lib.create_model('vit_tiny_r_s16_p8_224', img_size=16, patch_size=2,
+                                num_classes=3, embed_dim=32, depth=1, num_heads=2)
+  assert sorted(stock.state_dict()) == sorted(state)
+  assert state['patch_embed.backbone.conv.weight'].shape == (8, 3, 7, 7)
+
+
 def test_timm_kernel_makes_timms_weight_standardisation_give_ours():
   """timm standardises (w - mean) / sqrt(var + 1e-8), ours (w - mean) / (std + 1e-5): with the
   exported kernel timm's StdConv2dSame convolves with exactly our standardised kernel, for
@@ -281,12 +299,15 @@ def test_onnx_of_weight_standardised_models_uses_the_standardised_kernels(source
     np.testing.assert_allclose(kernel, centered / (centered.std(axis=(0, 1, 2)) + 1e-5),
                                atol=1e-5)
   params = stdconv.standardized_params(source)
-  with stdconv.plain_convolutions():
-    got = source.model.apply({'params': params}, source.images, train=False)
+  with stdconv.plain_convolutions():  # traced (and so intercepted) inside the block
+    got = jax.jit(lambda p, x: source.model.apply({'params': p}, x, train=False))(
+        params, source.images)
   np.testing.assert_allclose(got, source.logits(source.images), atol=1e-5)
 
 
 def test_onnx_exports_have_a_dynamic_batch_and_match(sources, exports):
+  """Batches of 1 and 5 (the export was verified on 8 and 3) against the NumPy reference ViT
+  for the plain ViTs, the JAX model otherwise."""
   for name, source in sources.items():
     session = onnxruntime.InferenceSession(os.path.join(exports[name, 'onnx'], 'model.onnx'))
     (inp,) = session.get_inputs()
@@ -297,8 +318,10 @@ def test_onnx_exports_have_a_dynamic_batch_and_match(sources, exports):
       rng = np.random.default_rng(batch)
       images = rng.uniform(-1, 1, (batch, 16, 16, channels)).astype(np.float32)
       got = session.run(['logits'], {'images': images})[0]
-      want = (numpy_logits(source.model, source.params, images) if name == 'gap'
-              else source.logits(images))
+      if name in ('token', 'gap'):
+        want = numpy_logits(source.model, source.params, images)
+      else:  # the JAX model, padded to the verification's batch of 8 (compiled already)
+        want = source.logits(np.concatenate([images, source.images])[:8])[:batch]
       np.testing.assert_allclose(got, want, atol=1e-4, err_msg=name)
 
 
