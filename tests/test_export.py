@@ -446,6 +446,14 @@ def test_a_failed_verification_writes_nothing(sources, tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
+def test_timm_export_without_timm_fails_and_writes_nothing(sources, tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'timm', None)  # `import timm` raises ImportError
+  with pytest.raises(export.VerificationError, match=r'verified by timm, which is not importable '
+                     r".*pip install 'vit_jax\[export\]'"):
+    export.export_source(sources['token'], 'timm', str(tmp_path / 'out'))
+  assert os.listdir(tmp_path) == []
+
+
 def test_timm_import_names_what_does_not_fit(exports):
   state = safetensors_numpy.load_file(os.path.join(exports['token', 'timm'], 'model.safetensors'))
   state['fc_norm.weight'] = np.ones(36, np.float32)
