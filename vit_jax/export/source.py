@@ -78,10 +78,12 @@ class Source:
   def unsupported(self, fmt: str, reason: str) -> UnsupportedError:
     return UnsupportedError(f'--format={fmt} cannot export {self.name} ({self.family}): {reason}.')
 
-  def require_plain_vit(self, fmt: str, target: str) -> None:
-    """Raises UnsupportedError unless the model is a plain ViT with a learned position
-    embedding and no pre-logits layer, what `target` (e.g. timm's VisionTransformer) holds."""
-    if self.family != 'vit':
+  def require_plain_vit(self, fmt: str, target: str, families: tuple[str, ...] = ('vit',)
+                        ) -> None:
+    """Raises UnsupportedError unless the model is a ViT (of `families`) with a learned
+    position embedding and no pre-logits layer, what `target` (e.g. timm's VisionTransformer)
+    holds."""
+    if self.family not in families:
       raise self.unsupported(fmt, f'only plain ViTs map onto {target}; use --format=onnx or npz')
     if self.model.representation_size is not None:
       raise self.unsupported(fmt, f'representation_size={self.model.representation_size}: '
@@ -136,9 +138,16 @@ class Source:
                           workdir=os.path.abspath(workdir), step=step)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(model: nn.Module) -> Callable:
+  """One jitted forward per model, so every parameter set of it (the source's, the ones read
+  back from an export) reuses the compilations."""
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+
+
 def predictor(model: nn.Module, params: Params) -> Callable[[np.ndarray], np.ndarray]:
   """The jitted forward pass: images (B, S, S, C) float32 -> logits (B, classes) NumPy."""
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  apply = _jitted_apply(model)
   return lambda images: np.asarray(apply(params, jnp.asarray(images, jnp.float32)))
 
 
@@ -175,7 +184,7 @@ def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: st
     images = np.repeat(images, channels, axis=-1)
   x = data.preprocess_eval(jnp.asarray(images), image_size=image_size,
                            crop_fraction=crop_fraction)
-  return np.asarray(x), names, f'{len(idx)} images of {source}'
+  return np.asarray(x), names, f'{len(images)} images of {source}'
 
 
 def random_images(source: Source, seed: int = 0) -> np.ndarray:
