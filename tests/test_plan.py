@@ -13,7 +13,7 @@ from jax.sharding import AbstractMesh
 
 from conftest import ROOT, child_env
 from configs import quickstart
-from vit_jax import optim, sharding, train
+from vit_jax import optim, plan, sharding, train
 from vit_jax.models import config_overrides, get_model
 
 BATCH, LAYERS, DEVICES = 32, 2, 8
@@ -88,3 +88,15 @@ def test_plan_flops_match_cost_analysis_of_the_unscanned_model(plans, model_and_
   result = plans('data')
   forward = train.forward_flops(model, (8, 8, 3))  # XLA's count for the whole unrolled model
   np.testing.assert_allclose(result['flops_per_step'], 3 * BATCH * forward, rtol=1e-6)
+
+
+@pytest.mark.parametrize('layers', [3, 4])
+def test_plan_flops_extrapolate_depth_to_the_unscanned_model(layers):
+  """F(L) = F(1) + (L - 1) (F(2) - F(1)) from 1- and 2-layer models against XLA's count for the
+  whole unscanned L-layer model (at L = 2 the formula reduces to F(2) and proves nothing)."""
+  config = quickstart.get_config()
+  config.model.num_layers, config.model.scan = layers, True
+  unscanned = get_model(config.model.name, num_classes=10,
+                        **dict(config_overrides(config.model), scan=False))
+  np.testing.assert_allclose(plan.forward_flops(config, 10, (8, 8, 3)),
+                             train.forward_flops(unscanned, (8, 8, 3)), rtol=1e-6)
