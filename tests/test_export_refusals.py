@@ -3,6 +3,7 @@ are one named error each, and nothing is written."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,9 +15,9 @@ from vit_jax.models import get_model
 
 def tiny_source(**overrides):
   model = get_model('ViT-Ti_16', num_classes=5, **dict(TINY_VIT, **overrides))
-  params, images = init(model, 16)
-  return export.Source.from_model('tiny', model, randomize(params), image_size=16,
-                                  images=np.asarray(images))
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  params = randomize(jax.eval_shape(model.init, jax.random.PRNGKey(0), images)['params'])
+  return export.Source.from_model('tiny', model, params, image_size=16, images=images)
 
 
 @pytest.mark.parametrize('fmt,target', [('hf', 'ViTForImageClassification'),
