@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import quickstart
+from numpy_vit import vit_forward
+from vit_jax import checkpoint, data, train
 from vit_jax import config as config_lib
-from vit_jax import train
 from vit_jax.analysis import attention, embeddings, fourier, hessian, robustness, run
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
@@ -69,9 +70,17 @@ def test_attention_rollout_equals_explicit_matrix_products():
     joint = np.linalg.multi_dot(layers[::-1])
     want = joint[0, 1:].reshape(2, 2)
     np.testing.assert_allclose(maps[b], want / want.max(), rtol=1e-10)
-  no_prefix = attention.attention_rollout(attn[..., 1:, 1:] / attn[..., 1:, 1:].sum(
-      -1, keepdims=True), (2, 2))
-  assert no_prefix.shape == (2, 2, 2) and no_prefix.max() == pytest.approx(1)
+  patches_only = attn[..., 1:, 1:] / attn[..., 1:, 1:].sum(-1, keepdims=True)
+  no_prefix = attention.attention_rollout(patches_only, (2, 2))
+  assert no_prefix.shape == (2, 2, 2)
+  for b in range(2):  # without a class token: the mean row of the patches
+    layers = []
+    for l in range(3):
+      a = patches_only[l, b].mean(0) + np.eye(4)
+      layers.append(a / a.sum(-1, keepdims=True))
+    want = np.linalg.multi_dot(layers[::-1]).mean(0).reshape(2, 2)
+    assert np.ptp(want / want.max()) > 0.01  # not a flat map
+    np.testing.assert_allclose(no_prefix[b], want / want.max(), rtol=1e-10)
 
 
 def test_relative_log_amplitude_against_an_explicit_dft():
@@ -143,7 +152,25 @@ def test_analyze_a_vit_run_writes_every_figure_and_the_numbers(trained_runs, tmp
   assert np.array(saved['fourier']['delta_log_amplitude']).shape == (2, 3)  # 4x4 grid: 0..pi
   assert np.array(saved['hessian']['top_eigenvalues']).shape == (1, 5)
   assert results['rollout']['maps'] == saved['rollout']['maps']
-  assert len(saved['noise']['accuracy_drop']) == 8 and 0 <= saved['noise']['clean_accuracy'] <= 1
+  assert len(saved['noise']['accuracy_drop']) == 8
+  # Two of the numbers recomputed with the NumPy reference ViT from the checkpoint: the mean
+  # attention distance on the 6 evenly spaced test images, the clean accuracy on up to 512.
+  _, model, params = checkpoint.load_run(trained_runs['vit'])
+  test = data.load_split('digits', 'test')
+  n = len(test.labels)
+  spread = lambda k: np.linspace(0, n - 1, min(k, n)).astype(int)
+  images = lambda idx: np.asarray(data.preprocess_eval(test.images[idx], image_size=8))
+  _, weights = vit_forward(params, images(spread(6)), patch_size=2)
+  rows, cols = np.divmod(np.arange(16), 4)  # 4x4 patches of 2 pixels
+  distance = 2 * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
+  for layer, w in enumerate(weights):
+    patches = w[..., 1:, 1:] / w[..., 1:, 1:].sum(-1, keepdims=True)  # (B, K, 16, 16)
+    want = (patches * distance).sum(-1).mean(axis=(0, 2))
+    np.testing.assert_allclose(saved['distance']['pixels'][layer], want, atol=1e-3)
+  idx = spread(512)
+  logits, _ = vit_forward(params, images(idx), patch_size=2)
+  accuracy = np.mean(logits.argmax(-1) == test.labels[idx])
+  assert saved['noise']['clean_accuracy'] == pytest.approx(accuracy, abs=1.5 / len(idx))
 
 
 def test_analyze_a_resnet_run_and_the_errors(trained_runs, tmp_path):

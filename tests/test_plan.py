@@ -1,5 +1,6 @@
 """Plan mode (`python -m vit_jax.main --plan`): per-device memory and FLOPs of a mesh of
 simulated devices, checked against byte counts and XLA's cost analysis made here."""
+import functools
 import json
 import math
 import subprocess
@@ -90,3 +91,16 @@ def test_plan_flops_match_cost_analysis_of_the_unscanned_model(plans, model_and_
   result = plans('data')
   forward = flops.xla_forward_flops(model, (8, 8, 3))  # XLA's count for the whole unrolled model
   np.testing.assert_allclose(result['flops_per_step'], 3 * BATCH * forward, rtol=1e-6)
+
+
+@pytest.mark.parametrize('layers', [3, 4])
+def test_plan_flops_extrapolate_depth_to_the_unscanned_model(layers):
+  """F(L) = F(1) + (L - 1) (F(2) - F(1)) from 1- and 2-layer models against XLA's count for the
+  whole unscanned L-layer model (at L = 2 the formula reduces to F(2) and proves nothing)."""
+  config = quickstart.get_config()
+  config.model.num_layers, config.model.scan = layers, True
+  unscanned = get_model(config.model.name, num_classes=10,
+                        **dict(config_overrides(config.model), scan=False))
+  build = functools.partial(train.build_model, config, 10, 3)
+  np.testing.assert_allclose(flops.forward_flops(build, (8, 8, 3), layers),
+                             flops.xla_forward_flops(unscanned, (8, 8, 3)), rtol=1e-6)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vit_jax.models import registry
-from conftest import init
+from conftest import init, randomize
 from vit_jax.models import get_model
 
 
@@ -70,9 +70,12 @@ def _unique_smoke_models():
 @pytest.mark.parametrize('model,size', _unique_smoke_models())
 def test_every_registered_model_runs(model, size):
   params, images = init(model, size)
-  logits = jax.jit(model.apply)({'params': params}, images)
+  # Random non-zero parameters (the head is zero-initialised, which gives logits exactly 0).
+  logits = jax.jit(model.apply)({'params': randomize(params)}, images)
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
+  # The logits depend on the image and differ between classes.
+  assert np.abs(logits[0] - logits[1]).max() > 1e-3 and np.ptp(logits, axis=1).min() > 1e-3
 
 
 def test_unknown_model_lists_known_names():

@@ -6,22 +6,10 @@ import pytest
 from scipy.special import erf
 
 from conftest import init, randomize
+from numpy_t2t import unfold as numpy_unfold
 from numpy_vit import layer_norm, softmax
 from vit_jax.models import get_model
 from vit_jax.models import t2t
-
-
-def numpy_unfold(x, k, s, p):
-  """PyTorch nn.Unfold semantics on NHWC: features ordered (channel, kernel row, kernel col)."""
-  b, h, w, c = x.shape
-  x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-  out = np.zeros((b, oh, ow, c * k * k), x.dtype)
-  for i in range(oh):
-    for j in range(ow):
-      patch = x[:, i * s:i * s + k, j * s:j * s + k, :]  # (b, k, k, c)
-      out[:, i, j] = patch.transpose(0, 3, 1, 2).reshape(b, -1)
-  return out
 
 
 @pytest.mark.parametrize('k,s,p', [(7, 4, 2), (3, 2, 1), (3, 1, 1)])

@@ -1,0 +1,95 @@
+"""The sweep's failure branches: a point killed by a signal, the error line picked from a failed
+point's output, error.txt removed by a later success, and --dry_run."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from configs import data_scaling
+from conftest import FAST_COMPILE, ROOT
+from vit_jax import sweep
+
+
+@pytest.mark.parametrize('output,returncode,want', [
+    ('loading\nError: train_size=5000 must be between 1 and 1438\n', 1,
+     'Error: train_size=5000 must be between 1 and 1438'),
+    ('Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad shape\n', 1,
+     'ValueError: bad shape'),
+    ('jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: out of memory\nsome cleanup\n', 1,
+     'jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: out of memory'),
+    ('step 10\nstep 20\n', 3, 'exited with status 3: step 20'),
+    ('', -9, 'exited with status -9'),
+])
+def test_error_message_is_the_informative_line(output, returncode, want):
+  assert sweep._error_message(output, returncode) == want
+
+
+def test_a_long_error_line_is_cut():
+  assert sweep._error_message('Error: ' + 'x' * 1000, 1) == ('Error: ' + 'x' * 1000)[:500]
+
+
+@pytest.mark.slow
+def test_dry_run_lists_the_points_and_writes_nothing(tmp_path):
+  workdir = tmp_path / 'sweep'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
+       f'--workdir={workdir}', '--dry_run', '--config.train_sizes=(60, 90, 120)'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  points = [l for l in lines if l.startswith('[')]
+  assert [l.split(':')[0] for l in points] == [
+      '[0] ResNet', '[1] ResNet', '[2] ResNet', '[3] ViT-1', '[4] ViT-1', '[5] ViT-1']
+  assert 'train_size=90 steps=4 batch=64' in points[1]
+  assert f'    workdir={workdir / "ViT-1_n120"}' in lines
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_path, monkeypatch):
+  """The child of a point is killed (SIGKILL): the point is 'failed' with 'exited with status
+  -9' in error.txt and results.csv. Run again to the end, it is 'done' and error.txt is gone."""
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  monkeypatch.setenv('XLA_FLAGS', FAST_COMPILE)
+  argv = ['sweep', '--config=configs/data_scaling.py:smoke', f'--workdir={tmp_path}',
+          '--config.train_sizes=(60,)']
+  config = data_scaling.get_config('smoke')
+  config.train_sizes = (60,)
+  points = sweep.expand(config, str(tmp_path))
+  index = 1
+  point = points[index]
+  assert point.label == 'ViT-1'
+  error_path = os.path.join(point.workdir, 'error.txt')
+
+  current = []
+
+  def kill_once_started():
+    deadline = time.time() + 120
+    while not current and time.time() < deadline:
+      time.sleep(0.01)
+    if current:
+      current[0].send_signal(signal.SIGKILL)
+  killer = threading.Thread(target=kill_once_started)
+  killer.start()
+  status, error = sweep.run_point(index, point, argv, current)
+  killer.join()
+  assert status == 'failed' and error.startswith('exited with status -9'), error
+  with open(error_path) as f:
+    assert f.read() == error + '\n'
+  rows = sweep.write_results(points, str(tmp_path / 'results.csv'))
+  assert (rows[index]['status'], rows[index]['error']) == ('failed', error)
+  assert (rows[0]['status'], rows[0]['error']) == ('failed', 'not run')
+  assert not current
+
+  status, error = sweep.run_point(index, point, argv, current)
+  assert (status, error) == ('done', '')
+  assert not os.path.exists(error_path)
+  assert os.path.exists(os.path.join(point.workdir, 'result.json'))
+  row = sweep.write_results(points, str(tmp_path / 'results.csv'))[index]
+  assert row['status'] == 'done' and row['error'] == '' and row['steps'] == 4
