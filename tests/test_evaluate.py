@@ -1,6 +1,5 @@
 """Evaluation (vit_jax/evaluate.py): loss, accuracy and features over padded, masked batches
 against a direct count on the whole split; the validation hold-out; the best-step selection."""
-import jax
 import numpy as np
 import pytest
 
