@@ -10,6 +10,8 @@ from conftest import TINY_VIT, init, randomize
 from vit_jax import checkpoint, files, pretrained
 from vit_jax.models import get_model
 
+pytestmark = pytest.mark.slow  # every test compiles a model
+
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 
 
@@ -98,7 +100,6 @@ def test_load_at_new_resolution_resizes_posemb(tiny_vit, tmp_path):
   assert big.apply({'params': loaded}, big_images).shape == (2, 5)
 
 
-@pytest.mark.slow
 def test_new_class_count_gets_zero_head_and_pre_logits_follow_the_model(tmp_path):
   model = get_model('ViT-Ti_16', num_classes=5, representation_size=16, **TINY_VIT)
   params, images = init(model, 16)

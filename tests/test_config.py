@@ -120,6 +120,7 @@ def run(module, *flags):
                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module,flags,message', [
     ('vit_jax.main', ['--config=configs/cifar10.py:convnext', '--workdir=/tmp/unused'],
      "Error: --config=configs/cifar10.py:convnext: Unknown cifar10 preset 'convnext'"),
@@ -139,6 +140,7 @@ def test_config_errors_are_one_error_line(tmp_path, module, flags, message):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_importing_the_library_leaves_xla_flags_alone():
   code = ('import os; os.environ["XLA_FLAGS"] = "--mine"; import vit_jax, vit_jax.train; '
           'print(os.environ["XLA_FLAGS"])')

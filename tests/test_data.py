@@ -355,6 +355,7 @@ def test_augment_flip_mirrors_about_half():
   assert any(same) and any(mirrored)
 
 
+@pytest.mark.slow
 def test_augment_crop_geometry():
   # The whole square with ratio 1 is the plain resize.
   full = run_augment(RANDOM_IMAGES, image_size=12, crop=True, crop_scale=(1., 1.),

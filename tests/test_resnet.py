@@ -17,6 +17,7 @@ def test_weight_standardisation_matches_numpy():
   np.testing.assert_allclose(resnet.standardize(jnp.asarray(kernel)), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_stdconv_convolves_with_the_standardised_kernel():
   conv = resnet.StdConv(8, (3, 3), use_bias=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 4))
@@ -50,6 +51,7 @@ class Features(resnet.nn.Module):
                                   dtype=jnp.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stem,size,grid', [('bit', 64, 2), ('small', 32, 4)])
 def test_stems_downsample_as_documented(stem, size, grid):
   feature_map = jax.eval_shape(

@@ -34,6 +34,7 @@ def test_token_transformer_matches_numpy():
   np.testing.assert_allclose(layer.apply({'params': params}, x), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_t2t_on_32px_with_configured_soft_split():
   model = get_model('T2T-ViT-7', num_classes=10, soft_split=((3, 1, 1), (3, 2, 1), (3, 2, 1)),
                     hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2, token_dim=16)

@@ -11,6 +11,8 @@ from vit_jax import pretrained
 from vit_jax.models import forward_with_intermediates, get_model
 from vit_jax.models import vit
 
+pytestmark = pytest.mark.slow  # every test compiles a model
+
 
 @pytest.mark.parametrize('classifier,representation_size', [('token', None), ('gap', None),
                                                             ('token', 16)])
@@ -80,7 +82,6 @@ def test_scan_matches_unrolled_from_same_weights(tiny_vit):
   np.testing.assert_allclose(a['attention_weights'], b['attention_weights'], atol=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('scan', [False, True])
 def test_remat_keeps_values_and_gradients(tiny_vit, scan):
   model, params, images = tiny_vit
@@ -189,7 +190,6 @@ def _train_step_hlo_size(num_layers: int, scan: bool) -> int:
   return len(jax.jit(jax.grad(loss)).lower(params, images).as_text().splitlines())
 
 
-@pytest.mark.slow
 def test_scanned_program_size_is_flat_in_depth():
   """Compile time follows program size: with scan, 36 layers are as big a program as 12
   (measured compile times: experiments/scale/README.md); unrolled, it grows with depth."""

@@ -112,7 +112,8 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   prepare = lambda idx: data.preprocess_eval(jnp.asarray(test.images[idx]),
                                              image_size=config.image_size,
                                              crop_fraction=config.eval.crop_fraction)
-  x = prepare(data.evenly_spaced(len(test.labels), num_images))  # evenly spaced: test splits are often sorted by class
+  # Evenly spaced: test splits are often sorted by class.
+  x = prepare(data.evenly_spaced(len(test.labels), num_images))
   if kind in ('vit', 'hybrid') and {'distance', 'rollout', 'fourier'} & set(wanted):
     _, inter = forward_with_intermediates(model, {'params': params}, x)
     attn = np.asarray(inter['attention_weights'])
@@ -143,7 +144,7 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     plots.fourier(curves, figure('fourier'))
     results['fourier'] = {'delta_log_amplitude': [c.round(4).tolist() for c in curves]}
   if 'noise' in wanted:
-    idx = spread(NOISE_IMAGES)
+    idx = data.evenly_spaced(len(test.labels), NOISE_IMAGES)
     results['noise'] = noise_robustness(model, params, np.asarray(prepare(idx)),
                                         test.labels[idx])
     plots.noise(results['noise'], figure('noise'))

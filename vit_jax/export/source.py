@@ -177,7 +177,8 @@ def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: st
                     dataset, e)
     split = data.load_split('digits', 'test')
     names, source = None, 'the embedded digits (the run\'s dataset is not readable here)'
-  images = split.images[data.evenly_spaced(len(split.labels), NUM_IMAGES)]
+  idx = data.evenly_spaced(len(split.labels), NUM_IMAGES)
+  images = split.images[idx]
   if images.shape[-1] != channels:
     if images.shape[-1] != 1:
       raise ValueError(f'{source} has {images.shape[-1]} channels, the model {channels}.')

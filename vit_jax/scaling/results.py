@@ -1,8 +1,9 @@
 """The sweep's results schema: `results.csv`, one row per (model, training-set size) point.
 
 `COLUMNS` are the columns the sweep writes (`write_results`) and the report reads
-(`read_results`); `from_result` maps a run's `result.json` to them. `curves` groups the finished rows
-by model; `gaps`, `reference` (the ResNet baseline), `vits_by_depth` and `sizes` select from them.
+(`read_results`); `from_result` maps a run's `result.json` to them. `curves` groups the
+finished rows by model; `gaps`, `reference` (the ResNet baseline), `vits_by_depth` and `sizes`
+select from them.
 """
 import csv
 import os
