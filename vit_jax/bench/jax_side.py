@@ -10,6 +10,7 @@ import numpy as np
 
 from configs import common
 from vit_jax import data, optim, sharding, train
+from vit_jax.bench import flops, report
 from vit_jax.models import config_overrides, resolved_fields
 
 
@@ -142,3 +143,23 @@ def peak_memory(memory_bytes: int | None) -> int | None:
   compiled-program figure."""
   stats = jax.devices()[0].memory_stats()
   return stats['peak_bytes_in_use'] if stats and 'peak_bytes_in_use' in stats else memory_bytes
+
+
+def worker_steps(spec: dict) -> tuple[dict[str, Callable[[], None]], dict, Callable[[], dict]]:
+  """Our side in a benchmark worker (`worker.py`): ({'step': the train step or forward pass,
+  and on devices without a datasheet peak 'matmul': the matmul ceiling}, description,
+  function giving the device's peak memory at the end)."""
+  config = make_config(spec['model'], batch=spec['batch'], image_size=spec['image_size'],
+                       dtype=spec['dtype'], overrides=spec['overrides'])
+  build = train_bench if spec['mode'] == 'train' else infer_bench
+  ours = build(config, spec['num_classes'])
+  steps = {'step': ours.step}
+  peak, source = flops.datasheet_peak(jax.devices()[0], spec['dtype'])
+  if peak is None:  # CPU: the matmul ceiling, timed in the same rounds as the model
+    steps['matmul'], info_flops = flops.matmul_step(spec['dtype'])
+    source = f'measured: {spec["dtype"]} 2048x2048 matmul in the same rounds'
+  info = {**report.environment(), 'xla_flops_per_image': ours.xla_flops / spec['batch'],
+          'num_params': ours.num_params, 'memory_source': ours.memory_source,
+          'peak_flops': peak, 'peak_flops_source': source,
+          'matmul_flops': None if peak else info_flops}
+  return steps, info, lambda: {'memory_bytes': peak_memory(ours.memory_bytes)}
