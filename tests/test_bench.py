@@ -129,22 +129,30 @@ def test_subjects_run_in_separate_processes_alternately(train_record):
   assert {train_record[s]['step_time_s']['n'] for s in sides} == {2}
 
 
-def test_reference_model_matches_ours_on_the_same_weights():
-  """The PyTorch reference model (transformers ViT as the harness builds it) and the model of
-  our benchmarked step give the same logits when given the same weights."""
+@pytest.mark.parametrize('library', ['transformers', 'timm'])
+def test_reference_model_matches_ours_on_the_same_weights(library):
+  """The PyTorch reference models as the harness builds them (transformers' ViT on CPU, timm's
+  on GPU) give the logits of our benchmarked model when given the same weights."""
   import torch  # pylint: disable=import-outside-toplevel
-  from vit_jax.export import hf  # pylint: disable=import-outside-toplevel
+  from vit_jax.export import hf, timm  # pylint: disable=import-outside-toplevel
   config = jax_side.make_config('ViT-Ti_4', batch=2, image_size=32, dtype='float32',
                                 overrides=SMALL)
   fields = jax_side.model_fields(config)
   torch.manual_seed(0)
-  theirs = torch_ref.hf_vit(fields, 32, 10).eval()
-  _, params = hf.import_state_dict(theirs.state_dict(), theirs.config)
+  if library == 'transformers':
+    theirs = torch_ref.hf_vit(fields, 32, 10).eval()
+    _, params = hf.import_state_dict(theirs.state_dict(), theirs.config)
+    call = lambda x: theirs(pixel_values=x).logits
+  else:
+    theirs = torch_ref.timm_vit(fields, 32, 10, torch).eval()
+    _, params = timm.import_state_dict(theirs.state_dict(), num_heads=fields['num_heads'],
+                                       gelu_approximate=True)
+    call = theirs
   images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   with torch.no_grad():
-    expected = theirs(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits
+    expected = call(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
   ours = train.build_model(config, 10, channels=3).apply({'params': params}, images, train=False)
-  np.testing.assert_allclose(np.asarray(ours), expected.numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_fast_bf16_detection(tmp_path):

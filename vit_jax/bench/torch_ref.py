@@ -55,7 +55,7 @@ def hf_vit(fields: dict, image_size: int, num_classes: int):
   return transformers.ViTForImageClassification(config)
 
 
-def _timm_vit(fields: dict, image_size: int, num_classes: int, torch):
+def timm_vit(fields: dict, image_size: int, num_classes: int, torch):
   """timm's ViT (fused SDPA attention), shaped like our model."""
   try:
     from timm.models import vision_transformer  # pylint: disable=import-outside-toplevel
@@ -100,7 +100,7 @@ def reference_steps(mode: str, fields: dict, *, image_size: int, batch: int, num
       raise RuntimeError('JAX runs on a GPU but this torch has no CUDA: install a CUDA torch '
                          'build to compare on the GPU.')
     device = torch.device('cuda')
-    model = _timm_vit(fields, image_size, num_classes, torch).to(device)
+    model = timm_vit(fields, image_size, num_classes, torch).to(device)
     name, sync = 'timm VisionTransformer + torch.compile', torch.cuda.synchronize
     library = 'timm', sys.modules['timm'].__version__
   else:
