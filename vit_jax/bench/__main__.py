@@ -29,7 +29,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from vit_jax import data  # pylint: disable=wrong-import-position
 from vit_jax.bench import (  # pylint: disable=wrong-import-position
-    flops, jax_side, report, timing, torch_ref, worker)
+    flops, jax_side, original_ref, report, timing, torch_ref, worker)
 
 MODES = ('train', 'infer', 'data')
 DTYPES = ('float32', 'bfloat16')
@@ -99,8 +99,11 @@ def measure(args: argparse.Namespace) -> dict:
   record = {'mode': args.mode, 'model': config.model.name, 'image_size': args.image_size,
             'batch': args.batch, 'dtype': args.dtype, 'num_classes': args.num_classes,
             'model_fields': {k: v for k, v in fields.items() if v is not None}}
+  jax_side.build_model(config, args.num_classes)  # its checks, before any worker starts
   if args.vs:
-    torch_ref.check_fields(fields)  # before anything compiles
+    torch_ref.check_fields(fields)
+  if args.vs_ref:
+    original_ref.check_checkout(args.vs_ref)
   if args.mode == 'data':
     record.update(report.environment())
     steps = jax_side.pipeline_steps(config, _split(args, config))

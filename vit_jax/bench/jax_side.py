@@ -41,11 +41,12 @@ class Bench:
   num_params: int
 
 
-def _build_model(config, num_classes: int):
+def build_model(config, num_classes: int):
+  """The benchmarked model. Its own checks (e.g. the patch size must divide the image) run
+  here on abstract values, so they fail early without starting a JAX backend."""
   model = train.build_model(config, num_classes, channels=3)
-  # The model's own checks (e.g. the patch size must divide the image) fail here, early.
-  jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                 jnp.zeros((1, config.image_size, config.image_size, 3)))
+  jax.eval_shape(model.init, jax.ShapeDtypeStruct((2,), jnp.uint32),
+                 jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32))
   return model
 
 
@@ -78,7 +79,7 @@ def train_bench(config, num_classes: int) -> Bench:
   backward, optimizer update; donated state) on a device-resident uint8 batch."""
   mesh = sharding.make_mesh(config.mesh)
   _check_batch(config, mesh)
-  model = _build_model(config, num_classes)
+  model = build_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   shape = (config.image_size, config.image_size, 3)
   _, shardings, init = train.init_state(model, tx, config, shape, mesh)
@@ -102,7 +103,7 @@ def infer_bench(config, num_classes: int) -> Bench:
   """The jitted forward pass (train=False) on a device-resident float32 batch in [-1, 1]."""
   mesh = sharding.make_mesh(config.mesh)
   _check_batch(config, mesh)
-  model = _build_model(config, num_classes)
+  model = build_model(config, num_classes)
   shape = (config.image_size, config.image_size, 3)
   params = jax.jit(model.init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.seed), jnp.zeros((1, *shape)))

@@ -7,8 +7,9 @@ accumulator), donated parameters and optimizer state; jitted on one device inste
 `pmap`. No augmentation (its input pipeline runs on the host with tf.data): float images already
 in [-1, 1]. float32 (the original has no compute-dtype option).
 
-The checkout's package is also named `vit_jax`, so this module is loaded by path in a worker
-process of its own (`worker.py`), never beside our package, and imports nothing of ours.
+The checkout's package is also named `vit_jax`, so the steps are built in a worker process of
+its own (`worker.py`, which loads this module by path), never beside our package; this module
+imports nothing of ours.
 """
 import importlib.util
 import os
@@ -23,13 +24,18 @@ import numpy as np
 import optax
 
 
+def check_checkout(ref_dir: str) -> None:
+  """Raises FileNotFoundError unless ref_dir holds the original's vit_jax/models_vit.py."""
+  if not os.path.isfile(os.path.join(ref_dir, 'vit_jax', 'models_vit.py')):
+    raise FileNotFoundError(f'--vs-ref={ref_dir} is not a google-research/vision_transformer '
+                            'checkout: it has no vit_jax/models_vit.py.')
+
+
 def _import_models_vit(ref_dir: str):
   """`vit_jax.models_vit` of the checkout in ref_dir, without running its package __init__
   (which imports the LiT models and their text dependencies)."""
+  check_checkout(ref_dir)
   package_dir = os.path.join(ref_dir, 'vit_jax')
-  if not os.path.isfile(os.path.join(package_dir, 'models_vit.py')):
-    raise FileNotFoundError(f'--vs-ref={ref_dir} is not a google-research/vision_transformer '
-                            'checkout: it has no vit_jax/models_vit.py.')
   package = types.ModuleType('vit_jax')
   package.__path__ = [package_dir]
   sys.modules['vit_jax'] = package
