@@ -8,8 +8,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
-    # `configs` is a package too: the model registry reads its size table (configs/models.py).
-    packages=find_packages(include=['vit_jax', 'vit_jax.*', 'configs']),
+    # configs/ holds presets loaded by path (`--config=configs/<file>.py`), not a package.
+    packages=find_packages(include=['vit_jax', 'vit_jax.*']),
     # Ranges that were installed and tested together (Python 3.11, CPU).
     install_requires=[
         'absl-py>=2.1,<3',
@@ -29,13 +29,15 @@ setup(
     extras_require={
         # Export to PyTorch / timm / ONNX and the PyTorch reference of the benchmarks. torch and
         # torchvision are pinned exactly to the pair that installs and imports together (CUDA
-        # builds, which run on the CPU); timm needs torchvision.
+        # builds, which run on the CPU); timm needs torchvision. timm is pinned to the minor
+        # release tested: the hybrid and ResNet exports build its ResNetV2 / HybridEmbed classes
+        # directly, whose arguments change between releases.
         'export': [
             'jax2onnx>=0.17.1,<0.18',
             'onnx>=1.23,<1.24',
             'onnxruntime>=1.31,<1.32',
             'safetensors>=0.8,<0.9',
-            'timm>=1.0,<2',
+            'timm>=1.0.31,<1.1',
             'torch==2.14.1',
             'torchvision==0.29.1',
             'transformers>=5.23,<6',

@@ -16,7 +16,7 @@ horizontal flips. Results and run times: experiments/cifar10/README.md.
 """
 import os
 
-from configs import common
+from vit_jax import config as config_lib
 
 CIFAR10 = os.environ.get('VIT_JAX_CIFAR10', os.path.join(
     os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'datasets',
@@ -40,8 +40,8 @@ def get_config(arg: str = 'vit'):
                      'optionally followed by ",cpu".')
   cpu = 'cpu' in options
   name, overrides = MODELS[preset][cpu]
-  config = common.get_config()
-  config.model = common.model_config(name, **overrides)
+  config = config_lib.defaults()
+  config.model = config_lib.model_config(name, **overrides)
   config.dataset = f'folder:{os.path.normpath(CIFAR10)}'
   config.image_size = 32
   config.batch_size = 64 if cpu else 256

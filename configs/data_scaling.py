@@ -28,17 +28,18 @@ are reported).
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from configs import cifar10, common, pretrain
+from configs import cifar10, pretrain
+from vit_jax import config as config_lib
 
 
 def _entry(name: str, lr: float | None = None, **overrides) -> ml_collections.ConfigDict:
   """One model of the sweep: a registry name with overrides, optionally its own learning rate."""
-  return ml_collections.ConfigDict(dict(model=common.model_config(name, **overrides),
+  return ml_collections.ConfigDict(dict(model=config_lib.model_config(name, **overrides),
                                         lr=placeholder(float) if lr is None else lr))
 
 
 def _digits(steps: int, sizes: tuple, models: dict) -> ml_collections.ConfigDict:
-  base = common.get_config()
+  base = config_lib.defaults()
   base.dataset, base.image_size, base.batch_size = 'digits', 8, 64
   base.total_steps = steps
   base.log_every = base.eval_every = max(steps // 4, 1)

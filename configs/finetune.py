@@ -16,7 +16,8 @@ layer is dropped.
 Expected (paper, Table 5 / B.1.1): ViT-B/16 pre-trained on ImageNet-21k reaches about 98.9% on
 CIFAR-10; needs a GPU or TPU (10k steps of batch 512 at 384 px).
 """
-from configs import cifar10, common
+from configs import cifar10
+from vit_jax import config as config_lib
 
 # dataset -> (source, steps, image size)
 DATASETS = {
@@ -28,12 +29,12 @@ DATASETS = {
 
 
 def get_config(arg: str = 'B_16,cifar10'):
-  model, dataset = common.model_and_dataset(arg, 'finetune', DATASETS)
+  model, dataset = config_lib.model_and_dataset(arg, 'finetune', DATASETS)
   source, steps, image_size = DATASETS[dataset]
   name = model.replace('+', '+ViT-') if '+' in model else f'ViT-{model}'
 
-  config = common.get_config()
-  config.model = common.model_config(name)
+  config = config_lib.defaults()
+  config.model = config_lib.model_config(name)
   config.dataset = source
   config.image_size = image_size
   config.batch_size = 512

@@ -15,8 +15,8 @@ sized for one machine. ImageNet needs TensorFlow Datasets (`pip install -e ".[tf
 """
 import os
 
-from configs import common
-from configs import models
+from vit_jax import config as config_lib
+from vit_jax.models import registry
 
 # dataset -> (source, train images, epochs, lr, weight decay, dropout)
 DATASETS = {
@@ -30,16 +30,16 @@ BATCH = 4096
 
 
 def get_config(arg: str = 'B_16,i21k'):
-  model, dataset = common.model_and_dataset(arg, 'pretrain', DATASETS)
+  model, dataset = config_lib.model_and_dataset(arg, 'pretrain', DATASETS)
   source, images, epochs, lr, weight_decay, dropout = DATASETS[dataset]
   if dataset == 'jft':
     lr = JFT_LR.get(model, JFT_LR.get(model.split('_')[0], 8e-4))
     epochs = 14 if model == 'H_14' else epochs
   name = f'ViT-{model}'
-  hidden_size = models.get_model_config(name).hidden_size  # pre-logits as wide as the model
+  hidden_size = registry.get_model_config(name).hidden_size  # pre-logits as wide as the model
 
-  config = common.get_config()
-  config.model = common.model_config(name, representation_size=hidden_size,
+  config = config_lib.defaults()
+  config.model = config_lib.model_config(name, representation_size=hidden_size,
                                      dropout_rate=dropout)
   config.dataset = source
   config.image_size = 224

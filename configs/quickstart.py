@@ -5,12 +5,12 @@
 ViT-Nano/2 (64 wide, 4 layers, 16 tokens), 1,437 training images, 600 steps of batch 128.
 Expected: test accuracy about 0.95 in about 1-2 minutes on 2 CPU cores.
 """
-from configs import common
+from vit_jax import config as config_lib
 
 
 def get_config():
-  config = common.get_config()
-  config.model = common.model_config('ViT-Nano_2', num_layers=4, dropout_rate=0.1)
+  config = config_lib.defaults()
+  config.model = config_lib.model_config('ViT-Nano_2', num_layers=4, dropout_rate=0.1)
   config.dataset = 'digits'
   config.image_size = 8
   config.batch_size = 128

@@ -5,7 +5,10 @@ import jax
 import numpy as np
 import pytest
 
+from vit_jax import cli
 from vit_jax.models import get_model
+
+cli.set_cpu_flag()  # the tests run with the XLA settings of our commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = dict(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2, patch_size=4)
@@ -44,4 +47,5 @@ def child_env(devices: int) -> dict[str, str]:
   checkout (not whatever `vit_jax` the interpreter has installed)."""
   path = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
   return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=path,
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}')
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE} '
+              f'--{cli.CPU_FLAG}=')

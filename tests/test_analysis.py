@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common, quickstart
+from configs import quickstart
+from vit_jax import config as config_lib
 from vit_jax import train
 from vit_jax.analysis import attention, embeddings, fourier, hessian, robustness, run
+
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
 
 def test_filter_components_match_the_covariance_eigenvectors():
@@ -119,7 +122,7 @@ def trained_runs(tmp_path_factory):
                                  ('sincos', 'ViT-Nano_2', dict(vit, posemb='sincos2d')),
                                  ('resnet', 'BiT-R14x0.25-small', {})):
     config = quickstart.get_config()
-    config.model = common.model_config(model, **overrides)
+    config.model = config_lib.model_config(model, **overrides)
     config.total_steps = config.log_every = config.eval_every = config.checkpoint_every = 3
     config.batch_size, config.eval.fewshot_shots = 32, ()
     workdir = tmp_path_factory.mktemp(name)

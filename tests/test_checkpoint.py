@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_VIT, init, randomize
-from vit_jax import checkpoint, files
+from vit_jax import checkpoint, files, pretrained
 from vit_jax.models import get_model
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -33,10 +33,10 @@ def test_pre_linen_round_trip_gives_identical_logits(tiny_vit, tmp_path):
 
 def test_linen_naming_and_big_vision_prefix_load(tiny_vit, tmp_path):
   _, params, _ = tiny_vit
-  flat = checkpoint.flatten(as_numpy(params))
+  flat = pretrained.flatten(as_numpy(params))
   path = tmp_path / 'bv.npz'
   np.savez(path, **{f'params/{k}': v for k, v in flat.items()})
-  loaded = checkpoint.flatten(checkpoint.load_pretrained(str(path), params))
+  loaded = pretrained.flatten(checkpoint.load_pretrained(str(path), params))
   assert loaded.keys() == flat.keys()
   for k in flat:
     np.testing.assert_array_equal(loaded[k], flat[k])
@@ -76,12 +76,12 @@ def bilinear_reference(grid, new):
 
 def test_resize_posemb_matches_independent_bilinear():
   posemb = np.random.default_rng(0).normal(size=(1, 1 + 4 * 4, 6)).astype(np.float64)
-  out = checkpoint.resize_posemb(posemb, 1 + 7 * 7, num_prefix=1)
+  out = pretrained.resize_posemb(posemb, 1 + 7 * 7, num_prefix=1)
   assert out.shape == (1, 50, 6)
   np.testing.assert_array_equal(out[0, 0], posemb[0, 0])  # class token kept apart
   want = bilinear_reference(posemb[0, 1:].reshape(4, 4, 6), 7).reshape(49, 6)
   np.testing.assert_allclose(out[0, 1:], want, atol=1e-12)
-  gap = checkpoint.resize_posemb(posemb[:, 1:], 7 * 7, num_prefix=0)
+  gap = pretrained.resize_posemb(posemb[:, 1:], 7 * 7, num_prefix=0)
   np.testing.assert_allclose(gap[0], want, atol=1e-12)
 
 
@@ -91,13 +91,14 @@ def test_load_at_new_resolution_resizes_posemb(tiny_vit, tmp_path):
   big = get_model('ViT-Ti_16', num_classes=5, **TINY_VIT)
   big_params, big_images = init(big, 28)  # 4x4 -> 7x7 grid
   loaded = checkpoint.load_pretrained(path, big_params)
-  want = checkpoint.resize_posemb(np.asarray(params['Transformer']['posembed_input']
+  want = pretrained.resize_posemb(np.asarray(params['Transformer']['posembed_input']
                                              ['pos_embedding']), 50, 1)
   np.testing.assert_array_equal(loaded['Transformer']['posembed_input']['pos_embedding'], want)
   np.testing.assert_array_equal(loaded['head']['kernel'], params['head']['kernel'])
   assert big.apply({'params': loaded}, big_images).shape == (2, 5)
 
 
+@pytest.mark.slow
 def test_new_class_count_gets_zero_head_and_pre_logits_follow_the_model(tmp_path):
   model = get_model('ViT-Ti_16', num_classes=5, representation_size=16, **TINY_VIT)
   params, images = init(model, 16)
@@ -121,7 +122,7 @@ def test_hybrid_groupnorm_stored_as_4d_loads(tmp_path):
                     num_layers=1, resnet_width=32, resnet_layers=(1,))
   params, images = init(model, 16)
   params = randomize(params)
-  flat = checkpoint.flatten(as_numpy(params))
+  flat = pretrained.flatten(as_numpy(params))
   stored = {k: v.reshape(1, 1, 1, -1) if '/gn' in f'/{k}' else v for k, v in flat.items()}
   assert stored['gn_root/scale'].shape == (1, 1, 1, 32)
   np.savez(tmp_path / 'h.npz', **stored)
@@ -145,7 +146,7 @@ def test_wrong_architecture_reports_keys_and_shapes(tiny_vit, tmp_path):
 
 def test_unexpected_keys_fail_unless_not_strict(tiny_vit, tmp_path):
   _, params, _ = tiny_vit
-  flat = checkpoint.flatten(as_numpy(params))
+  flat = pretrained.flatten(as_numpy(params))
   np.savez(tmp_path / 'x.npz', extra=np.zeros(3), **flat)
   with pytest.raises(ValueError, match=r'unexpected in the checkpoint \(1\):\n  extra'):
     checkpoint.load_pretrained(str(tmp_path / 'x.npz'), params)
@@ -156,7 +157,7 @@ def test_unexpected_keys_fail_unless_not_strict(tiny_vit, tmp_path):
 def test_pickled_npz_is_refused(tmp_path):
   np.savez(tmp_path / 'evil.npz', head=np.array([{'a': 1}], dtype=object))
   with pytest.raises(ValueError, match='holds pickled Python objects; refusing'):
-    checkpoint.read_npz(str(tmp_path / 'evil.npz'))
+    pretrained.read_npz(str(tmp_path / 'evil.npz'))
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path, tiny_vit):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import cifar10
+from vit_jax import config as config_lib
 from vit_jax import optim, train
 from vit_jax.models import config_overrides, get_model
 
@@ -27,7 +28,7 @@ def load(module, arg):
 @pytest.mark.parametrize('module,arg', PRESETS, ids=[f'{m}:{a}' for m, a in PRESETS])
 def test_preset_is_valid(module, arg):
   config = load(module, arg)
-  train.check_config(config)
+  config_lib.check(config)
   optim.make_optimizer(config)
   model = get_model(config.model.name, num_classes=10, **config_overrides(config.model))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
@@ -56,6 +57,7 @@ def test_unknown_presets_are_named(module, arg, message):
     load(module, arg)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(cifar10.CIFAR10),
                     reason='environment: the CIFAR-10 archive (../shared/datasets/cifar10.tar.gz '
                     'or $VIT_JAX_CIFAR10) is not on this machine')

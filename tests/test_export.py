@@ -1,35 +1,81 @@
-"""Export to Hugging Face, timm, ONNX and npz: each checked against independent computations
-(the NumPy reference ViT, a PyTorch re-implementation of timm's forward), the round trips,
-the CLI on a trained run, and the errors."""
+"""Export to Hugging Face, timm, ONNX and npz: every model family x format pair that the
+README's support table marks yes is exported and loaded by the other framework itself
+(transformers, timm's own classes, onnxruntime), checked against independent computations (the
+NumPy reference ViT, timm's forward); every pair it marks no is refused with its reason; the
+round trips, the CLI on trained runs, and the errors."""
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import onnxruntime
 import pytest
 from safetensors import numpy as safetensors_numpy
+import timm as timm_lib
+from timm.layers import GroupNormAct, HybridEmbed, StdConv2dSame
+from timm.models.resnetv2 import ResNetV2
+from timm.models.vision_transformer import VisionTransformer as TimmViT
 import torch
 import transformers
 
 from configs import quickstart
-from conftest import init, randomize
+from conftest import randomize
 from numpy_vit import gelu_exact, gelu_tanh, vit_forward
-from vit_jax import checkpoint, data, export, files, train
-from vit_jax.export import hf, layout, timm
-from vit_jax.models import get_model
+from vit_jax import checkpoint, data, export, files, pretrained, train
+from vit_jax import config as config_lib
+from vit_jax.export import hf, layout, stdconv, timm
+from vit_jax.models import get_model, resnet
+
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# An odd width and head count, patch 4, class token, tanh GELU; and patch 8, mean pooling,
-# exact GELU, scanned layers (unstacked for export), one channel.
+# One tiny model per column of the README's support table, on 16x16 images:
+# token: an odd width and head count, patch 4, class token, tanh GELU; gap: patch 8, mean
+# pooling, exact GELU, scanned layers (unstacked for export), one channel; prelogits: a
+# pre-logits layer and the fixed sin-cos position embedding; hybrid: a two-stage BiT stem
+# (16 -> 4 -> 2) under a mean-pooled ViT; resnet: a two-stage BiT ResNet, 8 wide (8 groups);
+# t2t: two soft splits (16 -> 8 -> 4).
 SHAPES = {
-    'token': dict(hidden_size=36, mlp_dim=60, num_heads=3, num_layers=2, patch_size=4),
-    'gap': dict(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2, patch_size=8,
-                classifier='gap', gelu_approximate=False, scan=True),
+    'token': ('ViT-Ti_16', dict(hidden_size=36, mlp_dim=60, num_heads=3, num_layers=2,
+                                patch_size=4)),
+    'gap': ('ViT-Ti_16', dict(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2,
+                              patch_size=8, classifier='gap', gelu_approximate=False,
+                              scan=True)),
+    'prelogits': ('ViT-Ti_16', dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1,
+                                    patch_size=4, representation_size=8, posemb='sincos2d')),
+    'hybrid': ('R50+ViT-B_16', dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1,
+                                    resnet_layers=(1, 1), resnet_width=8, classifier='gap')),
+    'resnet': ('BiT-R26x1', dict(resnet_layers=(1, 1), resnet_width=8)),
+    't2t': ('T2T-ViT-7', dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1,
+                              token_dim=8, soft_split=((3, 2, 1), (3, 2, 1)))),
 }
-CHANNELS = {'token': 3, 'gap': 1}
+CHANNELS = {'gap': 1}  # 3 otherwise
+# The README's support table: its columns in order, and the reason each "no" must name.
+COLUMNS = ('token', 'gap', 'prelogits', 'hybrid', 'resnet', 't2t')
+REASONS = {
+    ('gap', 'hf'): r"classifier='gap': ViTForImageClassification classifies the class token",
+    ('prelogits', 'hf'): r'representation_size=8: ViTForImageClassification has no pre-logits',
+    ('hybrid', 'hf'): r'only plain ViTs map onto ViTForImageClassification',
+    ('resnet', 'hf'): r'only plain ViTs map onto ViTForImageClassification',
+    ('t2t', 'hf'): r'only plain ViTs map onto ViTForImageClassification',
+    ('prelogits', 'timm'): r"representation_size=8: timm's VisionTransformer has no pre-logits",
+    ('t2t', 'timm'): r'timm has no T2T-ViT',
+}
+
+
+def support_table():
+  """{(column, format): 'yes' or 'no'} read from the README's Export section."""
+  text = open(os.path.join(ROOT, 'README.md')).read()
+  table = {}
+  for fmt, cells in re.findall(r'^\| `(\w+)` \| [^|]+ \|((?: [^|]+ \|){6})$', text, re.M):
+    for column, cell in zip(COLUMNS, cells.strip(' |').split(' | ')):
+      table[column, fmt] = cell.split()[0]
+  return table
 
 
 def numpy_logits(model, params, images):
@@ -41,9 +87,9 @@ def numpy_logits(model, params, images):
 @pytest.fixture(scope='module')
 def sources():
   out = {}
-  for name, shape in SHAPES.items():
-    model = get_model('ViT-Ti_16', num_classes=5, **shape)
-    params, _ = init(model, 16, channels=CHANNELS[name])
+  for name, (registry_name, shape) in SHAPES.items():
+    model = get_model(registry_name, num_classes=5, **shape)
+    params = zero_params(model, 16, CHANNELS.get(name, 3))  # shapes only: no compilation
     out[name] = export.Source.from_model(name, model, randomize(params, scale=0.1),
                                          image_size=16, class_names=tuple('abcde'))
   return out
@@ -51,18 +97,44 @@ def sources():
 
 @pytest.fixture(scope='module')
 def exports(sources, tmp_path_factory):
-  """{(source, format): export folder} for every combination the formats support."""
+  """{(source, format): export folder} for every pair the support table marks yes."""
   out = {}
-  for fmt, names in (('hf', ['token']), ('timm', ['token', 'gap']), ('onnx', ['gap']),
-                     ('npz', ['token'])):
-    for name in names:
+  for (name, fmt), cell in support_table().items():
+    if cell == 'yes':
       out[name, fmt] = str(tmp_path_factory.mktemp('exports') / f'{name}-{fmt}')
       export.export_source(sources[name], fmt, out[name, fmt])
   return out
 
 
+def test_the_support_table_has_every_pair_and_the_tests_know_each_no():
+  table = support_table()
+  assert sorted(table) == sorted((c, f) for c in COLUMNS for f in export.FORMATS)
+  assert sorted(k for k, v in table.items() if v == 'no') == sorted(REASONS)
+  assert set(table.values()) == {'yes', 'no'}
+
+
+def test_every_yes_pair_is_verified_by_the_other_framework(sources, exports):
+  how = {'hf': 'ViTForImageClassification.from_pretrained', 'timm': 'timm 1.0',
+         'onnx': 'onnxruntime', 'npz': 'checkpoint.load_pretrained'}
+  assert len(exports) == 17
+  for (name, fmt), folder in exports.items():
+    check = json.load(open(os.path.join(folder, 'export.json')))['verification']
+    assert how[fmt] in check['verified_with'], (name, fmt)
+    assert len(check['max_abs_diff']) == 2 and check['tolerance'] == 1e-4
+    assert max(check['max_abs_diff'].values()) <= 1e-4, (name, fmt, check)
+
+
+def test_every_no_pair_is_refused_naming_the_reason(sources, tmp_path):
+  for (name, fmt), reason in REASONS.items():
+    with pytest.raises(export.UnsupportedError,
+                       match=rf'--format={fmt} cannot export {name} \({sources[name].family}\): '
+                       f'{reason}'):
+      export.export_source(sources[name], fmt, str(tmp_path / 'a'))
+  assert os.listdir(tmp_path) == []
+
+
 def test_sources_are_checked_against_the_numpy_reference(sources):
-  for source in sources.values():
+  for source in (sources['token'], sources['gap']):
     np.testing.assert_allclose(source.logits(source.images),
                                numpy_logits(source.model, source.params, source.images),
                                atol=2e-5)
@@ -98,8 +170,8 @@ def test_hf_and_timm_round_trips_are_bitwise(sources, exports):
   for name, fmt, load in (('token', 'hf', hf.load), ('token', 'timm', timm.load),
                           ('gap', 'timm', timm.load)):
     model, params = load(exports[name, fmt])
-    want = checkpoint.flatten(sources[name].params)
-    got = checkpoint.flatten(params)
+    want = pretrained.flatten(sources[name].params)
+    got = pretrained.flatten(params)
     assert sorted(got) == sorted(want), (name, fmt)
     for key in want:
       np.testing.assert_array_equal(got[key], want[key], err_msg=f'{name} {fmt} {key}')
@@ -122,64 +194,138 @@ def test_import_a_random_hf_model_built_offline_gives_its_logits():
   assert not model.gelu_approximate
 
 
-def timm_forward(state, kwargs, images):
-  """timm's VisionTransformer forward written from its source, on its own key names:
-  fused qkv reshaped (B, N, 3, heads, head_dim), final norm on every token, then token or
-  mean pooling (fc_norm=False), GELU per act_layer. images (B, H, W, C) -> logits."""
-  t = {k: torch.from_numpy(v) for k, v in state.items()}
-  ln = lambda x, p: torch.nn.functional.layer_norm(x, x.shape[-1:], t[f'{p}.weight'],
-                                                   t[f'{p}.bias'], eps=1e-6)
-  lin = lambda x, p: x @ t[f'{p}.weight'].T + t[f'{p}.bias']
-  act = {'gelu': 'none', 'gelu_tanh': 'tanh'}[kwargs['act_layer']]
-  x = torch.nn.functional.conv2d(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
-                                 t['patch_embed.proj.weight'], t['patch_embed.proj.bias'],
-                                 stride=kwargs['patch_size'])
-  x = x.flatten(2).transpose(1, 2)
-  if kwargs['class_token']:
-    x = torch.cat([t['cls_token'].expand(x.shape[0], -1, -1), x], 1)
-  x = x + t['pos_embed']
-  b, n, d = x.shape
-  heads = kwargs['num_heads']
-  for i in range(kwargs['depth']):
-    q, k, v = lin(ln(x, f'blocks.{i}.norm1'), f'blocks.{i}.attn.qkv').reshape(
-        b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    a = torch.softmax(q @ k.transpose(-2, -1) * (d // heads) ** -0.5, -1) @ v
-    x = x + lin(a.transpose(1, 2).reshape(b, n, d), f'blocks.{i}.attn.proj')
-    h = torch.nn.functional.gelu(lin(ln(x, f'blocks.{i}.norm2'), f'blocks.{i}.mlp.fc1'),
-                                 approximate=act)
-    x = x + lin(h, f'blocks.{i}.mlp.fc2')
-  x = ln(x, 'norm')
-  x = x[:, 0] if kwargs['global_pool'] == 'token' else x.mean(1)
-  return lin(x, 'head').numpy()
+def torch_logits(model, images):
+  """A torch model (NCHW) on NHWC float32 images -> logits (B, classes) NumPy."""
+  with torch.no_grad():
+    return model.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
 
 
-def test_timm_export_matches_a_reimplementation_of_timms_forward(sources, exports):
+def test_timm_vit_export_loads_with_create_model_and_matches(sources, exports):
   for name in ('token', 'gap'):
     source, folder = sources[name], exports[name, 'timm']
     kwargs = json.load(open(os.path.join(folder, 'timm_config.json')))
     model = source.model
     assert kwargs['global_pool'] == {'token': 'token', 'gap': 'avg'}[name]
     assert kwargs['class_token'] == (name == 'token') and kwargs['fc_norm'] is False
+    assert kwargs['act_layer'] == {'token': 'gelu_tanh', 'gap': 'gelu'}[name]
     assert int(kwargs['embed_dim'] * kwargs['mlp_ratio']) == model.mlp_dim
     assert (kwargs['in_chans'], kwargs['img_size'], kwargs['num_classes']) == (
-        CHANNELS[name], 16, 5)
+        CHANNELS.get(name, 3), 16, 5)
     state = safetensors_numpy.load_file(os.path.join(folder, 'model.safetensors'))
     assert ('cls_token' in state) == (name == 'token') and 'fc_norm.weight' not in state
     assert state['blocks.1.attn.qkv.weight'].shape == (3 * model.hidden_size, model.hidden_size)
+    timm_model = timm_lib.create_model(**kwargs)  # timm alone, no vit_jax code
+    timm_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     images = source.images[:4]
-    np.testing.assert_allclose(timm_forward(state, kwargs, images), source.logits(images),
-                               atol=1e-4)
+    np.testing.assert_allclose(torch_logits(timm_model, images),
+                               numpy_logits(model, source.params, images), atol=1e-4)
 
 
-def test_onnx_export_has_a_dynamic_batch_and_matches(sources, exports):
-  source = sources['gap']
-  session = onnxruntime.InferenceSession(os.path.join(exports['gap', 'onnx'], 'model.onnx'))
-  (inp,) = session.get_inputs()
-  assert inp.name == 'images' and isinstance(inp.shape[0], str) and inp.shape[1:] == [16, 16, 1]
-  for batch in (1, 5):
-    images = np.random.default_rng(batch).uniform(-1, 1, (batch, 16, 16, 1)).astype(np.float32)
-    got = session.run(['logits'], {'images': images})[0]
-    np.testing.assert_allclose(got, numpy_logits(source.model, source.params, images), atol=1e-4)
+def timm_resnetv2(layers, width, groups, **kwargs):
+  """timm's ResNetV2 as our ResNet: post-activation bottlenecks, TF-SAME StdConv2dSame
+  (eps 1e-8), GroupNorm with our groups and epsilon 1e-6, 7x7/2 stem and SAME max-pool."""
+  return ResNetV2(layers=layers, channels=[4 * width * 2**s for s in range(len(layers))],
+                  stem_chs=width, stem_type='same', preact=False,
+                  conv_layer=functools.partial(StdConv2dSame, eps=1e-8),
+                  norm_layer=functools.partial(GroupNormAct, num_groups=groups, eps=1e-6),
+                  **kwargs)
+
+
+def test_timm_resnet_and_hybrid_load_into_timms_classes_and_match(sources, exports):
+  """The exports load strictly into models built here from timm's classes (not through
+  vit_jax.export.timm.create_model) and give the JAX model's logits."""
+  resnet_model = timm_resnetv2([1, 1], 8, 8, num_classes=5, in_chans=3)
+  backbone = timm_resnetv2([1, 1], 8, 8, num_classes=0, global_pool='', in_chans=3)
+  hybrid_model = TimmViT(img_size=16, patch_size=1, in_chans=3, num_classes=5, embed_dim=32,
+                         depth=1, num_heads=2, mlp_ratio=2, class_token=False,
+                         global_pool='avg', fc_norm=False, act_layer='gelu_tanh',
+                         embed_layer=functools.partial(HybridEmbed, backbone=backbone))
+  for name, timm_model in (('resnet', resnet_model), ('hybrid', hybrid_model)):
+    source, folder = sources[name], exports[name, 'timm']
+    state = safetensors_numpy.load_file(os.path.join(folder, 'model.safetensors'))
+    timm_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    rng = np.random.default_rng(3)
+    images = np.concatenate([source.images[:3], rng.uniform(-1, 1, (2, 16, 16, 3))]
+                            ).astype(np.float32)
+    np.testing.assert_allclose(torch_logits(timm_model, images), source.logits(images),
+                               atol=1e-4, err_msg=name)
+    rebuilt = timm.create_model(json.load(open(os.path.join(folder, 'timm_config.json'))))
+    assert sorted(rebuilt.state_dict()) == sorted(state)
+  assert 'patch_embed.backbone.stages.1.blocks.0.downsample.conv.weight' in state
+  assert state['patch_embed.backbone.stem.conv.weight'].shape == (8, 3, 7, 7)
+
+
+def test_timm_stem_only_hybrid_has_the_layout_of_timms_r_ti_hybrid(tmp_path):
+  """R+ViT-Ti/16 (the BiT stem alone under the ViT) exports with the keys of timm's
+  vit_tiny_r_s16_p8_224, whose backbone is the stem without a `stem.` prefix."""
+  shape = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1, resnet_width=8,
+               patch_size=2)
+  model = get_model('R+ViT-Ti_16', num_classes=3, **shape)
+  source = export.Source.from_model('R+ViT-Ti_16', model, randomize(zero_params(model, 16)),
+                                    image_size=16)
+  manifest = export.export_source(source, 'timm', str(tmp_path / 'timm'))
+  assert max(manifest['verification']['max_abs_diff'].values()) <= 1e-4
+  state = safetensors_numpy.load_file(str(tmp_path / 'timm' / 'model.safetensors'))
+  stock = timm_lib.create_model('vit_tiny_r_s16_p8_224', img_size=16, patch_size=2,
+                                num_classes=3, embed_dim=32, depth=1, num_heads=2)
+  assert sorted(stock.state_dict()) == sorted(state)
+  assert state['patch_embed.backbone.conv.weight'].shape == (8, 3, 7, 7)
+
+
+def test_timm_kernel_makes_timms_weight_standardisation_give_ours():
+  """timm standardises (w - mean) / sqrt(var + 1e-8), ours (w - mean) / (std + 1e-5): with the
+  exported kernel timm's StdConv2dSame convolves with exactly our standardised kernel, for
+  output channels of very different scales (and a zero one); the raw kernel would not."""
+  rng = np.random.default_rng(0)
+  kernel = (rng.normal(0, 1, (3, 3, 4, 5)) * np.array([1e-3, 1e-2, 0.1, 1, 0])).astype(np.float32)
+  ours = np.asarray(resnet.standardize(kernel))
+  conv = StdConv2dSame(4, 5, 3, eps=1e-8)
+  x = torch.from_numpy(rng.normal(0, 1, (2, 4, 6, 6)).astype(np.float32))
+  plain = lambda w: torch.nn.functional.conv2d(
+      x, torch.from_numpy(w.transpose(3, 2, 0, 1).copy()), padding=1).numpy()
+  with torch.no_grad():
+    conv.weight.copy_(torch.from_numpy(timm.timm_kernel(ours).transpose(3, 2, 0, 1)))
+    np.testing.assert_allclose(conv(x).numpy(), plain(ours), atol=2e-5)
+    conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
+    assert np.abs(conv(x).numpy() - plain(ours)).max() > 1e-2
+
+
+def test_onnx_of_weight_standardised_models_uses_the_standardised_kernels(sources):
+  source = sources['resnet']
+  kernels = stdconv.standardized_kernels(source)
+  assert sorted(kernels)[:2] == ['block1/unit1/conv1/kernel', 'block1/unit1/conv2/kernel']
+  assert len(kernels) == 1 + 2 * 4  # the root and four per unit (conv1-3, conv_proj)
+  assert 'embedding/kernel' not in stdconv.standardized_kernels(sources['hybrid'])
+  flat = pretrained.flatten(source.params)
+  for path, kernel in kernels.items():
+    centered = flat[path] - flat[path].mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(kernel, centered / (centered.std(axis=(0, 1, 2)) + 1e-5),
+                               atol=1e-5)
+  params = stdconv.standardized_params(source)
+  with stdconv.plain_convolutions():  # traced (and so intercepted) inside the block
+    got = jax.jit(lambda p, x: source.model.apply({'params': p}, x, train=False))(
+        params, source.images)
+  np.testing.assert_allclose(got, source.logits(source.images), atol=1e-5)
+
+
+def test_onnx_exports_have_a_dynamic_batch_and_match(sources, exports):
+  """Batches of 1 and 5 (the export was verified on 8 and 3) against the NumPy reference ViT
+  for the plain ViTs, the JAX model otherwise."""
+  for name, source in sources.items():
+    session = onnxruntime.InferenceSession(os.path.join(exports[name, 'onnx'], 'model.onnx'))
+    (inp,) = session.get_inputs()
+    channels = CHANNELS.get(name, 3)
+    assert inp.name == 'images' and isinstance(inp.shape[0], str)
+    assert inp.shape[1:] == [16, 16, channels]
+    for batch in (1, 5):
+      rng = np.random.default_rng(batch)
+      images = rng.uniform(-1, 1, (batch, 16, 16, channels)).astype(np.float32)
+      got = session.run(['logits'], {'images': images})[0]
+      if name in ('token', 'gap'):
+        want = numpy_logits(source.model, source.params, images)
+      else:  # the JAX model, padded to the verification's batch of 8 (compiled already)
+        want = source.logits(np.concatenate([images, source.images])[:8])[:batch]
+      np.testing.assert_allclose(got, want, atol=1e-4, err_msg=name)
 
 
 def test_npz_export_has_the_published_names_and_matches(sources, exports):
@@ -187,7 +333,7 @@ def test_npz_export_has_the_published_names_and_matches(sources, exports):
   arrays = files.read_npz(os.path.join(exports['token', 'npz'], 'model.npz'))
   assert 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel' in arrays
   assert 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel' in arrays
-  params = checkpoint.to_linen_names(checkpoint.unflatten(arrays))
+  params = pretrained.to_linen_names(pretrained.unflatten(arrays))
   images = source.images[:3]
   np.testing.assert_allclose(numpy_logits(source.model, params, images), source.logits(images),
                              atol=2e-5)
@@ -235,36 +381,60 @@ def test_cli_exports_a_trained_run_and_hf_carries_its_labels(digits_run, tmp_pat
     np.testing.assert_allclose(model(pixel_values=pixels).logits.numpy(), want, atol=1e-4)
 
 
-def zero_params(model, image_size):
-  """Zero parameters of the right shapes for (S, S, 3) images, without compiling `init`."""
-  return checkpoint.unflatten({k: np.zeros(v, np.float32) for k, v in
-                               layout.param_shapes(model, image_size, 3).items()})
+@pytest.fixture(scope='module')
+def resnet_run(tmp_path_factory):
+  """A finished 2-step run of a tiny BiT ResNet (one 16-wide stage) on the 8x8 digits."""
+  config = quickstart.get_config()
+  config.model = config_lib.model_config('BiT-R14x0.25', resnet_layers=(1,))
+  config.total_steps = config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.batch_size, config.eval.fewshot_shots = 32, ()
+  workdir = tmp_path_factory.mktemp('resnet_run')
+  train.train_and_evaluate(config, str(workdir))
+  return str(workdir)
 
 
-def test_unsupported_combinations_are_one_clear_error(sources, tmp_path):
-  with pytest.raises(export.UnsupportedError, match=r"--format=hf cannot export gap \(vit\): "
-                     r"classifier='gap'"):
-    export.export_source(sources['gap'], 'hf', str(tmp_path / 'a'))
-  resnet = get_model('BiT-R14x0.25-small', num_classes=3)
-  source = export.Source.from_model('BiT-R14x0.25-small', resnet, zero_params(resnet, 8),
-                                    image_size=8, images=np.zeros((1, 8, 8, 3)))
-  for fmt, reason in (('hf', 'only plain ViTs'), ('timm', 'only plain ViTs'), ('onnx', 'StdConv')):
+def test_cli_exports_a_trained_resnet_to_timm_and_onnx(resnet_run, tmp_path):
+  proc = run_cli(f'--workdir={resnet_run}', '--format=timm', f'--out={tmp_path / "timm"}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert re.search(r'largest absolute logit difference \S+ <= 0.0001 \(timm 1\.0', proc.stdout)
+  manifest = json.loads((tmp_path / 'timm' / 'export.json').read_text())
+  assert manifest['family'] == 'resnet' and manifest['channels'] == 1
+  config = json.loads((tmp_path / 'timm' / 'timm_config.json').read_text())
+  assert (config['layers'], config['stem_chs'], config['num_groups']) == ([1], 16, 16)
+  export.export(resnet_run, 'onnx', str(tmp_path / 'onnx'))
+  session = onnxruntime.InferenceSession(str(tmp_path / 'onnx' / 'model.onnx'))
+  test = data.load_split('digits', 'test')
+  images = np.asarray(data.preprocess_eval(jnp.asarray(test.images[:6]), image_size=8))
+  _, ours, params = checkpoint.load_run(resnet_run)
+  np.testing.assert_allclose(session.run(['logits'], {'images': images})[0],
+                             ours.apply({'params': params}, images, train=False), atol=1e-4)
+  with pytest.raises(ValueError, match='holds a timm hybrid or ResNet; only ViT exports'):
+    timm.load(str(tmp_path / 'timm'))
+
+
+def zero_params(model, image_size, channels=3):
+  """Zero parameters of the right shapes for (S, S, C) images, without compiling `init`."""
+  return pretrained.unflatten({k: np.zeros(v, np.float32) for k, v in
+                               layout.param_shapes(model, image_size, channels).items()})
+
+
+def test_resnets_timm_cannot_hold_and_other_errors_are_one_clear_error(sources, tmp_path):
+  for name, overrides, reason in (
+      ('BiT-R14x0.25-small', {}, r"resnet_stem='small': timm's ResNetV2 stems downsample 4x"),
+      ('BiT-R14x0.25', dict(resnet_width=12), r'resnet_width=12: timm\'s ResNetV2 rounds channel '
+       'counts to multiples of 8')):
+    resnet_model = get_model(name, num_classes=3, **overrides)
+    source = export.Source.from_model(name, resnet_model, zero_params(resnet_model, 8),
+                                      image_size=8, images=np.zeros((1, 8, 8, 3)))
     with pytest.raises(export.UnsupportedError,
-                       match=rf'--format={fmt} cannot export BiT-R14x0.25-small \(resnet\).*'
-                       f'{reason}'):
-      export.export_source(source, fmt, str(tmp_path / 'a'))
-  pre_logits = get_model('ViT-Ti_16', num_classes=3, representation_size=8,
-                         **dict(SHAPES['token'], num_layers=1))
-  source = export.Source.from_model('pre', pre_logits, zero_params(pre_logits, 8), image_size=8,
-                                    images=np.zeros((1, 8, 8, 3)))
-  with pytest.raises(export.UnsupportedError, match='representation_size=8'):
-    export.export_source(source, 'timm', str(tmp_path / 'a'))
+                       match=rf'--format=timm cannot export {name} \(resnet\): {reason}'):
+      export.export_source(source, 'timm', str(tmp_path / 'a'))
   with pytest.raises(ValueError, match=r"--format='tf' is not one of \('hf', 'timm'"):
-    export.export_source(source, 'tf', str(tmp_path / 'a'))
+    export.export_source(sources['token'], 'tf', str(tmp_path / 'a'))
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'keep').write_text('')
   with pytest.raises(FileExistsError, match='already exists and is not empty'):
-    export.export_source(source, 'npz', str(tmp_path / 'full'))
+    export.export_source(sources['token'], 'npz', str(tmp_path / 'full'))
   assert sorted(os.listdir(tmp_path)) == ['full']
 
 
@@ -276,6 +446,14 @@ def test_a_failed_verification_writes_nothing(sources, tmp_path, monkeypatch):
   with pytest.raises(export.VerificationError,
                      match=r'largest absolute logit difference 0.001 > tolerance 0.0001'):
     export.export_source(sources['token'], 'npz', str(tmp_path / 'out'))
+  assert os.listdir(tmp_path) == []
+
+
+def test_timm_export_without_timm_fails_and_writes_nothing(sources, tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'timm', None)  # `import timm` raises ImportError
+  with pytest.raises(export.VerificationError, match=r'verified by timm, which is not importable '
+                     r".*pip install 'vit_jax\[export\]'"):
+    export.export_source(sources['token'], 'timm', str(tmp_path / 'out'))
   assert os.listdir(tmp_path) == []
 
 

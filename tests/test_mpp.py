@@ -12,6 +12,8 @@ from test_train import smoke_config
 from vit_jax import checkpoint, mpp, train
 from vit_jax.models import config_overrides, get_model
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 
 def numpy_patches(images, p):
   """(B, H, W, C) -> (B, M, P*P*C) by explicit loops over the grid, row-major."""

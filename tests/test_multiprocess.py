@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, child_env
-from vit_jax import checkpoint, distributed, metrics
+from vit_jax import checkpoint, distributed, metrics, pretrained
+
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
 # SGD: Adam turns the rounding noise of gradients that are zero in exact arithmetic (the key
 # bias) into full-size steps, so its parameters would not compare (see test_sharding.py).
@@ -68,7 +70,7 @@ def losses(workdir) -> dict[int, float]:
 def params(workdir, step: int) -> dict[str, np.ndarray]:
   manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'))
   try:
-    return checkpoint.flatten(manager.restore_params(step))
+    return pretrained.flatten(manager.restore_params(step))
   finally:
     manager.close()
 

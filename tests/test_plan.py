@@ -13,8 +13,10 @@ from jax.sharding import AbstractMesh
 
 from conftest import ROOT, child_env
 from configs import quickstart
-from vit_jax import optim, sharding, train
+from vit_jax import flops, optim, sharding, train
 from vit_jax.models import config_overrides, get_model
+
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
 BATCH, LAYERS, DEVICES = 32, 2, 8
 
@@ -86,5 +88,5 @@ def test_plan_arguments_are_the_state_and_batch_shards(plans, model_and_state, a
 def test_plan_flops_match_cost_analysis_of_the_unscanned_model(plans, model_and_state):
   model, _ = model_and_state
   result = plans('data')
-  forward = train.forward_flops(model, (8, 8, 3))  # XLA's count for the whole unrolled model
+  forward = flops.xla_forward_flops(model, (8, 8, 3))  # XLA's count for the whole unrolled model
   np.testing.assert_allclose(result['flops_per_step'], 3 * BATCH * forward, rtol=1e-6)

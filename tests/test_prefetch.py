@@ -57,6 +57,7 @@ def test_bad_prefetch_size():
     prefetch.DevicePrefetch(data.TrainIterator(_split(), 4, seed=1), lambda b: b, 0)
 
 
+@pytest.mark.slow  # trains
 def test_training_loop_prefetches_and_syncs_only_at_log_steps(tmp_path, monkeypatch):
   """Records, in order, every batch put on the device, every train-step call and every
   device-to-host transfer (`jax.device_get`, `block_until_ready`, and reading an array's value,

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import models as model_configs
+from vit_jax.models import registry
 from conftest import init
 from vit_jax.models import get_model
 
@@ -41,7 +41,7 @@ def test_both_spellings_and_depth_override():
 
 def _smoke_overrides(name):
   """Shrinks a registered model to smoke size; returns (overrides, image size)."""
-  config = model_configs.get_model_config(name)
+  config = registry.get_model_config(name)
   if config.family == 'resnet':
     return dict(resnet_width=32), 32
   if config.family == 't2t':
@@ -57,7 +57,7 @@ def _smoke_overrides(name):
 
 def _unique_smoke_models():
   seen, cases = set(), []
-  for name in model_configs.known_names():
+  for name in registry.known_names():
     overrides, size = _smoke_overrides(name)
     model = get_model(name, num_classes=7, **overrides)
     if model not in seen:  # width factors collapse at smoke size; run each network once
@@ -66,6 +66,7 @@ def _unique_smoke_models():
   return cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model,size', _unique_smoke_models())
 def test_every_registered_model_runs(model, size):
   params, images = init(model, size)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import init, randomize
-from vit_jax import checkpoint
+from vit_jax import pretrained
 from vit_jax.models import get_model
 from vit_jax.models import resnet
 
@@ -29,7 +29,7 @@ def test_stdconv_convolves_with_the_standardised_kernel():
 def test_resnet50_names_and_feature_shapes():
   model = get_model('BiT-R50x1', num_classes=4)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))['params']
-  flat = checkpoint.flatten(shapes)
+  flat = pretrained.flatten(shapes)
   assert flat['conv_root/kernel'].shape == (7, 7, 3, 64)
   assert flat['gn_root/scale'].shape == (64,)
   assert flat['block1/unit1/conv_proj/kernel'].shape == (1, 1, 64, 256)
@@ -58,6 +58,7 @@ def test_stems_downsample_as_documented(stem, size, grid):
   assert feature_map.shape == (2, grid, grid, 32 * 8 * 4)
 
 
+@pytest.mark.slow
 def test_narrow_resnet_uses_fewer_groups():
   model = get_model('BiT-R14x0.25-small', num_classes=3)
   params, images = init(model, 16)
@@ -69,7 +70,7 @@ def test_hybrid_has_original_names_and_patch_check():
   model = get_model('R50+ViT-B_16', num_classes=2, hidden_size=32, mlp_dim=32, num_heads=2,
                     num_layers=1, resnet_width=32, resnet_layers=(1, 1, 3))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
-  flat = checkpoint.flatten(shapes)
+  flat = pretrained.flatten(shapes)
   assert {'conv_root/kernel', 'gn_root/bias', 'block3/unit3/gn3/scale', 'embedding/kernel',
           'Transformer/encoderblock_0/LayerNorm_0/scale'} <= set(flat)
   assert flat['embedding/kernel'].shape == (1, 1, 32 * 4 * 4, 32)

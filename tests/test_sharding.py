@@ -16,6 +16,8 @@ import pytest
 
 from conftest import ROOT, child_env
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 STEPS, BATCH, IMAGE, CLASSES = 3, 16, 16, 10
 MESHES = {
     'data': (('data', 8),),
@@ -47,12 +49,12 @@ def _train(mesh_spec, devices, scan: bool, outdir: str, name: str) -> dict:
   compiled step's temporaries per device)}."""
   import jax
   from conftest import TINY_VIT
-  from configs import common
+  from vit_jax import config as config_lib
   from vit_jax import optim, sharding, train
   from vit_jax.models import get_model
 
-  config = common.get_config()
-  config.model = common.model_config('ViT-Ti_16', **TINY_VIT, scan=scan,
+  config = config_lib.defaults()
+  config.model = config_lib.model_config('ViT-Ti_16', **TINY_VIT, scan=scan,
                                      remat_policy='full' if scan else 'none')
   config.batch_size, config.image_size, config.total_steps = BATCH, IMAGE, STEPS
   # SGD with momentum: Adam would turn the rounding noise of gradients that are zero in exact

@@ -13,6 +13,8 @@ import pytest
 from configs import data_scaling
 from vit_jax import files, sweep
 
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

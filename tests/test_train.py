@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from configs import finetune, quickstart
-from vit_jax import checkpoint, data, files, metrics, train
+from vit_jax import checkpoint, data, files, flops, metrics, pretrained, train
 from vit_jax.models import get_model
+
+pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ['--config.total_steps=6', '--config.batch_size=32', '--config.log_every=2',
@@ -201,8 +203,8 @@ def test_resume_after_sigkill_at_any_moment_matches_uninterrupted_run(tmp_path):
       assert f'Resumed from step {resumes_from} ' in proc.stderr, (moment, proc.stderr[-3000:])
     assert not (killed / 'result.json').exists()
   assert 'Resumed from step 12 ' in run_cli(killed, *flags).stderr
-  a = checkpoint.flatten(checkpoint.read_params(str(killed)))
-  b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  a = pretrained.flatten(checkpoint.read_params(str(killed)))
+  b = pretrained.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -228,11 +230,25 @@ def test_finetune_from_npz_at_another_resolution(tmp_path):
   tuned = checkpoint.read_params(str(tmp_path / 'ft'))
   posemb = tuned['Transformer']['posembed_input']['pos_embedding']
   assert posemb.shape == (1, 1 + 16 * 16, 64)
-  want = checkpoint.resize_posemb(np.asarray(params['Transformer']['posembed_input']
+  want = pretrained.resize_posemb(np.asarray(params['Transformer']['posembed_input']
                                              ['pos_embedding']), 1 + 16 * 16, 1)
   np.testing.assert_allclose(posemb, want, atol=1e-6)
   np.testing.assert_allclose(tuned['embedding']['kernel'], params['embedding']['kernel'],
                              atol=1e-6)
+
+
+def test_train_flops_are_the_same_scanned_and_unrolled(tmp_path):
+  changes = {'model.num_layers': 2, 'total_steps': 2, 'log_every': 2, 'eval_every': 2,
+             'checkpoint_every': 2, 'eval.fewshot_shots': ()}
+  results = {scan: train.train_and_evaluate(smoke_config(**changes, **{'model.scan': scan}),
+                                            str(tmp_path / f'scan_{scan}'))
+             for scan in (False, True)}
+  # XLA's count of the whole unrolled model, independently of vit_jax.flops' extrapolation.
+  model = get_model('ViT-Nano_2', num_classes=10, num_layers=2, dropout_rate=0.1)
+  forward = flops.xla_forward_flops(model, (8, 8, 1))
+  for result in results.values():
+    np.testing.assert_allclose(result['train_flops'], 3 * forward * 2 * 32, rtol=1e-6)
+  assert results[True]['train_flops'] == results[False]['train_flops']
 
 
 def test_training_path_does_not_import_tensorflow(tmp_path):
@@ -316,20 +332,20 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path):
   assert steps and steps[-1] < 300 and steps[-1] % 100, steps  # saved at the current step
   assert not (stopped / 'result.json').exists()
   run_cli(stopped, *long)
-  a = checkpoint.flatten(checkpoint.read_params(str(stopped)))
-  b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  a = pretrained.flatten(checkpoint.read_params(str(stopped)))
+  b = pretrained.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
   for key in b:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_sigterm_during_setup_stops_after_one_step_with_a_checkpoint(tmp_path):
   code = ('import os, runpy, signal, sys\n'
-          'from vit_jax import train\n'
-          'load = train.load_data\n'
+          'from vit_jax import data\n'
+          'load = data.load_data\n'
           'def load_and_terminate(config):\n'  # SIGTERM while the data is loading
           '  os.kill(os.getpid(), signal.SIGTERM)\n'
           '  return load(config)\n'
-          'train.load_data = load_and_terminate\n'
+          'data.load_data = load_and_terminate\n'
           'sys.argv[0] = "vit_jax.main"\n'
           'runpy.run_module("vit_jax.main", run_name="__main__")\n')
   proc = subprocess.run([sys.executable, '-c', code, '--config=configs/quickstart.py',
@@ -344,13 +360,13 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
   config = smoke_config(total_steps=6, checkpoint_every=2, eval_every=6, log_every=3)
   train.train_and_evaluate(smoke_config(total_steps=2, checkpoint_every=2, eval_every=2),
                            str(tmp_path))
-  good = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  good = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   config.optim.lr = float('inf')  # the first update makes every parameter non-finite
   with pytest.raises(FloatingPointError, match=r'Non-finite loss or gradient at step 3 .*'
                      r'last good checkpoint is step 2'):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
-  after = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  after = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   for key in good:
     np.testing.assert_array_equal(after[key], good[key])
 
@@ -361,14 +377,14 @@ def test_skip_nonfinite_skips_and_counts(tmp_path):
   config.optim.lr = float('inf')
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result['train_skipped_steps'] == 4 and result['step'] == 4
-  params = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  params = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   assert all(np.all(np.isfinite(v)) for v in params.values())
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   config = smoke_config()  # checkpoints at steps 3 and 6
   train.train_and_evaluate(config, str(tmp_path))
-  want = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  want = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   for root, _, names in os.walk(tmp_path / 'checkpoints' / '6' / 'state'):
     for name in names:
       if root.endswith(os.sep + 'd'):  # the array data files
@@ -378,7 +394,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   assert 'Checkpoint 6' in caplog.text and 'cannot be read' in caplog.text
   assert (tmp_path / 'checkpoints' / 'corrupt-6').is_dir()
   assert result['step'] == 6
-  got = checkpoint.flatten(checkpoint.read_params(str(tmp_path)))
+  got = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   for key in want:  # resumed from step 3 and reached the same step 6
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
@@ -399,8 +415,8 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_continue
   assert os.listdir(run / 'checkpoints') == ['3'] and not (run / 'result.json').exists()
   monkeypatch.setattr(checkpoint.CheckpointManager, 'save', save)  # space freed
   assert train.train_and_evaluate(smoke_config(), str(run))['step'] == 6
-  a = checkpoint.flatten(checkpoint.read_params(str(run)))
-  b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  a = pretrained.flatten(checkpoint.read_params(str(run)))
+  b = pretrained.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
   for key in b:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 

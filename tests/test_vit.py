@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TINY_VIT, init, randomize
 from numpy_vit import vit_forward
-from vit_jax import checkpoint
+from vit_jax import pretrained
 from vit_jax.models import forward_with_intermediates, get_model
 from vit_jax.models import vit
 
@@ -27,7 +27,7 @@ def test_matches_numpy_reference(classifier, representation_size):
 
 def test_parameter_names_follow_original_vit_jax(tiny_vit):
   _, params, _ = tiny_vit
-  flat = checkpoint.flatten(params)
+  flat = pretrained.flatten(params)
   block = 'Transformer/encoderblock_1/'
   assert flat['embedding/kernel'].shape == (4, 4, 3, 32)
   assert flat['cls'].shape == (1, 1, 32)
@@ -68,7 +68,7 @@ def test_scan_matches_unrolled_from_same_weights(tiny_vit):
   model, params, images = tiny_vit
   scanned = get_model('ViT-Ti_16', num_classes=5, scan=True, **TINY_VIT)
   scan_shapes = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), images)['params']
-  stacked = checkpoint.stack_layers(jax.tree_util.tree_map(np.asarray, params))
+  stacked = pretrained.stack_layers(jax.tree_util.tree_map(np.asarray, params))
   assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(scan_shapes)
   # Compiled (as in training), both give bitwise the same logits.
   np.testing.assert_array_equal(jax.jit(scanned.apply)({'params': stacked}, images),
@@ -79,11 +79,12 @@ def test_scan_matches_unrolled_from_same_weights(tiny_vit):
   np.testing.assert_allclose(a['attention_weights'], b['attention_weights'], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan', [False, True])
 def test_remat_keeps_values_and_gradients(tiny_vit, scan):
   model, params, images = tiny_vit
   if scan:
-    params = checkpoint.stack_layers(jax.tree_util.tree_map(np.asarray, params))
+    params = pretrained.stack_layers(jax.tree_util.tree_map(np.asarray, params))
   plain = get_model('ViT-Ti_16', num_classes=5, scan=scan, **TINY_VIT)
   remat = get_model('ViT-Ti_16', num_classes=5, scan=scan, remat_policy='full', **TINY_VIT)
   loss = lambda m: jax.grad(lambda p: jnp.sum(m.apply({'params': p}, images)**2))(params)
@@ -182,6 +183,7 @@ def _train_step_hlo_size(num_layers: int, scan: bool) -> int:
   return len(jax.jit(jax.grad(loss)).lower(params, images).as_text().splitlines())
 
 
+@pytest.mark.slow
 def test_scanned_program_size_is_flat_in_depth():
   """Compile time follows program size: with scan, 36 layers are as big a program as 12
   (measured compile times: experiments/scale/README.md); unrolled, it grows with depth."""

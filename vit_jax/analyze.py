@@ -15,7 +15,8 @@ change with training-set size and depth; the sweep's REPORT.md then includes tha
 from absl import app
 from absl import flags
 
-from vit_jax import cli, report
+from vit_jax import cli
+from vit_jax.scaling import report
 from vit_jax.analysis import run
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory (config.json and '
@@ -53,4 +54,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  cli.set_cpu_flag()
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,6 +1,6 @@
 """Evaluation: test accuracy and loss, and the few-shot linear probe on pre-logits features.
 
-Few-shot protocol (ViT paper, DESIGN.md section 5): frozen pre-logits features, k examples per
+Few-shot protocol (ViT paper, section 4.1, "Metrics"): frozen pre-logits features, k examples per
 class drawn from the training split with a fixed seed, features standardised with the shots'
 statistics, a bias feature, closed-form ridge regression to +-1 one-hot targets, accuracy on the
 whole test split; averaged over seeds.
@@ -110,14 +110,21 @@ def fewshot_accuracies(features_fn: Callable[[np.ndarray], np.ndarray], train_la
   return results
 
 
+def update_best(best: dict[str, float], results: dict[str, float], step: int
+                ) -> dict[str, float]:
+  """The best evaluation so far, as 'best_<metric>' plus 'best_step': `results` of `step` when
+  its validation accuracy is the highest yet (always without validation), else `best`."""
+  if 'val_accuracy' in results and results['val_accuracy'] <= best.get('best_val_accuracy', -1.):
+    return best
+  return {'best_step': step, **{f'best_{k}': v for k, v in results.items()}}
+
+
 class Evaluator:
   """Evaluates one run: validation (if held out) and test loss and accuracy, and the few-shot
-  probe with shots from the training split; keeps `best`, the results of the evaluation with
-  the highest validation accuracy (the latest one without validation) as 'best_<metric>' plus
-  'best_step'."""
+  probe with shots from the training split."""
 
   def __init__(self, model, config, mesh: Mesh, train: data.Split, val: data.Split | None,
-               test: data.Split, best: dict):
+               test: data.Split):
     dp = sharding.data_parallel_size(mesh)
     self._step = make_eval_step(model, image_size=config.image_size,
                                 crop_fraction=config.eval.crop_fraction,
@@ -125,7 +132,6 @@ class Evaluator:
     self._batch = -(-config.eval.batch_size // dp) * dp  # rounded up to the data-parallel size
     self._mesh, self._config = mesh, config.eval
     self._train, self._val, self._test = train, val, test
-    self.best = best
 
   def _run(self, params, split: data.Split) -> tuple[dict[str, float], np.ndarray]:
     return features_and_metrics(self._step, params, split, batch_size=self._batch,
@@ -144,7 +150,4 @@ class Evaluator:
           seeds=self._config.fewshot_seeds, l2_reg=self._config.fewshot_l2_reg))
     logging.info('eval at step %d: %s', step,
                  ', '.join(f'{k} {v:.4f}' for k, v in results.items()))
-    if self._val is None or results['val_accuracy'] > self.best.get('best_val_accuracy', -1.):
-      self.best.clear()
-      self.best.update({'best_step': step, **{f'best_{k}': v for k, v in results.items()}})
     return results

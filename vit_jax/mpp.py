@@ -117,22 +117,15 @@ def patch_size(config) -> int:
 
 
 def objective_args(config) -> dict | None:
-  """`patch` and `fractions` for `objective` from a run's config; None without `mpp.enabled`.
+  """`patch` and `fractions` for `objective` from a run's config (its fractions checked by
+  `vit_jax.config.check`); None without `mpp.enabled`.
 
   Raises:
-    ValueError: naming a fraction outside its range, or a model that is not a plain ViT.
+    ValueError: naming a model that is not a plain ViT with square patches.
   """
   if not config.mpp.enabled:
     return None
   cfg = config.mpp
-  if not 0 < cfg.corrupt_fraction <= 1:
-    raise ValueError(f'mpp.corrupt_fraction={cfg.corrupt_fraction} must be in (0, 1].')
-  for field in ('mask_fraction', 'random_fraction'):
-    if not 0 <= cfg[field] <= 1:
-      raise ValueError(f'mpp.{field}={cfg[field]} must be in [0, 1].')
-  if cfg.mask_fraction + cfg.random_fraction > 1:
-    raise ValueError(f'mpp.mask_fraction={cfg.mask_fraction} + mpp.random_fraction='
-                     f'{cfg.random_fraction} must be at most 1.')
   return dict(patch=patch_size(config), fractions=dict(
       corrupt_fraction=cfg.corrupt_fraction, mask_fraction=cfg.mask_fraction,
       random_fraction=cfg.random_fraction))

@@ -9,6 +9,7 @@ shardings) and only lowered and compiled, so a ViT-g on hundreds of simulated CP
 in host memory. The numbers are XLA's CPU compilation of the same SPMD program a TPU or GPU
 would run; their buffer assignment and fusion differ, so treat them as estimates.
 """
+import functools
 import time
 from typing import Any
 
@@ -16,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vit_jax import optim, sharding, train
-from vit_jax.models import config_overrides, get_model, resolved_fields
+from vit_jax import config as config_lib
+from vit_jax import flops, optim, sharding, train
+from vit_jax.models import config_fields
 
 GB = 1e9
 
@@ -38,22 +40,6 @@ def _param_rows(shardings: Any, abstract: Any) -> list[dict[str, Any]]:
           for (path, leaf), s in zip(flat, specs)]
 
 
-def forward_flops(config: ml_collections.ConfigDict, num_classes: int,
-                  image_shape: tuple[int, ...]) -> float:
-  """Forward FLOPs of one example. XLA's cost analysis counts a scanned layer once, so for
-  models with `num_layers` they come from unscanned 1- and 2-layer versions: F(L) = F(1) +
-  (L - 1) (F(2) - F(1))."""
-  overrides = config_overrides(config.model)
-  overrides.pop('scan', None)
-  layers = resolved_fields(config.model.name, **overrides).get('num_layers')
-  build = lambda **changes: get_model(config.model.name, num_classes=num_classes,
-                                      **{**overrides, **changes})
-  if layers is None:
-    return train.forward_flops(build(), image_shape)
-  one, two = (train.forward_flops(build(num_layers=n), image_shape) for n in (1, 2))
-  return one + (layers - 1) * (two - one)
-
-
 def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
          ) -> dict[str, Any]:
   """Compiles `config`'s train step on the current devices (abstract inputs only).
@@ -69,12 +55,12 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
   Raises:
     ValueError: the same config errors as training (mesh, batch, model, tensor parallelism).
   """
-  train.check_config(config)
+  config_lib.check(config)
   mesh = sharding.make_mesh(config.mesh)
-  train.check_batch(config, mesh)
+  config_lib.check_batch(config, mesh)
   model = train.build_model(config, num_classes, channels)
-  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name,
-                                                       **config_overrides(config.model)))
+  fields = config_fields(config.model)
+  sharding.check_tensor_parallel(mesh, fields)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.image_size, config.image_size, channels)
   abstract, shardings, _ = train.init_state(model, tx, config, image_shape, mesh)
@@ -86,18 +72,16 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
   compiled = step.lower(abstract, images, labels).compile()
   seconds = time.time() - start
   whole = sharding.fsdp_replicated(abstract.params, mesh)
-  mem = compiled.memory_analysis()
-  memory = {'arguments': mem.argument_size_in_bytes, 'outputs': mem.output_size_in_bytes,
-            'aliased': mem.alias_size_in_bytes, 'temporaries': mem.temp_size_in_bytes}
-  memory['peak'] = (memory['arguments'] + memory['outputs'] - memory['aliased']
-                    + memory['temporaries'])
+  forward = flops.forward_flops(functools.partial(train.build_model, config, num_classes,
+                                                  channels), image_shape,
+                                fields.get('num_layers'))
   return {
       'model': config.model.name, 'mesh': dict(mesh.shape), 'devices': mesh.size,
       'batch_size': config.batch_size, 'image_size': config.image_size,
       'scan': bool(config.model.scan), 'remat_policy': config.model.remat_policy or 'none',
       'num_params': sum(int(a.size) for a in jax.tree_util.tree_leaves(abstract.params)),
-      'memory': memory,
-      'flops_per_step': 3 * config.batch_size * forward_flops(config, num_classes, image_shape),
+      'memory': flops.compiled_memory(compiled),
+      'flops_per_step': flops.train_flops(forward, config.batch_size),
       'compile_seconds': seconds,
       'params': _param_rows(shardings.params, abstract.params),
       'fsdp_replicated': [path for path, _ in whole],

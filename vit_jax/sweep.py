@@ -10,10 +10,9 @@ point is recorded with its error in `<point>/error.txt` and retried by the next 
 sweep carries on. SIGTERM or Ctrl-C stops the running point at a checkpoint and ends the sweep
 (rerun to continue); if the sweep process itself dies, its running point gets SIGTERM. A point
 run with a different config than the sweep's now is refused, never mixed into the results. At
-the end `results.csv` is collected and `vit_jax.report` writes the figures and `REPORT.md`.
+the end `results.csv` is collected and `vit_jax.scaling` writes the figures and `REPORT.md`.
 """
 import contextlib
-import csv
 import ctypes
 import dataclasses
 import json
@@ -26,11 +25,14 @@ from typing import Iterator
 
 from absl import app
 from absl import flags
+from flax import traverse_util
 import ml_collections
 from ml_collections import config_flags
 
-from vit_jax import checkpoint, cli, files, metrics, report, train
-from vit_jax.models import resolved_fields
+from vit_jax import cli, files, metrics, train
+from vit_jax import config as config_lib
+from vit_jax.scaling import report, results, tables
+from vit_jax.models import config_fields
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (configs/data_scaling.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: one subfolder per point.')
@@ -46,9 +48,9 @@ class Point:
 
 
 def expand(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
-  """Every (model, train size) of the sweep, models in config order, sizes ascending."""
-  if not sweep.models or not sweep.train_sizes:
-    raise ValueError('The sweep needs at least one entry in `models` and in `train_sizes`.')
+  """Every (model, train size) of the sweep (checked by `config.check_sweep`), models in
+  config order, sizes in config order."""
+  config_lib.check_sweep(sweep)
   points = []
   for label, entry in sweep.models.items():
     for size in sweep.train_sizes:
@@ -64,7 +66,7 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
 
 def _family_depth_width(config: ml_collections.ConfigDict) -> tuple[str, int, int]:
   """('vit' | 'hybrid' | 'resnet' | 't2t', depth, width) of a point's model."""
-  fields = resolved_fields(**config.model)
+  fields = config_fields(config.model)
   if fields['family'] == 'resnet':
     return 'resnet', 3 * sum(fields['resnet_layers']) + 2, fields['resnet_width']
   return fields['family'], fields['num_layers'], fields['hidden_size']
@@ -83,25 +85,12 @@ def _row(point: Point) -> dict:
       with open(error_path) as f:
         error = f.read().strip()
     return dict(row, status='failed', error=error)
-  r = files.read_json(result_path)
-  shots = sorted(int(k[len('best_fewshot_'):-len('shot')]) for k in r
-                 if k.startswith('best_fewshot_'))
-  return dict(
-      row, params=r['num_params'], train_size=r['train_size'], steps=r['step'],
-      examples_seen=r['examples_seen'], best_step=r.get('best_step'),
-      train_accuracy=r.get('train_accuracy'), val_accuracy=r.get('best_val_accuracy'),
-      test_accuracy=r.get('best_test_accuracy', r.get('test_accuracy')),
-      fewshot_accuracy=r.get(f'best_fewshot_{shots[-1]}shot') if shots else None,
-      train_flops=r.get('train_flops'), wall_time_sec=r['wall_time_sec'], status='done',
-      error='')
+  return dict(row, **results.from_result(files.read_json(result_path)))
 
 
 def write_results(points: list[Point], path: str) -> list[dict]:
   rows = [_row(p) for p in points]
-  with files.atomic_open(path) as f:
-    writer = csv.DictWriter(f, fieldnames=report.COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
+  results.write_results(rows, path)
   return rows
 
 
@@ -123,13 +112,13 @@ def check_configs(points: list[Point]) -> None:
     path = os.path.join(point.workdir, 'config.json')
     if not os.path.exists(path):
       continue
-    then = checkpoint.flatten(files.read_json(path))  # {'optim/lr': ...}
-    now = checkpoint.flatten(json.loads(point.config.to_json_best_effort()))
+    then = traverse_util.flatten_dict(files.read_json(path), sep='.')  # {'optim.lr': ...}
+    now = traverse_util.flatten_dict(json.loads(point.config.to_json_best_effort()), sep='.')
     changed = sorted(k for k in then.keys() & now.keys() if then[k] != now[k])
     if changed:
       raise ValueError(
           f'{point.workdir} was run with another config than this sweep gives it (' +
-          ', '.join(f'{k.replace("/", ".")}: {then[k]!r} then, {now[k]!r} now'
+          ', '.join(f'{k}: {then[k]!r} then, {now[k]!r} now'
                     for k in changed[:5]) +
           '); use a new --workdir, or delete that point to rerun it.')
 
@@ -215,7 +204,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str])
             f'{metrics.format_duration(per_point * (len(todo) - n))}', flush=True)
   rows = write_results(points, os.path.join(sweep_dir, 'results.csv'))
   written = report.write_report(sweep_dir)
-  print(report.results_table(report.read_results(os.path.join(sweep_dir, 'results.csv'))))
+  print(tables.results_table(results.read_results(os.path.join(sweep_dir, 'results.csv'))))
   print('\nResults:', os.path.join(sweep_dir, 'results.csv'))
   for key, path in written.items():
     if isinstance(path, str) and os.path.exists(path):
@@ -255,4 +244,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  cli.set_cpu_flag()
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,20 +1,16 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-config -> mesh -> data (in memory, uint8) -> model + optimizer -> state initialised directly
-sharded -> jitted train step (augmentation on device, explicit shardings, donated state) ->
-metrics / evaluation / checkpoints. Rerunning on the same workdir resumes from the latest
-checkpoint, data order included. SIGTERM saves a checkpoint at the current step and returns;
-a non-finite loss or gradient stops the run (FloatingPointError) before anything is saved,
-unless optim.skip_nonfinite skips such steps.
+config (checked, `vit_jax.config`) -> mesh -> data (in memory, uint8; `data.load_data`) ->
+model + optimizer -> state initialised directly sharded -> jitted train step (augmentation on
+device, explicit shardings, donated state) -> metrics / evaluation / checkpoints. Rerunning on
+the same workdir resumes from the latest checkpoint, data order included. SIGTERM saves a
+checkpoint at the current step and returns; a non-finite loss or gradient stops the run
+(FloatingPointError) before anything is saved, unless optim.skip_nonfinite skips such steps.
 """
-import contextlib
-import errno
 import functools
 import os
-import signal
-import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from absl import logging
 import flax.struct
@@ -24,10 +20,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import common
-from vit_jax import (checkpoint, data, evaluate, files, metrics, mpp, optim, prefetch,
+from vit_jax import (checkpoint, data, evaluate, files, flops, metrics, mpp, optim, prefetch,
                      sharding)
-from vit_jax.models import config_overrides, get_model, resolved_fields
+from vit_jax import config as config_lib
+from vit_jax import workdir as run_dir
+from vit_jax.models import config_fields, config_overrides, get_model
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -37,54 +34,13 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array        # (2,) uint32; step keys are fold_in(rng, step)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming any field that is not in the config vocabulary
-  (configs/common.py) or whose value cannot work."""
-  def unknown(cfg, ref, prefix=''):
-    for key, value in cfg.items():
-      if key not in ref:
-        yield prefix + key
-      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-          ref[key], ml_collections.ConfigDict):
-        yield from unknown(value, ref[key], f'{prefix}{key}.')
-  bad = list(unknown(config, common.get_config()))
-  if bad:
-    raise ValueError(f'Unknown config field(s) {bad}; see configs/common.py for the vocabulary.')
-  for field in ('batch_size', 'total_steps', 'image_size', 'log_every', 'eval_every',
-                'checkpoint_every'):
-    if not isinstance(config[field], int) or config[field] < 1:
-      raise ValueError(f'config.{field}={config[field]!r} must be a positive integer.')
-  for field in ('eval.batch_size', 'checkpoint.keep', 'optim.grad_accum_steps'):
-    section, key = field.split('.')
-    if not isinstance(config[section][key], int) or config[section][key] < 1:
-      raise ValueError(f'{field}={config[section][key]!r} must be a positive integer.')
-  shots = config.eval.fewshot_shots
-  if shots and (not all(isinstance(k, int) and k > 0 for k in shots) or
-                config.eval.fewshot_seeds < 1):
-    raise ValueError(f'eval.fewshot_shots={tuple(shots)} must be positive integers and '
-                     f'eval.fewshot_seeds={config.eval.fewshot_seeds} at least 1 (or no shots).')
-  accum = config.optim.grad_accum_steps
-  if config.batch_size % accum:
-    raise ValueError(f'batch_size={config.batch_size} is not divisible by '
-                     f'optim.grad_accum_steps={accum}.')
-  mpp.objective_args(config)
-
-
-def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
-  """Raises ValueError unless the batch splits over the data-parallel devices and the
-  gradient-accumulation micro-batches."""
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % (dp * config.optim.grad_accum_steps):
-    raise ValueError(f'batch_size={config.batch_size} is not divisible by the data-parallel '
-                     f'size {dp} (mesh={config.mesh}) x optim.grad_accum_steps='
-                     f'{config.optim.grad_accum_steps}.')
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int, channels: int):
+def build_model(config: ml_collections.ConfigDict, num_classes: int, channels: int, **changes):
   """The run's model: a classifier of `num_classes`, or with `mpp.enabled` the masked patch
-  predictor of the colours of `channels`-channel images."""
-  overrides = config_overrides(config.model)
+  predictor of the colours of `channels`-channel images (which needs a plain ViT with square
+  patches: ValueError otherwise). `changes` replace model fields (None: the registry's)."""
+  overrides = {**config_overrides(config.model), **changes}
   if config.mpp.enabled:
+    mpp.patch_size(config)
     overrides['masked_patch_prediction'] = True
     num_classes = mpp.num_colors(channels)
   return get_model(config.model.name, num_classes=num_classes, **overrides)
@@ -109,10 +65,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
   apply. metrics['nonfinite'] is 1 when the loss, gradient or update is not finite; with
   optim.skip_nonfinite such a step leaves parameters and optimizer state unchanged.
   """
-  aug = config.augment
-  augment = functools.partial(
-      data.augment, image_size=config.image_size, crop=aug.crop,
-      crop_scale=tuple(aug.crop_scale), crop_ratio=tuple(aug.crop_ratio), flip=aug.flip)
+  augment = data.augment_from_config(config)
   accum = config.optim.grad_accum_steps
   smoothing = config.optim.label_smoothing
   skip_nonfinite = config.optim.skip_nonfinite
@@ -185,37 +138,6 @@ def init_state(model, tx, config, image_shape: tuple[int, ...], mesh):
   return abstract, shardings, lambda: jax.jit(init_fn, out_shardings=shardings)(rng)
 
 
-def load_data(config) -> tuple[data.Split, data.Split | None, data.Split]:
-  """(train, validation or None, test): the nested `train_size` subset of the training split,
-  minus a class-balanced `eval.val_fraction` of it held out for validation."""
-  train, test = (data.load_split(config.dataset, split, cache_dir=config.data.cache_dir,
-                                 corrupt_images=config.data.corrupt_images)
-                 for split in ('train', 'test'))
-  train = train.take(data.nested_subset(train.labels, config.train_size, config.data.subset_seed))
-  fraction = config.eval.val_fraction
-  if not 0 <= fraction < 1:
-    raise ValueError(f'eval.val_fraction={fraction} must be in [0, 1).')
-  if not fraction:
-    return train, None, test
-  num_val = max(round(fraction * len(train.labels)), len(train.class_names))
-  if num_val >= len(train.labels):
-    raise ValueError(f'eval.val_fraction={fraction} leaves no training examples out of '
-                     f'{len(train.labels)}.')
-  val = data.nested_subset(train.labels, num_val, config.data.subset_seed + 1)
-  rest = np.setdiff1d(np.arange(len(train.labels)), val)
-  return train.take(rest), train.take(val), test
-
-
-def forward_flops(model, image_shape: tuple[int, ...]) -> float:
-  """FLOPs of one example's forward pass, from XLA's cost analysis of the compiled model."""
-  compiled = jax.jit(lambda p, x: model.apply(p, x, train=False)).lower(
-      jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_shape))),
-      jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', 0.0))
-
-
 def _stop_if_nonfinite(pending: list, skip: bool, last_good: int | None) -> None:
   """Raises on the first non-finite (step, metrics) in `pending`, unless such steps are
   skipped. Called before every log line, evaluation and checkpoint."""
@@ -229,56 +151,46 @@ def _stop_if_nonfinite(pending: list, skip: bool, last_good: int | None) -> None
         'steps.')
 
 
-@contextlib.contextmanager
-def _sigterm_flag() -> Iterator[list]:
-  """A list that becomes non-empty when SIGTERM arrives inside the block (only the main
-  thread can receive signals: elsewhere the list stays empty)."""
-  flag = []
-  if threading.current_thread() is not threading.main_thread():
-    yield flag
-    return
-  previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
-  try:
-    yield flag
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+def _summary(pending: list, skipped: int, images_per_sec: float) -> dict[str, float]:
+  """The log line's metrics: the mean of every metric over the steps in `pending` (over the
+  finite ones when some were skipped), the throughput and the skipped-step count so far."""
+  host = [m for _, m in jax.device_get(pending)]
+  skipped += int(sum(m['nonfinite'] for m in host))
+  good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
+  summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
+  return dict(summary, images_per_sec=images_per_sec, skipped_steps=skipped)
 
 
-def _write_config(config, workdir: str) -> None:
-  """Writes the resolved config; a different one already there is kept with a timestamp."""
-  path = os.path.join(workdir, 'config.json')
-  text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() != text:
-        backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
-        os.replace(path, backup)
-        logging.warning('The config differs from the one this workdir was started with; the '
-                        'old one is kept as %s.', backup)
-  with files.atomic_open(path) as f:
-    f.write(text)
+def _check_inputs(config: ml_collections.ConfigDict, mesh, train: data.Split) -> None:
+  """Raises, before anything is written, for what the config check cannot see: the few-shot
+  probe's shots per class of `train`, a missing `checkpoint.init_from`, a tensor-parallel
+  split of the model."""
+  if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
+    evaluate.fewshot_indices(train.labels, max(shots), seed=0)
+  init_from = config.checkpoint.init_from
+  if init_from and not os.path.exists(init_from):
+    raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
+  sharding.check_tensor_parallel(mesh, config_fields(config.model))
 
 
-# What a failed write reports when the workdir is full, read-only or otherwise unwritable.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
-                 errno.EIO, errno.ENOTDIR}
-
-
-@contextlib.contextmanager
-def _workdir(workdir: str) -> Iterator[None]:
-  """Holds the workdir's lock (on process 0) for the block and turns a failed write into one
-  error that names the workdir and says what to do."""
-  try:
-    with (files.exclusive_lock(workdir, 'training run') if jax.process_index() == 0
-          else contextlib.nullcontext()):
-      yield
-  except OSError as e:
-    if e.errno not in _WRITE_ERRNOS:
-      raise
-    problem = f'{e.filename}: {e.strerror}' if e.filename else e.strerror or str(e)
-    raise OSError(e.errno, f'Cannot write in the workdir {workdir} ({problem}). Everything '
-                  'written there before is intact; free space or fix the permissions, then '
-                  'rerun the same command to continue from the last checkpoint.') from e
+def _restore_or_init(config, manager, abstract, shardings, init, tx, iterator
+                     ) -> tuple[TrainState, dict[str, Any]]:
+  """(state, saved): the latest checkpoint (and the iterator's position) with its saved
+  'best', 'skipped' and 'wall_time', else a new state, from `checkpoint.init_from` if set."""
+  if manager.latest_step() is not None:
+    state, saved = manager.restore(abstract)
+    iterator.set_state(saved['iterator'])
+    logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
+    return state, saved
+  state = init()
+  if config.checkpoint.init_from:
+    params = checkpoint.load_pretrained(config.checkpoint.init_from, abstract.params,
+                                        reset_head=config.checkpoint.reset_head)
+    params = jax.device_put(params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    state = state.replace(params=params, opt_state=opt_state)
+    logging.info('Initialised from %s.', config.checkpoint.init_from)
+  return state, {'best': {}, 'skipped': 0, 'wall_time': 0.}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -294,52 +206,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     OSError: the workdir cannot be written (full, read-only); nothing already there is lost.
     FloatingPointError: a non-finite loss or gradient (unless optim.skip_nonfinite).
   """
-  with _sigterm_flag() as preempted:
+  with run_dir.sigterm_flag() as preempted:
     return _train_and_evaluate(config, workdir, preempted)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         preempted: list) -> dict[str, Any]:
   """The body of `train_and_evaluate`; `preempted` becomes non-empty on SIGTERM."""
-  check_config(config)
+  config_lib.check(config)
   mesh = sharding.make_mesh(config.mesh)
-  check_batch(config, mesh)
-  train_split, val_split, test_split = load_data(config)
-  if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
-    evaluate.fewshot_indices(train_split.labels, max(shots), seed=0)
-  init_from = config.checkpoint.init_from
-  if init_from and not os.path.exists(init_from):
-    raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
-  model = build_model(config, len(train_split.class_names), train_split.images.shape[-1])
-  sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name,
-                                                       **config_overrides(config.model)))
+  config_lib.check_batch(config, mesh)
+  train_split, val_split, test_split = data.load_data(config)
+  _check_inputs(config, mesh, train_split)
+  channels = train_split.images.shape[-1]
+  model = build_model(config, len(train_split.class_names), channels)
   tx, schedule = optim.make_optimizer(config)
-  image_shape = (config.image_size, config.image_size, train_split.images.shape[-1])
+  image_shape = (config.image_size, config.image_size, channels)
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
 
-  with _workdir(workdir):
+  with run_dir.hold(workdir):
     is_writer = jax.process_index() == 0
     manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
                                            config.checkpoint.keep)
     iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
                                   jax.process_index(), jax.process_count())
-    elapsed, best, skipped = 0., {}, 0
-    if manager.latest_step() is not None:
-      state, saved = manager.restore(abstract)
-      iterator.set_state(saved['iterator'])
-      elapsed, best, skipped = saved['wall_time'], saved['best'], saved['skipped']
-      logging.info('Resumed from step %d in %s.', int(state.step), manager.directory)
-    else:
-      state = init()
-      if config.checkpoint.init_from:
-        params = checkpoint.load_pretrained(config.checkpoint.init_from, abstract.params,
-                                            reset_head=config.checkpoint.reset_head)
-        params = jax.device_put(params, shardings.params)
-        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-        state = state.replace(params=params, opt_state=opt_state)
-        logging.info('Initialised from %s.', config.checkpoint.init_from)
+    state, saved = _restore_or_init(config, manager, abstract, shardings, init, tx, iterator)
+    best, skipped = saved['best'], saved['skipped']
     if is_writer:
-      _write_config(config, workdir)
+      run_dir.write_config(config, workdir)
     start_step = int(state.step)
     result_path = os.path.join(workdir, 'result.json')
     if start_step >= config.total_steps and os.path.exists(result_path):
@@ -353,20 +247,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  0 if val_split is None else len(val_split.labels), len(test_split.labels),
                  model.num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
                  dict(mesh.shape))
-
     train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
-    evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best)
+    evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split)
 
     def run_eval(step: int) -> dict[str, float]:
+      nonlocal best
       evals = evaluator(state.params, step)
       writer.write(step, evals)
+      best = evaluate.update_best(best, evals, step)
       return evals
 
     pending, results = [], {}  # pending: (step, device metrics) since the last log line
     check_finite = lambda: _stop_if_nonfinite(pending, config.optim.skip_nonfinite,
                                               manager.latest_step())
     last_log, last_log_step = time.time(), start_step
-    run_start = time.time() - elapsed
+    run_start = time.time() - saved['wall_time']
     # The next batch is on the device while a step runs; nothing waits for the device
     # between log steps (metrics stay on it in `pending` until the next log line).
     batches = prefetch.DevicePrefetch(
@@ -377,13 +272,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       final = step == config.total_steps
       if step % config.log_every == 0 or final:
         check_finite()
-        host = [m for _, m in jax.device_get(pending)]
-        skipped += int(sum(m['nonfinite'] for m in host))
-        good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
-        summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
         now = time.time()
-        summary['images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log)
-        summary['skipped_steps'] = skipped
+        summary = _summary(pending, skipped,
+                           (step - last_log_step) * config.batch_size / (now - last_log))
+        skipped = summary['skipped_steps']
         writer.write(step, summary)
         eta = (config.total_steps - step) * (now - last_log) / (step - last_log_step)
         logging.info(metrics.progress_line(step, config.total_steps, summary, eta))
@@ -411,12 +303,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     final_step = int(state.step)
     num_val = 0 if val_split is None else len(val_split.labels)
-    flops = forward_flops(model, image_shape)
+    forward = flops.forward_flops(
+        functools.partial(build_model, config, len(train_split.class_names), channels),
+        image_shape, config_fields(config.model).get('num_layers'))
     results.update(best)
     results.update({
         'step': final_step, 'examples_seen': final_step * config.batch_size,
-        'forward_flops_per_example': flops,
-        'train_flops': 3 * flops * final_step * config.batch_size,
+        'forward_flops_per_example': forward,
+        'train_flops': flops.train_flops(forward, final_step * config.batch_size),
         'wall_time_sec': time.time() - run_start, 'num_params': num_params,
         'model': config.model.name, 'dataset': config.dataset,
         'train_size': len(train_split.labels) + num_val,

@@ -25,7 +25,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
-from configs import models  # pylint: disable=wrong-import-position
+from vit_jax.models import registry  # pylint: disable=wrong-import-position
 from vit_jax import files  # pylint: disable=wrong-import-position
 
 STRATEGIES = ('data parallel', 'FSDP', 'FSDP + TP4')
@@ -125,7 +125,7 @@ def main() -> None:
   points = files.read_json(path) if os.path.exists(path) else {}
   for devices in map(int, args.devices.split(',')):
     for model in args.models.split(','):
-      hidden_size = models.get_model_config(f'ViT-{model}').hidden_size
+      hidden_size = registry.get_model_config(f'ViT-{model}').hidden_size
       for strategy in STRATEGIES:
         key = f'{model}|{devices}|{strategy}'
         if key not in points:

@@ -6,7 +6,6 @@ behind `python -m vit_jax.analyze`).
 `<sweep>/analysis/<point>/` and writes `sweep.csv` and `sweep.png`.
 """
 import csv
-import functools
 import os
 
 from absl import logging
@@ -14,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, data, files, report, train
+from vit_jax import checkpoint, data, files, train
+from vit_jax.scaling import results as sweep_results
 from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness
 from vit_jax.models import forward_with_intermediates, resolved_fields
 from vit_jax.models.resnet import ResidualUnit
@@ -69,10 +69,7 @@ def hessian_eigenvalues(config, model, params, train_split: data.Split, batches:
                         k: int = 5, iterations: int = 50) -> np.ndarray:
   """(batches, k) top Hessian eigenvalues of the training loss (cross-entropy with label
   smoothing plus 0.5 * weight_decay * |params|^2) on augmented training mini-batches."""
-  aug = config.augment
-  augment = functools.partial(data.augment, image_size=config.image_size, crop=aug.crop,
-                              crop_scale=tuple(aug.crop_scale),
-                              crop_ratio=tuple(aug.crop_ratio), flip=aug.flip)
+  augment = data.augment_from_config(config)
   batch_size = min(config.batch_size, len(train_split.labels))
   rng = np.random.default_rng(0)
   values = []
@@ -112,11 +109,10 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   figure = lambda name: os.path.join(out, f'{name}.png')
 
   test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
-  spread = lambda n: np.linspace(0, len(test.labels) - 1, min(n, len(test.labels))).astype(int)
   prepare = lambda idx: data.preprocess_eval(jnp.asarray(test.images[idx]),
                                              image_size=config.image_size,
                                              crop_fraction=config.eval.crop_fraction)
-  x = prepare(spread(num_images))  # evenly spaced: test splits are often sorted by class
+  x = prepare(data.evenly_spaced(len(test.labels), num_images))  # evenly spaced: test splits are often sorted by class
   if kind in ('vit', 'hybrid') and {'distance', 'rollout', 'fourier'} & set(wanted):
     _, inter = forward_with_intermediates(model, {'params': params}, x)
     attn = np.asarray(inter['attention_weights'])
@@ -184,7 +180,7 @@ def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int
                   hessian_batches: int = 2) -> list[dict]:
   """Runs `only` (default SWEEP_ANALYSES, those that apply) on every finished point of a sweep;
   writes `<sweep>/analysis/<point>/`, `sweep.csv` and `sweep.png`; returns the summary rows."""
-  rows = [r for r in report.read_results(os.path.join(sweep_dir, 'results.csv'))
+  rows = [r for r in sweep_results.read_results(os.path.join(sweep_dir, 'results.csv'))
           if r['status'] == 'done']
   if not rows:
     raise ValueError(f'No finished point in {sweep_dir}/results.csv to analyse.')

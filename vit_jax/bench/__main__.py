@@ -27,9 +27,11 @@ import json  # pylint: disable=wrong-import-position
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from vit_jax import data  # pylint: disable=wrong-import-position
+from vit_jax import cli, data, flops  # pylint: disable=wrong-import-position
 from vit_jax.bench import (  # pylint: disable=wrong-import-position
-    flops, jax_side, original_ref, report, timing, torch_ref, worker)
+    jax_side, original_ref, report, timing, torch_ref, worker)
+
+cli.set_cpu_flag()  # before JAX starts a backend; the workers inherit XLA_FLAGS
 
 MODES = ('train', 'infer', 'data')
 DTYPES = ('float32', 'bfloat16')

@@ -8,26 +8,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import common
-from vit_jax import data, optim, sharding, train
-from vit_jax.bench import flops, report
-from vit_jax.models import config_overrides, resolved_fields
+from vit_jax import config as config_lib
+from vit_jax import data, flops, optim, sharding, train
+from vit_jax.bench import report
+from vit_jax.models import config_fields
 
 
 def make_config(model: str, *, batch: int, image_size: int, dtype: str,
                 overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """configs/common.py's defaults (AdamW, global-norm clipping, random resized crop) with the
+  """`vit_jax.config.defaults()` (AdamW, global-norm clipping, random resized crop) with the
   benchmark's model, batch and image size; `overrides` are model fields (e.g. scan=True)."""
-  config = common.get_config()
-  config.model = common.model_config(model, dtype=dtype, **overrides)
+  config = config_lib.defaults()
+  config.model = config_lib.model_config(model, dtype=dtype, **overrides)
   config.batch_size, config.image_size = batch, image_size
-  train.check_config(config)
+  config_lib.check(config)
   return config
 
 
 def model_fields(config: ml_collections.ConfigDict) -> dict:
   """The resolved model fields (registry values plus overrides, with `family`)."""
-  return resolved_fields(config.model.name, **config_overrides(config.model))
+  return config_fields(config.model)
 
 
 @dataclasses.dataclass
@@ -50,22 +50,12 @@ def build_model(config, num_classes: int):
   return model
 
 
-def _check_batch(config, mesh) -> None:
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % dp:
-    raise ValueError(f'--batch={config.batch_size} is not divisible by the {dp} devices.')
-
-
 def _compiled_figures(compiled) -> tuple[float, int | None, str]:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   stats = jax.devices()[0].memory_stats()
   if stats and 'peak_bytes_in_use' in stats:
-    return float(cost['flops']), None, 'memory_stats'  # filled in after the run
-  m = compiled.memory_analysis()
-  size = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-          + m.temp_size_in_bytes)
-  return float(cost['flops']), int(size), 'compiled memory_analysis (arguments+outputs+temp)'
+    return flops.compiled_flops(compiled), None, 'memory_stats'  # filled in after the run
+  return (flops.compiled_flops(compiled), int(flops.compiled_memory(compiled)['peak']),
+          'compiled memory_analysis (arguments+outputs+temp)')
 
 
 def synthetic_images(batch: int, image_size: int, seed: int = 0) -> np.ndarray:
@@ -78,7 +68,7 @@ def train_bench(config, num_classes: int) -> Bench:
   """The jitted train step of `vit_jax.train.make_train_step` (augmentation, forward,
   backward, optimizer update; donated state) on a device-resident uint8 batch."""
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch(config, mesh)
+  config_lib.check_batch(config, mesh)
   model = build_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   shape = (config.image_size, config.image_size, 3)
@@ -102,7 +92,7 @@ def train_bench(config, num_classes: int) -> Bench:
 def infer_bench(config, num_classes: int) -> Bench:
   """The jitted forward pass (train=False) on a device-resident float32 batch in [-1, 1]."""
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch(config, mesh)
+  config_lib.check_batch(config, mesh)
   model = build_model(config, num_classes)
   shape = (config.image_size, config.image_size, 3)
   params = jax.jit(model.init, out_shardings=sharding.replicated(mesh))(
@@ -123,12 +113,9 @@ def pipeline_steps(config, split: data.Split) -> dict[str, Callable[[], None]]:
   thread, i.e. one core) and 'augment' (the jitted on-device augmentation the train step
   runs, alone)."""
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch(config, mesh)
+  config_lib.check_batch(config, mesh)
   iterator = data.TrainIterator(split, config.batch_size, config.seed)
-  aug = config.augment
-  augment = jax.jit(lambda x, key: data.augment(
-      x, key, image_size=config.image_size, crop=aug.crop, crop_scale=tuple(aug.crop_scale),
-      crop_ratio=tuple(aug.crop_ratio), flip=aug.flip))
+  augment = jax.jit(data.augment_from_config(config))
   images = sharding.global_batch(next(iterator)[0], mesh)
   key = jax.random.PRNGKey(0)
 

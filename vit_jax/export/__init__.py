@@ -5,11 +5,11 @@ and import Hugging Face and timm ViT weights (the library behind `python -m vit_
   export_source(Source.from_model(...), 'onnx', out)   # any registry model and parameters
 
 Every export is written into a temporary folder beside `out`, then loaded by the other
-framework's own loader (transformers, onnxruntime, timm where importable, our npz loader) and
+framework's own loader (transformers, timm, onnxruntime, our npz loader) and
 run on real test images and random inputs; only when its logits match the JAX model's
 (`verify.TOLERANCE`) is the folder renamed to `out`, with `export.json` recording the check.
 Import: `hf.load(folder)`, `hf.import_state_dict(state, config)`, `timm.load(folder)`,
-`timm.import_state_dict(state, num_heads=...)` return (our model, params).
+`timm.import_state_dict(state, num_heads=...)` return (our model, params) for ViTs.
 """
 import importlib
 import os

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from absl import logging
 import numpy as np
 
-from vit_jax import checkpoint, files
+from vit_jax import files, pretrained
 from vit_jax.export import layout
 from vit_jax.export.source import Source
 from vit_jax.export.verify import VerificationError
@@ -102,7 +102,7 @@ def preprocessor_config(source: Source) -> dict[str, Any]:
 
 def state_dict(source: Source) -> dict[str, np.ndarray]:
   """`source`'s parameters as a Hub-layout ViTForImageClassification state dict."""
-  return layout.to_state_dict(checkpoint.flatten(source.params),
+  return layout.to_state_dict(pretrained.flatten(source.params),
                               _entries(source.model.num_layers))
 
 
@@ -177,7 +177,7 @@ def import_state_dict(state: Mapping[str, Any], hf_config: Mapping[str, Any] | A
   flat = layout.from_state_dict(arrays, _entries(model.num_layers),
                                 layout.param_shapes(model, image_size, channels),
                                 'the Hugging Face checkpoint')
-  return model, checkpoint.unflatten(flat)
+  return model, pretrained.unflatten(flat)
 
 
 def load(directory: str):

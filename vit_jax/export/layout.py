@@ -9,7 +9,8 @@ several, concatenated on the output axis, as timm's fused qkv), `theirs` a state
   e.g. Dense (D_in, D_out) or query (D, K, D/K) -> (D, D);
 - 'linear_out': a kernel whose last axis is the output, (..., D_out) -> (D_out, in), e.g. the
   attention output (K, D/K, D) -> (D, D);
-- 'conv': HWIO -> OIHW.
+- 'conv': HWIO -> OIHW;
+- 'linear_1x1': a Dense kernel (D_in, D_out) -> a 1x1 convolution weight (D_out, D_in, 1, 1).
 
 `vit_for_weights` and `param_shapes` build the ViT that imported weights go into.
 """
@@ -20,7 +21,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax import pretrained
 from vit_jax.models import get_model
 
 
@@ -59,6 +60,8 @@ def to_torch(array: np.ndarray, kind: str) -> np.ndarray:
     return array.reshape(-1, array.shape[-1]).T
   if kind == 'conv':
     return array.transpose(3, 2, 0, 1)
+  if kind == 'linear_1x1':
+    return array.T[:, :, None, None]
   raise ValueError(f'Unknown layout kind {kind!r}.')
 
 
@@ -124,4 +127,4 @@ def param_shapes(model: nn.Module, image_size: int | tuple[int, int], channels: 
   size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
   images = jax.ShapeDtypeStruct((1, *size, channels), np.float32)
   params: Any = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)['params']
-  return {k: tuple(v.shape) for k, v in checkpoint.flatten(params).items()}
+  return {k: tuple(v.shape) for k, v in pretrained.flatten(params).items()}

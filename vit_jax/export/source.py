@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, data
+from vit_jax import checkpoint, data, pretrained
 from vit_jax.export import layout
 from vit_jax.models import ResNet, T2TViT, VisionTransformer
 
@@ -78,10 +78,12 @@ class Source:
   def unsupported(self, fmt: str, reason: str) -> UnsupportedError:
     return UnsupportedError(f'--format={fmt} cannot export {self.name} ({self.family}): {reason}.')
 
-  def require_plain_vit(self, fmt: str, target: str) -> None:
-    """Raises UnsupportedError unless the model is a plain ViT with a learned position
-    embedding and no pre-logits layer, what `target` (e.g. timm's VisionTransformer) holds."""
-    if self.family != 'vit':
+  def require_plain_vit(self, fmt: str, target: str, families: tuple[str, ...] = ('vit',)
+                        ) -> None:
+    """Raises UnsupportedError unless the model is a ViT (of `families`) with a learned
+    position embedding and no pre-logits layer, what `target` (e.g. timm's VisionTransformer)
+    holds."""
+    if self.family not in families:
       raise self.unsupported(fmt, f'only plain ViTs map onto {target}; use --format=onnx or npz')
     if self.model.representation_size is not None:
       raise self.unsupported(fmt, f'representation_size={self.model.representation_size}: '
@@ -103,7 +105,7 @@ class Source:
     dataset's class names are used when their number matches the head.
     """
     model = model.clone(**{k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)})
-    params = checkpoint.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
+    params = pretrained.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
     channels = input_channels(model, params, image_size, name)
     images_from = 'the given images'
     if images is None:
@@ -136,15 +138,22 @@ class Source:
                           workdir=os.path.abspath(workdir), step=step)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(model: nn.Module) -> Callable:
+  """One jitted forward per model, so every parameter set of it (the source's, the ones read
+  back from an export) reuses the compilations."""
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+
+
 def predictor(model: nn.Module, params: Params) -> Callable[[np.ndarray], np.ndarray]:
   """The jitted forward pass: images (B, S, S, C) float32 -> logits (B, classes) NumPy."""
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  apply = _jitted_apply(model)
   return lambda images: np.asarray(apply(params, jnp.asarray(images, jnp.float32)))
 
 
 def input_channels(model: nn.Module, params: Params, image_size: int, name: str) -> int:
   """The channels C of the (S, S, C) images that `params` were made for (checked by shape)."""
-  shapes = {k: np.shape(v) for k, v in checkpoint.flatten(params).items()}
+  shapes = {k: np.shape(v) for k, v in pretrained.flatten(params).items()}
   for channels in (3, 1, 4, 2):
     if layout.param_shapes(model, image_size, channels) == shapes:
       return channels
@@ -168,15 +177,14 @@ def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: st
                     dataset, e)
     split = data.load_split('digits', 'test')
     names, source = None, 'the embedded digits (the run\'s dataset is not readable here)'
-  idx = np.linspace(0, len(split.labels) - 1, min(NUM_IMAGES, len(split.labels))).astype(int)
-  images = split.images[idx]
+  images = split.images[data.evenly_spaced(len(split.labels), NUM_IMAGES)]
   if images.shape[-1] != channels:
     if images.shape[-1] != 1:
       raise ValueError(f'{source} has {images.shape[-1]} channels, the model {channels}.')
     images = np.repeat(images, channels, axis=-1)
   x = data.preprocess_eval(jnp.asarray(images), image_size=image_size,
                            crop_fraction=crop_fraction)
-  return np.asarray(x), names, f'{len(idx)} images of {source}'
+  return np.asarray(x), names, f'{len(images)} images of {source}'
 
 
 def random_images(source: Source, seed: int = 0) -> np.ndarray:

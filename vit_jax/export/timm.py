@@ -1,39 +1,57 @@
-"""timm `VisionTransformer`: export and import.
+"""timm: export of ViTs, hybrids and ResNets; import of ViTs.
 
-Export writes `model.safetensors` (timm's key names: `patch_embed.proj`, `cls_token`,
-`pos_embed`, `blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`,
-`head`; q, k and v concatenated head-major on qkv's output axis) and `timm_config.json`, the
-keyword arguments of `timm.create_model` that build the matching model:
+Export writes `model.safetensors` in timm's key layout and `timm_config.json`, the arguments of
+`timm.create_model` that build the matching model. `create_model(config)` builds it (timm
+alone, see the README for the same code without vit_jax); the export is verified by exactly
+that, `load_state_dict` (strict) and timm's forward.
 
-  model = timm.create_model(**json.load(open('timm_config.json')))
-  model.load_state_dict(safetensors.torch.load_file('model.safetensors'))
+- ViT: timm's `VisionTransformer` (`patch_embed.proj`, `cls_token`, `pos_embed`,
+  `blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`, `head`; q, k and
+  v concatenated head-major on qkv's output axis); `timm.create_model(**config)`.
+- Hybrid: the layout of timm's `vit_base_r50_s16_224` / `_384` (the ViT above with a
+  `patch_embed.backbone`, timm's non-pre-activation `ResNetV2`, in a `HybridEmbed`); the
+  config's `backbone` holds that ResNetV2's arguments, since the registered hybrid names fix
+  the stages and width.
+- ResNet: timm's `ResNetV2` with `preact=False` (post-activation bottlenecks as ours; the
+  `resnetv2_50x1_bit` weights are pre-activation, another function) and a 1x1-conv head, built
+  through the `resnetv2_50` registration with our stages and widths.
+
+Both ResNets: `stem.conv` (7x7/2) + `stem.norm` + SAME max-pool ('same' stem, TF padding as
+ours), `stages.{s}.blocks.{u}.{conv1, norm1, conv2, norm2, conv3, norm3}` and
+`downsample.{conv, norm}` in each stage's first unit; StdConv2dSame convolutions and GroupNorm
+with our group count and epsilon (1e-6, Flax's; timm's default is 1e-5).
+Weight standardisation: ours is (w - mean) / (std + 1e-5), timm's (w - mean) / sqrt(var + eps)
+with eps = 1e-8 (its hybrids'). Each exported kernel is our standardised kernel scaled per
+output channel so that timm's standardisation gives exactly our standardised kernel back (see
+`timm_kernel`); the scale itself is immaterial to a standardised convolution.
 
 Pooling: classifier='token' -> global_pool='token'; classifier='gap' -> class_token=False,
 global_pool='avg' and fc_norm=False, because our final LayerNorm acts on every token before
 the mean (timm's default for 'avg' would move it after the pooling, a different function).
-GELU: timm's default is the exact GELU; `act_layer` is set to 'gelu_tanh' for our default
-tanh-approximated GELU (timm >= 0.9), so the logits match either way. With an older timm
-without 'gelu_tanh', train with gelu_approximate=False for exact parity.
-
-Verification loads the file with timm when timm is importable; otherwise (timm needs
-torchvision) it reads the weights back from the file into our model and runs that, and says so.
+GELU: timm's default is the exact GELU; `act_layer` is 'gelu_tanh' for our default
+tanh-approximated GELU and 'gelu' for gelu_approximate=False, so the logits match either way.
 """
+import functools
 import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from vit_jax import checkpoint, files
-from vit_jax.export import layout
-from vit_jax.export.source import Source, predictor
+from vit_jax import files, pretrained
+from vit_jax.export import layout, stdconv
+from vit_jax.export.source import Source
+from vit_jax.export.verify import VerificationError
 
 WEIGHTS = 'model.safetensors'
 CONFIG = 'timm_config.json'
 GELU = {True: 'gelu_tanh', False: 'gelu'}  # our gelu_approximate -> timm act_layer
 POOL = {'token': 'token', 'gap': 'avg'}  # our classifier -> timm global_pool
+STD_CONV_EPS = 1e-8  # timm's StdConv2dSame eps in its ViT hybrids
+GROUP_NORM_EPS = 1e-6  # ours (Flax's GroupNorm default)
+_RESNET_FIELDS = ('std_conv_eps', 'num_groups', 'group_norm_eps')  # -> timm layer objects
 
 
-def _entries(num_layers: int, class_token: bool) -> list[layout.Entry]:
+def _vit_entries(num_layers: int, class_token: bool) -> list[layout.Entry]:
   """Our flat parameter paths <-> timm VisionTransformer keys."""
   entries = [layout.entry('embedding/kernel', 'patch_embed.proj.weight', 'conv'),
              layout.entry('embedding/bias', 'patch_embed.proj.bias'),
@@ -57,20 +75,77 @@ def _entries(num_layers: int, class_token: bool) -> list[layout.Entry]:
   return entries
 
 
-def check(source: Source) -> None:
-  """Raises UnsupportedError for models timm's VisionTransformer cannot represent."""
-  source.require_plain_vit('timm', "timm's VisionTransformer")
+def _resnet_entries(layers: tuple[int, ...], prefix: str, stem: str) -> list[layout.Entry]:
+  """Our ResNet paths <-> timm ResNetV2 (preact=False) keys under `prefix`; `stem` is the
+  stem's prefix ('stem.' in a ResNetV2, '' for a stem-only hybrid backbone)."""
+  entries = [layout.entry('conv_root/kernel', f'{prefix}{stem}conv.weight', 'conv'),
+             *layout.norm('gn_root', f'{prefix}{stem}norm')]
+  for s, units in enumerate(layers):
+    for u in range(units):
+      ours, theirs = f'block{s + 1}/unit{u + 1}', f'{prefix}stages.{s}.blocks.{u}'
+      convs = [(f'conv{i}', f'gn{i}', f'conv{i}', f'norm{i}') for i in (1, 2, 3)]
+      if u == 0:  # our first unit of every stage projects the residual, as timm's
+        convs.append(('conv_proj', 'gn_proj', 'downsample.conv', 'downsample.norm'))
+      for conv, gn, their_conv, their_norm in convs:
+        entries += [layout.entry(f'{ours}/{conv}/kernel', f'{theirs}.{their_conv}.weight', 'conv'),
+                    *layout.norm(f'{ours}/{gn}', f'{theirs}.{their_norm}')]
+  return entries
+
+
+def _entries(source: Source) -> list[layout.Entry]:
+  """Our flat parameter paths <-> the timm model's state-dict keys."""
   model = source.model
-  if int(model.hidden_size * (model.mlp_dim / model.hidden_size)) != model.mlp_dim:
-    raise source.unsupported('timm', f'mlp_dim={model.mlp_dim} is not reproduced by timm\'s '
-                             f'int(embed_dim * mlp_ratio) with hidden_size={model.hidden_size}')
+  if source.family == 'resnet':
+    return [*_resnet_entries(model.resnet_layers, '', 'stem.'),
+            layout.entry('head/kernel', 'head.fc.weight', 'linear_1x1'),
+            layout.entry('head/bias', 'head.fc.bias')]
+  entries = _vit_entries(model.num_layers, model.classifier == 'token')
+  if source.family == 'hybrid':
+    layers = model.resnet_layers
+    entries += _resnet_entries(layers, 'patch_embed.backbone.', 'stem.' if layers else '')
+  return entries
+
+
+def check(source: Source) -> None:
+  """Raises UnsupportedError for models timm's classes cannot represent."""
+  model = source.model
+  if source.family == 't2t':
+    raise source.unsupported('timm', 'timm has no T2T-ViT; use --format=onnx or npz')
+  if source.family in ('vit', 'hybrid'):
+    source.require_plain_vit('timm', "timm's VisionTransformer", families=('vit', 'hybrid'))
+    if int(model.hidden_size * (model.mlp_dim / model.hidden_size)) != model.mlp_dim:
+      raise source.unsupported('timm', f'mlp_dim={model.mlp_dim} is not reproduced by timm\'s '
+                               f'int(embed_dim * mlp_ratio) with hidden_size={model.hidden_size}')
+  if source.family in ('hybrid', 'resnet'):
+    if model.resnet_stem != 'bit':
+      raise source.unsupported('timm', f"resnet_stem={model.resnet_stem!r}: timm's ResNetV2 "
+                               "stems downsample 4x (7x7/2 conv and max-pool), the 'small' stem "
+                               'does not; use --format=onnx or npz')
+    if model.resnet_width % 8:
+      raise source.unsupported('timm', f'resnet_width={model.resnet_width}: timm\'s ResNetV2 '
+                               'rounds channel counts to multiples of 8; use --format=onnx or npz')
+
+
+def _resnetv2_kwargs(source: Source) -> dict[str, Any]:
+  """ResNetV2 arguments (JSON) of `source`'s ResNet; `_RESNET_FIELDS` become layer objects."""
+  model = source.model
+  layers, width = model.resnet_layers, model.resnet_width
+  return {'layers': list(layers), 'channels': [4 * width * 2**s for s in range(len(layers))],
+          'stem_chs': width, 'stem_type': 'same', 'preact': False,
+          'output_stride': 2 ** (len(layers) + 1), 'in_chans': source.channels,
+          'std_conv_eps': STD_CONV_EPS, 'num_groups': np.gcd(32, width).item(),
+          'group_norm_eps': GROUP_NORM_EPS}
 
 
 def create_kwargs(source: Source) -> dict[str, Any]:
-  """The `timm.create_model` keyword arguments that build `source`'s architecture (the base
-  name only supplies defaults; every architecture argument is given)."""
+  """`timm_config.json`: the `timm.create_model` keyword arguments that build `source`'s
+  architecture (every architecture argument is given; the name supplies the layout), plus
+  for hybrids and ResNets what `create_model(config)` turns into timm objects first."""
   model = source.model
-  return {
+  if source.family == 'resnet':
+    return {'model_name': 'resnetv2_50', 'pretrained': False,
+            'num_classes': source.num_classes, 'global_pool': 'avg', **_resnetv2_kwargs(source)}
+  kwargs = {
       'model_name': 'vit_base_patch16_224', 'pretrained': False,
       'img_size': source.image_size, 'patch_size': model.patch_size,
       'in_chans': source.channels, 'num_classes': source.num_classes,
@@ -79,13 +154,57 @@ def create_kwargs(source: Source) -> dict[str, Any]:
       'class_token': model.classifier == 'token', 'global_pool': POOL[model.classifier],
       'fc_norm': False, 'act_layer': GELU[model.gelu_approximate],
   }
+  if source.family == 'hybrid':
+    kwargs['backbone'] = _resnetv2_kwargs(source)  # in a HybridEmbed, as vit_base_r50_s16_224
+  return kwargs
+
+
+def create_model(config: Mapping[str, Any]):
+  """timm's model (torch.nn.Module) for a `timm_config.json`: `timm.create_model(**config)`,
+  where a hybrid's `backbone` first becomes a ResNetV2 in a HybridEmbed and a ResNet's
+  `std_conv_eps`, `num_groups` and `group_norm_eps` its StdConv2dSame and GroupNormAct."""
+  import timm
+  from timm.layers import GroupNormAct, HybridEmbed, StdConv2dSame
+  from timm.models.resnetv2 import create_resnetv2_stem
+
+  def layers(kwargs):
+    kwargs = dict(kwargs)
+    return kwargs, {
+        'conv_layer': functools.partial(StdConv2dSame, eps=kwargs.pop('std_conv_eps')),
+        'norm_layer': functools.partial(GroupNormAct, num_groups=kwargs.pop('num_groups'),
+                                        eps=kwargs.pop('group_norm_eps'))}
+  config = dict(config)
+  if 'backbone' in config:
+    backbone, objects = layers(config.pop('backbone'))
+    if backbone['layers']:
+      backbone = timm.create_model('resnetv2_50', num_classes=0, global_pool='', **backbone,
+                                   **objects)
+    else:  # the stem alone, as timm's vit_tiny_r_s16_p8 hybrids
+      backbone = create_resnetv2_stem(backbone['in_chans'], backbone['stem_chs'], 'same',
+                                      preact=False, **objects)
+    config['embed_layer'] = functools.partial(HybridEmbed, backbone=backbone)
+  elif 'std_conv_eps' in config:
+    config, objects = layers(config)
+    config.update(objects)
+  return timm.create_model(**config)
+
+
+def timm_kernel(standardized: np.ndarray, eps: float = STD_CONV_EPS) -> np.ndarray:
+  """The kernel W (H, W, I, O) that timm's StdConv2d(Same) standardises, (W - mean) /
+  sqrt(var + eps) per output channel, into `standardized` (ours, mean 0, variance v < 1):
+  W = a * standardized with a^2 = eps / (1 - v), since then a^2 v + eps = a^2. (An output
+  channel whose raw kernel is constant but not zero standardises, in float32, to a tiny
+  constant in ours and to zero in timm; trained or initialised kernels are not constant.)"""
+  v = np.var(standardized.astype(np.float64), axis=(0, 1, 2))
+  return (standardized * np.sqrt(eps / np.maximum(1 - v, 1e-12))).astype(np.float32)
 
 
 def state_dict(source: Source) -> dict[str, np.ndarray]:
-  """`source`'s parameters as a timm VisionTransformer state dict."""
-  model = source.model
-  return layout.to_state_dict(checkpoint.flatten(source.params),
-                              _entries(model.num_layers, model.classifier == 'token'))
+  """`source`'s parameters as the timm model's state dict."""
+  flat = dict(pretrained.flatten(source.params))
+  flat.update({path: timm_kernel(kernel)
+               for path, kernel in stdconv.standardized_kernels(source).items()})
+  return layout.to_state_dict(flat, _entries(source))
 
 
 def write(source: Source, directory: str) -> None:
@@ -96,17 +215,17 @@ def write(source: Source, directory: str) -> None:
 
 
 def runner(source: Source, directory: str) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-  """timm's model with the exported weights, as a function of NHWC float32 images; without
-  timm, our model with the weights read back from the exported file."""
+  """timm's model built from the exported config, with the exported weights loaded strictly,
+  as a function of NHWC float32 images."""
+  del source
   try:
     import timm
+    import torch
+    from safetensors import torch as safetensors_torch
   except ImportError as e:
-    return predictor(*load(directory)), (f'timm is not importable here ({e}): checked by '
-                                         f'reading {WEIGHTS} back into our model, not by '
-                                         'running timm')
-  import torch
-  from safetensors import torch as safetensors_torch
-  model = timm.create_model(**files.read_json(os.path.join(directory, CONFIG)))
+    raise VerificationError(f'--format=timm is verified by timm, which is not importable here '
+                            f"({e}); pip install 'vit_jax[export]'. Nothing was written.") from e
+  model = create_model(files.read_json(os.path.join(directory, CONFIG)))
   model.load_state_dict(safetensors_torch.load_file(os.path.join(directory, WEIGHTS)))
   model.eval()
 
@@ -141,15 +260,18 @@ def import_state_dict(state: Mapping[str, Any], *, num_heads: int, gelu_approxim
       patch_size=tuple(patch), classifier='token' if class_token else 'gap',
       gelu_approximate=gelu_approximate)
   shapes = layout.param_shapes(model, (grid * patch[0], grid * patch[1]), channels)
-  flat = layout.from_state_dict(arrays, _entries(model.num_layers, class_token), shapes,
+  flat = layout.from_state_dict(arrays, _vit_entries(model.num_layers, class_token), shapes,
                                 'the timm checkpoint')
-  return model, checkpoint.unflatten(flat)
+  return model, pretrained.unflatten(flat)
 
 
 def load(directory: str):
-  """An exported folder (model.safetensors + timm_config.json) -> (our model, params)."""
+  """An exported ViT folder (model.safetensors + timm_config.json) -> (our model, params)."""
   from safetensors import numpy as safetensors_numpy
   kwargs = files.read_json(os.path.join(directory, CONFIG))
+  if 'num_heads' not in kwargs or 'backbone' in kwargs:
+    raise ValueError(f'{directory} holds a timm hybrid or ResNet; only ViT exports are '
+                     'imported.')
   if kwargs.get('act_layer', 'gelu') not in GELU.values():
     raise ValueError(f'act_layer={kwargs["act_layer"]!r} in {CONFIG} has no equivalent in our '
                      f'ViT ({sorted(GELU.values())}).')

@@ -1,6 +1,6 @@
 """Model zoo registry: `get_model(name, num_classes=..., **overrides)`.
 
-Names and sizes live in `configs/models.py`. Every module is called as
+Names and sizes live in `vit_jax/models/registry.py`. Every module is called as
 `model.apply(variables, images, train=False)` on NHWC float images and returns float32 logits.
 """
 import dataclasses
@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from configs import models as model_configs
+from vit_jax.models import registry
 from vit_jax.models.resnet import ResNet
 from vit_jax.models.t2t import T2TViT
 from vit_jax.models.vit import VisionTransformer, forward_with_intermediates
@@ -33,10 +33,15 @@ def config_overrides(model_config) -> dict:
   return {k: v for k, v in model_config.items() if k != 'name'}
 
 
+def config_fields(model_config) -> dict:
+  """`resolved_fields` of a config's `model` section."""
+  return resolved_fields(model_config.name, **config_overrides(model_config))
+
+
 def resolved_fields(name: str, **overrides) -> dict:
   """The registry's fields of model `name` with `overrides` applied (None keeps the registry's
   value); 'family' is 'vit', 'hybrid' (a ViT on a ResNet stem), 'resnet' or 't2t'."""
-  fields = model_configs.get_model_config(name).to_dict()
+  fields = registry.get_model_config(name).to_dict()
   fields.update({k: v for k, v in overrides.items() if v is not None})
   if fields['family'] == 'vit' and fields.get('resnet_layers'):
     fields['family'] = 'hybrid'
@@ -69,20 +74,20 @@ def _check_values(kwargs: dict, name: str) -> None:
 
 
 def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
-  """Builds a registered model (see `configs/models.py` for the names) with overrides.
+  """Builds a registered model (see `registry.py` for the names) with overrides.
 
   Args:
     name: e.g. 'ViT-B_16' or 'ViT-B/16', 'R50+ViT-B_16', 'BiT-R50x1', 'T2T-ViT-14'.
     num_classes: size of the zero-initialised head.
     **overrides: constructor arguments of the family's module, e.g. num_layers=24,
       patch_size=4, dtype=jnp.bfloat16 (or 'bfloat16'). None keeps the registry's value, so a
-      config can carry a slot for every field (configs/common.py).
+      config can carry a slot for every field (`vit_jax.config.model_config`).
 
   Raises:
     ValueError: unknown name (lists the known ones), unknown override (lists the valid ones),
       or inconsistent sizes (names the fields and values).
   """
-  config = model_configs.get_model_config(name)
+  config = registry.get_model_config(name)
   overrides = {k: v for k, v in overrides.items() if v is not None}
   family = config.family
   fields = model_fields(family)
@@ -106,5 +111,5 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
   return FAMILIES[family](num_classes=num_classes, **kwargs)
 
 
-__all__ = ['FAMILIES', 'ResNet', 'T2TViT', 'VisionTransformer', 'config_overrides',
+__all__ = ['FAMILIES', 'ResNet', 'T2TViT', 'VisionTransformer', 'config_fields', 'config_overrides',
            'forward_with_intermediates', 'get_model', 'model_fields', 'resolved_fields']

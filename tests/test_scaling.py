@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from vit_jax import report
+from vit_jax.scaling import powerlaw, report, results, tables
 
 SIZES = (1_000, 3_000, 10_000, 30_000, 100_000)
 # True error curves err(D) = a * D^-b + c: the ResNet is better on little data, the ViTs pass it
@@ -29,7 +29,7 @@ def dense_crossing(first, second, lo, hi):
 
 
 def result_row(model, family, depth, train_size, accuracy, **fields):
-  row = dict.fromkeys(report.COLUMNS, '')
+  row = dict.fromkeys(results.COLUMNS, '')
   row.update(model=model, family=family, depth=depth, width=192, params=5_000_000 * depth,
              train_size=train_size, steps=1000, examples_seen=512_000, best_step=900,
              train_accuracy=min(1., accuracy + 0.1), val_accuracy=accuracy,
@@ -41,14 +41,14 @@ def result_row(model, family, depth, train_size, accuracy, **fields):
 
 
 def failed_row(model, family, depth, train_size, error):
-  return {**dict.fromkeys(report.COLUMNS, ''), 'model': model, 'family': family, 'depth': depth,
+  return {**dict.fromkeys(results.COLUMNS, ''), 'model': model, 'family': family, 'depth': depth,
           'train_size': train_size, 'status': 'failed', 'error': error,
           'workdir': f'/sweeps/s/{model}_{train_size}'}
 
 
 def write_csv(directory, rows):
   with open(directory / 'results.csv', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=report.COLUMNS)
+    writer = csv.DictWriter(f, fieldnames=results.COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
   return str(directory)
@@ -71,7 +71,7 @@ def test_fit_power_law_recovers_known_parameters(noise):
   sizes = np.geomspace(100, 50_000, 10)
   errors = true_error(sizes, a=3., b=0.5, c=0.05)
   errors += np.random.default_rng(0).normal(0, noise, sizes.shape)
-  fit = report.fit_power_law(sizes, errors)
+  fit = powerlaw.fit_power_law(sizes, errors)
   tolerance = 1e-4 if noise == 0 else 0.1
   assert fit['n'] == 10
   assert fit['b'] == pytest.approx(0.5, abs=tolerance)
@@ -83,36 +83,36 @@ def test_fit_power_law_recovers_known_parameters(noise):
 
 def test_fit_power_law_needs_three_valid_points():
   with pytest.raises(ValueError, match='only 2 points'):
-    report.fit_power_law(np.array([100., 1000.]), np.array([0.5, 0.3]))
+    powerlaw.fit_power_law(np.array([100., 1000.]), np.array([0.5, 0.3]))
   with pytest.raises(ValueError, match=r'\[0, 1\]'):
-    report.fit_power_law(np.array([1., 2., 3.]), np.array([0.5, 0.3, 1.5]))
+    powerlaw.fit_power_law(np.array([1., 2., 3.]), np.array([0.5, 0.3, 1.5]))
 
 
 def test_crossing_matches_a_dense_grid_and_none_without_a_crossing():
   resnet, vit = CURVES['ResNet'][2], CURVES['ViT-12'][2]
-  found = report.crossing(resnet, vit, 1_000, 100_000)
+  found = powerlaw.crossing(resnet, vit, 1_000, 100_000)
   assert found == pytest.approx(dense_crossing(resnet, vit, 10, 1e7), rel=1e-4)
   assert 5_000 < found < 10_000
-  assert report.crossing(vit, resnet, 1_000, 100_000) == pytest.approx(found)
+  assert powerlaw.crossing(vit, resnet, 1_000, 100_000) == pytest.approx(found)
   parallel = dict(resnet, c=resnet['c'] + 0.1)  # the same curve shifted up never meets it
-  assert report.crossing(resnet, parallel, 1_000, 100_000) is None
+  assert powerlaw.crossing(resnet, parallel, 1_000, 100_000) is None
   # Equal exponents: (2 - 1) * D^-0.5 = 0.151 - 0.15 at D = 1e6 exactly, found only when the
   # search (up to hi * 100) reaches it.
   first, second = dict(a=2., b=0.5, c=0.15), dict(a=1., b=0.5, c=0.151)
-  assert report.crossing(first, second, 1_000, 100_000) == pytest.approx(1e6, rel=1e-6)
-  assert report.crossing(first, second, 1_000, 5_000) is None
+  assert powerlaw.crossing(first, second, 1_000, 100_000) == pytest.approx(1e6, rel=1e-6)
+  assert powerlaw.crossing(first, second, 1_000, 5_000) is None
 
 
 def test_read_results_converts_numbers_and_names_bad_ones(tmp_path):
   write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5),
                        failed_row('ViT-24', 'vit', 24, 1000, 'boom')])
-  done, failed = report.read_results(str(tmp_path / 'results.csv'))
+  done, failed = results.read_results(str(tmp_path / 'results.csv'))
   assert (done['train_size'], done['test_accuracy'], done['status']) == (1000, 0.5, 'done')
   assert isinstance(done['params'], int) and isinstance(done['train_flops'], float)
   assert failed['test_accuracy'] is None and failed['error'] == 'boom'
   write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5, steps='lots')])
   with pytest.raises(ValueError, match="line 2: column 'steps' holds 'lots'"):
-    report.read_results(str(tmp_path / 'results.csv'))
+    results.read_results(str(tmp_path / 'results.csv'))
 
 
 def test_write_report_on_a_sweep_where_vit_catches_up(tmp_path):
@@ -175,13 +175,13 @@ def test_findings_say_about_equal_and_disagree_with_the_paper(tmp_path):
 
 
 def test_results_table_lists_every_model_and_size():
-  table = report.results_table(synthetic_rows())
+  table = tables.results_table(synthetic_rows())
   lines = table.splitlines()
   assert lines[0] == 'Test accuracy (%) by training-set size:'
   assert lines[1].split() == ['model', 'params', '1,000', '3,000', '10,000', '30,000',
                               '100,000', 'few-shot', '@', '100,000']
   assert [line.split()[0] for line in lines[3:]] == ['ResNet', 'ViT-12', 'ViT-24']
-  assert report.results_table([failed_row('ViT-12', 'vit', 12, 100, 'x')]) == 'No point finished.'
+  assert tables.results_table([failed_row('ViT-12', 'vit', 12, 100, 'x')]) == 'No point finished.'
 
 
 def test_a_model_with_two_points_is_reported_without_a_fit(tmp_path):

@@ -1,0 +1,148 @@
+"""The config table: every field is checked by type and range, the model fields are the
+registry's, and config errors on the command line are one `Error:` line."""
+import os
+import re
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from vit_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One value outside its field's type or range, for every field of TRAIN_FIELDS.
+BAD = {
+    'model.name': 'ViT-X_4', 'model.hidden_size': 0, 'model.mlp_dim': 0, 'model.num_heads': 0,
+    'model.num_layers': 0, 'model.patch_size': 0, 'model.classifier': 'cls',
+    'model.representation_size': 0, 'model.dropout_rate': 1.0,
+    'model.attention_dropout_rate': -0.1, 'model.posemb': 'rope', 'model.dtype': 'float8',
+    'model.attention_impl': 'flash', 'model.scan': 'yes', 'model.remat_policy': 'some',
+    'model.gelu_approximate': 1, 'model.head_bias_init': float('nan'),
+    'model.resnet_layers': (3, 0), 'model.resnet_width': -1, 'model.resnet_stem': 'deep',
+    'model.token_dim': 0, 'model.soft_split': ((3, 1),),
+    'dataset': 'imagenet', 'train_size': 0, 'image_size': 0, 'batch_size': 0, 'total_steps': 0,
+    'seed': -1, 'log_every': 0, 'eval_every': 0, 'checkpoint_every': 0, 'mesh': (('data', 0),),
+    'optim.name': 'lamb', 'optim.lr': 0.0, 'optim.b1': 1.0, 'optim.b2': 1.5,
+    'optim.momentum': -0.5, 'optim.weight_decay': -1e-4, 'optim.grad_clip_norm': -1.0,
+    'optim.label_smoothing': 1.0, 'optim.grad_accum_steps': 0, 'optim.skip_nonfinite': 'no',
+    'schedule.warmup_steps': -1, 'schedule.decay': 'step', 'schedule.end_lr': -1e-3,
+    'augment.crop': None, 'augment.crop_scale': (0.5, 1.5), 'augment.crop_ratio': (2.0, 1.0),
+    'augment.flip': 'no',
+    'eval.batch_size': 0, 'eval.crop_fraction': 0.0, 'eval.fewshot_shots': (0, 5),
+    'eval.fewshot_seeds': 0, 'eval.fewshot_l2_reg': 0.0, 'eval.val_fraction': 1.0,
+    'checkpoint.keep': 0, 'checkpoint.init_from': '', 'checkpoint.reset_head': 'yes',
+    'mpp.enabled': 'yes', 'mpp.corrupt_fraction': 0.0, 'mpp.mask_fraction': 1.5,
+    'mpp.random_fraction': -0.1,
+    'data.cache_dir': '', 'data.subset_seed': -1, 'data.corrupt_images': 'drop',
+}
+
+
+def with_value(config: ml_collections.ConfigDict, field: str, value) -> ml_collections.ConfigDict:
+  """A copy of `config` with `field` (dotted) set to `value`, past ConfigDict's type checks."""
+  tree = config.to_dict()
+  *parents, leaf = field.split('.')
+  node = tree
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  return ml_collections.ConfigDict(tree)
+
+
+def test_defaults_and_model_slots_follow_the_table():
+  defaults = config_lib.defaults()
+  config_lib.check(defaults)
+  assert set(config_lib.TRAIN_FIELDS) == set(config_lib._flatten(defaults))
+  assert set(config_lib.MODEL_FIELDS) == config_lib.registry_model_fields()
+
+
+def test_every_field_has_an_out_of_range_value_here():
+  assert set(BAD) == set(config_lib.TRAIN_FIELDS)
+
+
+@pytest.mark.parametrize('field', sorted(BAD))
+def test_an_out_of_range_value_is_refused_by_name(field):
+  config = with_value(config_lib.defaults(), field, BAD[field])
+  expected = ("Unknown model name 'ViT-X_4'" if field == 'model.name' else
+              re.escape(f'config.{field}={BAD[field]!r} must be '))
+  with pytest.raises(ValueError, match=expected):
+    config_lib.check(config)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('schedule.end_lr', 0.01, 'schedule.end_lr=0.01 must not exceed optim.lr=0.001'),
+    ('optim.grad_accum_steps', 3, 'batch_size=128 is not divisible by optim.grad_accum_steps=3'),
+    ('mpp.random_fraction', 0.3, 'mpp.mask_fraction=0.8 + mpp.random_fraction=0.3'),
+])
+def test_combinations_that_cannot_work(field, value, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_lib.check(with_value(config_lib.defaults(), field, value))
+
+
+def sweep_config() -> ml_collections.ConfigDict:
+  return config_lib.load_file(os.path.join(ROOT, 'configs', 'data_scaling.py:smoke'))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('train_sizes', (), "config.train_sizes=() must be a non-empty tuple"),
+    ('train_sizes', (60, 0), 'config.train_sizes=(60, 0) must be'),
+    ('name', 3, 'config.name=3 must be a string'),
+    ('base.optim.b2', 1.0, 'config.base.optim.b2=1.0 must be in [0, 1)'),
+    ('models.ResNet.lr', -1.0, 'config.models.ResNet.lr=-1.0 must be > 0'),
+    ('models.ViT-1.model.num_layers', 0,
+     'config.models.ViT-1.model.num_layers=0 must be a positive integer (ViT-Nano_2)'),
+])
+def test_sweep_fields_are_checked(field, value, message):
+  sweep = sweep_config()
+  config_lib.check_sweep(sweep)
+  tree = sweep.to_dict()
+  node = tree
+  *parents, leaf = field.split('.')
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_lib.check_sweep(ml_collections.ConfigDict(tree))
+
+
+def test_an_unknown_sweep_field_lists_the_sweep_fields():
+  tree = sweep_config().to_dict()
+  tree['dataset'] = 'digits'
+  with pytest.raises(ValueError, match=re.escape(
+      "Unknown config field(s) ['dataset']; the fields of the config are ['base', 'models', "
+      "'name', 'train_sizes']")):
+    config_lib.check_sweep(ml_collections.ConfigDict(tree))
+
+
+def run(module, *flags):
+  return subprocess.run([sys.executable, '-m', module, *flags], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+@pytest.mark.parametrize('module,flags,message', [
+    ('vit_jax.main', ['--config=configs/cifar10.py:convnext', '--workdir=/tmp/unused'],
+     "Error: --config=configs/cifar10.py:convnext: Unknown cifar10 preset 'convnext'"),
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
+                       '--dry_run', '--config.dataset=digits'],
+     "Error: --config.dataset: the config has no field 'dataset'; its top-level fields are "
+     "['base', 'models', 'name', 'train_sizes']."),
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--config.optim.b1=1.0'],
+     'Error: config.optim.b1=1.0 must be in [0, 1).'),
+])
+def test_config_errors_are_one_error_line(tmp_path, module, flags, message):
+  proc = run(module, *[f.replace('/tmp/unused', str(tmp_path / 'run')) for f in flags])
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if 'Error' in l]
+  assert len(errors) == 1 and errors[0].startswith(message), proc.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_importing_the_library_leaves_xla_flags_alone():
+  code = ('import os; os.environ["XLA_FLAGS"] = "--mine"; import vit_jax, vit_jax.train; '
+          'print(os.environ["XLA_FLAGS"])')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == '--mine'

@@ -1,0 +1,194 @@
+"""Image-folder trees and `.tar.gz` archives decoded into memory, with a decoded-array cache.
+
+Layout: `<root>/{train,test}/<class>/<image>`, `<root>` being the path itself or its single
+top-level folder. Every image of a split must have the same size and mode.
+"""
+import collections
+import hashlib
+import io
+import os
+import posixpath
+import tarfile
+import time
+from typing import Callable
+
+from absl import logging
+import numpy as np
+from PIL import Image
+
+from vit_jax import files
+from vit_jax.data.split import SPLITS, Split
+
+_CACHE_VERSION = 1  # part of the cache key: bump when decoding changes
+_GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')  # decoded as 'L' (one channel); others as 'RGB'
+# A folder tree: (folders, files, read(file) -> bytes), paths relative and '/'-separated.
+Listing = tuple[set[str], set[str], Callable[[str], bytes]]
+
+
+def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> Split:
+  """An image-folder directory or `.tar.gz`, from the cache when it is there."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
+  cache_file = _cache_file(path, split, cache_dir, skip_corrupt)
+  try:
+    arrays = files.read_npz(cache_file)
+    result = Split(arrays['images'], arrays['labels'], tuple(arrays['class_names'].tolist()),
+                   tuple(arrays['skipped'].tolist()))
+    _warn_skipped(path, split, result.skipped)
+    return result
+  except FileNotFoundError:
+    pass
+  except (ValueError, KeyError) as e:
+    logging.warning('Ignoring the unreadable cache file %s (%s); decoding again.', cache_file, e)
+
+  logging.info('Decoding the %s split of %s ...', split, path)
+  start = time.perf_counter()
+  dirs, file_names, read = _list_folder(path) if os.path.isdir(path) else _list_archive(path, split)
+  paths, labels, class_names = _image_paths(path, split, dirs, file_names)
+  images, kept = _decode_images(path, paths, read, skip_corrupt)
+  skipped = tuple(os.path.join(path, p) for p, k in zip(paths, kept) if not k)
+  result = Split(images, np.asarray(labels, np.int32)[kept], class_names, skipped)
+  logging.info('Decoded %d images of %s in %.1f s; caching them in %s.', len(images), path,
+               time.perf_counter() - start, cache_file)
+  _warn_skipped(path, split, skipped)
+  try:
+    files.write_npz(cache_file, dict(images=result.images, labels=result.labels,
+                                     class_names=np.array(class_names, str),
+                                     skipped=np.array(skipped, str)))
+  except OSError as e:
+    logging.warning('Could not write the cache file %s: %s', cache_file, e)
+  return result
+
+
+def _warn_skipped(path: str, split: str, skipped: tuple[str, ...]) -> None:
+  if skipped:
+    logging.warning('Skipped %d image(s) of the %s split of %s that cannot be decoded '
+                    "(data.corrupt_images='skip'): %s%s", len(skipped), split, path,
+                    ', '.join(skipped[:5]), ' ...' if len(skipped) > 5 else '')
+
+
+def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> str:
+  """Cache file name for `split` of `path`, from its absolute path and modification stamp."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    newest, count = 0, 0
+    for folder, _, names in os.walk(path):
+      stamps = [os.stat(os.path.join(folder, n)).st_mtime_ns for n in names]
+      newest = max([newest, os.stat(folder).st_mtime_ns, *stamps])
+      count += len(names)
+    stamp = (newest, count)
+  else:
+    stamp = (os.stat(path).st_size, os.stat(path).st_mtime_ns)
+  key = repr((_CACHE_VERSION, path, stamp, split, skip_corrupt))
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  cache_dir = cache_dir or os.environ.get('VIT_JAX_CACHE') or os.path.expanduser(
+      '~/.cache/vit_jax')
+  return os.path.join(cache_dir, f'{os.path.basename(path)}-{split}-{digest}.npz')
+
+
+def _list_folder(path: str) -> Listing:
+  """(folders, files, read) of a directory tree; paths are relative and '/'-separated."""
+  dirs, file_names = set(), set()
+  for folder, subdirs, names in os.walk(path):
+    rel = os.path.relpath(folder, path).replace(os.sep, '/')
+    prefix = '' if rel == '.' else rel + '/'
+    dirs.update(prefix + d for d in subdirs)
+    file_names.update(prefix + n for n in names)
+
+  def read(rel: str) -> bytes:
+    with open(os.path.join(path, rel), 'rb') as f:
+      return f.read()
+  return dirs, file_names, read
+
+
+def _list_archive(path: str, split: str) -> Listing:
+  """(folders, files, read) of a `.tar.gz`, in one streaming pass that keeps the bytes of the
+  files that may belong to `split` (those with a `split` folder at depth one or two)."""
+  dirs, file_names, blobs = set(), set(), {}
+  try:
+    with tarfile.open(path, 'r|gz') as tar:
+      for member in tar:
+        name = posixpath.normpath(member.name).lstrip('/')
+        if member.isdir() and name != '.':
+          dirs.add(name)
+        elif member.isfile():
+          file_names.add(name)
+          if split in name.split('/')[:2]:
+            blobs[name] = tar.extractfile(member).read()
+  except tarfile.TarError as e:
+    raise ValueError(f'{path} is neither a directory nor a readable .tar.gz archive: {e}') from e
+  for name in file_names:  # archives need not list every folder
+    parts = name.split('/')
+    dirs.update('/'.join(parts[:i]) for i in range(1, len(parts)))
+  return dirs, file_names, blobs.__getitem__
+
+
+def _subfolders(dirs: set[str], parent: str) -> list[str]:
+  """Sorted names of the folders directly inside `parent` ('' for the top level)."""
+  prefix = parent + '/' if parent else ''
+  return sorted(d[len(prefix):] for d in dirs
+                if d.startswith(prefix) and '/' not in d[len(prefix):])
+
+
+def _image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
+                 ) -> tuple[list[str], list[int], tuple[str, ...]]:
+  """Checks the layout; returns the split's image paths (by class, then name), their labels
+  and the sorted class names."""
+  top = _subfolders(dirs, '')
+  root = top[0] if len(top) == 1 and top[0] not in SPLITS else ''
+  split_dir = posixpath.join(root, split)
+  where = os.path.normpath(os.path.join(path, root))
+  if split_dir not in dirs:
+    raise FileNotFoundError(f"{where} has no '{split}' folder; it holds "
+                            f'{_subfolders(dirs, root)}.')
+  classes = _subfolders(dirs, split_dir)
+  if not classes:
+    raise ValueError(f'{os.path.join(path, split_dir)} has no class folders.')
+  other = 'test' if split == 'train' else 'train'
+  theirs = _subfolders(dirs, posixpath.join(root, other))
+  if theirs and theirs != classes:
+    raise ValueError(
+        f'The class folders of {where} differ between train and test: only in {split}: '
+        f'{sorted(set(classes) - set(theirs))}, only in {other}: '
+        f'{sorted(set(theirs) - set(classes))}.')
+  by_folder = collections.defaultdict(list)
+  for name in file_names:
+    folder, base = posixpath.split(name)
+    if not base.startswith('.'):  # hidden files, e.g. macOS '._*' metadata
+      by_folder[folder].append(name)
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    images = sorted(by_folder[posixpath.join(split_dir, name)])
+    if not images:
+      raise ValueError(f'Class folder {os.path.join(path, split_dir, name)} is empty.')
+    paths += images
+    labels += [label] * len(images)
+  return paths, labels, tuple(classes)
+
+
+def _decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
+                   skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes `paths` with Pillow into (N', H, W, C) uint8, all of one size and mode, and a
+  (N,) bool mask of the decoded paths (False only for files skipped with `skip_corrupt`)."""
+  images, kept = [], np.ones(len(paths), bool)
+  for i, name in enumerate(paths):
+    try:
+      with Image.open(io.BytesIO(read(name))) as pil:
+        image = np.asarray(pil.convert('L' if pil.mode in _GRAY_MODES else 'RGB'))
+    except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for broken files
+      if skip_corrupt:
+        kept[i] = False
+        continue
+      raise ValueError(f'Cannot decode the image {os.path.join(path, name)}: {e}; set '
+                       "data.corrupt_images='skip' to leave such files out.") from e
+    image = image.reshape(*image.shape[:2], -1)
+    if images and image.shape != images[0].shape:
+      describe = lambda s: f'{s[0]}x{s[1]} (HxW) with {s[2]} channel(s)'
+      raise ValueError(
+          f'{os.path.join(path, name)} is {describe(image.shape)} but '
+          f'{os.path.join(path, paths[0])} is {describe(images[0].shape)}: all images of a '
+          'split must have the same size and mode.')
+    images.append(image)
+  if not images:
+    raise ValueError(f'None of the {len(paths)} images of {path} can be decoded.')
+  return np.stack(images), kept

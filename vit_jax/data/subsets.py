@@ -1,0 +1,63 @@
+"""Subsets of a labelled split: nested class-balanced subsets, the validation hold-out, the
+evenly spaced evaluation sample, and a training config's (train, validation, test) splits."""
+import numpy as np
+
+from vit_jax.data.sources import load_split
+from vit_jax.data.split import Split
+
+
+def nested_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+  """Sorted indices of a class-balanced subset of `size` examples (None: all).
+
+  Every class gets a fixed permutation (one `default_rng(seed)` draw per class, in class
+  order); examples are taken by (position in their class's permutation, class). So for one
+  seed a smaller subset lies inside every larger one, and per-class counts differ by at most
+  one among the classes that still have examples left.
+  """
+  if size is None:
+    return np.arange(len(labels))
+  if not 1 <= size <= len(labels):
+    raise ValueError(f'train_size={size} must be between 1 and the {len(labels)} available '
+                     'training examples.')
+  rng = np.random.default_rng(seed)
+  rank = np.empty(len(labels), np.int64)
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    rank[members] = np.arange(len(members))
+  return np.sort(np.lexsort((labels, rank))[:size])
+
+
+def evenly_spaced(size: int, count: int) -> np.ndarray:
+  """Indices of `count` examples (at most `size`) evenly spaced over a split of `size`, the
+  first and last included: a fixed evaluation sample that spans every part of the split."""
+  return np.linspace(0, size - 1, min(count, size)).astype(int)
+
+
+def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+  """(the rest, validation): a class-balanced `fraction` of `train` held out with `seed`
+  (at least one example per class); (train, None) when `fraction` is 0.
+
+  Raises:
+    ValueError: the hold-out would leave no training examples.
+  """
+  if not fraction:
+    return train, None
+  num_val = max(round(fraction * len(train.labels)), len(train.class_names))
+  if num_val >= len(train.labels):
+    raise ValueError(f'eval.val_fraction={fraction} leaves no training examples out of '
+                     f'{len(train.labels)}.')
+  val = nested_subset(train.labels, num_val, seed)
+  rest = np.setdiff1d(np.arange(len(train.labels)), val)
+  return train.take(rest), train.take(val)
+
+
+def load_data(config) -> tuple[Split, Split | None, Split]:
+  """(train, validation or None, test) of a training config: the nested `train_size` subset of
+  the training split of `dataset`, minus a class-balanced `eval.val_fraction` of it held out
+  for validation (with `data.subset_seed` + 1)."""
+  train, test = (load_split(config.dataset, split, cache_dir=config.data.cache_dir,
+                            corrupt_images=config.data.corrupt_images)
+                 for split in ('train', 'test'))
+  train = train.take(nested_subset(train.labels, config.train_size, config.data.subset_seed))
+  train, val = hold_out(train, config.eval.val_fraction, config.data.subset_seed + 1)
+  return train, val, test

@@ -1,0 +1,71 @@
+"""A run's workdir: its lock, what a failed write reports, `config.json`, and the SIGTERM flag
+that stops a run at a checkpoint."""
+import contextlib
+import errno
+import os
+import signal
+import threading
+import time
+from typing import Iterator
+
+from absl import logging
+import jax
+import ml_collections
+
+from vit_jax import files
+
+# What a failed write reports when the workdir is full, read-only or otherwise unwritable.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EIO, errno.ENOTDIR}
+
+
+@contextlib.contextmanager
+def hold(workdir: str) -> Iterator[None]:
+  """Holds the workdir's lock (on process 0) for the block and turns a failed write into one
+  error that names the workdir and says what to do.
+
+  Raises:
+    files.LockedError: another run holds the workdir.
+    OSError: a write failed; the message says that everything written before is intact.
+  """
+  try:
+    with (files.exclusive_lock(workdir, 'training run') if jax.process_index() == 0
+          else contextlib.nullcontext()):
+      yield
+  except OSError as e:
+    if e.errno not in _WRITE_ERRNOS:
+      raise
+    problem = f'{e.filename}: {e.strerror}' if e.filename else e.strerror or str(e)
+    raise OSError(e.errno, f'Cannot write in the workdir {workdir} ({problem}). Everything '
+                  'written there before is intact; free space or fix the permissions, then '
+                  'rerun the same command to continue from the last checkpoint.') from e
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config; a different one already there is kept with a timestamp."""
+  path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() != text:
+        backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
+        os.replace(path, backup)
+        logging.warning('The config differs from the one this workdir was started with; the '
+                        'old one is kept as %s.', backup)
+  with files.atomic_open(path) as f:
+    f.write(text)
+
+
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[list]:
+  """A list that becomes non-empty when SIGTERM arrives inside the block (only the main
+  thread can receive signals: elsewhere the list stays empty)."""
+  flag = []
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
