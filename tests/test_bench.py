@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import flops
+from vit_jax import flops, train
 from vit_jax.bench import __main__ as bench
-from vit_jax.bench import report, timing
+from vit_jax.bench import jax_side, report, timing, torch_ref
 from vit_jax.models import get_model, resolved_fields
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
@@ -22,11 +22,41 @@ TINY = ['--model=ViT-Ti_4', '--image-size=32', '--batch=4', '--num-classes=10',
         *(f'--set={k}={v}' for k, v in SMALL.items()), '--steps=2', '--warmup=1']
 
 
+# A stand-in for a google-research/vision_transformer checkout: the bench loads
+# vit_jax/models_vit.py of --vs-ref=<dir> without running the package's __init__ (the real one
+# imports the LiT models' text dependencies), in a process where our vit_jax is not imported.
+FAKE_ORIGINAL = {
+    'vit_jax/__init__.py': "raise ImportError('the package __init__ must not run')\n",
+    'vit_jax/models_vit.py': '''
+import sys
+import flax.linen as nn
+import jax.numpy as jnp
+assert 'vit_jax.bench' not in sys.modules
+
+class VisionTransformer(nn.Module):  # a patch embedding and a linear head, same signature
+  num_classes: int
+  patches: object
+  transformer: object
+  hidden_size: int
+  representation_size: object = None
+  classifier: str = 'token'
+
+  @nn.compact
+  def __call__(self, inputs, *, train):
+    x = nn.Conv(self.hidden_size, self.patches.size, strides=self.patches.size)(inputs)
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+'''}
+
+
 @pytest.fixture(scope='module')
-def train_record():
-  """The JSON record of a tiny `train --vs=torch` run."""
+def train_record(tmp_path_factory):
+  """The JSON record of a tiny `train --vs=torch --vs-ref=<fake checkout>` run."""
+  checkout = tmp_path_factory.mktemp('original')
+  for name, text in FAKE_ORIGINAL.items():
+    (checkout / name).parent.mkdir(exist_ok=True)
+    (checkout / name).write_text(text)
   with contextlib.redirect_stdout(io.StringIO()) as out:
-    bench.main(['train', *TINY, '--vs=torch', '--json'])
+    bench.main(['train', *TINY, '--vs=torch', f'--vs-ref={checkout}', '--json'])
   return json.loads(out.getvalue())
 
 
@@ -63,28 +93,76 @@ def test_train_json_against_torch(train_record):
   record = train_record
   ours, ref = record['ours'], record['reference']
   assert (record['mode'], record['model'], record['batch']) == ('train', 'ViT-Ti_4', 4)
-  for side in (ours, ref):
+  sides = ['ours', 'reference', 'original'] + ['reference_bf16'] * torch_ref.has_fast_bf16()
+  assert set(sides) == set(report.SIDES) & set(record)
+  for side in map(record.get, sides):
     step = side['step_time_s']
     assert step['n'] == 2 and 0 < step['min'] <= step['median'] <= step['max']
     assert side['images_per_sec'] == pytest.approx(4 / step['median'])
     assert side['cpu_time_s']['n'] == 2 and side['cpu_time_s']['min'] > 0
     assert side['mfu'] == pytest.approx(
         record['flops_per_image'] * side['images_per_sec'] / record['peak_flops'])
-  assert record['ratio'] == pytest.approx(ours['images_per_sec'] / ref['images_per_sec'])
-  assert record['ratio_best'] == pytest.approx(
-      ref['step_time_s']['min'] / ours['step_time_s']['min'])
-  assert record['ratio_cpu_time'] == pytest.approx(
-      ref['cpu_time_s']['median'] / ours['cpu_time_s']['median'])
+    if side is not ours:
+      assert side['ratio'] == pytest.approx(ours['images_per_sec'] / side['images_per_sec'])
+      assert side['ratio_best'] == pytest.approx(
+          side['step_time_s']['min'] / ours['step_time_s']['min'])
+      assert side['ratio_cpu_time'] == pytest.approx(
+          side['cpu_time_s']['median'] / ours['cpu_time_s']['median'])
   # The reference has exactly our parameters (same shapes, eps, head).
-  assert ref['num_params'] == record['num_params']
+  assert ref['num_params'] == record['num_params'] and ref['dtype'] == 'float32'
   assert ref['threads'] == record['cpu_threads']
+  assert record['original']['implementation'].startswith('google-research/vision_transformer')
   assert record['flops_per_image'] == 3 * flops.vit_forward_flops(
       resolved_fields('ViT-Ti_4', **SMALL), 32, 10)
   assert record['memory_bytes'] > 0 and record['versions']['jax'] == jax.__version__
-  header, _, row = report.markdown([record]).splitlines()
-  assert header.count('|') == row.count('|') == 16
-  assert (f'| {record["ratio"]:.2f}x | {record["ratio_best"]:.2f}x | '
-          f'{record["ratio_cpu_time"]:.2f}x |') in row
+  header, _, *rows = report.markdown([record]).splitlines()
+  assert len(rows) == len(sides)
+  assert all(header.count('|') == row.count('|') == 16 for row in rows)
+  assert (f'| {ref["ratio"]:.2f}x | {ref["ratio_best"]:.2f}x | '
+          f'{ref["ratio_cpu_time"]:.2f}x |') in rows[1]
+
+
+def test_subjects_run_in_separate_processes_alternately(train_record):
+  """Every subject ran in a worker process of its own, none in the coordinating process,
+  and all took the same number of timed steps."""
+  sides = [s for s in report.SIDES if s in train_record]
+  pids = [train_record[s]['pid'] for s in sides] + [train_record['coordinator_pid']]
+  assert len(set(pids)) == len(pids) == len(sides) + 1 >= 4
+  assert {train_record[s]['step_time_s']['n'] for s in sides} == {2}
+
+
+@pytest.mark.parametrize('library', ['transformers', 'timm'])
+def test_reference_model_matches_ours_on_the_same_weights(library):
+  """The PyTorch reference models as the harness builds them (transformers' ViT on CPU, timm's
+  on GPU) give the logits of our benchmarked model when given the same weights."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from vit_jax.export import hf, timm  # pylint: disable=import-outside-toplevel
+  config = jax_side.make_config('ViT-Ti_4', batch=2, image_size=32, dtype='float32',
+                                overrides=SMALL)
+  fields = jax_side.model_fields(config)
+  torch.manual_seed(0)
+  if library == 'transformers':
+    theirs = torch_ref.hf_vit(fields, 32, 10).eval()
+    _, params = hf.import_state_dict(theirs.state_dict(), theirs.config)
+    call = lambda x: theirs(pixel_values=x).logits
+  else:
+    theirs = torch_ref.timm_vit(fields, 32, 10, torch).eval()
+    _, params = timm.import_state_dict(theirs.state_dict(), num_heads=fields['num_heads'],
+                                       gelu_approximate=True)
+    call = theirs
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = call(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  ours = train.build_model(config, 10, channels=3).apply({'params': params}, images, train=False)
+  np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_bf16_detection(tmp_path):
+  for flags, expected in (('fpu avx512f amx_bf16 amx_tile', True), ('fpu avx512_bf16', True),
+                          ('fpu avx2 avx512f', False)):
+    (tmp_path / 'cpuinfo').write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
+    assert torch_ref.has_fast_bf16(str(tmp_path / 'cpuinfo')) is expected
+  assert torch_ref.has_fast_bf16(str(tmp_path / 'missing')) is False
 
 
 def test_infer_table_bfloat16(capsys):
@@ -110,6 +188,7 @@ def test_data_json(capsys):
     (['--model=ViT-Ti_4', '--set=num_heads=5'], 'num_heads=5 must divide'),
     (['--model=ViT-Ti_4', '--batch=3', '--set=classifier=gap', '--vs=torch'],
      'no PyTorch reference'),
+    (['--model=ViT-Ti_4', '--vs-ref=/nonexistent'], 'is not a google-research/vision_transformer'),
 ])
 def test_bad_input_names_the_problem(argv, message):
   with pytest.raises(SystemExit) as e:
@@ -118,7 +197,8 @@ def test_bad_input_names_the_problem(argv, message):
 
 
 def test_bad_flag_values(capsys):
-  for argv in (['train', '--batch=0'], ['train', '--set=num_layers'], ['data', '--vs=torch']):
+  for argv in (['train', '--batch=0'], ['train', '--set=num_layers'], ['data', '--vs=torch'],
+               ['data', '--vs-ref=.']):
     with pytest.raises(SystemExit):
       bench.main([*argv, '--model=ViT-Ti_4'])
   err = capsys.readouterr().err

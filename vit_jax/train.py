@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import checkpoint, data, evaluate, files, flops, metrics, mpp, optim, sharding
+from vit_jax import (checkpoint, data, evaluate, files, flops, metrics, mpp, optim, prefetch,
+                     sharding)
 from vit_jax import config as config_lib
 from vit_jax import workdir as run_dir
 from vit_jax.models import config_fields, config_overrides, get_model
@@ -261,10 +262,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                               manager.latest_step())
     last_log, last_log_step = time.time(), start_step
     run_start = time.time() - saved['wall_time']
+    # The next batch is on the device while a step runs; nothing waits for the device
+    # between log steps (metrics stay on it in `pending` until the next log line).
+    batches = prefetch.DevicePrefetch(
+        iterator, lambda batch: tuple(sharding.global_batch(a, mesh) for a in batch))
     for step in range(start_step + 1, config.total_steps + 1):
-      images, labels = next(iterator)
-      state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
-                                       sharding.global_batch(labels, mesh))
+      state, step_metrics = train_step(state, *next(batches))
       pending.append((step, step_metrics))
       final = step == config.total_steps
       if step % config.log_every == 0 or final:
@@ -284,7 +287,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         results.update(run_eval(step))
       if step % config.checkpoint_every == 0 or final or preempted:
         check_finite()
-        manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
+        manager.save(step, state, {'iterator': batches.get_state(), 'best': best,
                                    'skipped': skipped, 'wall_time': time.time() - run_start})
       last_log += time.time() - pause
       if preempted and not final:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmark table of BENCHMARKS.md (H100 / H200): ours in bfloat16 against timm +
-# torch.compile + bf16 autocast + SDPA in the same process, interleaved step by step.
-#   pip install -e ".[test]" timm && experiments/bench/gpu.sh [OUT.jsonl]
-# Needs CUDA builds of jax and torch, and timm (which needs torchvision). About 15 min.
+# torch.compile + bf16 autocast + SDPA + fused AdamW, each in its own process (sharing the GPU),
+# taking turns step by step.
+#   pip install -e ".[test,export]" && experiments/bench/gpu.sh [OUT.jsonl]
+# Needs CUDA builds of jax and torch, and timm with a matching torchvision (the [export] extra
+# pins torch 2.14.1 + torchvision 0.29.1 + timm). About 15 min.
 # Appends JSON records to OUT.jsonl (default /tmp/bench_gpu.jsonl), prints the readable tables,
 # then the markdown rows of all of OUT.jsonl for BENCHMARKS.md. PYTHON picks the interpreter.
 set -euo pipefail
@@ -14,7 +16,8 @@ run() {
   "$PY" -m vit_jax.bench "$@" --dtype=bfloat16 --steps=20 --json | tee -a "$OUT" | "$PY" -c \
     'import json, sys; from vit_jax.bench import report; print(report.table(json.load(sys.stdin)))'
 }
-# Side by side with the reference (each process gives JAX 45% of the GPU memory).
+# Side by side with the reference (with --vs, JAX takes 45% of the GPU memory, leaving the
+# rest to PyTorch's process).
 for model in ViT-S_16 ViT-B_16 ViT-L_16; do
   batch=$([ "$model" = ViT-L_16 ] && echo 64 || echo 256)
   run train --model=$model --image-size=224 --batch=$batch --vs=torch

@@ -1,11 +1,17 @@
 """Benchmark command: time our real train step, forward pass or input pipeline.
 
   python -m vit_jax.bench train|infer|data --model=<name> --batch=<n> --image-size=<px>
-      [--dtype=bfloat16] [--vs=torch] [--steps=10] [--json] [--set=<field>=<value> ...]
+      [--dtype=bfloat16] [--vs=torch] [--vs-ref=<dir>] [--steps=10] [--json]
+      [--set=<field>=<value> ...]
 
-Warm-up calls (compilation) are not timed; then every subject runs once per round, in turn, for
---steps rounds, so machine load hits ours and the reference alike. Prints a table, or with
---json one JSON object per measurement. Results and the commands used: BENCHMARKS.md.
+train / infer: every subject (ours; with --vs=torch the PyTorch reference at our dtype and, on
+CPUs with hardware bfloat16, PyTorch with bfloat16 autocast too; with --vs-ref the original
+google-research/vision_transformer code of that checkout) runs in a worker process of its own.
+Warm-up calls (compilation) are not timed; then the subjects take turns, one step each, for
+--steps rounds, each waiting until the previous one's process is idle, so machine load hits
+all alike and none spins on the cores of the next. data: the pipeline's stages in this
+process. Prints a table, or with --json one JSON object per measurement. Results and the
+commands used: BENCHMARKS.md.
 """
 import os
 import sys
@@ -16,16 +22,16 @@ if any(a.startswith('--vs') for a in sys.argv):
 
 import argparse  # pylint: disable=wrong-import-position
 import ast  # pylint: disable=wrong-import-position
+import functools  # pylint: disable=wrong-import-position
 import json  # pylint: disable=wrong-import-position
 
-import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from vit_jax import cli, data, flops  # pylint: disable=wrong-import-position
 from vit_jax.bench import (  # pylint: disable=wrong-import-position
-    jax_side, report, timing, torch_ref)
+    jax_side, original_ref, report, timing, torch_ref, worker)
 
-cli.set_cpu_flag()  # before JAX starts a backend
+cli.set_cpu_flag()  # before JAX starts a backend; the workers inherit XLA_FLAGS
 
 MODES = ('train', 'infer', 'data')
 DTYPES = ('float32', 'bfloat16')
@@ -41,6 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--num-classes', type=int, default=1000)
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='compute dtype')
   parser.add_argument('--vs', choices=('torch',), help='also time the PyTorch reference')
+  parser.add_argument('--vs-ref', metavar='DIR', help='also time the original code of this '
+                      'google-research/vision_transformer checkout (float32)')
   parser.add_argument('--steps', type=int, default=10, help='timed steps (rounds)')
   parser.add_argument('--warmup', type=int, default=2, help='untimed calls before timing')
   parser.add_argument('--dataset', help="data mode: a config.dataset source (e.g. "
@@ -52,7 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   for flag in ('batch', 'image_size', 'num_classes'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag.replace("_", "-")}={getattr(args, flag)} must be positive.')
-  if args.mode == 'data' and args.vs:
+  if args.mode == 'data' and (args.vs or args.vs_ref):
     parser.error('--vs compares train or infer steps; the data mode has no reference.')
   args.overrides = {}
   for item in args.set:
@@ -76,6 +84,12 @@ def _split(args, config) -> data.Split:
                     tuple(map(str, range(args.num_classes))))
 
 
+def _spec(args: argparse.Namespace, **side) -> dict:
+  """A benchmark worker's spec: the measurement's shape and `side`'s own fields."""
+  return {'mode': args.mode, 'image_size': args.image_size, 'batch': args.batch,
+          'num_classes': args.num_classes, 'warmup': args.warmup, **side}
+
+
 def measure(args: argparse.Namespace) -> dict:
   """Builds, times and describes one measurement (see BENCHMARKS.md for the fields)."""
   config = jax_side.make_config(args.model, batch=args.batch, image_size=args.image_size,
@@ -86,11 +100,14 @@ def measure(args: argparse.Namespace) -> dict:
                      'covers plain ViTs (ViT-<size>_<patch>).')
   record = {'mode': args.mode, 'model': config.model.name, 'image_size': args.image_size,
             'batch': args.batch, 'dtype': args.dtype, 'num_classes': args.num_classes,
-            'model_fields': {k: v for k, v in fields.items() if v is not None},
-            **report.environment()}
+            'model_fields': {k: v for k, v in fields.items() if v is not None}}
+  jax_side.build_model(config, args.num_classes)  # its checks, before any worker starts
   if args.vs:
-    torch_ref.check_fields(fields)  # before anything compiles
+    torch_ref.check_fields(fields)
+  if args.vs_ref:
+    original_ref.check_checkout(args.vs_ref)
   if args.mode == 'data':
+    record.update(report.environment())
     steps = jax_side.pipeline_steps(config, _split(args, config))
     steps['train'] = jax_side.train_bench(config, args.num_classes).step
     times, cpu = timing.time_interleaved(steps, args.steps, args.warmup)
@@ -100,40 +117,52 @@ def measure(args: argparse.Namespace) -> dict:
     record['ratio'] = record['host']['images_per_sec'] / record['train']['images_per_sec']
     return record
 
-  build = jax_side.train_bench if args.mode == 'train' else jax_side.infer_bench
-  ours = build(config, args.num_classes)
-  steps = {'ours': ours.step}
-  if args.vs:
-    steps['reference'], reference = torch_ref.reference_steps(
-        args.mode, fields, config, args.num_classes, gpu=record['device'] == 'gpu')
+  workers = {}
+  try:
+    workers['ours'] = worker.Worker(_spec(args, side='ours', model=args.model, dtype=args.dtype,
+                                          overrides=args.overrides))
+    ours = workers['ours'].info
+    if args.vs:
+      gpu = ours['device'] == 'gpu'
+      optimizer = {k: config.optim[k] for k in ('lr', 'b1', 'b2', 'weight_decay',
+                                                 'grad_clip_norm')}
+      reference = functools.partial(_spec, args, side='torch', fields=fields, optim=optimizer,
+                                    gpu=gpu)
+      workers['reference'] = worker.Worker(reference(bf16=args.dtype == 'bfloat16'))
+      if not gpu and args.dtype == 'float32' and torch_ref.has_fast_bf16():
+        workers['reference_bf16'] = worker.Worker(reference(bf16=True))
+    if args.vs_ref:
+      workers['original'] = worker.Worker(_spec(args, side='original', fields=fields,
+                                                ref_dir=args.vs_ref))
+    calls = {name: functools.partial(w.call, 'step') for name, w in workers.items()}
+    if ours['peak_flops'] is None:  # CPU: the matmul ceiling, in our worker, same rounds
+      calls['matmul'] = functools.partial(workers['ours'].call, 'matmul')
+    wall, cpu = timing.alternate(
+        calls, args.steps, lambda name: workers.get(name, workers['ours']).settle())
+    last = {name: w.close() for name, w in workers.items()}
+  finally:
+    for w in workers.values():
+      w.kill()
+
   per_image = flops.vit_forward_flops(fields, args.image_size, args.num_classes)
   if args.mode == 'train':
     per_image *= flops.TRAIN_FLOPS_PER_FORWARD
-  peak, source = flops.datasheet_peak(jax.devices()[0], args.dtype)
-  if peak is None:  # CPU: the matmul ceiling, timed in the same rounds as the model
-    steps['matmul'], matmul_flops = flops.matmul_step(args.dtype)
-  times, cpu = timing.time_interleaved(steps, args.steps, args.warmup)
+  peak, source = ours['peak_flops'], ours['peak_flops_source']
   if peak is None:
-    peak = matmul_flops / np.median(times['matmul'])
-    source = (f'measured: {args.dtype} 2048x2048 matmul in the same rounds '
-              f'({record["cpu_threads"]} threads)')
-  total_peak = peak * record['num_devices']
-  record.update(flops_per_image=per_image, xla_flops_per_image=ours.xla_flops / args.batch,
-                peak_flops=peak, peak_flops_source=source, num_params=ours.num_params,
-                memory_bytes=jax_side.peak_memory(ours.memory_bytes),
-                memory_source=ours.memory_source,
-                ours=report.throughput(times['ours'], cpu['ours'], args.batch, per_image,
-                                       total_peak))
-  if args.vs:
-    reference.update(report.throughput(times['reference'], cpu['reference'], args.batch,
-                                       per_image, total_peak))
-    record['reference'] = reference
-    record['ratio'] = record['ours']['images_per_sec'] / reference['images_per_sec']
-    # Each side's fastest step: on a loaded machine the closest to its unloaded speed.
-    record['ratio_best'] = reference['step_time_s']['min'] / record['ours']['step_time_s']['min']
-    # CPU seconds per step, theirs / ours: the measure to read on a busy machine with one core.
-    record['ratio_cpu_time'] = (reference['cpu_time_s']['median']
-                                / record['ours']['cpu_time_s']['median'])
+    peak = ours['matmul_flops'] / np.median(wall['matmul'])
+    source += f' ({ours["cpu_threads"]} threads)'
+  total_peak = peak * ours['num_devices']
+  record.update({k: ours[k] for k in report.ENVIRONMENT_FIELDS})
+  record.update(flops_per_image=per_image, xla_flops_per_image=ours['xla_flops_per_image'],
+                peak_flops=peak, peak_flops_source=source, num_params=ours['num_params'],
+                memory_bytes=last['ours']['memory_bytes'], memory_source=ours['memory_source'],
+                coordinator_pid=os.getpid())
+  for name, w in workers.items():
+    described = {k: v for k, v in w.info.items() if name != 'ours' and k != 'pid'}
+    record[name] = {**described, 'pid': last[name]['pid'], **report.throughput(
+        wall[name], cpu[name], args.batch, per_image, total_peak)}
+  for name in workers.keys() - {'ours'}:
+    record[name].update(report.ratios(record['ours'], record[name]))
   record['load_average_end'] = os.getloadavg()
   return record
 
@@ -142,7 +171,7 @@ def main(argv: list[str]) -> None:
   args = parse_args(argv)
   try:
     record = measure(args)
-  except (ValueError, ImportError, RuntimeError, FileNotFoundError) as e:
+  except (ValueError, ImportError, RuntimeError, FileNotFoundError) as e:  # WorkerError too
     sys.exit(f'Error: {e}')
   print(json.dumps(record) if args.json else report.table(record), flush=True)
 

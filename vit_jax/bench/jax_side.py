@@ -10,6 +10,7 @@ import numpy as np
 
 from vit_jax import config as config_lib
 from vit_jax import data, flops, optim, sharding, train
+from vit_jax.bench import report
 from vit_jax.models import config_fields
 
 
@@ -40,11 +41,12 @@ class Bench:
   num_params: int
 
 
-def _build_model(config, num_classes: int):
+def build_model(config, num_classes: int):
+  """The benchmarked model. Its own checks (e.g. the patch size must divide the image) run
+  here on abstract values, so they fail early without starting a JAX backend."""
   model = train.build_model(config, num_classes, channels=3)
-  # The model's own checks (e.g. the patch size must divide the image) fail here, early.
-  jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                 jnp.zeros((1, config.image_size, config.image_size, 3)))
+  jax.eval_shape(model.init, jax.ShapeDtypeStruct((2,), jnp.uint32),
+                 jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32))
   return model
 
 
@@ -67,7 +69,7 @@ def train_bench(config, num_classes: int) -> Bench:
   backward, optimizer update; donated state) on a device-resident uint8 batch."""
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
-  model = _build_model(config, num_classes)
+  model = build_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   shape = (config.image_size, config.image_size, 3)
   _, shardings, init = train.init_state(model, tx, config, shape, mesh)
@@ -91,7 +93,7 @@ def infer_bench(config, num_classes: int) -> Bench:
   """The jitted forward pass (train=False) on a device-resident float32 batch in [-1, 1]."""
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
-  model = _build_model(config, num_classes)
+  model = build_model(config, num_classes)
   shape = (config.image_size, config.image_size, 3)
   params = jax.jit(model.init, out_shardings=sharding.replicated(mesh))(
       jax.random.PRNGKey(config.seed), jnp.zeros((1, *shape)))
@@ -129,3 +131,23 @@ def peak_memory(memory_bytes: int | None) -> int | None:
   compiled-program figure."""
   stats = jax.devices()[0].memory_stats()
   return stats['peak_bytes_in_use'] if stats and 'peak_bytes_in_use' in stats else memory_bytes
+
+
+def worker_steps(spec: dict) -> tuple[dict[str, Callable[[], None]], dict, Callable[[], dict]]:
+  """Our side in a benchmark worker (`worker.py`): ({'step': the train step or forward pass,
+  and on devices without a datasheet peak 'matmul': the matmul ceiling}, description,
+  function giving the device's peak memory at the end)."""
+  config = make_config(spec['model'], batch=spec['batch'], image_size=spec['image_size'],
+                       dtype=spec['dtype'], overrides=spec['overrides'])
+  build = train_bench if spec['mode'] == 'train' else infer_bench
+  ours = build(config, spec['num_classes'])
+  steps = {'step': ours.step}
+  peak, source = flops.datasheet_peak(jax.devices()[0], spec['dtype'])
+  if peak is None:  # CPU: the matmul ceiling, timed in the same rounds as the model
+    steps['matmul'], info_flops = flops.matmul_step(spec['dtype'])
+    source = f'measured: {spec["dtype"]} 2048x2048 matmul in the same rounds'
+  info = {**report.environment(), 'xla_flops_per_image': ours.xla_flops / spec['batch'],
+          'num_params': ours.num_params, 'memory_source': ours.memory_source,
+          'peak_flops': peak, 'peak_flops_source': source,
+          'matmul_flops': None if peak else info_flops}
+  return steps, info, lambda: {'memory_bytes': peak_memory(ours.memory_bytes)}

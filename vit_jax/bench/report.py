@@ -19,6 +19,13 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+ENVIRONMENT_FIELDS = ('device', 'device_kind', 'num_devices', 'cpu_model', 'cpu_threads',
+                      'versions', 'xla_flags', 'date', 'load_average')
+# The subjects of a train / infer measurement, in table order, and their labels.
+SIDES = {'ours': 'ours', 'reference': 'PyTorch', 'reference_bf16': 'PyTorch bf16',
+         'original': 'original'}
+
+
 def environment() -> dict:
   """Device, CPU, thread count, software versions, XLA flags, date and machine load."""
   device = jax.devices()[0]
@@ -46,14 +53,23 @@ def throughput(seconds: np.ndarray, cpu_seconds: np.ndarray, batch: int,
   return result
 
 
+def ratios(ours: dict, theirs: dict) -> dict:
+  """Ours against another subject (> 1: we are faster): images/s at the median step, at each
+  side's fastest step, and CPU seconds per step (theirs / ours)."""
+  return {'ratio': ours['images_per_sec'] / theirs['images_per_sec'],
+          'ratio_best': theirs['step_time_s']['min'] / ours['step_time_s']['min'],
+          'ratio_cpu_time': theirs['cpu_time_s']['median'] / ours['cpu_time_s']['median']}
+
+
 def _gb(n: int | None) -> str:
   return 'n/a' if n is None else f'{n / 2**30:.2f} GiB'
 
 
 def _line(label: str, r: dict) -> str:
   s = r['step_time_s']
-  text = (f'  {label:<10} {s["median"] * 1e3:9.1f} ms/step (IQR {s["iqr_over_median"]:.0%}, '
-          f'min {s["min"] * 1e3:.1f}, n={s["n"]})  {r["images_per_sec"]:9.1f} img/s')
+  text = (f'  {label:<13} {s["median"] * 1e3:9.1f} ms/step (IQR {s["iqr_over_median"]:.0%}, '
+          f'min {s["min"] * 1e3:.1f}, n={s["n"]}, CPU {r["cpu_time_s"]["median"]:.2f} s)  '
+          f'{r["images_per_sec"]:9.1f} img/s')
   if 'mfu' in r:
     text += f'  MFU {r["mfu"]:.1%}'
   return text
@@ -75,12 +91,14 @@ def table(m: dict) -> str:
   lines.append(f'  FLOPs/image {m["flops_per_image"] / 1e9:.3f} G analytic, '
                f'{m["xla_flops_per_image"] / 1e9:.3f} G XLA; peak {m["peak_flops"] / 1e12:.2f} '
                f'TFLOP/s per device ({m["peak_flops_source"]})')
-  if 'reference' in m:
-    ref = m['reference']
-    lines.append(_line('reference', ref) + f'  [{ref["implementation"]}, '
-                 f'{ref["threads"]} threads]')
-    lines.append(f'  ratio ours/reference: {m["ratio"]:.2f}x images/s at the median step, '
-                 f'{m["ratio_best"]:.2f}x at the fastest, {m["ratio_cpu_time"]:.2f}x in CPU time')
+  for side, label in SIDES.items():
+    if side in m and side != 'ours':
+      r = m[side]
+      lines.append(_line(label, r) + f'  [{r["implementation"]}, {r["dtype"]}'
+                   + (f', {r["threads"]} threads]' if 'threads' in r else ']'))
+      lines.append(f'    ours / {label}: {r["ratio"]:.2f}x images/s at the median step, '
+                   f'{r["ratio_best"]:.2f}x at the fastest, {r["ratio_cpu_time"]:.2f}x in CPU '
+                   'time')
   return '\n'.join(lines)
 
 
@@ -89,10 +107,11 @@ def _ms(r: dict) -> str:
 
 
 def markdown(records: list[dict]) -> str:
-  """BENCHMARKS.md tables of JSON records: model measurements, then data measurements."""
-  rows = ['| mode | model | px | batch | dtype | ours ms/step (IQR) | ours img/s | MFU | '
-          'reference ms/step (IQR) | reference img/s | ratio | best | CPU time | threads | '
-          'load (1/5/15 min) |', '| --- ' * 15 + '|']
+  """BENCHMARKS.md tables of JSON records: one row per subject of each model measurement
+  (ratio columns: ours / that subject), then the data measurements."""
+  rows = ['| mode | model | px | batch | dtype | subject | ms/step (IQR) | img/s | CPU s/step | '
+          'MFU | ours / this | at fastest | in CPU time | threads | load (1/5/15 min) |',
+          '| --- ' * 15 + '|']
   data_rows = ['| model | px | batch | dataset | host img/s (1 core) | augment img/s | '
                'train img/s | host / train | load (1/5/15 min) |', '| --- ' * 9 + '|']
   for m in records:
@@ -104,11 +123,15 @@ def markdown(records: list[dict]) -> str:
           f'{m["host"]["images_per_sec"]:,.0f} | {m["augment"]["images_per_sec"]:,.0f} | '
           f'{m["train"]["images_per_sec"]:,.1f} | {m["ratio"]:,.0f}x | {load} |')
       continue
-    ours, ref = m['ours'], m.get('reference')
-    theirs = (f'{_ms(ref)} | {ref["images_per_sec"]:,.1f} | {m["ratio"]:.2f}x | '
-              f'{m["ratio_best"]:.2f}x | {m["ratio_cpu_time"]:.2f}x' if ref
-              else 'n/a | n/a | n/a | n/a | n/a')
-    rows.append(f'| {m["mode"]} | {m["model"]} | {m["image_size"]} | {m["batch"]} | '
-                f'{m["dtype"]} | {_ms(ours)} | {ours["images_per_sec"]:,.1f} | '
-                f'{ours["mfu"]:.0%} | {theirs} | {m["cpu_threads"]} | {load} |')
+    for side, label in SIDES.items():
+      if side not in m:
+        continue
+      r = m[side]
+      ratio = (' | '.join(f'{r[k]:.2f}x' for k in ('ratio', 'ratio_best', 'ratio_cpu_time'))
+               if side != 'ours' else '- | - | -')
+      dtype = m['dtype'] if side == 'ours' else r['dtype']
+      rows.append(f'| {m["mode"]} | {m["model"]} | {m["image_size"]} | {m["batch"]} | '
+                  f'{dtype} | {label} | {_ms(r)} | {r["images_per_sec"]:,.1f} | '
+                  f'{r["cpu_time_s"]["median"]:.2f} | {r["mfu"]:.0%} | {ratio} | '
+                  f'{m["cpu_threads"]} | {load} |')
   return '\n'.join(rows if len(data_rows) == 2 else rows + [''] + data_rows)

@@ -1,32 +1,51 @@
-"""Interleaved timing of several step functions, so machine load affects them alike."""
+"""Alternating timing of several subjects (in this process or in workers), so machine load
+affects them alike."""
 import time
 from typing import Callable
 
 import numpy as np
 
 Step = Callable[[], None]  # runs one step and waits for its result (block_until_ready)
+Call = Callable[[], tuple[float, float]]  # runs one step: (wall seconds, CPU seconds)
+
+
+def timed(step: Step) -> Call:
+  """`step` in this process, timed: wall-clock time and this process's CPU time (all
+  threads; with one core, e.g. under `taskset -c 0`, a measure of work that other processes'
+  load does not change)."""
+  def call():
+    start, start_cpu = time.perf_counter(), time.process_time()
+    step()
+    return time.perf_counter() - start, time.process_time() - start_cpu
+  return call
+
+
+def alternate(calls: dict[str, Call], num_steps: int, after: Callable[[str], None] = lambda _: None
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """`num_steps` rounds in which every call runs once in turn (a, b, a, b, ...), then
+  `after(name)` (e.g. wait until that subject's process is idle). Returns (wall, cpu): name ->
+  (num_steps,) seconds per call."""
+  if num_steps < 1:
+    raise ValueError(f'--steps={num_steps} must be >= 1.')
+  wall = {name: np.empty(num_steps) for name in calls}
+  cpu = {name: np.empty(num_steps) for name in calls}
+  for i in range(num_steps):
+    for name, call in calls.items():
+      wall[name][i], cpu[name][i] = call()
+      after(name)
+  return wall, cpu
 
 
 def time_interleaved(steps: dict[str, Step], num_steps: int, warmup: int
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """Runs each step `warmup` times (compilation, caches: not timed), then `num_steps` rounds
-  in which every step runs once in turn. Returns (wall, cpu): name -> (num_steps,) seconds per
-  call of wall-clock time and of this process's CPU time (all threads; with one core, e.g.
-  under `taskset -c 0`, a measure of work that other processes' load does not change)."""
+  """Steps of one process: each runs `warmup` times (compilation, caches: not timed), then
+  `alternate` times them (see `timed`)."""
   if num_steps < 1 or warmup < 0:
     raise ValueError(f'--steps={num_steps} must be >= 1 and --warmup={warmup} >= 0.')
   for step in steps.values():
     for _ in range(warmup):
       step()
-  wall = {name: np.empty(num_steps) for name in steps}
-  cpu = {name: np.empty(num_steps) for name in steps}
-  for i in range(num_steps):
-    for name, step in steps.items():
-      start, start_cpu = time.perf_counter(), time.process_time()
-      step()
-      wall[name][i] = time.perf_counter() - start
-      cpu[name][i] = time.process_time() - start_cpu
-  return wall, cpu
+  return alternate({name: timed(step) for name, step in steps.items()}, num_steps)
 
 
 def summarize(seconds: np.ndarray) -> dict[str, float]:

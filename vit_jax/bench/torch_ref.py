@@ -39,7 +39,7 @@ def check_fields(fields: dict) -> None:
                      "ViTs with classifier='token', posemb='learn' and no representation_size.")
 
 
-def _hf_vit(fields: dict, image_size: int, num_classes: int):
+def hf_vit(fields: dict, image_size: int, num_classes: int):
   """transformers' ViT with SDPA attention, shaped like our model (tanh GELU, eps 1e-6)."""
   try:
     import transformers  # pylint: disable=import-outside-toplevel
@@ -52,11 +52,10 @@ def _hf_vit(fields: dict, image_size: int, num_classes: int):
       hidden_dropout_prob=0., attention_probs_dropout_prob=0., layer_norm_eps=1e-6,
       image_size=image_size, patch_size=fields['patch_size'], num_channels=3,
       num_labels=num_classes, qkv_bias=True, attn_implementation='sdpa')
-  model = transformers.ViTForImageClassification(config)
-  return model
+  return transformers.ViTForImageClassification(config)
 
 
-def _timm_vit(fields: dict, image_size: int, num_classes: int, torch):
+def timm_vit(fields: dict, image_size: int, num_classes: int, torch):
   """timm's ViT (fused SDPA attention), shaped like our model."""
   try:
     from timm.models import vision_transformer  # pylint: disable=import-outside-toplevel
@@ -77,33 +76,43 @@ def threads() -> int:
   return len(os.sched_getaffinity(0))
 
 
-def reference_steps(mode: str, fields: dict, config: ml_collections.ConfigDict,
-                    num_classes: int, gpu: bool) -> tuple[Callable[[], None], dict]:
-  """Returns (step, description) for mode 'train' or 'infer' at the config's batch, image
-  size and dtype; `step()` runs one call and waits for it."""
+def has_fast_bf16(cpuinfo: str = '/proc/cpuinfo') -> bool:
+  """Whether the CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16), the case where
+  PyTorch's bfloat16 autocast (oneDNN) is its fastest CPU path."""
+  try:
+    with open(cpuinfo) as f:
+      flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])
+  except OSError:
+    return False
+  return 'amx_bf16' in flags or 'avx512_bf16' in flags
+
+
+def reference_steps(mode: str, fields: dict, *, image_size: int, batch: int, num_classes: int,
+                    bf16: bool, optim: dict, gpu: bool) -> tuple[Callable[[], None], dict]:
+  """Returns (step, description) for mode 'train' or 'infer'; `step()` runs one call and waits
+  for it. bf16: bfloat16 autocast. optim: lr, b1, b2, weight_decay, grad_clip_norm (our
+  config.optim's values)."""
   check_fields(fields)
   torch = _import_torch()
   torch.manual_seed(0)
-  size, batch = config.image_size, config.batch_size
   if gpu:
     if not torch.cuda.is_available():
       raise RuntimeError('JAX runs on a GPU but this torch has no CUDA: install a CUDA torch '
                          'build to compare on the GPU.')
     device = torch.device('cuda')
-    model = _timm_vit(fields, size, num_classes, torch).to(device)
+    model = timm_vit(fields, image_size, num_classes, torch).to(device)
     name, sync = 'timm VisionTransformer + torch.compile', torch.cuda.synchronize
     library = 'timm', sys.modules['timm'].__version__
   else:
     device = torch.device('cpu')
     torch.set_num_threads(threads())
-    model = _hf_vit(fields, size, num_classes)
+    model = hf_vit(fields, image_size, num_classes)
     name, sync = 'transformers ViTForImageClassification (sdpa)', lambda: None
     library = 'transformers', sys.modules['transformers'].__version__
-  bf16 = config.model.dtype == 'bfloat16'
   autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
   call = torch.compile(model) if gpu else model
   logits = (lambda x: call(x)) if gpu else (lambda x: call(pixel_values=x).logits)
-  images = torch.rand(batch, 3, size, size, device=device) * 2 - 1  # NCHW, as both use
+  images = torch.rand(batch, 3, image_size, image_size, device=device) * 2 - 1  # NCHW, as both use
   labels = torch.arange(batch, device=device) % num_classes
 
   if mode == 'infer':
@@ -115,7 +124,7 @@ def reference_steps(mode: str, fields: dict, config: ml_collections.ConfigDict,
       sync()
   else:
     model.train()
-    opt = config.optim
+    opt = ml_collections.ConfigDict(optim)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{'params': [p for p in params if p.ndim > 1], 'weight_decay': opt.weight_decay},
               {'params': [p for p in params if p.ndim <= 1], 'weight_decay': 0.}]
@@ -133,5 +142,6 @@ def reference_steps(mode: str, fields: dict, config: ml_collections.ConfigDict,
       sync()
   describe = {'implementation': name, 'torch': torch.__version__, library[0]: library[1],
               'threads': torch.get_num_threads(), 'device': str(device),
-              'num_params': sum(p.numel() for p in model.parameters())}
+              'num_params': sum(p.numel() for p in model.parameters()),
+              'dtype': 'bfloat16 autocast' if bf16 else 'float32'}
   return step, describe
