@@ -143,18 +143,25 @@ def test_reference_model_matches_ours_on_the_same_weights(library):
   torch.manual_seed(0)
   if library == 'transformers':
     theirs = torch_ref.hf_vit(fields, 32, 10).eval()
-    _, params = hf.import_state_dict(theirs.state_dict(), theirs.config)
     call = lambda x: theirs(pixel_values=x).logits
   else:
     theirs = torch_ref.timm_vit(fields, 32, 10, torch).eval()
+    call = theirs
+  # Large random weights (non-zero head and biases) put pre-activations where the tanh and the
+  # exact GELU differ, so every part of the model shows in the logits.
+  for p in theirs.parameters():
+    torch.nn.init.normal_(p, mean=0. if p.ndim > 1 else 0.5, std=0.3)
+  if library == 'transformers':
+    _, params = hf.import_state_dict(theirs.state_dict(), theirs.config)
+  else:
     _, params = timm.import_state_dict(theirs.state_dict(), num_heads=fields['num_heads'],
                                        gelu_approximate=True)
-    call = theirs
   images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   with torch.no_grad():
     expected = call(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  assert np.std(expected) > 0.1
   ours = train.build_model(config, 10, channels=3).apply({'params': params}, images, train=False)
-  np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-4, atol=2e-4)
 
 
 def test_fast_bf16_detection(tmp_path):
