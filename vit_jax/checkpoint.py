@@ -181,6 +181,20 @@ class CheckpointManager:
     self.wait()
     self._manager.close()
 
+  def __enter__(self) -> 'CheckpointManager':
+    return self
+
+  def __exit__(self, error_type, *_) -> None:
+    """Closes; leaving on an error, the write in progress still completes (its own failure
+    is only logged, so that the first error is the one reported)."""
+    if error_type is None:
+      self.close()
+      return
+    try:
+      self.close()
+    except OSError as e:
+      logging.warning('%s', e)
+
 
 @contextlib.contextmanager
 def _run_checkpoints(workdir: str) -> Iterator[CheckpointManager]:
