@@ -243,6 +243,42 @@ def test_resume_after_sigkill_at_any_moment_matches_uninterrupted_run(tmp_path):
   assert got == want
 
 
+def test_the_best_checkpoint_by_validation_is_kept_besides_the_last(tmp_path):
+  config = smoke_config(total_steps=6, eval_every=2, checkpoint_every=6, log_every=2)
+  config.eval.val_fraction, config.checkpoint.keep = 0.2, 1
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['best_step'] in (2, 4, 6)
+  assert checkpoint.resolve_step(str(tmp_path), 'best') == result['best_step']
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps == sorted({result['best_step'], 6})  # saved at its evaluation, kept
+  best = pretrained.flatten(checkpoint.read_params(str(tmp_path), 'best'))
+  manager = checkpoint.CheckpointManager(str(tmp_path / 'checkpoints'))
+  want = pretrained.flatten(manager.restore_params(result['best_step']))
+  manager.close()
+  for key in want:
+    np.testing.assert_array_equal(best[key], want[key], err_msg=key)
+
+
+def test_profile_steps_write_a_trace_and_the_start_logs_the_parameter_table(tmp_path):
+  proc = run_cli(tmp_path, '--config.total_steps=3', '--config.profile_steps=(2, 3)')
+  traces = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / 'profile')
+            for name in names if name.endswith('.xplane.pb')]
+  assert traces and all(os.path.getsize(t) > 0 for t in traces), traces
+  assert all('/plugins/profile/' in t for t in traces)  # where TensorBoard looks
+  params = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
+  lines = proc.stderr.split('Parameters:\n', 1)[1].splitlines()
+  assert lines[0].split() == ['name', '|', 'shape', '|', 'size', '|', 'sharding']
+  rows = {}
+  for line in lines[2:]:
+    name, shape, size, placement = (c.strip() for c in line.split(' | '))
+    rows[name] = (shape, size, placement)
+    if name == 'total':
+      break
+  total = rows.pop('total')
+  assert rows == {k: (str(v.shape), f'{v.size:,}', 'replicated') for k, v in params.items()}
+  assert total == ('', f'{sum(v.size for v in params.values()):,}', f'{len(params)} arrays')
+
+
 def test_finetune_from_npz_at_another_resolution(tmp_path):
   source = get_model('ViT-Nano_2', num_classes=10, num_layers=1)
   params = jax.jit(source.init)(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 1)))['params']
@@ -312,6 +348,8 @@ def test_training_path_does_not_import_tensorflow(tmp_path):
     ({'model.dropout_rate': 1.5}, r'dropout_rate=1.5 must be in \[0, 1\)'),
     ({'model.dtype': 'float8'}, "dtype='float8' must be one of"),
     ({'data.corrupt_images': 'drop'}, "data.corrupt_images='drop' must be one of"),
+    ({'profile_steps': (3, 2)}, r'profile_steps=\(3, 2\) must be a pair of steps \(a, b\) with'),
+    ({'profile_steps': (2, 7)}, r'profile_steps=\(2, 7\) must end by total_steps=6'),
 ])
 def test_bad_input_names_the_field_and_keeps_the_workdir(finished_run, tmp_path, changes,
                                                         message):

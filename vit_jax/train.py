@@ -23,7 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import checkpoint, data, evaluate, files, flops, metrics, mpp, optim, sharding
+from vit_jax import checkpoint, data, evaluate, files, flops, metrics, mpp, optim, overview
+from vit_jax import sharding
 from vit_jax import config as config_lib
 from vit_jax import workdir as run_dir
 from vit_jax.models import config_fields, config_overrides, get_model
@@ -234,10 +235,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   image_shape = (config.image_size, config.image_size, channels)
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
 
-  with run_dir.hold(workdir):
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  with run_dir.hold(workdir), checkpoint.CheckpointManager(checkpoints,
+                                                            config.checkpoint.keep) as manager:
     is_writer = jax.process_index() == 0
-    manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
-                                           config.checkpoint.keep)
     iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
                                   jax.process_index(), jax.process_count())
     state, saved = _restore_or_init(config, manager, abstract, shardings, init, tx, iterator)
@@ -248,7 +249,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     result_path = os.path.join(workdir, 'result.json')
     if start_step >= config.total_steps and os.path.exists(result_path):
       logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
-      manager.close()
       return files.read_json(result_path)
     writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract.params))
@@ -257,6 +257,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  0 if val_split is None else len(val_split.labels), len(test_split.labels),
                  model.num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
                  dict(mesh.shape))
+    logging.info('Parameters:\n%s', overview.parameter_table(abstract.params))
     train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
     evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split)
 
@@ -273,10 +274,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                               manager.latest_step())
     last_log, last_log_step = time.time(), start_step
     run_start = time.time() - saved['wall_time']
+    trace = metrics.ProfileTrace(workdir, config.profile_steps)
     for step in range(start_step + 1, config.total_steps + 1):
       images, labels = next(iterator)
+      trace.before(step)
       state, step_metrics = train_step(state, sharding.global_batch(images, mesh),
                                        sharding.global_batch(labels, mesh))
+      trace.after(step, state)
       pending.append((step, step_metrics))
       final = step == config.total_steps
       log = step % config.log_every == 0 or final
@@ -306,12 +310,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if stop and not final:
         logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
                         'continue.', step)
-        manager.close()
+        trace.close()
+        manager.wait()
         writer.close()
         return {'preempted': True, 'step': step}
     if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
       results.update(run_eval(int(state.step)))
-    manager.close()
+    manager.wait()  # the final checkpoint is complete before result.json
     writer.close()
 
     final_step = int(state.step)
