@@ -190,3 +190,32 @@ def test_save_is_atomic_and_keeps_the_old_file_on_failure(tiny_vit, tmp_path):
     checkpoint.save_npz(path, {'bad': {'leaf': object()}})
   assert (tmp_path / 'p.npz').read_bytes() == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ['p.npz']
+
+
+def test_manager_keeps_the_last_n_and_the_best_and_resolves_steps(tmp_path):
+  manager = checkpoint.CheckpointManager(str(tmp_path / 'checkpoints'), keep=2)
+  for step in range(1, 6):  # validation accuracy peaks at step 2
+    best = {'best_step': 2, 'best_val_accuracy': 0.9} if step >= 2 else {}
+    manager.save(step, {'params': {'w': jnp.full((3,), float(step))}}, {'best': best},
+                 best=best.get('best_step'))
+  manager.close()
+  manager = checkpoint.CheckpointManager(str(tmp_path / 'checkpoints'))
+  assert manager.all_steps() == [2, 4, 5]
+  assert [manager.resolve(s) for s in ('best', 'latest', None, 4)] == [2, 5, 5, 4]
+  np.testing.assert_array_equal(manager.restore_params('best')['w'], np.full(3, 2.))
+  with pytest.raises(FileNotFoundError, match=r'No checkpoint for step 3 .* \[2, 4, 5\]'):
+    manager.resolve(3)
+  manager.save(6, {'params': {'w': jnp.zeros(3)}}, {'best': {'best_step': 6}})  # no validation
+  with pytest.raises(ValueError, match='holds out no validation split'):
+    manager.resolve('best')
+  manager.close()
+
+
+@pytest.mark.parametrize('text,want', [('best', 'best'), ('latest', 'latest'), ('12', 12)])
+def test_parse_step(text, want):
+  assert checkpoint.parse_step(text) == want
+
+
+def test_parse_step_refuses_other_words():
+  with pytest.raises(ValueError, match=r"--step='last' must be 'best', 'latest' or a step"):
+    checkpoint.parse_step('last')

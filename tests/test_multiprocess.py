@@ -1,11 +1,14 @@
 """Multi-process runs: two processes on localhost, 4 simulated CPU devices each (gloo CPU
 collectives), form one 8-device mesh through `jax.distributed` and train exactly as one
 8-device process; process 0 alone writes the run's files; checkpoints written by the two
-processes are restored by the two processes and by a single process."""
+processes are restored by the two processes and by a single process; SIGTERM to one process
+stops both at the same step."""
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -29,24 +32,33 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_main(workdir, num_processes: int, devices_per_process: int) -> list[str]:
-  """Runs the quickstart smoke config in `num_processes` processes of `devices_per_process`
-  devices; returns their logs. Processes still running at the timeout are killed."""
+def start_main(workdir, num_processes: int, devices_per_process: int, *flags: str
+               ) -> tuple[list[subprocess.Popen], list[str]]:
+  """Starts the quickstart smoke config (then `flags`) in `num_processes` processes of
+  `devices_per_process` devices; returns the processes and the names of their log files."""
   cmd = [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
-         f'--workdir={workdir}', *SMOKE]
+         f'--workdir={workdir}', *SMOKE, *flags]
   port = _free_port()
   env = dict(child_env(devices_per_process), JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
   procs, logs = [], []
+  for i in range(num_processes):
+    args = [] if num_processes == 1 else [
+        f'--coordinator_address=localhost:{port}', f'--num_processes={num_processes}',
+        f'--process_id={i}']
+    log = open(f'{workdir}.log{i}', 'w')
+    logs.append(log.name)
+    procs.append(subprocess.Popen(cmd + args, cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT))
+    log.close()
+  return procs, logs
+
+
+def run_main(workdir, num_processes: int, devices_per_process: int, *flags: str,
+             started: tuple | None = None) -> list[str]:
+  """Runs (or, given `started` by `start_main`, waits for) the processes; returns their logs
+  after checking that every one exited 0. Processes still running at the timeout are killed."""
+  procs, logs = started or start_main(workdir, num_processes, devices_per_process, *flags)
   try:
-    for i in range(num_processes):
-      args = [] if num_processes == 1 else [
-          f'--coordinator_address=localhost:{port}', f'--num_processes={num_processes}',
-          f'--process_id={i}']
-      log = open(f'{workdir}.log{i}', 'w')
-      logs.append(log.name)
-      procs.append(subprocess.Popen(cmd + args, cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT))
-      log.close()
     for proc in procs:
       proc.wait(timeout=TIMEOUT)
   finally:
@@ -106,6 +118,32 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
   assert (two / 'checkpoints' / 'corrupt-4').is_dir()
   assert losses(two) == pytest.approx(reference, rel=1e-5)
   assert_same(params(two, 4), params(one, 4))
+
+
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(tmp_path):
+  long = ['--config.total_steps=300', '--config.log_every=10', '--config.checkpoint_every=100',
+          '--config.eval_every=300']
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  run_main(one, 1, 8, *long)
+  started = start_main(two, 2, 4, *long)
+  deadline = time.time() + TIMEOUT
+  while not losses(two):  # training has started: process 0 wrote a progress line
+    if time.time() > deadline or any(p.poll() is not None for p in started[0]):
+      for p in started[0]:
+        p.kill()
+      pytest.fail('the run wrote no progress line')
+    time.sleep(0.02)
+  started[0][1].send_signal(signal.SIGTERM)  # process 1 only
+  logs = run_main(two, 2, 4, started=started)  # both exit 0
+  saved = [int(log.split('SIGTERM: saved a checkpoint at step ')[1].split(';')[0])
+           for log in logs]
+  assert saved[0] == saved[1] and saved[0] < 300 and saved[0] % 10 == 0, saved  # a log step
+  assert 'Stopped by SIGTERM at step' in logs[0] and not (two / 'result.json').exists()
+  assert max(int(s) for s in os.listdir(two / 'checkpoints') if s.isdigit()) == saved[0]
+  logs = run_main(two, 2, 4, *long)
+  assert f'Resumed from step {saved[0]} ' in logs[0]
+  assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+  assert_same(params(two, 300), params(one, 300))
 
 
 @pytest.mark.parametrize('mode,flags,environ,expected', [

@@ -133,7 +133,7 @@ def test_sharded_loss_equals_single_device(tmp_path, mesh):
 # Runs vit_jax.main with one function wrapped so that the process SIGKILLs itself at a chosen
 # moment: argv[1] names the moment, argv[2] its step (or call number); the rest are the flags.
 KILLER = """
-import os, re, runpy, signal, sys
+import os, re, runpy, signal, sys, threading
 import orbax.checkpoint as ocp
 from vit_jax import evaluate, files, metrics, train
 
@@ -141,7 +141,8 @@ moment, at = sys.argv.pop(1), int(sys.argv.pop(1))
 calls = []
 
 def die():
-  print(f'SIGKILL {moment} {at}', file=sys.stderr, flush=True)
+  print(f'SIGKILL {moment} {at} in {threading.current_thread().name}', file=sys.stderr,
+        flush=True)
   os.kill(os.getpid(), signal.SIGKILL)
 
 def kill_when(owner, name, condition, after=False):
@@ -169,7 +170,7 @@ if moment == 'step':  # the step is dispatched, then the process dies while it r
       return out
     return killing_step
   train.make_train_step = make_killing_step
-elif moment == 'checkpoint-arrays':  # arrays written, the step not yet committed
+elif moment == 'checkpoint-arrays':  # arrays written in the background, step not committed
   kill_when(ocp.StandardCheckpointHandler, 'finalize', lambda self, d: ckpt_step(d) == at)
 elif moment == 'checkpoint-json':  # the data-iterator item of the checkpoint being written
   kill_when(ocp.JsonCheckpointHandler, 'async_save', lambda self, d, *a, **k: ckpt_step(d) == at)
@@ -184,42 +185,107 @@ runpy.run_module('vit_jax.main', run_name='__main__')
 """
 
 
+TIMINGS = ('images_per_sec', 'train_images_per_sec', 'wall_time_sec')  # differ between runs
+
+
+def without_timings(record: dict) -> dict:
+  return {k: v for k, v in record.items() if k not in TIMINGS}
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """The complete checkpoints (orbax writes a step under a temporary name first)."""
+  directory = workdir / 'checkpoints'
+  return sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if directory.exists() else []
+
+
 def test_resume_after_sigkill_at_any_moment_matches_uninterrupted_run(tmp_path):
   """One run killed at seven moments in turn (each rerun resumes and is killed at the next),
-  then finished: parameters, losses and results equal an uninterrupted run's, bitwise."""
+  then finished: parameters, every metrics.jsonl record and every result.json field (timings
+  aside) equal an uninterrupted run's, bitwise. Checkpoints are written asynchronously: a kill
+  during a write leaves the previous checkpoint, from which the rerun resumes."""
+  # Log lines (every 3 steps) straddle checkpoints (every 4): the checkpoint holds the metrics
+  # of the steps since the last line.
   flags = ['--config.total_steps=12', '--config.checkpoint_every=4', '--config.eval_every=6',
-           '--config.log_every=2', '--config.eval.val_fraction=0.1']
+           '--config.log_every=3', '--config.eval.val_fraction=0.1']
   run_cli(tmp_path / 'straight', *flags)
   killed = tmp_path / 'killed'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  for moment, at, resumes_from in [
-      ('step', 3, None),                # in a training step, before any checkpoint
-      ('checkpoint-arrays', 4, None),   # writing the first checkpoint
-      ('metrics', 6, None),             # writing a progress line (checkpoint 4 is written)
-      ('evaluation', 2, 4),             # in the evaluation at step 6 (its test split)
-      ('checkpoint-json', 8, 4),        # writing checkpoint 8's data-iterator state
-      ('step', 10, 4),                  # in a training step after checkpoint 8
-      ('result', 0, 8),                 # writing result.json after the final checkpoint
+  for moment, at in [
+      ('step', 3),                # in a training step, before any checkpoint
+      ('checkpoint-arrays', 4),   # writing the first checkpoint (in orbax's background thread)
+      ('metrics', 6),             # writing a progress line (checkpoint 4 may still be written)
+      ('evaluation', 2),          # in the evaluation at step 6 (its test split)
+      ('checkpoint-json', 8),     # writing checkpoint 8's data-iterator state
+      ('step', 10),               # in a training step after checkpoint 8
+      ('result', 0),              # writing result.json after the final checkpoint
   ]:
+    before = checkpoint_steps(killed)
     cmd = [sys.executable, '-c', KILLER, moment, str(at), '--config=configs/quickstart.py',
            f'--workdir={killed}', *SMOKE, *flags]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, (moment, at, proc.stderr[-3000:])
-    assert f'SIGKILL {moment} {at}' in proc.stderr
-    if resumes_from:
-      assert f'Resumed from step {resumes_from} ' in proc.stderr, (moment, proc.stderr[-3000:])
+    assert f'SIGKILL {moment} {at} in ' in proc.stderr
+    if moment == 'checkpoint-arrays':  # while the main thread goes on training
+      assert f'SIGKILL {moment} {at} in MainThread' not in proc.stderr
+    if before:  # the newest complete checkpoint is intact and resumed from
+      assert f'Resumed from step {before[-1]} ' in proc.stderr, (moment, proc.stderr[-3000:])
+    else:
+      assert 'Resumed from step' not in proc.stderr
+    assert 'cannot be read' not in proc.stderr
     assert not (killed / 'result.json').exists()
+  assert checkpoint_steps(killed) == [4, 8, 12]  # the final one was complete before the kill
   assert 'Resumed from step 12 ' in run_cli(killed, *flags).stderr
   a = pretrained.flatten(checkpoint.read_params(str(killed)))
   b = pretrained.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  assert sorted(losses(killed).items()) == sorted(losses(tmp_path / 'straight').items())
-  got, want = (files.read_json(f'{d}/result.json') for d in (killed, tmp_path / 'straight'))
-  for key in ('test_accuracy', 'test_loss', 'best_step', 'best_val_accuracy', 'fewshot_1shot'):
-    assert want[key] is not None and got[key] == want[key], key
-  assert sorted(os.listdir(killed / 'checkpoints')) == ['12', '4', '8']
+  got, want = ([without_timings(r) for r in metrics.read_jsonl(f'{d}/metrics.jsonl')]
+               for d in (killed, tmp_path / 'straight'))
+  assert [r['step'] for r in want] == [3, 6, 6, 9, 12, 12]  # train and eval records
+  assert got == want
+  got, want = (without_timings(files.read_json(f'{d}/result.json'))
+               for d in (killed, tmp_path / 'straight'))
+  for key in ('train_loss', 'test_accuracy', 'test_loss', 'best_step', 'best_val_accuracy',
+              'fewshot_1shot'):
+    assert want.get(key) is not None, key
+  assert got == want
+
+
+def test_the_best_checkpoint_by_validation_is_kept_besides_the_last(tmp_path):
+  config = smoke_config(total_steps=6, eval_every=2, checkpoint_every=6, log_every=2)
+  config.eval.val_fraction, config.checkpoint.keep = 0.2, 1
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['best_step'] in (2, 4, 6)
+  assert checkpoint.resolve_step(str(tmp_path), 'best') == result['best_step']
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps == sorted({result['best_step'], 6})  # saved at its evaluation, kept
+  best = pretrained.flatten(checkpoint.read_params(str(tmp_path), 'best'))
+  manager = checkpoint.CheckpointManager(str(tmp_path / 'checkpoints'))
+  want = pretrained.flatten(manager.restore_params(result['best_step']))
+  manager.close()
+  for key in want:
+    np.testing.assert_array_equal(best[key], want[key], err_msg=key)
+
+
+def test_profile_steps_write_a_trace_and_the_start_logs_the_parameter_table(tmp_path):
+  proc = run_cli(tmp_path, '--config.total_steps=3', '--config.profile_steps=(2, 3)')
+  traces = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / 'profile')
+            for name in names if name.endswith('.xplane.pb')]
+  assert traces and all(os.path.getsize(t) > 0 for t in traces), traces
+  assert all('/plugins/profile/' in t for t in traces)  # where TensorBoard looks
+  params = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
+  lines = proc.stderr.split('Parameters:\n', 1)[1].splitlines()
+  assert lines[0].split() == ['name', '|', 'shape', '|', 'size', '|', 'sharding']
+  rows = {}
+  for line in lines[2:]:
+    name, shape, size, placement = (c.strip() for c in line.split(' | '))
+    rows[name] = (shape, size, placement)
+    if name == 'total':
+      break
+  total = rows.pop('total')
+  assert rows == {k: (str(v.shape), f'{v.size:,}', 'replicated') for k, v in params.items()}
+  assert total == ('', f'{sum(v.size for v in params.values()):,}', f'{len(params)} arrays')
 
 
 def test_finetune_from_npz_at_another_resolution(tmp_path):
@@ -291,6 +357,8 @@ def test_training_path_does_not_import_tensorflow(tmp_path):
     ({'model.dropout_rate': 1.5}, r'dropout_rate=1.5 must be in \[0, 1\)'),
     ({'model.dtype': 'float8'}, "dtype='float8' must be one of"),
     ({'data.corrupt_images': 'drop'}, "data.corrupt_images='drop' must be one of"),
+    ({'profile_steps': (3, 2)}, r'profile_steps=\(3, 2\) must be a pair of steps \(a, b\) with'),
+    ({'profile_steps': (2, 7)}, r'profile_steps=\(2, 7\) must end by total_steps=6'),
 ])
 def test_bad_input_names_the_field_and_keeps_the_workdir(finished_run, tmp_path, changes,
                                                         message):

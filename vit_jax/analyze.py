@@ -1,8 +1,8 @@
 """Look inside a trained run: embedding filters, position embeddings, attention distance and
 rollout, Fourier analysis of feature maps, Hessian eigenvalues.
 
-  python -m vit_jax.analyze --workdir=<run dir> --out=<dir> [--only=distance,fourier] \
-      [--images=64] [--hessian_batches=4]
+  python -m vit_jax.analyze --workdir=<run dir> --out=<dir> [--step=best|latest|N] \
+      [--only=distance,fourier] [--images=64] [--hessian_batches=4]
   python -m vit_jax.analyze --sweep=<sweep dir> [--only=distance,fourier,hessian]
 
 Writes `<name>.png` and the numbers behind it into `<out>/analysis.json`. Analyses that do not
@@ -15,6 +15,7 @@ change with training-set size and depth; the sweep's REPORT.md then includes tha
 from absl import app
 from absl import flags
 
+from vit_jax import checkpoint
 from vit_jax import cli
 from vit_jax.scaling import report
 from vit_jax.analysis import run
@@ -23,6 +24,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory (confi
                                'checkpoints/).')
 _SWEEP = flags.DEFINE_string('sweep', None, 'A sweep directory (results.csv): analyse every '
                              'finished point.')
+_STEP = flags.DEFINE_string('step', 'latest', "With --workdir, the checkpoint to analyse: "
+                            "'latest', 'best' (by validation accuracy) or a step number.")
 _OUT = flags.DEFINE_string('out', None, 'Directory for the figures and analysis.json.')
 _ONLY = flags.DEFINE_list('only', None,
                           f'Analyses to run (default: all that apply): {run.ANALYSES}.')
@@ -45,7 +48,7 @@ def main(argv: list[str]) -> None:
             f'written, {_SWEEP.value}/REPORT.md updated.')
       return
     results = run.analyze(_WORKDIR.value, _OUT.value, _ONLY.value, _IMAGES.value,
-                          _HESSIAN_BATCHES.value)
+                          _HESSIAN_BATCHES.value, checkpoint.parse_step(_STEP.value))
   except (ValueError, OSError) as e:
     raise SystemExit(f'Error: {e}') from None
   done = [a for a in run.ANALYSES if a in results]

@@ -1,15 +1,19 @@
 """Training checkpoints (orbax), and reading parameters from a run or a published `.npz`.
 
 `CheckpointManager` keeps the train state and the data iterator's position of a run under
-`<workdir>/checkpoints/<step>/` (orbax; a step directory appears only once fully written).
+`<workdir>/checkpoints/<step>/` (orbax; written asynchronously, and a step directory appears
+only once fully written): the last `checkpoint.keep` steps and the best one by validation
+accuracy. A checkpoint is chosen by `step`: 'latest', 'best' or a step number.
 `read_params` reads the parameters of a run's checkpoint or of a `.npz` file; `load_pretrained`
 fits them to a model and `save_npz` writes the published format (both from
 `vit_jax.pretrained`, where the format lives).
 """
+import contextlib
+import dataclasses
 import errno
 import os
 import re
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 import jax
@@ -22,18 +26,65 @@ from vit_jax.models import config_overrides, get_model
 from vit_jax.pretrained import Params, save_npz  # pylint: disable=unused-import (public API)
 
 
+Step = int | str | None  # a step number, 'latest' or 'best' (None: 'latest')
+
+
+def parse_step(text: str) -> Step:
+  """A `--step` value: 'best', 'latest' or a step number (ValueError otherwise)."""
+  if text in ('best', 'latest'):
+    return text
+  if not text.isdigit():
+    raise ValueError(f"--step={text!r} must be 'best', 'latest' or a step number.")
+  return int(text)
+
+
+@dataclasses.dataclass
+class _LatestAndBest:
+  """Orbax preservation policy: the last `keep` checkpoints and the one of step `best`."""
+  keep: int
+  best: int | None = None
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+    latest = ocp.checkpoint_managers.LatestN(self.keep).should_preserve(checkpoints,
+                                                                         context=context)
+    return [keep or c.step == self.best for keep, c in zip(latest, checkpoints)]
+
+
+@contextlib.contextmanager
+def _write_errors(step: int | None) -> Iterator[None]:
+  """Turns the failure of writing checkpoint `step` into an OSError (e.g. a full disk:
+  tensorstore reports it as a ValueError carrying the OS error code)."""
+  try:
+    yield
+  except OSError:
+    raise
+  except Exception as e:  # tensorstore and orbax wrap OS errors in several types
+    code = re.search(r"os_error_code='(\d+)'", str(e))
+    code = int(code.group(1)) if code else errno.EIO
+    raise OSError(code, f'writing checkpoint {step} failed, {os.strerror(code)}: '
+                  f'{str(e)[:200]}') from e
+
+
 class CheckpointManager:
   """Saves and restores (train state, data iterator state) under `directory`, keeping the last
-  `keep` steps. Writes are synchronous and atomic per step."""
+  `keep` steps and the best one that `save` names.
+
+  Saves are asynchronous: `save` returns once the arrays are copied off the devices, and orbax
+  writes them in a background thread while training goes on; a step becomes visible only once
+  complete, so a kill during a write leaves the earlier checkpoints intact. The next `save`,
+  `wait` and `close` wait for the write in progress.
+  """
 
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
+    self._policy = _LatestAndBest(keep)
+    self._pending = None  # the step being written
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(create=True, preservation_policy=self._policy,
+                                             enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -41,24 +92,50 @@ class CheckpointManager:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
-    """Writes checkpoint `step`; it becomes visible only once complete.
+  def save(self, step: int, state: Any, data_state: dict, best: int | None = None) -> None:
+    """Starts writing checkpoint `step`; `best` is the step of the best checkpoint, kept
+    besides the last `keep` (None: none).
 
     Raises:
-      OSError: the write failed (e.g. a full disk: tensorstore reports it as a ValueError
-        carrying the OS error code); earlier checkpoints are untouched.
+      OSError: this write or the one before it failed; earlier checkpoints are untouched.
     """
-    try:
+    self.wait()
+    self._policy.best = best
+    with _write_errors(step):
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    self._pending = step
+
+  def wait(self) -> None:
+    """Blocks until the write in progress is complete (OSError if it failed)."""
+    with _write_errors(self._pending):
       self._manager.wait_until_finished()
-    except OSError:
-      raise
-    except Exception as e:  # tensorstore and orbax wrap OS errors in several types
-      code = re.search(r"os_error_code='(\d+)'", str(e))
-      code = int(code.group(1)) if code else errno.EIO
-      raise OSError(code, f'writing checkpoint {step} failed, {os.strerror(code)}: '
-                    f'{str(e)[:200]}') from e
+    self._pending = None
+
+  def resolve(self, step: Step) -> int:
+    """The step number of `step` ('latest' or None, 'best', or a number that must exist).
+
+    Raises:
+      FileNotFoundError: no such checkpoint.
+      ValueError: 'best' of a run that holds out no validation split.
+    """
+    steps = self.all_steps()
+    if step in (None, 'latest', 'best'):
+      if not steps:
+        raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+      if step != 'best':
+        return steps[-1]
+      best = self._manager.restore(steps[-1], args=ocp.args.Composite(
+          data=ocp.args.JsonRestore())).data['best']
+      if 'best_val_accuracy' not in best:
+        raise ValueError(f'{self.directory}: the run holds out no validation split '
+                         '(eval.val_fraction=0), so it has no best checkpoint; use '
+                         "--step=latest or a step number.")
+      step = best['best_step']
+    if step not in steps:
+      raise FileNotFoundError(f'No checkpoint for step {step} in {self.directory}; there are '
+                              f'{steps}.')
+    return step
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restores onto `abstract_state`'s structure and shardings (ShapeDtypeStructs).
@@ -86,12 +163,11 @@ class CheckpointManager:
         self._manager.reload()
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
 
-  def restore_params(self, step: int | None = None) -> Params:
-    """The parameters alone, as host NumPy arrays (for fine-tuning and export), whatever
-    mesh and process count wrote the checkpoint: arrays are read onto one local device."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+  def restore_params(self, step: Step = None) -> Params:
+    """The parameters alone of checkpoint `step` (see `resolve`), as host NumPy arrays (for
+    fine-tuning and export), whatever mesh and process count wrote the checkpoint: arrays
+    are read onto one local device."""
+    step = self.resolve(step)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
@@ -101,32 +177,60 @@ class CheckpointManager:
     return pretrained.to_numpy(jax.device_get(restored.state['params']))
 
   def close(self) -> None:
+    """Waits for the write in progress (OSError if it failed), then closes."""
+    self.wait()
     self._manager.close()
 
+  def __enter__(self) -> 'CheckpointManager':
+    return self
 
-def read_params(path: str, step: int | None = None) -> Params:
-  """Parameters from a `.npz` file, or from checkpoint `step` (default: the latest) of a run
-  workdir."""
-  if os.path.isdir(path):
-    directory = os.path.join(path, 'checkpoints')
-    if not os.path.isdir(directory):
-      raise FileNotFoundError(f'{path} is neither a .npz file nor a run workdir with '
-                              'checkpoints/.')
-    manager = CheckpointManager(directory)
+  def __exit__(self, error_type, *_) -> None:
+    """Closes; leaving on an error, the write in progress still completes (its own failure
+    is only logged, so that the first error is the one reported)."""
+    if error_type is None:
+      self.close()
+      return
     try:
-      if step is not None and step not in manager.all_steps():
-        raise FileNotFoundError(f'No checkpoint for step {step} in {directory}; there are '
-                                f'{manager.all_steps()}.')
+      self.close()
+    except OSError as e:
+      logging.warning('%s', e)
+
+
+@contextlib.contextmanager
+def _run_checkpoints(workdir: str) -> Iterator[CheckpointManager]:
+  """The checkpoint manager of a run workdir, for reading (FileNotFoundError if none)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{workdir} is neither a .npz file nor a run workdir with '
+                            'checkpoints/.')
+  manager = CheckpointManager(directory)
+  try:
+    yield manager
+  finally:
+    manager.close()
+
+
+def resolve_step(workdir: str, step: Step = None) -> int:
+  """The step number that `step` ('latest' or None, 'best', a number) names in a run workdir
+  (see `CheckpointManager.resolve`)."""
+  with _run_checkpoints(workdir) as manager:
+    return manager.resolve(step)
+
+
+def read_params(path: str, step: Step = None) -> Params:
+  """Parameters from a `.npz` file, or from checkpoint `step` ('latest' or None, 'best', a
+  number) of a run workdir."""
+  if os.path.isdir(path):
+    with _run_checkpoints(path) as manager:
       return manager.restore_params(step)
-    finally:
-      manager.close()
   if step is not None:
     raise ValueError(f'step={step} applies to a run workdir, not to the file {path}.')
   return pretrained.read_npz(path)
 
 
-def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, Params]:
-  """(config, model, params) of a run's checkpoint `step` (default: the latest): the resolved
+def load_run(workdir: str, step: Step = None) -> tuple[Any, Any, Params]:
+  """(config, model, params) of a run's checkpoint `step` ('latest' or None, 'best', a
+  number): the resolved
   config from `<workdir>/config.json`, the model it names and its parameters as NumPy arrays."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -139,8 +243,6 @@ def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, Params]:
   num_classes = params['head']['kernel'].shape[-1]
   model = get_model(config.model.name, num_classes=num_classes, **config_overrides(config.model))
   return config, model, params
-
-
 
 
 def load_pretrained(path: str, init_params: Params, **options) -> Params:

@@ -81,6 +81,10 @@ def _range_pair(high: float) -> Field:
   return Field((tuple, list), valid, f'a pair (a, b) with 0 < a <= b <= {high}')
 
 
+_STEPS = Field((tuple, list), lambda v: len(v) == 2 and _is_int(v[0], 1) and _is_int(v[1], v[0]),
+               'a pair of steps (a, b) with 1 <= a <= b', none=True)
+
+
 _BOOL = Field((bool,), lambda v: True, 'True or False')
 _BOOL_OR_NONE = dataclasses.replace(_BOOL, none=True)
 _TEXT = Field((str,), lambda v: True, 'a string')
@@ -141,6 +145,7 @@ TRAIN_FIELDS: dict[str, Field] = {
     'train_size': _POSITIVE_OR_NONE,
     'image_size': _int(), 'batch_size': _int(), 'total_steps': _int(), 'seed': _int(0),
     'log_every': _int(), 'eval_every': _int(), 'checkpoint_every': _int(),
+    'profile_steps': _STEPS,
     'mesh': Field((tuple, list), _mesh,
                   f'(axis, size) pairs, axes from {sharding.KNOWN_AXES}, sizes > 0 or -1'),
     'optim.name': _choice('adam', 'adamw', 'sgd'),
@@ -229,6 +234,8 @@ def defaults() -> ml_collections.ConfigDict:
   config.log_every = 50
   config.eval_every = 250
   config.checkpoint_every = 250
+  config.profile_steps = placeholder(tuple)  # (a, b): profiler trace of steps a..b in the
+                                             # workdir's profile/; None = no trace
   config.mesh = (('data', -1),)       # (axis, size) pairs; -1 = the remaining devices
 
   config.optim = ml_collections.ConfigDict(dict(
@@ -317,6 +324,9 @@ def check(config: ml_collections.ConfigDict, prefix: str = '') -> None:
   if config.schedule.end_lr > config.optim.lr:
     raise ValueError(f'schedule.end_lr={config.schedule.end_lr} must not exceed '
                      f'optim.lr={config.optim.lr}.')
+  if config.profile_steps and config.profile_steps[1] > config.total_steps:
+    raise ValueError(f'profile_steps={tuple(config.profile_steps)} must end by '
+                     f'total_steps={config.total_steps}.')
   if config.mpp.mask_fraction + config.mpp.random_fraction > 1:
     raise ValueError(f'mpp.mask_fraction={config.mpp.mask_fraction} + mpp.random_fraction='
                      f'{config.mpp.random_fraction} must be at most 1.')

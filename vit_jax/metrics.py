@@ -1,9 +1,11 @@
-"""Run outputs: `metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow) and the
-progress line."""
+"""Run outputs: `metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow), the
+progress line and the profiler trace."""
 import json
 import os
+from typing import Any
 
 from absl import logging
+import jax
 import tensorboardX
 
 from vit_jax import files
@@ -56,6 +58,37 @@ class MetricsWriter:
     if self.active:
       self._file.close()
       self._tb.close()
+
+
+class ProfileTrace:
+  """A JAX profiler trace of training steps a..b (inclusive; `steps` = (a, b), None: none)
+  into `<workdir>/profile/plugins/profile/<time>/` (TensorBoard's profile plugin reads it).
+  Every process traces its own devices. A run resumed after step a traces nothing."""
+
+  def __init__(self, workdir: str, steps: tuple[int, int] | None):
+    self.directory = os.path.join(workdir, 'profile')
+    self._steps, self._on = steps, False
+
+  def before(self, step: int) -> None:
+    """Call before dispatching `step`."""
+    if self._steps and step == self._steps[0]:
+      jax.profiler.start_trace(self.directory)
+      self._on = True
+
+  def after(self, step: int, state: Any) -> None:
+    """Call after dispatching `step` (its output `state`): ends the trace after step b, once
+    the step has run."""
+    if self._on and step == self._steps[1]:
+      jax.block_until_ready(state)
+      self.close()
+
+  def close(self) -> None:
+    """Ends a trace still running (a run stopped inside the steps)."""
+    if self._on:
+      jax.profiler.stop_trace()
+      self._on = False
+      logging.info('Profiler trace of steps %d-%d written to %s.', *self._steps,
+                   self.directory)
 
 
 def format_duration(seconds: float) -> str:

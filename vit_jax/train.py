@@ -2,9 +2,12 @@
 
 config (checked, `vit_jax.config`) -> mesh -> data (in memory, uint8; `data.load_data`) ->
 model + optimizer -> state initialised directly sharded -> jitted train step (augmentation on
-device, explicit shardings, donated state) -> metrics / evaluation / checkpoints. Rerunning on
-the same workdir resumes from the latest checkpoint, data order included. SIGTERM saves a
-checkpoint at the current step and returns; a non-finite loss or gradient stops the run
+device, explicit shardings, donated state) -> metrics / evaluation / checkpoints (written
+asynchronously; each holds, besides the state, the data order, the metrics averaged so far and
+the latest results). Rerunning on the same workdir resumes from the latest checkpoint and ends
+with the same parameters and recorded numbers (timings aside). SIGTERM saves a checkpoint at
+the current step (at the next log step in a multi-process run, the same on every process) and
+returns; a non-finite loss or gradient stops the run
 (FloatingPointError) before anything is saved, unless optim.skip_nonfinite skips such steps.
 """
 import functools
@@ -20,8 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import (checkpoint, data, evaluate, files, flops, metrics, mpp, optim, prefetch,
-                     sharding)
+from vit_jax import (checkpoint, data, evaluate, files, flops, metrics, mpp, optim, overview,
+                     prefetch, sharding)
 from vit_jax import config as config_lib
 from vit_jax import workdir as run_dir
 from vit_jax.models import config_fields, config_overrides, get_model
@@ -151,10 +154,17 @@ def _stop_if_nonfinite(pending: list, skip: bool, last_good: int | None) -> None
         'steps.')
 
 
+def _window(pending: list) -> list[tuple[int, dict[str, float]]]:
+  """The (step, metrics) of the steps since the last log line, as Python floats (saved with a
+  checkpoint, so that a resumed run averages the same steps)."""
+  return [(int(s), {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(pending)]
+
+
 def _summary(pending: list, skipped: int, images_per_sec: float) -> dict[str, float]:
-  """The log line's metrics: the mean of every metric over the steps in `pending` (over the
-  finite ones when some were skipped), the throughput and the skipped-step count so far."""
-  host = [m for _, m in jax.device_get(pending)]
+  """The log line's metrics: the mean (in float64) of every metric over the steps in
+  `pending` (over the finite ones when some were skipped), the throughput and the skipped-step
+  count so far."""
+  host = [m for _, m in _window(pending)]
   skipped += int(sum(m['nonfinite'] for m in host))
   good = [m for m in host if not m['nonfinite']] or host  # skipped steps' loss is NaN
   summary = {k: float(np.mean([m[k] for m in good])) for k in host[0] if k != 'nonfinite'}
@@ -176,7 +186,8 @@ def _check_inputs(config: ml_collections.ConfigDict, mesh, train: data.Split) ->
 def _restore_or_init(config, manager, abstract, shardings, init, tx, iterator
                      ) -> tuple[TrainState, dict[str, Any]]:
   """(state, saved): the latest checkpoint (and the iterator's position) with its saved
-  'best', 'skipped' and 'wall_time', else a new state, from `checkpoint.init_from` if set."""
+  'best', 'skipped', 'wall_time', 'window' (the metrics of the steps since the last log line)
+  and 'results', else a new state, from `checkpoint.init_from` if set."""
   if manager.latest_step() is not None:
     state, saved = manager.restore(abstract)
     iterator.set_state(saved['iterator'])
@@ -190,7 +201,7 @@ def _restore_or_init(config, manager, abstract, shardings, init, tx, iterator
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     state = state.replace(params=params, opt_state=opt_state)
     logging.info('Initialised from %s.', config.checkpoint.init_from)
-  return state, {'best': {}, 'skipped': 0, 'wall_time': 0.}
+  return state, {'best': {}, 'skipped': 0, 'wall_time': 0., 'window': [], 'results': {}}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -224,10 +235,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   image_shape = (config.image_size, config.image_size, channels)
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
 
-  with run_dir.hold(workdir):
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  with run_dir.hold(workdir), checkpoint.CheckpointManager(checkpoints,
+                                                            config.checkpoint.keep) as manager:
     is_writer = jax.process_index() == 0
-    manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
-                                           config.checkpoint.keep)
     iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
                                   jax.process_index(), jax.process_count())
     state, saved = _restore_or_init(config, manager, abstract, shardings, init, tx, iterator)
@@ -238,7 +249,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     result_path = os.path.join(workdir, 'result.json')
     if start_step >= config.total_steps and os.path.exists(result_path):
       logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
-      manager.close()
       return files.read_json(result_path)
     writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(abstract.params))
@@ -247,6 +257,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  0 if val_split is None else len(val_split.labels), len(test_split.labels),
                  model.num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
                  dict(mesh.shape))
+    logging.info('Parameters:\n%s', overview.parameter_table(abstract.params))
     train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
     evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split)
 
@@ -257,20 +268,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       best = evaluate.update_best(best, evals, step)
       return evals
 
-    pending, results = [], {}  # pending: (step, device metrics) since the last log line
+    # pending: (step, metrics) since the last log line; results: the latest of every number
+    pending, results = [tuple(p) for p in saved['window']], saved['results']
     check_finite = lambda: _stop_if_nonfinite(pending, config.optim.skip_nonfinite,
                                               manager.latest_step())
     last_log, last_log_step = time.time(), start_step
     run_start = time.time() - saved['wall_time']
+    trace = metrics.ProfileTrace(workdir, config.profile_steps)
     # The next batch is on the device while a step runs; nothing waits for the device
     # between log steps (metrics stay on it in `pending` until the next log line).
     batches = prefetch.DevicePrefetch(
         iterator, lambda batch: tuple(sharding.global_batch(a, mesh) for a in batch))
     for step in range(start_step + 1, config.total_steps + 1):
+      trace.before(step)
       state, step_metrics = train_step(state, *next(batches))
+      trace.after(step, state)
       pending.append((step, step_metrics))
       final = step == config.total_steps
-      if step % config.log_every == 0 or final:
+      log = step % config.log_every == 0 or final
+      if log:
         check_finite()
         now = time.time()
         summary = _summary(pending, skipped,
@@ -285,20 +301,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step % config.eval_every == 0 or final:
         check_finite()
         results.update(run_eval(step))
-      if step % config.checkpoint_every == 0 or final or preempted:
+      stop = run_dir.stop_agreed(preempted, log)
+      best_step = best.get('best_step') if val_split is not None else None  # by validation
+      if step % config.checkpoint_every == 0 or final or stop or best_step == step:
         check_finite()
         manager.save(step, state, {'iterator': batches.get_state(), 'best': best,
-                                   'skipped': skipped, 'wall_time': time.time() - run_start})
+                                   'skipped': skipped, 'wall_time': time.time() - run_start,
+                                   'window': _window(pending), 'results': dict(results)}, best_step)
       last_log += time.time() - pause
-      if preempted and not final:
+      if stop and not final:
         logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
                         'continue.', step)
-        manager.close()
+        trace.close()
+        manager.wait()
         writer.close()
         return {'preempted': True, 'step': step}
     if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
       results.update(run_eval(int(state.step)))
-    manager.close()
+    manager.wait()  # the final checkpoint is complete before result.json
     writer.close()
 
     final_step = int(state.step)

@@ -1,5 +1,5 @@
 """A run's workdir: its lock, what a failed write reports, `config.json`, and the SIGTERM flag
-that stops a run at a checkpoint."""
+that stops a run at a checkpoint (agreed across the processes of a multi-process run)."""
 import contextlib
 import errno
 import os
@@ -10,7 +10,9 @@ from typing import Iterator
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from vit_jax import files
 
@@ -69,3 +71,15 @@ def sigterm_flag() -> Iterator[list]:
     yield flag
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+def stop_agreed(flag: list, sync_point: bool) -> bool:
+  """Whether the run stops (with a checkpoint) at this step: a single process as soon as its
+  SIGTERM `flag` is set; the processes of a multi-process run together, at a `sync_point`
+  (the log steps), when any of them has received SIGTERM (an all-gather of the flags), so
+  that all save the same step."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  if not sync_point:
+    return False
+  return bool(np.any(multihost_utils.process_allgather(np.array(bool(flag)))))

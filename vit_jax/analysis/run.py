@@ -2,7 +2,8 @@
 behind `python -m vit_jax.analyze`).
 
 `analyze(workdir, out)` writes `<name>.png` per analysis and `analysis.json`;
-`analyze_sweep(sweep_dir)` runs the cheap ones (`SWEEP_ANALYSES`) on every finished point into
+`analyze_sweep(sweep_dir)` runs the cheap ones (`SWEEP_ANALYSES`) on every finished point (at the
+checkpoint of the step its results report, `best_step`) into
 `<sweep>/analysis/<point>/` and writes `sweep.csv` and `sweep.png`.
 """
 import csv
@@ -89,13 +90,14 @@ def hessian_eigenvalues(config, model, params, train_split: data.Split, batches:
 
 
 def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: int = 64,
-            hessian_batches: int = 4) -> dict:
-  """Runs the analyses on `workdir`'s latest checkpoint; returns the numbers (also written to
-  `<out>/analysis.json`, figures beside it)."""
+            hessian_batches: int = 4, step: checkpoint.Step = None) -> dict:
+  """Runs the analyses on `workdir`'s checkpoint `step` ('latest' or None, 'best', a number);
+  returns the numbers (also written to `<out>/analysis.json`, figures beside it)."""
   unknown = sorted(set(only or ()) - set(ANALYSES))
   if unknown:
     raise ValueError(f'Unknown analyses {unknown}; choose from {ANALYSES}.')
-  config, model, params = checkpoint.load_run(workdir)
+  step = checkpoint.resolve_step(workdir, step)
+  config, model, params = checkpoint.load_run(workdir, step)
   kind = resolved_fields(**config.model)['family']
   wanted = list(only or ANALYSES)
   learned_posemb = 'posembed_input' in params.get('Transformer', {})  # not with sincos2d
@@ -103,7 +105,7 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   if only and bad:
     raise ValueError(f'{bad} do not apply to {config.model.name} ({kind}).')
   results = {'model': config.model.name, 'family': kind, 'workdir': os.path.abspath(workdir),
-             'skipped': bad}
+             'step': step, 'skipped': bad}
   wanted = [a for a in wanted if a not in bad]
   os.makedirs(out, exist_ok=True)
   figure = lambda name: os.path.join(out, f'{name}.png')
@@ -191,7 +193,7 @@ def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int
     kinds = [a for a in (only or SWEEP_ANALYSES) if row['family'] in _FAMILIES[a]]
     name = os.path.basename(os.path.normpath(row['workdir']))
     results = analyze(row['workdir'], os.path.join(out, name), kinds, num_images,
-                      hessian_batches) if kinds else {}
+                      hessian_batches, row.get('best_step')) if kinds else {}  # reported step
     summaries.append(_summary(row, results))
     logging.info('Analysed %d/%d: %s', n, len(rows), name)
   with files.atomic_open(os.path.join(out, 'sweep.csv')) as f:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 
-from vit_jax import files
+from vit_jax import checkpoint, files
 from vit_jax.export.source import Source, UnsupportedError
 from vit_jax.export.verify import VerificationError, compare
 
@@ -69,8 +69,8 @@ def export_source(source: Source, fmt: str, out: str) -> dict:
   return manifest
 
 
-def export(workdir: str, fmt: str, out: str, step: int | None = None) -> dict:
-  """Exports checkpoint `step` (default: the latest) of the run in `workdir`; see
+def export(workdir: str, fmt: str, out: str, step: checkpoint.Step = None) -> dict:
+  """Exports checkpoint `step` ('latest' or None, 'best', a number) of the run in `workdir`; see
   `export_source`."""
   format_module(fmt)  # an unknown format fails before the run is read
   return export_source(Source.from_run(workdir, step), fmt, out)

@@ -1,6 +1,6 @@
 """Export a run's checkpoint to another framework, verified by running it there.
 
-  python -m vit_jax.export --workdir=<run dir> [--step=N] --format=<hf|timm|onnx|npz> --out=<dir>
+  python -m vit_jax.export --workdir=<run dir> [--step=best|latest|N] --format=<hf|timm|onnx|npz> --out=<dir>
 
 Writes `<out>/` (see `vit_jax.export` and the README's Export section for what each format
 holds and which models it supports) and `<out>/export.json` with the verification: the largest
@@ -11,12 +11,14 @@ does not fit the format.
 from absl import app
 from absl import flags
 
+from vit_jax import checkpoint
 from vit_jax import cli
 from vit_jax import export
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory (config.json and '
                                'checkpoints/).', required=True)
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+_STEP = flags.DEFINE_string('step', 'latest', "Checkpoint to export: 'latest', 'best' (by "
+                            "validation accuracy) or a step number.")
 _FORMAT = flags.DEFINE_enum('format', None, export.FORMATS, 'Target format.', required=True)
 _OUT = flags.DEFINE_string('out', None, 'Folder to create with the export.', required=True)
 
@@ -26,7 +28,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.setup_logging()
   try:
-    manifest = export.export(_WORKDIR.value, _FORMAT.value, _OUT.value, _STEP.value)
+    manifest = export.export(_WORKDIR.value, _FORMAT.value, _OUT.value,
+                             checkpoint.parse_step(_STEP.value))
   except (ValueError, OSError, export.VerificationError) as e:
     raise SystemExit(f'Error: {e}') from None
   check = manifest['verification']

@@ -124,14 +124,11 @@ class Source:
                np.asarray(images, np.float32), images_from, workdir, step)
 
   @classmethod
-  def from_run(cls, workdir: str, step: int | None = None) -> 'Source':
-    """A run's checkpoint `step` (default: the latest), with its dataset's class names and
-    test images."""
+  def from_run(cls, workdir: str, step: checkpoint.Step = None) -> 'Source':
+    """A run's checkpoint `step` ('latest' or None, 'best', a number), with its dataset's
+    class names and test images."""
+    step = checkpoint.resolve_step(workdir, step)
     config, model, params = checkpoint.load_run(workdir, step)
-    if step is None:
-      manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-      step = manager.latest_step()
-      manager.close()
     return cls.from_model(config.model.name, model, params, image_size=config.image_size,
                           dataset=config.dataset, cache_dir=config.data.cache_dir,
                           crop_fraction=config.eval.crop_fraction,
