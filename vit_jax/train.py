@@ -235,7 +235,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       run_dir.write_config(config, workdir)
     start_step = int(state.step)
     result_path = os.path.join(workdir, 'result.json')
-    if start_step >= config.total_steps and os.path.exists(result_path):
+    stopped = lambda step: evaluate.patience_spent(best, step, config.eval_every,
+                                                   config.eval.patience)
+    if os.path.exists(result_path) and (start_step >= config.total_steps or stopped(start_step)):
       logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
       manager.close()
       return files.read_json(result_path)
@@ -282,6 +284,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step % config.eval_every == 0 or final:
         check_finite()
         results.update(run_eval(step))
+        if not final and stopped(step):
+          logging.info('Early stopping at step %d: validation accuracy has not improved for '
+                       '%d evaluations (best at step %d).', step, config.eval.patience,
+                       best['best_step'])
+          final = True
       if step % config.checkpoint_every == 0 or final or preempted:
         check_finite()
         manager.save(step, state, {'iterator': iterator.get_state(), 'best': best,
@@ -293,6 +300,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         manager.close()
         writer.close()
         return {'preempted': True, 'step': step}
+      if final:
+        break
     if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
       results.update(run_eval(int(state.step)))
     manager.close()
@@ -305,7 +314,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         image_shape, config_fields(config.model).get('num_layers'))
     results.update(best)
     results.update({
-        'step': final_step, 'examples_seen': final_step * config.batch_size,
+        'step': final_step, 'budget_steps': config.total_steps,
+        'early_stopped': final_step < config.total_steps,
+        'examples_seen': final_step * config.batch_size,
         'forward_flops_per_example': forward,
         'train_flops': flops.train_flops(forward, final_step * config.batch_size),
         'wall_time_sec': time.time() - run_start, 'num_params': num_params,
