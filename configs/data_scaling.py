@@ -22,7 +22,7 @@ long study can run over several sittings.
 
 Presets:
   digits       the Quickstart: embedded 8x8 digits; ResNet vs ViT depth 4 and 8 on 150 / 400 /
-               1,000 / 1,438 (all) images, 2 seeds (3 up to 400 images), 20 epochs clipped to
+               1,000 / 1,438 (all) images, 2 seeds (3 at 150 images), 20 epochs clipped to
                100..300 steps of batch 64, early stopping. Estimated (not measured: the machine
                was shared when it was written) at about 7 minutes on 2 CPU cores.
   smoke        seconds, for the tests.
@@ -115,7 +115,7 @@ def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
         'ViT-4': _entry('ViT-Nano_2', num_layers=4),
         'ViT-8': _entry('ViT-Nano_2', num_layers=8),
     }), epochs=20, min_steps=100, max_steps=300, evals=5, patience=2, seeds=2, small_seeds=3,
-                   small_size=400)
+                   small_size=150)
   elif preset == 'smoke':
     sweep = _digits(4, (60, 120), {
         'ResNet': _entry('BiT-R14x0.25-small'),
@@ -126,8 +126,8 @@ def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
   elif preset == 'mnist':
     base = config_lib.defaults()
     base.dataset, base.image_size, base.batch_size = f'folder:{os.path.normpath(MNIST)}', 16, 64
-    base.total_steps, base.log_every = 1_200, 100
-    base.schedule.warmup_steps = 60        # 5% of the steps, scaled with each point's budget
+    base.total_steps, base.log_every = 800, 100
+    base.schedule.warmup_steps = 40        # 5% of the steps, scaled with each point's budget
     base.optim.lr, base.optim.weight_decay = 1e-3, 0.05
     base.augment.crop_scale = (0.7, 1.0)
     base.eval.fewshot_shots, base.eval.fewshot_seeds = (1, 5, 10), 3
@@ -140,9 +140,9 @@ def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
            for d in (12, 24, 36)},
     }
     sweep = _study(ml_collections.ConfigDict(dict(
-        base=base, models=models, train_sizes=(600, 1_200, 3_000, 6_000, 12_000, 30_000))),
-                   epochs=15, min_steps=150, max_steps=1_200, evals=6, patience=2, seeds=2,
-                   small_seeds=3, small_size=1_200, grid_size=3_000, grid_lr=(5e-4, 1e-3, 2e-3),
+        base=base, models=models, train_sizes=(500, 1_000, 2_500, 5_000, 10_000, 25_000))),
+                   epochs=10, min_steps=150, max_steps=800, evals=4, patience=2, seeds=2,
+                   small_seeds=3, small_size=1_000, grid_size=2_500, grid_lr=(5e-4, 1e-3, 2e-3),
                    grid_weight_decay=(0.05, 0.3), convergence_check=True)
   elif preset in ('cifar10', 'cifar10_cpu'):
     cpu = preset == 'cifar10_cpu'

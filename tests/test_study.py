@@ -177,3 +177,73 @@ def test_a_results_csv_without_the_seed_columns_still_reads(tmp_path):
   rows = results.read_results(str(tmp_path / 'results.csv'))
   assert rows[0]['seed'] == 0 and rows[0]['role'] == 'study'
   assert results.curves(rows)['ResNet'][0]['seeds'] == 1
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_run_and_keeps_the_best_step(tmp_path):
+  from configs import quickstart
+  from vit_jax import train
+  config = quickstart.get_config()
+  config.model.num_layers, config.batch_size, config.train_size = 1, 32, 200
+  config.total_steps, config.log_every = 30, 1
+  config.eval_every = config.checkpoint_every = 1
+  config.eval.val_fraction, config.eval.patience, config.eval.fewshot_shots = 0.1, 1, ()
+  config.optim.lr, config.schedule.warmup_steps = 1e-9, 0  # nothing changes: no improvement
+  result = train.train_and_evaluate(config, str(tmp_path))
+  # Best at the first evaluation (step 1); one evaluation without improvement ends the run.
+  assert (result['best_step'], result['step'], result['budget_steps']) == (1, 2, 30)
+  assert result['early_stopped'] is True
+  assert result['best_test_accuracy'] == result['test_accuracy']
+  assert files.read_json(str(tmp_path / 'result.json'))['step'] == 2
+  assert train.train_and_evaluate(config, str(tmp_path)) == files.read_json(
+      str(tmp_path / 'result.json'))   # a rerun finds the run finished
+
+
+@pytest.mark.slow
+def test_smoke_study_with_grid_seeds_budget_and_convergence_end_to_end(tmp_path):
+  from test_sweep import read_rows, run_sweep
+  out = run_sweep(tmp_path, '--config.budget.epochs=2.0', '--config.small_seeds=2',
+                  '--config.small_size=60', '--config.convergence_check=True',
+                  '--config.grid.size=60', '--config.grid.weight_decay=(0.0, 0.1)')
+  assert 'Grid: 4 points' in out and 'Chosen by validation accuracy' in out
+  rows = read_rows(tmp_path)
+  assert all(r['status'] == 'done' for r in rows)
+  assert sorted((r['model'], r['role'], r['train_size'], r['seed']) for r in rows) == sorted(
+      [(m, 'grid', '60', '0') for m in ('ResNet', 'ViT-1') for _ in range(2)] +
+      [(m, 'study', '60', s) for m in ('ResNet', 'ViT-1') for s in '01'] +
+      [(m, 'study', '120', '0') for m in ('ResNet', 'ViT-1')] +
+      [(m, 'convergence', n, '0') for m in ('ResNet', 'ViT-1') for n in ('60', '120')])
+  chosen = files.read_json(str(tmp_path / 'grid.json'))
+  for r in rows:
+    # Budget: ceil(2 epochs x (size - 10%) / 64) clipped to [4, 8]; doubled for the reruns.
+    size = int(r['train_size'])
+    budget = min(max(math.ceil(2 * (size - round(0.1 * size)) / 64), 4), 8)
+    assert int(r['budget_steps']) == budget * (2 if r['role'] == 'convergence' else 1)
+    assert int(r['steps']) <= int(r['budget_steps'])
+    if r['role'] != 'grid':
+      assert float(r['weight_decay']) == chosen[r['family']]['weight_decay']
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert '## Budget' in text and '## Learning-rate grid' in text
+  assert '## Convergence check' in text and 'Convergence check: twice the budget' in text
+
+
+@pytest.mark.slow
+def test_gpu_study_script_runs_end_to_end_at_smoke_size(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+      ['experiments/data_scaling/gpu_study.sh', str(out), '--config.seeds=2'], cwd=root,
+      capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, PRESET='smoke', WORK=str(tmp_path / 'work'), PYTHON=sys.executable,
+               JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  rows = results.read_results(str(out / 'results.csv'))
+  assert len(rows) == 2 * 2 * 2 and {r['status'] for r in rows} == {'done'}
+  assert sorted({r['seed'] for r in rows}) == [0, 1]
+  assert (out / 'REPORT.md').read_text().startswith('# Data scaling: smoke')
+  assert (out / 'accuracy_vs_data.png').read_bytes()[:4] == b'\x89PNG'
+  assert 'devices:' in (out / 'device.txt').read_text()
+  assert (out / 'points' / 'ResNet_n60_s1' / 'log.txt').exists()
+  assert not list(out.rglob('checkpoints'))   # checkpoints stay in WORK
