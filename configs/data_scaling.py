@@ -28,11 +28,12 @@ Presets:
   smoke        seconds, for the tests.
   mnist        the CPU study: MNIST (../shared/datasets/mnist.tar.gz or $VIT_JAX_MNIST) at 16 px;
                BiT ResNet R14x0.25, a hybrid (R8 stem + 12 layers) and ViT at 12, 24 and 36
-               layers (width 32, patch 4) on 600 / 1,200 / 3,000 / 6,000 / 12,000 / 30,000
-               images (50x), 2 seeds (3 up to 1,200 images), an lr x weight-decay grid at 3,000
-               images, 15 epochs clipped to 150..1,200 steps of batch 64, convergence check.
-               ESTIMATE, NOT YET RUN: about 5-6 hours on 2 CPU cores, from a measured short run
-               (see experiments/data_scaling/README.md); the study itself is still to be run.
+               layers (width 32, patch 4) on 500 / 1,000 / 2,500 / 5,000 / 10,000 / 25,000
+               images (50x), 2 seeds (3 up to 1,000 images), an lr x weight-decay grid at 2,500
+               images, 10 epochs clipped to 150..800 steps of batch 64, convergence check; 98
+               points. NOT YET RUN; time ESTIMATED at 3-5 hours on 2 idle CPU cores (about 12
+               hours on the shared machine where a short run of each model was measured; see
+               experiments/data_scaling/README.md).
   cifar10      the GPU study: CIFAR-10 (../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500

@@ -193,7 +193,12 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_step(tmp_path):
   # Best at the first evaluation (step 1); one evaluation without improvement ends the run.
   assert (result['best_step'], result['step'], result['budget_steps']) == (1, 2, 30)
   assert result['early_stopped'] is True
-  assert result['best_test_accuracy'] == result['test_accuracy']
+  from vit_jax import metrics
+  evals = {r['step']: r for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+           if 'test_accuracy' in r}
+  assert sorted(evals) == [1, 2]   # no evaluation after the stop
+  assert result['best_test_accuracy'] == evals[1]['test_accuracy']   # the best step's result
+  assert evals[2]['val_accuracy'] <= evals[1]['val_accuracy']
   assert files.read_json(str(tmp_path / 'result.json'))['step'] == 2
   assert train.train_and_evaluate(config, str(tmp_path)) == files.read_json(
       str(tmp_path / 'result.json'))   # a rerun finds the run finished

@@ -196,7 +196,8 @@ SWEEP_FIELDS: dict[str, Field] = {
     'convergence_check': _BOOL,
     # Learning-rate / weight-decay grid per family at one size (None = no grid), picked by
     # validation accuracy; the study's points use the chosen values.
-    'grid.size': _POSITIVE_OR_NONE, 'grid.lr': _reals(0, True), 'grid.weight_decay': _reals(0, False),
+    'grid.size': _POSITIVE_OR_NONE, 'grid.lr': _reals(0, True),
+    'grid.weight_decay': _reals(0, False),
 }
 SWEEP_DEFAULTS: dict[str, Any] = {
     'name': '', 'budget.epochs': None, 'budget.min_steps': 1, 'budget.max_steps': 10**9,

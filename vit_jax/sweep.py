@@ -16,11 +16,11 @@ The study (a sweep config's optional fields, `vit_jax.config.SWEEP_FIELDS`):
 - convergence check: with `convergence_check`, every model reruns the smallest and largest
   size with twice the budget (`<label>_n<size>_x2`); the report states the difference.
 
-Each point (model x training-set size x seed) trains in its own process (`--point=<index>`, output in
-`<point>/log.txt`), so a crash costs one point; a point whose `result.json` exists is skipped,
-so rerunning an interrupted sweep resumes it (a half-trained point from its checkpoint); a failed
-point is recorded with its error in `<point>/error.txt` and retried by the next run, and the
-sweep carries on. SIGTERM or Ctrl-C stops the running point at a checkpoint and ends the sweep
+Each point (model x training-set size x seed) trains in its own process (`--point=<index>`,
+output in `<point>/log.txt`), so a crash costs one point; a point whose `result.json` exists is
+skipped, so rerunning an interrupted sweep resumes it (a half-trained point from its
+checkpoint); a failed point is recorded with its error in `<point>/error.txt` and retried by
+the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running point at a checkpoint and ends the sweep
 (rerun to continue); if the sweep process itself dies, its running point gets SIGTERM. A point
 run with a different config than the sweep's now is refused, never mixed into the results. At
 the end `results.csv` is collected and `vit_jax.scaling` writes the figures and `REPORT.md`.

@@ -11,7 +11,13 @@ def _setup_line(rows: list[dict], curves: dict[str, list[dict]]) -> str:
     return f'No point finished: all {failed} runs failed (or did not finish).'
   return (f'Setup: {len(curves)} models ({", ".join(curves)}); training sizes '
           f'{", ".join(f"{s:,}" for s in results.sizes(curves))}; '
-          f'{sum(map(len, curves.values()))} finished points, {failed} failed.')
+          f'{sum(map(len, curves.values()))} finished points{_seed_note(curves)}, {failed} '
+          'failed.')
+
+
+def _seed_note(curves: dict[str, list[dict]]) -> str:
+  seeds = [p['seeds'] for c in curves.values() for p in c]
+  return '' if max(seeds) == 1 else f' ({sum(seeds)} runs over {min(seeds)}-{max(seeds)} seeds)'
 
 
 def _failed_section(rows: list[dict]) -> list[str]:
@@ -114,7 +120,8 @@ def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, li
   if curves:
     lines += ['## Results', '', 'Test accuracy (%) by training-set size (with several seeds: '
               'mean +- standard deviation (seeds)); few-shot accuracy (%) at the largest size. '
-              'Fits use every seed\'s run.', '', tables.markdown_table(*tables.results_cells(curves)), '',
+              'Fits use every seed\'s run.', '',
+              tables.markdown_table(*tables.results_cells(curves)), '',
               '## Power-law fits', '', 'Test error err(D) = a * D^-b + c over training-set size '
               'D; asymptotic accuracy 1 - c.', '',
               tables.markdown_table(*tables.fit_cells(fits)), '']
