@@ -20,10 +20,11 @@ Each point (model x training-set size x seed) trains in its own process (`--poin
 output in `<point>/log.txt`), so a crash costs one point; a point whose `result.json` exists is
 skipped, so rerunning an interrupted sweep resumes it (a half-trained point from its
 checkpoint); a failed point is recorded with its error in `<point>/error.txt` and retried by
-the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running point at a checkpoint and ends the sweep
-(rerun to continue); if the sweep process itself dies, its running point gets SIGTERM. A point
-run with a different config than the sweep's now is refused, never mixed into the results. At
-the end `results.csv` is collected and `vit_jax.scaling` writes the figures and `REPORT.md`.
+the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running point at a
+checkpoint and ends the sweep (rerun to continue); if the sweep process itself dies, its running
+point gets SIGTERM. A point run with a different config than the sweep's now is refused, never
+mixed into the results. At the end `results.csv` is collected and `vit_jax.scaling` writes the
+figures and `REPORT.md`.
 """
 import contextlib
 import ctypes
