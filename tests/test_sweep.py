@@ -94,7 +94,7 @@ def test_every_preset_expands(preset, tmp_path):
   points = sweep.all_points(config, str(tmp_path))
   runs = sum(sweep.seeds_at(config, size) for size in config.train_sizes)
   checks = 2 * config.convergence_check
-  grid = (len({sweep.family(e) for e in config.models.values()}) * len(config.grid.lr) *
+  grid = (len({sweep.family(e.model) for e in config.models.values()}) * len(config.grid.lr) *
           len(config.grid.weight_decay)) if config.grid.size else 0
   assert len(points) == len(config.models) * (runs + checks) + grid
   assert len({p.workdir for p in points}) == len(points)

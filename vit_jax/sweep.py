@@ -116,8 +116,9 @@ def seeds_at(sweep: ml_collections.ConfigDict, size: int | None) -> int:
   return config_lib.sweep_field(sweep, 'small_seeds' if small else 'seeds')
 
 
-def family(entry: ml_collections.ConfigDict) -> str:
-  return config_fields(entry.model)['family']
+def family(model: ml_collections.ConfigDict) -> str:
+  """'vit' | 'hybrid' | 'resnet' | 't2t': the family of a model section."""
+  return config_fields(model)['family']
 
 
 def grid_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
@@ -129,9 +130,9 @@ def grid_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]
     return []
   points, seen = [], set()
   for label, entry in sweep.models.items():
-    if family(entry) in seen:
+    if family(entry.model) in seen:
       continue
-    seen.add(family(entry))
+    seen.add(family(entry.model))
     for lr in config_lib.sweep_field(sweep, 'grid.lr'):
       for wd in config_lib.sweep_field(sweep, 'grid.weight_decay'):
         config = _point_config(sweep, entry, size, 0, hparams=(lr, wd))
@@ -153,11 +154,17 @@ def choose_hparams(points: list[Point]) -> dict[str, dict]:
     if val is None:
       raise ValueError(f'{point.workdir}: the grid picks by validation accuracy; set '
                        'base.eval.val_fraction > 0.')
-    fam = family(ml_collections.ConfigDict(dict(model=point.config.model)))
+    fam = family(point.config.model)
     if fam not in chosen or val > chosen[fam]['val_accuracy']:
       chosen[fam] = dict(lr=point.config.optim.lr, weight_decay=point.config.optim.weight_decay,
                          val_accuracy=val, model=point.label)
   return chosen
+
+
+def _chosen(chosen: dict[str, dict], entry: ml_collections.ConfigDict
+            ) -> tuple[float, float] | None:
+  pick = chosen.get(family(entry.model))
+  return (pick['lr'], pick['weight_decay']) if pick else None
 
 
 def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
@@ -170,8 +177,7 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
   chosen = chosen or {}
   points = []
   for label, entry in sweep.models.items():
-    pick = chosen.get(family(entry))
-    hparams = (pick['lr'], pick['weight_decay']) if pick else None
+    hparams = _chosen(chosen, entry)
     for size in sweep.train_sizes:
       for seed in range(seeds_at(sweep, size)):
         config = _point_config(sweep, entry, size, seed, hparams=hparams)
@@ -183,8 +189,7 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
     largest = None if None in sweep.train_sizes else max(numbers)
     ends = list(dict.fromkeys([min(numbers) if numbers else None, largest]))
     for label, entry in sweep.models.items():
-      pick = chosen.get(family(entry))
-      hparams = (pick['lr'], pick['weight_decay']) if pick else None
+      hparams = _chosen(chosen, entry)
       for size in ends:
         config = _point_config(sweep, entry, size, 0, steps_factor=2, hparams=hparams)
         points.append(Point(label, size, config,
