@@ -370,7 +370,8 @@ def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir:
       where = f'{point.label} train_size={point.train_size} seed={point.seed} ({point.role})'
       if stop:
         write_results(points, os.path.join(sweep_dir, 'results.csv'))
-        print(f'Stopped by signal {stop[0]} at {where}: {status}; {before + n - 1} of {total} '
+        print(f'Stopped by signal {stop[0]} at {point.label} train_size={point.train_size} '
+              f'({status}), seed {point.seed} ({point.role}); {before + n - 1} of {total} '
               'points finished. Rerun the same command to continue.', flush=True)
         return False
       per_point = (time.time() - start) / n
