@@ -148,7 +148,10 @@ def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, li
 def write_report(sweep_dir: str, title: str | None = None) -> dict:
   """Writes the figures, `REPORT.md` and `report.json` for `<sweep_dir>/results.csv`.
 
-  The title defaults to the sweep's preset name (from `sweep_config.json`). Returns
+  REPORT.md: setup, the budget (rule from `sweep_config.json`, per size), the grid (if any),
+  test accuracy per point (mean +- std over seeds), fits, crossings, figures, the convergence
+  check (if any), failed runs and the findings. The title defaults to the sweep's preset name
+  (from `sweep_config.json`). Returns
   {'report': REPORT.md path, 'json': report.json path, 'findings': [sentences]} plus
   {figure name: png path} for 'accuracy_vs_data', 'gap_vs_data' (not without a ResNet) and
   'accuracy_vs_compute' (not without FLOPs). With no finished point only the two text files
