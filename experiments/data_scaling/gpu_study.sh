@@ -55,8 +55,9 @@ status=0
   2>&1 | tee -a "$OUT_DIR/sweep.log" || status=$?
 echo "wall time: $(( $(date +%s) - start )) s (exit status $status)" | tee -a "$OUT_DIR/device.txt"
 # The readable results, never the checkpoints.
-for f in results.csv REPORT.md report.json grid.json sweep_config.json ./*.png; do
-  if [ -f "$WORK/sweep/$f" ]; then cp "$WORK/sweep/$f" "$OUT_DIR/"; fi
+for f in "$WORK"/sweep/{results.csv,REPORT.md,report.json,grid.json,sweep_config.json} \
+         "$WORK"/sweep/*.png; do
+  if [ -f "$f" ]; then cp "$f" "$OUT_DIR/"; fi
 done
 (cd "$WORK/sweep" && find . -name log.txt -o -name error.txt -o -name result.json) | \
   while read -r f; do mkdir -p "$OUT_DIR/points/$(dirname "$f")"; \
