@@ -205,19 +205,17 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_study_with_grid_seeds_budget_and_convergence_end_to_end(tmp_path):
+def test_smoke_study_with_grid_budget_and_convergence_end_to_end(tmp_path):
   from test_sweep import read_rows, run_sweep
-  out = run_sweep(tmp_path, '--config.budget.epochs=2.0', '--config.small_seeds=2',
-                  '--config.small_size=60', '--config.convergence_check=True',
-                  '--config.grid.size=60', '--config.grid.weight_decay=(0.0, 0.1)')
+  out = run_sweep(tmp_path, '--config.budget.epochs=2.0', '--config.train_sizes=(60,)',
+                  '--config.convergence_check=True', '--config.grid.size=60',
+                  '--config.grid.weight_decay=(0.0, 0.1)')
   assert 'Grid: 4 points' in out and 'Chosen by validation accuracy' in out
   rows = read_rows(tmp_path)
   assert all(r['status'] == 'done' for r in rows)
   assert sorted((r['model'], r['role'], r['train_size'], r['seed']) for r in rows) == sorted(
-      [(m, 'grid', '60', '0') for m in ('ResNet', 'ViT-1') for _ in range(2)] +
-      [(m, 'study', '60', s) for m in ('ResNet', 'ViT-1') for s in '01'] +
-      [(m, 'study', '120', '0') for m in ('ResNet', 'ViT-1')] +
-      [(m, 'convergence', n, '0') for m in ('ResNet', 'ViT-1') for n in ('60', '120')])
+      [(m, role, '60', '0') for m in ('ResNet', 'ViT-1')
+       for role in ('grid', 'grid', 'study', 'convergence')])
   chosen = files.read_json(str(tmp_path / 'grid.json'))
   for r in rows:
     # Budget: ceil(2 epochs x (size - 10%) / 64) clipped to [4, 8]; doubled for the reruns.
