@@ -2,29 +2,60 @@
 
   python -m vit_jax.sweep --config=configs/data_scaling.py:digits --workdir=/tmp/scaling_digits
 
-Every point trains one model on one nested, class-balanced subset of the training split with
-the same number of steps, holds out 10% of the subset (class-balanced) for early stopping and
-reports test and few-shot accuracy at the best validation step. The sweep writes
-`results.csv`, figures and `REPORT.md` into its workdir; rerunning skips finished points.
+Every point trains one model on one nested, class-balanced subset of the training split, holds
+out 10% of the subset (class-balanced) for early stopping and reports test and few-shot
+accuracy at the best validation step. The study presets (digits, mnist, cifar10) follow the
+protocol of a careful scaling study:
+- budget rule: a point's steps follow its subset size (`budget.epochs` passes, clipped to
+  [`budget.min_steps`, `budget.max_steps`]), early stopping after `base.eval.patience`
+  evaluations without a better validation accuracy; a fixed number of steps for every size
+  would over-train small subsets and cut large ones off after a fraction of an epoch;
+- seeds: every point runs `seeds` times, `small_seeds` times up to `small_size` images (where
+  the variance is); initialisation and data order vary, the subset too with `vary_subset`;
+- learning rate and weight decay per family chosen on a small grid at `grid.size` by
+  validation accuracy, never test (run by the same command, first);
+- convergence check: the smallest and largest sizes rerun with twice the budget; the report
+  states the difference (target under one point) and says when the budget is too small.
+The sweep writes `results.csv` (one row per run, with its seed, role, learning rate and budget),
+figures with error bars and `REPORT.md` into its workdir; rerunning skips finished runs, so a
+long study can run over several sittings.
 
 Presets:
-  digits       embedded 8x8 digits; ResNet vs ViT depth 4 and 8 on 150 / 400 / 1000 / all
-               (1,438) images. About 6 minutes on 2 CPU cores.
+  digits       the Quickstart: embedded 8x8 digits; ResNet vs ViT depth 4 and 8 on 150 / 400 /
+               1,000 / 1,438 (all) images, 2 seeds (3 at 150 images), 15 epochs clipped to
+               100..250 steps of batch 64, early stopping: 27 points, about 4,300 steps before
+               early stopping. ESTIMATED (not measured: the machine was shared when this was
+               written) at 7-8 minutes on 2 idle CPU cores, scaled from the earlier one-seed
+               version (12 points of 400 steps) that took 6 minutes there.
   smoke        seconds, for the tests.
-  cifar10      CIFAR-10 (../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10); BiT ResNet,
-               a hybrid and ViT-Ti/4 at depth 12, 24, 36 on 1k..50k images, 2,500 steps of
-               batch 256. About 20-30 minutes on one H100.
-  cifar10_cpu  the same study narrowed for 2 CPU cores (ResNet R14x0.25, hybrid and
-               ViT-Micro/4 at depth 2, 4, 8 on 1k..50k images without the 20k point; 400
-               steps of batch 64, evaluated half-way and at the end): about 2 hours.
+  mnist        the CPU study: MNIST (../shared/datasets/mnist.tar.gz or $VIT_JAX_MNIST) at 16 px;
+               BiT ResNet R14x0.25, a hybrid (R8 stem + 12 layers) and ViT at 12, 24 and 36
+               layers (width 32, patch 4) on 500 / 1,000 / 2,500 / 5,000 / 10,000 / 25,000
+               images (50x), 2 seeds (3 up to 1,000 images), an lr x weight-decay grid at 2,500
+               images, 10 epochs clipped to 150..800 steps of batch 64, convergence check; 98
+               points. NOT YET RUN; time ESTIMATED at 3-5 hours on 2 idle CPU cores (about 12
+               hours on the shared machine where a short run of each model was measured; see
+               experiments/data_scaling/README.md).
+  cifar10      the GPU study: CIFAR-10 (../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10);
+               BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
+               1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
+               steps of batch 256, early stopping. Sized for about 9 minutes on one H200
+               (experiments/data_scaling/gpu_study.sh, an estimate until it has run).
+  cifar10_cpu  the compute-starved study of experiments/data_scaling/cifar10_400steps (ResNet
+               R14x0.25, hybrid and ViT-Micro/4 at depth 2, 4, 8; the same 400 steps of batch
+               64 for every size, one seed): kept to reproduce that record, not as a study.
   paper        the ViT paper's study (ViT-B/32, L/16, L/32, b/32, ResNet50x1, ResNet152x2 on
                JFT subsets of 9M / 30M / 90M / 300M); for pods: use --dry_run to list it.
 
-Another image-folder dataset needs only overrides, e.g.
-  --config.base.dataset=folder:/data/mnist.tar.gz
-(images are resized to base.image_size; subset sizes above the dataset's size fail alone and
-are reported).
+Another image-folder dataset needs only overrides, e.g. the CPU study on any folder of
+`train/<class>/*` and `test/<class>/*` images (a directory or .tar.gz):
+  python -m vit_jax.sweep --config=configs/data_scaling.py:mnist --workdir=/tmp/study_x \
+      --config.base.dataset=folder:/data/other.tar.gz
+Images of another size or channel count are resized to base.image_size (channels as stored:
+the models take any count); subset sizes above the dataset's size fail alone and are reported.
 """
+import os
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -51,21 +82,71 @@ def _digits(steps: int, sizes: tuple, models: dict) -> ml_collections.ConfigDict
   return ml_collections.ConfigDict(dict(base=base, models=models, train_sizes=sizes))
 
 
+MNIST = os.environ.get('VIT_JAX_MNIST', os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'datasets',
+    'mnist.tar.gz'))
+
+
+def _study(sweep: ml_collections.ConfigDict, *, epochs: float | None = None,
+           min_steps: int = 1, max_steps: int = 10**9, evals: int = 1, patience: int = 0,
+           seeds: int = 1, small_seeds: int = 1, small_size: int = 0,
+           grid_size: int | None = None, grid_lr: tuple = (1e-3,),
+           grid_weight_decay: tuple = (0.,), convergence_check: bool = False
+           ) -> ml_collections.ConfigDict:
+  """Adds the study's fields (budget rule, seeds, grid, convergence check; the defaults keep
+  a plain sweep: base.total_steps for every point, one seed, no grid, no check), so every one
+  can be overridden on the command line."""
+  sweep.budget = ml_collections.ConfigDict(dict(
+      epochs=placeholder(float) if epochs is None else float(epochs), min_steps=min_steps,
+      max_steps=max_steps, evals=evals))
+  sweep.base.eval.patience = patience
+  sweep.seeds, sweep.small_seeds, sweep.small_size = seeds, small_seeds, small_size
+  sweep.vary_subset = False
+  sweep.grid = ml_collections.ConfigDict(dict(
+      size=placeholder(int) if grid_size is None else grid_size, lr=grid_lr,
+      weight_decay=grid_weight_decay))
+  sweep.convergence_check = convergence_check
+  return sweep
+
+
 def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
   """Returns the sweep: `base` (a training config), `models` (label -> entry) and
   `train_sizes` (None = the whole training split)."""
   if preset == 'digits':
-    sweep = _digits(400, (150, 400, 1000, None), {
+    sweep = _study(_digits(250, (150, 400, 1000, 1438), {
         'ResNet': _entry('BiT-R14x0.25-small'),
         'ViT-4': _entry('ViT-Nano_2', num_layers=4),
         'ViT-8': _entry('ViT-Nano_2', num_layers=8),
-    })
+    }), epochs=15, min_steps=100, max_steps=250, evals=4, patience=2, seeds=2, small_seeds=3,
+                   small_size=150)
   elif preset == 'smoke':
     sweep = _digits(4, (60, 120), {
         'ResNet': _entry('BiT-R14x0.25-small'),
         'ViT-1': _entry('ViT-Nano_2', num_layers=1),
     })
     sweep.base.eval.fewshot_shots, sweep.base.eval.fewshot_seeds = (1,), 1
+    sweep = _study(sweep, min_steps=4, max_steps=8, evals=2)
+  elif preset == 'mnist':
+    base = config_lib.defaults()
+    base.dataset, base.image_size, base.batch_size = f'folder:{os.path.normpath(MNIST)}', 16, 64
+    base.total_steps, base.log_every = 800, 100
+    base.schedule.warmup_steps = 40        # 5% of the steps, scaled with each point's budget
+    base.optim.lr, base.optim.weight_decay = 1e-3, 0.05
+    base.augment.crop_scale = (0.7, 1.0)
+    base.eval.fewshot_shots, base.eval.fewshot_seeds = (1, 5, 10), 3
+    vit = dict(hidden_size=32, mlp_dim=128, num_heads=2, patch_size=4)
+    models = {
+        'ResNet': _entry('BiT-R14x0.25-small'),
+        'Hybrid': _entry('R8+ViT-Nano_4-small', num_layers=12, resnet_width=8,
+                         **{k: v for k, v in vit.items() if k != 'patch_size'}),
+        **{f'ViT-{d}': _entry('ViT-Nano_4', num_layers=d, scan=True, **vit)
+           for d in (12, 24, 36)},
+    }
+    sweep = _study(ml_collections.ConfigDict(dict(
+        base=base, models=models, train_sizes=(500, 1_000, 2_500, 5_000, 10_000, 25_000))),
+                   epochs=10, min_steps=150, max_steps=800, evals=4, patience=2, seeds=2,
+                   small_seeds=3, small_size=1_000, grid_size=2_500, grid_lr=(5e-4, 1e-3, 2e-3),
+                   grid_weight_decay=(0.05, 0.3), convergence_check=True)
   elif preset in ('cifar10', 'cifar10_cpu'):
     cpu = preset == 'cifar10_cpu'
     base = cifar10.get_config('vit,cpu' if cpu else 'vit')
@@ -87,6 +168,13 @@ def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
     sizes = (1_000, 2_000, 5_000, 10_000, 50_000) if cpu else (
         1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
     sweep = ml_collections.ConfigDict(dict(base=base, models=models, train_sizes=sizes))
+    if cpu:
+      sweep = _study(sweep)
+    else:
+      sweep.base.log_every, sweep.base.schedule.warmup_steps = 50, 75  # 5% of total_steps
+      sweep.base.total_steps = 1_500
+      sweep = _study(sweep, epochs=15, min_steps=300, max_steps=1_500, evals=6, patience=2,
+                     seeds=1, small_seeds=2, small_size=2_000)
   elif preset == 'paper':
     base = pretrain.get_config('B_32,jft')
     models = {
@@ -100,9 +188,10 @@ def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
     sweep = ml_collections.ConfigDict(dict(
         base=base, models=models,
         train_sizes=(9_000_000, 30_000_000, 90_000_000, 300_000_000)))
+    sweep = _study(sweep)
   else:
     raise ValueError(f"Unknown data_scaling preset {preset!r}: use 'digits', 'smoke', "
-                     "'cifar10', 'cifar10_cpu' or 'paper'.")
+                     "'mnist', 'cifar10', 'cifar10_cpu' or 'paper'.")
   sweep.base.eval.val_fraction = 0.1
   sweep.name = preset
   return sweep

@@ -91,6 +91,16 @@ def sweep_config() -> ml_collections.ConfigDict:
     ('name', 3, 'config.name=3 must be a string'),
     ('base.optim.b2', 1.0, 'config.base.optim.b2=1.0 must be in [0, 1)'),
     ('models.ResNet.lr', -1.0, 'config.models.ResNet.lr=-1.0 must be > 0'),
+    ('budget.min_steps', 0, 'config.budget.min_steps=0 must be a positive integer'),
+    ('budget.epochs', -1.0, 'config.budget.epochs=-1.0 must be > 0'),
+    ('budget.max_steps', 2,
+     'config.budget.min_steps=4 must not exceed config.budget.max_steps=2'),
+    ('seeds', 0, 'config.seeds=0 must be a positive integer'),
+    ('grid.lr', (1e-3, 0.0),
+     'config.grid.lr=(0.001, 0.0) must be a non-empty tuple of numbers > 0'),
+    ('grid.weight_decay', (), 'config.grid.weight_decay=() must be a non-empty tuple'),
+    ('base.eval.patience', -1, 'config.base.eval.patience=-1 must be an integer >= 0'),
+    ('models.ResNet.weight_decay', -0.1, 'config.models.ResNet.weight_decay=-0.1 must be >= 0'),
     ('models.ViT-1.model.num_layers', 0,
      'config.models.ViT-1.model.num_layers=0 must be a positive integer (ViT-Nano_2)'),
 ])
@@ -107,12 +117,21 @@ def test_sweep_fields_are_checked(field, value, message):
     config_lib.check_sweep(ml_collections.ConfigDict(tree))
 
 
+def test_the_budget_rule_needs_numeric_sizes():
+  tree = sweep_config().to_dict()
+  tree['budget']['epochs'], tree['train_sizes'] = 10.0, (60, None)
+  with pytest.raises(ValueError, match=re.escape(
+      'config.train_sizes=(60, None): the budget rule (budget.epochs) needs every size')):
+    config_lib.check_sweep(ml_collections.ConfigDict(tree))
+
+
 def test_an_unknown_sweep_field_lists_the_sweep_fields():
   tree = sweep_config().to_dict()
   tree['dataset'] = 'digits'
   with pytest.raises(ValueError, match=re.escape(
-      "Unknown config field(s) ['dataset']; the fields of the config are ['base', 'models', "
-      "'name', 'train_sizes']")):
+      "Unknown config field(s) ['dataset']; the fields of the config are ['base', 'budget', "
+      "'convergence_check', 'grid', 'models', 'name', 'seeds', 'small_seeds', 'small_size', "
+      "'train_sizes', 'vary_subset']")):
     config_lib.check_sweep(ml_collections.ConfigDict(tree))
 
 
@@ -128,7 +147,8 @@ def run(module, *flags):
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
                        '--dry_run', '--config.dataset=digits'],
      "Error: --config.dataset: the config has no field 'dataset'; its top-level fields are "
-     "['base', 'models', 'name', 'train_sizes']."),
+     "['base', 'budget', 'convergence_check', 'grid', 'models', 'name', 'seeds', 'small_seeds', "
+     "'small_size', 'train_sizes', 'vary_subset']."),
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--config.optim.b1=1.0'],
      'Error: config.optim.b1=1.0 must be in [0, 1).'),

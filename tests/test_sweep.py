@@ -87,11 +87,16 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
 
 
-@pytest.mark.parametrize('preset', ['digits', 'smoke', 'cifar10', 'cifar10_cpu', 'paper'])
+@pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'cifar10', 'cifar10_cpu',
+                                    'paper'])
 def test_every_preset_expands(preset, tmp_path):
   config = data_scaling.get_config(preset)
-  points = sweep.expand(config, str(tmp_path))
-  assert len(points) == len(config.models) * len(config.train_sizes)
+  points = sweep.all_points(config, str(tmp_path))
+  runs = sum(sweep.seeds_at(config, size) for size in config.train_sizes)
+  checks = 2 * config.convergence_check
+  grid = (len({sweep.family(e.model) for e in config.models.values()}) * len(config.grid.lr) *
+          len(config.grid.weight_decay)) if config.grid.size else 0
+  assert len(points) == len(config.models) * (runs + checks) + grid
   assert len({p.workdir for p in points}) == len(points)
   listing = sweep.describe(points)
   assert listing.count('workdir=') == len(points)

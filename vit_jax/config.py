@@ -161,6 +161,7 @@ TRAIN_FIELDS: dict[str, Field] = {
     'eval.batch_size': _int(), 'eval.crop_fraction': _real(0, 1, open_low=True, open_high=False),
     'eval.fewshot_shots': _ints(), 'eval.fewshot_seeds': _int(),
     'eval.fewshot_l2_reg': _real(0, open_low=True), 'eval.val_fraction': _real(0, 1),
+    'eval.patience': _int(0),
     'checkpoint.keep': _int(), 'checkpoint.init_from': _PATH_OR_NONE,
     'checkpoint.reset_head': _BOOL_OR_NONE,
     'mpp.enabled': _BOOL, 'mpp.corrupt_fraction': _real(0, 1, open_low=True, open_high=False),
@@ -170,15 +171,57 @@ TRAIN_FIELDS: dict[str, Field] = {
     'data.corrupt_images': _choice('error', 'skip'),
 }
 
+def _reals(low: float, open_low: bool) -> Field:
+  """A non-empty tuple of numbers above `low` (`open_low`: `low` itself excluded)."""
+  above = lambda x: x > low if open_low else x >= low
+  return Field((tuple, list), lambda v: len(v) > 0 and all(
+      isinstance(x, (int, float)) and not isinstance(x, bool) and above(x) for x in v),
+               f'a non-empty tuple of numbers {">" if open_low else ">="} {low}')
+
+
 # The fields of a sweep config (configs/data_scaling.py) besides `base`, a training config, and
-# `models`, label -> {'model': a model section, 'lr': None or that model's learning rate}.
+# `models`, label -> {'model': a model section, 'lr': None or that model's learning rate,
+# 'weight_decay': None or its weight decay}. All but `train_sizes` are optional; `sweep_field`
+# gives the default of an absent one.
 SWEEP_FIELDS: dict[str, Field] = {
     'name': _TEXT,
     'train_sizes': Field((tuple, list), lambda v: len(v) > 0 and all(
         s is None or _is_int(s, 1) for s in v),
                          'a non-empty tuple of positive integers or None (all)'),
+    # Budget rule: a point trains budget.epochs passes over its training subset, at least
+    # min_steps and at most max_steps; None = every point runs base.total_steps.
+    'budget.epochs': _real(0, open_low=True, none=True),
+    'budget.min_steps': _int(), 'budget.max_steps': _int(),
+    'budget.evals': _int(),          # evaluations per point (eval_every = steps // evals)
+    # Seeds: every point runs `seeds` times (config.seed = base.seed + i); sizes up to
+    # small_size run small_seeds times; vary_subset: the subset (data.subset_seed) varies too.
+    'seeds': _int(), 'small_seeds': _int(), 'small_size': _int(0),
+    'vary_subset': _BOOL,
+    # Convergence check: the smallest and largest sizes rerun with twice the budget.
+    'convergence_check': _BOOL,
+    # Learning-rate / weight-decay grid per family at one size (None = no grid), picked by
+    # validation accuracy; the study's points use the chosen values.
+    'grid.size': _POSITIVE_OR_NONE, 'grid.lr': _reals(0, True),
+    'grid.weight_decay': _reals(0, False),
 }
-SWEEP_MODEL_FIELDS: dict[str, Field] = {'lr': _real(0, open_low=True, none=True)}
+SWEEP_DEFAULTS: dict[str, Any] = {
+    'name': '', 'budget.epochs': None, 'budget.min_steps': 1, 'budget.max_steps': 10**9,
+    'budget.evals': 1, 'seeds': 1, 'small_seeds': 1, 'small_size': 0, 'vary_subset': False,
+    'convergence_check': False, 'grid.size': None, 'grid.lr': (1e-3,),
+    'grid.weight_decay': (0.,),
+}
+SWEEP_MODEL_FIELDS: dict[str, Field] = {'lr': _real(0, open_low=True, none=True),
+                                        'weight_decay': _real(0, none=True)}
+
+
+def sweep_field(sweep: ml_collections.ConfigDict, key: str) -> Any:
+  """A sweep field by its dotted name ('budget.epochs'), SWEEP_DEFAULTS[key] when absent."""
+  node = sweep
+  for part in key.split('.'):
+    if part not in node:
+      return SWEEP_DEFAULTS[key]
+    node = node[part]
+  return node
 
 
 def registry_model_fields() -> set[str]:
@@ -266,6 +309,8 @@ def defaults() -> ml_collections.ConfigDict:
       fewshot_l2_reg=2.0**10,
       val_fraction=0.0,               # > 0: hold out this much of the training subset
                                       # (class-balanced) and report the best-validation step
+      patience=0,                     # > 0 (with val_fraction): stop when validation accuracy
+                                      # has not improved for this many evaluations
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
       keep=3,                         # last N checkpoints kept
@@ -339,9 +384,16 @@ def check_sweep(sweep: ml_collections.ConfigDict) -> None:
   missing = sorted({'base', 'models'} - set(sweep))
   if missing:
     raise ValueError(f'The sweep config has no field(s) {missing}; its fields are {fields}.')
-  _check_table({k: v for k, v in sweep.items() if k not in ('base', 'models')},
-               {**SWEEP_FIELDS, 'base': None, 'models': None})
+  rest = _flatten(ml_collections.ConfigDict(
+      {k: v for k, v in sweep.items() if k not in ('base', 'models')}))
+  _check_table(rest, {**SWEEP_FIELDS, 'base': None, 'models': None})
   check(sweep.base, 'base.')
+  if sweep_field(sweep, 'budget.min_steps') > sweep_field(sweep, 'budget.max_steps'):
+    raise ValueError(f'config.budget.min_steps={sweep.budget.min_steps} must not exceed '
+                     f'config.budget.max_steps={sweep.budget.max_steps}.')
+  if sweep_field(sweep, 'budget.epochs') is not None and None in sweep.train_sizes:
+    raise ValueError(f'config.train_sizes={tuple(sweep.train_sizes)}: the budget rule '
+                     '(budget.epochs) needs every size as a number, not None (all).')
   if not sweep.models:
     raise ValueError('The sweep needs at least one entry in `models`.')
   model_table = {k: f for k, f in TRAIN_FIELDS.items() if k.startswith('model.')}

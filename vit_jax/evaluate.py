@@ -119,6 +119,15 @@ def update_best(best: dict[str, float], results: dict[str, float], step: int
   return {'best_step': step, **{f'best_{k}': v for k, v in results.items()}}
 
 
+def patience_spent(best: dict[str, float], step: int, eval_every: int, patience: int) -> bool:
+  """Early stopping: True when `patience` > 0 evaluations (every `eval_every` steps) have
+  passed at `step` since the best validation accuracy in `best` (`update_best`'s record);
+  never without a validation split."""
+  if not patience or 'best_val_accuracy' not in best:
+    return False
+  return step - best['best_step'] >= patience * eval_every
+
+
 class Evaluator:
   """Evaluates one run: validation (if held out) and test loss and accuracy, and the few-shot
   probe with shots from the training split."""

@@ -3,19 +3,34 @@
   python -m vit_jax.sweep --config=configs/data_scaling.py:digits --workdir=/tmp/scaling \
       [--dry_run] [--config.<field>=<value> ...]
 
-Each point (model x training-set size) trains in its own process (`--point=<index>`, output in
-`<point>/log.txt`), so a crash costs one point; a point whose `result.json` exists is skipped,
-so rerunning an interrupted sweep resumes it (a half-trained point from its checkpoint); a failed
-point is recorded with its error in `<point>/error.txt` and retried by the next run, and the
-sweep carries on. SIGTERM or Ctrl-C stops the running point at a checkpoint and ends the sweep
-(rerun to continue); if the sweep process itself dies, its running point gets SIGTERM. A point
-run with a different config than the sweep's now is refused, never mixed into the results. At
-the end `results.csv` is collected and `vit_jax.scaling` writes the figures and `REPORT.md`.
+The study (a sweep config's optional fields, `vit_jax.config.SWEEP_FIELDS`):
+- budget rule: each point trains `budget.epochs` passes over its subset, clipped to
+  [`budget.min_steps`, `budget.max_steps`] steps, evaluated `budget.evals` times; with
+  `base.eval.patience` it stops early on the validation split and reports the best step's test
+  accuracy;
+- seeds: every point runs `seeds` times (`small_seeds` up to `small_size` images), varying the
+  initialisation and data order, and the subset too with `vary_subset`;
+- grid: with `grid.size`, one model per family first trains every `grid.lr` x
+  `grid.weight_decay` at that size; the values with the best validation accuracy (never test)
+  are used by the study's points and written to `grid.json`;
+- convergence check: with `convergence_check`, every model reruns the smallest and largest
+  size with twice the budget (`<label>_n<size>_x2`); the report states the difference.
+
+Each point (model x training-set size x seed) trains in its own process (`--point=<index>`,
+output in `<point>/log.txt`), so a crash costs one point; a point whose `result.json` exists is
+skipped, so rerunning an interrupted sweep resumes it (a half-trained point from its
+checkpoint); a failed point is recorded with its error in `<point>/error.txt` and retried by
+the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running point at a
+checkpoint and ends the sweep (rerun to continue); if the sweep process itself dies, its running
+point gets SIGTERM. A point run with a different config than the sweep's now is refused, never
+mixed into the results. At the end `results.csv` is collected and `vit_jax.scaling` writes the
+figures and `REPORT.md`.
 """
 import contextlib
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -45,23 +60,148 @@ class Point:
   train_size: int | None
   config: ml_collections.ConfigDict   # the complete training config of this point
   workdir: str
+  seed: int = 0                       # index of the seed (config.seed = base.seed + seed)
+  role: str = 'study'                 # 'study' | 'convergence' (twice the budget) | 'grid'
 
 
-def expand(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
-  """Every (model, train size) of the sweep (checked by `config.check_sweep`), models in
-  config order, sizes in config order."""
+def budget_steps(sweep: ml_collections.ConfigDict, size: int | None) -> int:
+  """Training steps of a point with `size` images by the budget rule: budget.epochs passes
+  over the training images (the subset less its validation hold-out), clipped to
+  [budget.min_steps, budget.max_steps]; base.total_steps without a rule."""
+  epochs = config_lib.sweep_field(sweep, 'budget.epochs')
+  if epochs is None:
+    return sweep.base.total_steps
+  images = size - round(size * sweep.base.eval.val_fraction)
+  steps = math.ceil(epochs * images / sweep.base.batch_size)
+  return int(min(max(steps, config_lib.sweep_field(sweep, 'budget.min_steps')),
+                 config_lib.sweep_field(sweep, 'budget.max_steps')))
+
+
+def _point_config(sweep: ml_collections.ConfigDict, entry: ml_collections.ConfigDict,
+                  size: int | None, seed: int, steps_factor: int = 1,
+                  hparams: tuple[float, float] | None = None) -> ml_collections.ConfigDict:
+  """The training config of one point: the base with the entry's model, the size, the seed,
+  the budget (times `steps_factor`) and the learning rate / weight decay (the entry's own,
+  else `hparams`, else the base's)."""
+  base = sweep.base
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.model = entry.model
+  config.train_size = size
+  config.seed = base.seed + seed
+  if config_lib.sweep_field(sweep, 'vary_subset'):
+    config.data.subset_seed = base.data.subset_seed + seed
+  lr, weight_decay = hparams or (base.optim.lr, base.optim.weight_decay)
+  config.optim.lr = lr if entry.get('lr') is None else entry.lr
+  config.optim.weight_decay = (weight_decay if entry.get('weight_decay') is None
+                               else entry.weight_decay)
+  budgeted = config_lib.sweep_field(sweep, 'budget.epochs') is not None
+  if budgeted or steps_factor != 1:
+    steps = budget_steps(sweep, size) * steps_factor
+    evals = (config_lib.sweep_field(sweep, 'budget.evals') if budgeted
+             else max(base.total_steps // base.eval_every, 1))
+    config.total_steps = steps
+    config.eval_every = config.checkpoint_every = max(steps // evals, 1)
+    config.log_every = min(base.log_every, config.eval_every)
+    config.schedule.warmup_steps = base.schedule.warmup_steps * steps // base.total_steps
+  return config
+
+
+def _name(label: str, size: int | None, suffix: str = '') -> str:
+  return f'{label}_n{"all" if size is None else size}{suffix}'.replace('/', '-')
+
+
+def seeds_at(sweep: ml_collections.ConfigDict, size: int | None) -> int:
+  """How many seeds a point of `size` runs: small_seeds up to small_size, else seeds."""
+  small = size is not None and size <= config_lib.sweep_field(sweep, 'small_size')
+  return config_lib.sweep_field(sweep, 'small_seeds' if small else 'seeds')
+
+
+def family(model: ml_collections.ConfigDict) -> str:
+  """'vit' | 'hybrid' | 'resnet' | 't2t': the family of a model section."""
+  return config_fields(model)['family']
+
+
+def grid_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
+  """The learning-rate x weight-decay grid at grid.size: one model per family (the first of
+  its family in config order), seed 0; none without grid.size."""
   config_lib.check_sweep(sweep)
+  size = config_lib.sweep_field(sweep, 'grid.size')
+  if size is None:
+    return []
+  points, seen = [], set()
+  for label, entry in sweep.models.items():
+    if family(entry.model) in seen:
+      continue
+    seen.add(family(entry.model))
+    for lr in config_lib.sweep_field(sweep, 'grid.lr'):
+      for wd in config_lib.sweep_field(sweep, 'grid.weight_decay'):
+        config = _point_config(sweep, entry, size, 0, hparams=(lr, wd))
+        points.append(Point(label, size, config, os.path.join(
+            sweep_dir, 'grid', _name(label, size, f'_lr{lr:g}_wd{wd:g}')), role='grid'))
+  return points
+
+
+def choose_hparams(points: list[Point]) -> dict[str, dict]:
+  """{family: {'lr', 'weight_decay', 'val_accuracy', 'model'}}: the finished grid point of
+  every family with the highest validation accuracy (never test accuracy); families with no
+  finished grid point are absent."""
+  chosen = {}
+  for point in points:
+    path = os.path.join(point.workdir, 'result.json')
+    if not os.path.exists(path):
+      continue
+    val = files.read_json(path).get('best_val_accuracy')
+    if val is None:
+      raise ValueError(f'{point.workdir}: the grid picks by validation accuracy; set '
+                       'base.eval.val_fraction > 0.')
+    fam = family(point.config.model)
+    if fam not in chosen or val > chosen[fam]['val_accuracy']:
+      chosen[fam] = dict(lr=point.config.optim.lr, weight_decay=point.config.optim.weight_decay,
+                         val_accuracy=val, model=point.label)
+  return chosen
+
+
+def _chosen(chosen: dict[str, dict], entry: ml_collections.ConfigDict
+            ) -> tuple[float, float] | None:
+  pick = chosen.get(family(entry.model))
+  return (pick['lr'], pick['weight_decay']) if pick else None
+
+
+def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
+           chosen: dict[str, dict] | None = None) -> list[Point]:
+  """Every (model, train size, seed) of the sweep (checked by `config.check_sweep`), models in
+  config order, then sizes, then seeds; then the convergence reruns (twice the budget, seed 0,
+  at the smallest and largest size) if asked for. `chosen` ({family: {'lr', 'weight_decay'}},
+  from `choose_hparams`) replaces the base's learning rate and weight decay."""
+  config_lib.check_sweep(sweep)
+  chosen = chosen or {}
   points = []
   for label, entry in sweep.models.items():
+    hparams = _chosen(chosen, entry)
     for size in sweep.train_sizes:
-      config = ml_collections.ConfigDict(sweep.base.to_dict())
-      config.model = entry.model
-      config.train_size = size
-      if entry.lr is not None:
-        config.optim.lr = entry.lr
-      name = f'{label}_n{"all" if size is None else size}'.replace('/', '-')
-      points.append(Point(label, size, config, os.path.join(sweep_dir, name)))
+      for seed in range(seeds_at(sweep, size)):
+        config = _point_config(sweep, entry, size, seed, hparams=hparams)
+        suffix = f'_s{seed}' if seed else ''
+        points.append(Point(label, size, config,
+                            os.path.join(sweep_dir, _name(label, size, suffix)), seed))
+  if config_lib.sweep_field(sweep, 'convergence_check'):
+    numbers = [s for s in sweep.train_sizes if s is not None]
+    largest = None if None in sweep.train_sizes else max(numbers)
+    ends = list(dict.fromkeys([min(numbers) if numbers else None, largest]))
+    for label, entry in sweep.models.items():
+      hparams = _chosen(chosen, entry)
+      for size in ends:
+        config = _point_config(sweep, entry, size, 0, steps_factor=2, hparams=hparams)
+        points.append(Point(label, size, config,
+                            os.path.join(sweep_dir, _name(label, size, '_x2')), 0,
+                            'convergence'))
   return points
+
+
+def all_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
+  """The grid points, then the study's points with the values the finished grid chose."""
+  grid = grid_points(sweep, sweep_dir)
+  return grid + expand(sweep, sweep_dir, choose_hparams(grid))
 
 
 def _family_depth_width(config: ml_collections.ConfigDict) -> tuple[str, int, int]:
@@ -75,8 +215,16 @@ def _family_depth_width(config: ml_collections.ConfigDict) -> tuple[str, int, in
 def _row(point: Point) -> dict:
   """One results.csv row from the point's result.json (or its recorded error)."""
   family, depth, width = _family_depth_width(point.config)
+  config = point.config
+  images = None if point.train_size is None else (
+      point.train_size - round(point.train_size * config.eval.val_fraction))
   row = dict(model=point.label, family=family, depth=depth, width=width,
-             train_size=point.train_size, workdir=point.workdir)
+             train_size=point.train_size, seed=point.seed, role=point.role,
+             lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+             budget_steps=config.total_steps,
+             budget_epochs=None if images is None else round(
+                 config.total_steps * config.batch_size / images, 2),
+             workdir=point.workdir)
   result_path = os.path.join(point.workdir, 'result.json')
   if not os.path.exists(result_path):
     error_path = os.path.join(point.workdir, 'error.txt')
@@ -177,31 +325,25 @@ def run_point(index: int, point: Point, argv: list[str], current: list) -> tuple
 
 
 def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str]) -> list[dict]:
-  """Runs every unfinished point, then writes results.csv and the report."""
-  points = expand(sweep, sweep_dir)
-  check_configs(points)
+  """Runs the grid's unfinished points (if the sweep has a grid), then the study's with the
+  values the grid chose, then writes results.csv and the report."""
+  grid = grid_points(sweep, sweep_dir)
+  check_configs(grid)
   os.makedirs(sweep_dir, exist_ok=True)
   files.write_json(os.path.join(sweep_dir, 'sweep_config.json'), sweep.to_dict())
-  todo = [i for i, p in enumerate(points)
-          if not os.path.exists(os.path.join(p.workdir, 'result.json'))]
-  print(f'Sweep {sweep.get("name", "")}: {len(points)} points, {len(points) - len(todo)} '
-        f'already finished, {len(todo)} to run.', flush=True)
-  start, current = time.time(), []
-  with _forward_stop_signals(current) as stop:
-    for n, index in enumerate(todo, 1):
-      point = points[index]
-      status, error = run_point(index, point, argv, current) if not stop else ('stopped', '')
-      if stop:
-        write_results(points, os.path.join(sweep_dir, 'results.csv'))
-        print(f'Stopped by signal {stop[0]} at {point.label} train_size={point.train_size} '
-              f'({status}); {len(points) - len(todo) + n - 1} of {len(points)} points '
-              'finished. Rerun the same command to continue.', flush=True)
-        return []
-      per_point = (time.time() - start) / n
-      print(f'[{len(points) - len(todo) + n}/{len(points)}] {point.label} train_size='
-            f'{point.train_size}: {status}{" (" + error + ")" if error else ""} | elapsed '
-            f'{metrics.format_duration(time.time() - start)} | ETA '
-            f'{metrics.format_duration(per_point * (len(todo) - n))}', flush=True)
+  if grid:
+    if not _run_points(grid, range(len(grid)), argv, sweep_dir, 'Grid'):
+      return []
+    chosen = choose_hparams(grid)
+    files.write_json(os.path.join(sweep_dir, 'grid.json'), chosen)
+    print('Chosen by validation accuracy: ' + ', '.join(
+        f'{fam}: lr {c["lr"]:g}, weight decay {c["weight_decay"]:g}'
+        for fam, c in chosen.items()), flush=True)
+  points = grid + expand(sweep, sweep_dir, choose_hparams(grid))
+  check_configs(points)
+  if not _run_points(points, range(len(grid), len(points)), argv, sweep_dir,
+                     f'Sweep {sweep.get("name", "")}'):
+    return []
   rows = write_results(points, os.path.join(sweep_dir, 'results.csv'))
   written = report.write_report(sweep_dir)
   print(tables.results_table(results.read_results(os.path.join(sweep_dir, 'results.csv'))))
@@ -212,15 +354,45 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str])
   return rows
 
 
+def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir: str,
+                title: str) -> bool:
+  """Runs the unfinished points among `points[indices]` (each in a child process, by its
+  index in `points`); False when a signal stopped the sweep (results.csv is written then)."""
+  todo = [i for i in indices
+          if not os.path.exists(os.path.join(points[i].workdir, 'result.json'))]
+  total, before = len(indices), len(indices) - len(todo)
+  print(f'{title}: {total} points, {before} already finished, {len(todo)} to run.', flush=True)
+  start, current = time.time(), []
+  with _forward_stop_signals(current) as stop:
+    for n, index in enumerate(todo, 1):
+      point = points[index]
+      status, error = run_point(index, point, argv, current) if not stop else ('stopped', '')
+      where = f'{point.label} train_size={point.train_size} seed={point.seed} ({point.role})'
+      if stop:
+        write_results(points, os.path.join(sweep_dir, 'results.csv'))
+        print(f'Stopped by signal {stop[0]} at {point.label} train_size={point.train_size} '
+              f'({status}), seed {point.seed} ({point.role}); {before + n - 1} of {total} '
+              'points finished. Rerun the same command to continue.', flush=True)
+        return False
+      per_point = (time.time() - start) / n
+      print(f'[{before + n}/{total}] {where}: {status}'
+            f'{" (" + error + ")" if error else ""} | elapsed '
+            f'{metrics.format_duration(time.time() - start)} | ETA '
+            f'{metrics.format_duration(per_point * (len(todo) - n))}', flush=True)
+  return True
+
+
 def describe(points: list[Point]) -> str:
-  """The dry-run listing: every point with its model, data, steps and mesh."""
+  """The dry-run listing: every point with its model, data, seed, role, budget and mesh
+  (before the grid has run, the study's points show the base's learning rate)."""
   lines = []
   for i, p in enumerate(points):
     c = p.config
     model = {k: v for k, v in c.model.items() if v is not None}
-    lines.append(f'[{i}] {p.label}: train_size={p.train_size} steps={c.total_steps} '
-                 f'batch={c.batch_size} lr={c.optim.lr} mesh={c.mesh} dataset={c.dataset} '
-                 f'model={model}\n    workdir={p.workdir}')
+    lines.append(f'[{i}] {p.label}: train_size={p.train_size} seed={p.seed} role={p.role} '
+                 f'steps={c.total_steps} eval_every={c.eval_every} batch={c.batch_size} '
+                 f'lr={c.optim.lr} weight_decay={c.optim.weight_decay} mesh={c.mesh} '
+                 f'dataset={c.dataset} model={model}\n    workdir={p.workdir}')
   return '\n'.join(lines)
 
 
@@ -228,7 +400,7 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value or _CONFIG.value is None:
     raise app.UsageError('--config and --workdir are required.')
   try:
-    points = expand(_CONFIG.value, _WORKDIR.value)
+    points = all_points(_CONFIG.value, _WORKDIR.value)
     if _DRY_RUN.value:
       print(describe(points))
       return

@@ -247,7 +247,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       run_dir.write_config(config, workdir)
     start_step = int(state.step)
     result_path = os.path.join(workdir, 'result.json')
-    if start_step >= config.total_steps and os.path.exists(result_path):
+    stopped = lambda step: evaluate.patience_spent(best, step, config.eval_every,
+                                                   config.eval.patience)
+    if os.path.exists(result_path) and (start_step >= config.total_steps or stopped(start_step)):
       logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
       return files.read_json(result_path)
     writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)
@@ -301,6 +303,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step % config.eval_every == 0 or final:
         check_finite()
         results.update(run_eval(step))
+        if not final and stopped(step):
+          logging.info('Early stopping at step %d: validation accuracy has not improved for '
+                       '%d evaluations (best at step %d).', step, config.eval.patience,
+                       best['best_step'])
+          final = True
       stop = run_dir.stop_agreed(preempted, log)
       best_step = best.get('best_step') if val_split is not None else None  # by validation
       if step % config.checkpoint_every == 0 or final or stop or best_step == step:
@@ -316,6 +323,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         manager.wait()
         writer.close()
         return {'preempted': True, 'step': step}
+      if final:
+        break
+    trace.close()  # a trace still running (an early stop inside its steps)
     if 'test_accuracy' not in results:  # finished earlier, but result.json was never written
       results.update(run_eval(int(state.step)))
     manager.wait()  # the final checkpoint is complete before result.json
@@ -328,7 +338,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         image_shape, config_fields(config.model).get('num_layers'))
     results.update(best)
     results.update({
-        'step': final_step, 'examples_seen': final_step * config.batch_size,
+        'step': final_step, 'budget_steps': config.total_steps,
+        'early_stopped': final_step < config.total_steps,
+        'examples_seen': final_step * config.batch_size,
         'forward_flops_per_example': forward,
         'train_flops': flops.train_flops(forward, final_step * config.batch_size),
         'wall_time_sec': time.time() - run_start, 'num_params': num_params,

@@ -19,13 +19,22 @@ def _save_figure(fig: Figure, path: str) -> None:
 
 def _draw(path: str, title: str, xlabel: str, ylabel: str, lines: list[dict],
           zero_line: bool = False) -> None:
-  """One log-x figure; `lines` are {'x', 'y', 'label', 'color', 'style'} (a label starting
-  with '_' stays out of the legend)."""
+  """One log-x figure; `lines` are {'x', 'y', 'label', 'color', 'style'} and optionally
+  'yerr' (error bars, one per point, with a band between them; a label starting with '_'
+  stays out of the legend)."""
   fig = Figure(figsize=(7.5, 4.8))
   ax = fig.subplots()
   for line in lines:
-    ax.plot(line['x'], line['y'], line['style'], color=line['color'], label=line['label'],
-            alpha=0.6 if line['style'] == '--' else 1.)
+    alpha = 0.6 if line['style'] == '--' else 1.
+    if line.get('yerr') is not None:
+      y, err = np.asarray(line['y'], float), np.asarray(line['yerr'], float)
+      ax.errorbar(line['x'], y, yerr=err, fmt=line['style'], color=line['color'],
+                  label=line['label'], capsize=3, alpha=alpha)
+      ax.fill_between(line['x'], y - err, y + err, color=line['color'], alpha=0.15,
+                      linewidth=0)
+    else:
+      ax.plot(line['x'], line['y'], line['style'], color=line['color'], label=line['label'],
+              alpha=alpha)
   if zero_line:
     ax.axhline(0, color='black', linewidth=0.8)
   ax.set(xscale='log', xlabel=xlabel, ylabel=ylabel, title=title)
@@ -40,11 +49,17 @@ def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
   """Writes the figures that have something to show; returns {name: path}."""
   colors = {label: f'C{i % 10}' for i, label in enumerate(curves)}
 
-  def line(model, x, y, style='o-', label=None):
-    return {'x': x, 'y': y, 'color': colors[model], 'style': style, 'label': label or model}
+  def line(model, x, y, style='o-', label=None, yerr=None):
+    return {'x': x, 'y': y, 'color': colors[model], 'style': style, 'label': label or model,
+            'yerr': yerr}
+
+  def std(points):  # error bars: the seeds' standard deviation (none with one seed anywhere)
+    spreads = [p.get('test_std') for p in points]
+    return None if None in spreads else [100 * s for s in spreads]
 
   accuracy = lambda label, points, key: line(label, [p[key] for p in points],
-                                             [100 * p['test_accuracy'] for p in points])
+                                             [100 * p['test_accuracy'] for p in points],
+                                             yerr=std(points))
   data = [accuracy(label, c, 'train_size') for label, c in curves.items()]
   for label, fit in fits.items():
     if 'error' not in fit:
@@ -53,14 +68,22 @@ def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
   ref = results.reference(curves)
   gaps = {label: results.gaps(c, curves[ref]) for label, c in curves.items()
           if ref and label != ref}
+  gap_errors = {label: results.gap_errors(curves[label], curves[ref]) for label in gaps}
+
+  def gap_err(label, g):  # error bars: the gap's standard error
+    errors = [gap_errors[label][s] for s, _ in g]
+    return None if None in errors else [100 * e for e in errors]
+
   compute = {label: [p for p in c if p['train_flops']] for label, c in curves.items()}
   specs = {
-      'accuracy_vs_data': (f'{title}: test accuracy vs data (dashed: power-law fits)',
+      'accuracy_vs_data': (f'{title}: test accuracy vs data (bars: std over seeds; dashed: '
+                           'power-law fits)',
                            'Training-set size (images)', 'Test accuracy (%)', data),
       'gap_vs_data': (f'{title}: accuracy gap to {ref}', 'Training-set size (images)',
                       f'Test accuracy minus {ref} (points)',
                       [line(label, [s for s, _ in g], [100 * d for _, d in g], 'o-',
-                            f'{label} - {ref}') for label, g in gaps.items() if g]),
+                            f'{label} - {ref}', gap_err(label, g))
+                       for label, g in gaps.items() if g]),
       'accuracy_vs_compute': (f'{title}: test accuracy vs compute', 'Training compute (FLOPs)',
                               'Test accuracy (%)', [accuracy(label, c, 'train_flops')
                                                     for label, c in compute.items() if c]),

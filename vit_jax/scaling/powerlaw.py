@@ -87,14 +87,19 @@ def crossing(fit_a: dict, fit_b: dict, lo: float, hi: float) -> float | None:
 
 
 def fit_curves(curves: dict[str, list[dict]]) -> dict[str, dict]:
-  """A power-law fit of test error per label, or {'error': why not, 'n': points}."""
+  """A power-law fit of test error per label over every seed's run (each run one data point;
+  at least 3 distinct sizes), or {'error': why not, 'n': runs}."""
   fits = {}
   for label, curve in curves.items():
-    sizes = np.array([p['train_size'] for p in curve])
+    runs = [(p['train_size'], acc) for p in curve for acc in p.get('test_accuracies',
+                                                                   [p['test_accuracy']])]
+    sizes = np.array([size for size, _ in runs])
     try:
-      fits[label] = fit_power_law(sizes, 1 - np.array([p['test_accuracy'] for p in curve]))
+      if len(curve) < MIN_FIT_POINTS:
+        raise ValueError(f'only {len(curve)} points; a power-law fit needs {MIN_FIT_POINTS}.')
+      fits[label] = fit_power_law(sizes, 1 - np.array([acc for _, acc in runs]))
     except ValueError as e:
-      fits[label] = {'error': str(e), 'n': len(curve)}
+      fits[label] = {'error': str(e), 'n': len(runs)}
   return fits
 
 

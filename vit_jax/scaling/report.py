@@ -11,7 +11,13 @@ def _setup_line(rows: list[dict], curves: dict[str, list[dict]]) -> str:
     return f'No point finished: all {failed} runs failed (or did not finish).'
   return (f'Setup: {len(curves)} models ({", ".join(curves)}); training sizes '
           f'{", ".join(f"{s:,}" for s in results.sizes(curves))}; '
-          f'{sum(map(len, curves.values()))} finished points, {failed} failed.')
+          f'{sum(map(len, curves.values()))} finished points{_seed_note(curves)}, {failed} '
+          'failed.')
+
+
+def _seed_note(curves: dict[str, list[dict]]) -> str:
+  seeds = [p['seeds'] for c in curves.values() for p in c]
+  return '' if max(seeds) == 1 else f' ({sum(seeds)} runs over {min(seeds)}-{max(seeds)} seeds)'
 
 
 def _failed_section(rows: list[dict]) -> list[str]:
@@ -23,16 +29,99 @@ def _failed_section(rows: list[dict]) -> list[str]:
           tables.markdown_table(['model', 'train size', 'status', 'error'], failed), '']
 
 
+CONVERGED = 0.01  # twice the budget must change test accuracy by less than one point
+
+
+def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
+  """The budget rule (from the sweep's config) and each size's budget: steps, epochs and the
+  steps the study's runs actually trained (early stopping ends some sooner)."""
+  study = [r for r in rows if r['role'] == 'study' and r['budget_steps'] is not None]
+  if not study:
+    return []
+  budget, base = sweep.get('budget') or {}, sweep.get('base') or {}
+  evaluation = base.get('eval') or {}
+  if budget.get('epochs') is not None:
+    rule = (f'Budget rule: {budget["epochs"]:g} epochs over each subset\'s training images, at '
+            f'least {budget.get("min_steps", 1):,} and at most {budget.get("max_steps"):,} steps '
+            f'of batch {base.get("batch_size")}, {budget.get("evals", 1)} evaluations per run')
+  else:
+    rule = f'Budget: the same {base.get("total_steps", "?")} steps for every point (no rule)'
+  if evaluation.get('patience'):
+    rule += (f'; early stopping after {evaluation["patience"]} evaluations without a better '
+             f'validation accuracy ({100 * evaluation.get("val_fraction", 0):g}% of each subset '
+             'held out)')
+  rule += '. A point\'s result is the test accuracy at its best validation step.'
+  body = []
+  for size in sorted({r['train_size'] for r in study if r['train_size'] is not None}):
+    at = [r for r in study if r['train_size'] == size]
+    ran = [r['steps'] for r in at if r['steps'] is not None]
+    body.append([f'{size:,}', f'{at[0]["budget_steps"]:,}', tables.number(at[0]['budget_epochs']),
+                 f'{min(ran):,}-{max(ran):,}' if ran else tables.DASH,
+                 f'{sum(s < at[0]["budget_steps"] for s in ran)} of {len(at)}'])
+  return ['## Budget', '', rule, '', tables.markdown_table(
+      ['train size', 'budget (steps)', 'epochs', 'steps trained', 'stopped early'], body), '']
+
+
+def _grid_section(rows: list[dict]) -> list[str]:
+  """The learning-rate x weight-decay grid: every run's validation accuracy, the pick per
+  family marked (chosen by validation accuracy, never test)."""
+  grid = results.grid(rows)
+  if not grid:
+    return []
+  best = {}
+  for r in grid:
+    if r['val_accuracy'] is not None and (
+        r['family'] not in best or r['val_accuracy'] > best[r['family']]['val_accuracy']):
+      best[r['family']] = r
+  body = [[r['family'], r['model'], f'{r["lr"]:g}', f'{r["weight_decay"]:g}',
+           tables.percent(r['val_accuracy']), 'chosen' if best.get(r['family']) is r else '']
+          for r in grid]
+  return ['## Learning-rate grid', '', f'At {grid[0]["train_size"]:,} images, one model per '
+          'family; picked by validation accuracy (test accuracy is not looked at).', '',
+          tables.markdown_table(['family', 'model', 'lr', 'weight decay', 'val accuracy (%)',
+                                 ''], body), '']
+
+
+def _convergence_section(rows: list[dict]) -> tuple[list[str], str | None]:
+  """The twice-the-budget reruns against their study runs, and the sentence for the findings
+  (None without reruns)."""
+  checks = results.convergence(rows)
+  if not checks:
+    return [], None
+  body = [[c['model'], f'{c["train_size"]:,}', f'{c["steps"]:,}', f'{c["steps_x2"]:,}',
+           tables.percent(c['test_accuracy']), tables.percent(c['test_accuracy_x2']),
+           f'{100 * c["difference"]:+.1f}'] for c in checks]
+  worst = max(checks, key=lambda c: abs(c['difference']))
+  if abs(worst['difference']) < CONVERGED:
+    sentence = (f'Convergence check: twice the budget changes test accuracy by at most '
+                f'{tables.points(worst["difference"])} ({worst["model"]} at '
+                f'{worst["train_size"]:,} images), under the 1-point target: the budget is '
+                'enough.')
+  else:
+    sentence = (f'Convergence check: twice the budget changes test accuracy by up to '
+                f'{tables.points(worst["difference"])} ({worst["model"]} at '
+                f'{worst["train_size"]:,} images), over the 1-point target: the budget is too '
+                'small, and the comparisons above may reflect training speed, not data.')
+  return ['## Convergence check', '', 'Seed 0 rerun with twice the budget at the smallest and '
+          'largest size (steps trained; early stopping may end either sooner).', '',
+          tables.markdown_table(['model', 'train size', 'steps', 'steps (x2)', 'test (%)',
+                                 'test x2 (%)', 'difference (points)'], body), '',
+          sentence, ''], sentence
+
+
 _INSIDE = 'analysis/sweep.png'  # written by `python -m vit_jax.analyze --sweep`
 
 
 def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, list[dict]],
               fits: dict[str, dict], crossings: list[dict], figure_paths: dict[str, str],
-              sentences: list[str]) -> str:
+              sentences: list[str], sweep: dict) -> str:
   lines = [f'# {title}', '', _setup_line(rows, curves), '']
+  lines += _budget_section(rows, sweep) + _grid_section(rows)
   if curves:
-    lines += ['## Results', '', 'Test accuracy (%) by training-set size; few-shot accuracy (%) '
-              'at the largest size.', '', tables.markdown_table(*tables.results_cells(curves)), '',
+    lines += ['## Results', '', 'Test accuracy (%) by training-set size (with several seeds: '
+              'mean +- standard deviation (seeds)); few-shot accuracy (%) at the largest size. '
+              'Fits use every seed\'s run.', '',
+              tables.markdown_table(*tables.results_cells(curves)), '',
               '## Power-law fits', '', 'Test error err(D) = a * D^-b + c over training-set size '
               'D; asymptotic accuracy 1 - c.', '',
               tables.markdown_table(*tables.fit_cells(fits)), '']
@@ -49,6 +138,7 @@ def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, li
               'high-frequency content of the last block by training-set size '
               '(`python -m vit_jax.analyze --sweep`; numbers in `analysis/sweep.csv`).', '',
               f'![inside the models]({_INSIDE})', '']
+  lines += _convergence_section(rows)[0]
   lines += _failed_section(rows)
   if sentences:
     lines += ['## Findings', '', *(f'- {sentence}' for sentence in sentences), '']
@@ -58,29 +148,38 @@ def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, li
 def write_report(sweep_dir: str, title: str | None = None) -> dict:
   """Writes the figures, `REPORT.md` and `report.json` for `<sweep_dir>/results.csv`.
 
-  The title defaults to the sweep's preset name (from `sweep_config.json`). Returns
+  REPORT.md: setup, the budget (rule from `sweep_config.json`, per size), the grid (if any),
+  test accuracy per point (mean +- std over seeds), fits, crossings, figures, the convergence
+  check (if any), failed runs and the findings. The title defaults to the sweep's preset name
+  (from `sweep_config.json`). Returns
   {'report': REPORT.md path, 'json': report.json path, 'findings': [sentences]} plus
   {figure name: png path} for 'accuracy_vs_data', 'gap_vs_data' (not without a ResNet) and
   'accuracy_vs_compute' (not without FLOPs). With no finished point only the two text files
   are written.
   """
   rows = results.read_results(os.path.join(sweep_dir, 'results.csv'))
+  config_path = os.path.join(sweep_dir, 'sweep_config.json')
+  sweep = files.read_json(config_path) if os.path.exists(config_path) else {}
   if title is None:  # the sweep's preset name, else the directory's
-    config_path = os.path.join(sweep_dir, 'sweep_config.json')
-    name = files.read_json(config_path).get('name') if os.path.exists(config_path) else None
+    name = sweep.get('name')
     title = f'Data scaling: {name or os.path.basename(os.path.abspath(sweep_dir))}'
   curves = results.curves(rows)
   fits = powerlaw.fit_curves(curves)
   crossings = powerlaw.crossings(curves, fits)
   figure_paths = figures.write_figures(sweep_dir, title, curves, fits) if curves else {}
   sentences = findings.findings(curves, crossings) if curves else []
+  convergence = _convergence_section(rows)[1]
+  if convergence:
+    sentences.append(convergence)
   paths = {'report': os.path.join(sweep_dir, 'REPORT.md'),
            'json': os.path.join(sweep_dir, 'report.json')}
   with files.atomic_open(paths['report']) as f:
-    f.write(_markdown(sweep_dir, title, rows, curves, fits, crossings, figure_paths, sentences))
+    f.write(_markdown(sweep_dir, title, rows, curves, fits, crossings, figure_paths, sentences,
+                      sweep))
   failed = [{key: r[key] for key in ('model', 'train_size', 'status', 'error', 'workdir')}
             for r in rows if r['status'] != 'done']
   files.write_json(paths['json'], {'title': title, 'sizes': results.sizes(curves), 'fits': fits,
                                    'crossings': crossings, 'findings': sentences,
+                                   'convergence': results.convergence(rows),
                                    'failed': failed})
   return {**figure_paths, **paths, 'findings': sentences}

@@ -1,24 +1,33 @@
-"""The sweep's results schema: `results.csv`, one row per (model, training-set size) point.
+"""The sweep's results schema: `results.csv`, one row per (model, training-set size, seed) run.
 
 `COLUMNS` are the columns the sweep writes (`write_results`) and the report reads
-(`read_results`); `from_result` maps a run's `result.json` to them. `curves` groups the
-finished rows by model; `gaps`, `reference` (the ResNet baseline), `vits_by_depth` and `sizes`
-select from them.
+(`read_results`; the `OPTIONAL` ones may be missing in older files); `from_result` maps a run's
+`result.json` to them. `curves` groups the finished study rows by model and size (mean and
+spread over seeds); `gaps`, `reference` (the ResNet baseline), `vits_by_depth` and `sizes`
+select from them; `convergence` pairs the twice-the-budget reruns with their study runs.
 """
 import csv
 import os
 
+import numpy as np
+
 from vit_jax import files
 
-COLUMNS = ('model', 'family', 'depth', 'width', 'params', 'train_size', 'steps', 'examples_seen',
+COLUMNS = ('model', 'family', 'depth', 'width', 'params', 'train_size', 'seed', 'role', 'lr',
+           'weight_decay', 'budget_steps', 'budget_epochs', 'steps', 'examples_seen',
            'best_step', 'train_accuracy', 'val_accuracy', 'test_accuracy', 'fewshot_accuracy',
            'train_flops', 'wall_time_sec', 'status', 'error', 'workdir')
+# Columns added with seeds, budgets and grids; a results.csv without them reads as seed 0,
+# role 'study'.
+OPTIONAL = {'seed': '0', 'role': 'study', 'lr': '', 'weight_decay': '', 'budget_steps': '',
+            'budget_epochs': ''}
 
 
-_NUMERIC = {**dict.fromkeys(('depth', 'width', 'params', 'train_size', 'steps', 'examples_seen',
-                             'best_step'), int),
-            **dict.fromkeys(('train_accuracy', 'val_accuracy', 'test_accuracy',
-                             'fewshot_accuracy', 'train_flops', 'wall_time_sec'), float)}
+_NUMERIC = {**dict.fromkeys(('depth', 'width', 'params', 'train_size', 'seed', 'budget_steps',
+                             'steps', 'examples_seen', 'best_step'), int),
+            **dict.fromkeys(('lr', 'weight_decay', 'budget_epochs', 'train_accuracy',
+                             'val_accuracy', 'test_accuracy', 'fewshot_accuracy', 'train_flops',
+                             'wall_time_sec'), float)}
 
 
 def read_results(path: str) -> list[dict]:
@@ -28,14 +37,14 @@ def read_results(path: str) -> list[dict]:
     raise FileNotFoundError(f'Sweep results not found: {path}')
   with open(path, newline='') as f:
     reader = csv.DictReader(f)
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL]
     if missing:
       raise ValueError(f'{path} lacks the columns {missing}; its header is {reader.fieldnames}.')
     return [_parse_row(row, f'{path} line {reader.line_num}') for row in reader]
 
 
 def _parse_row(row: dict, where: str) -> dict:
-  parsed = {key: row[key] or '' for key in COLUMNS}
+  parsed = {key: row.get(key, OPTIONAL.get(key)) or '' for key in COLUMNS}
   for key, kind in _NUMERIC.items():
     text = parsed[key].strip()
     try:
@@ -70,18 +79,68 @@ def write_results(rows: list[dict], path: str) -> None:
     writer.writerows(rows)
 
 
-def curves(rows: list[dict]) -> dict[str, list[dict]]:
-  """Finished rows by model label (in order of first appearance), each sorted by train_size; a
-  later row for the same (model, train_size) replaces an earlier one."""
-  points = {}
-  for row in rows:
-    if row['status'] != 'done':
-      continue
+def _finished(rows: list[dict], role: str) -> list[dict]:
+  done = [r for r in rows if r['status'] == 'done' and (r['role'] or 'study') == role]
+  for row in done:
     if row['train_size'] is None or row['test_accuracy'] is None:
       raise ValueError(f'Run {row["workdir"]} ({row["model"]}) is marked done but has no '
                        'train_size or test_accuracy.')
-    points.setdefault(row['model'], {})[row['train_size']] = row
-  return {label: [by_size[s] for s in sorted(by_size)] for label, by_size in points.items()}
+  return done
+
+
+def _mean(values: list) -> float | None:
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def curves(rows: list[dict]) -> dict[str, list[dict]]:
+  """The finished study rows by model label (in order of first appearance): one point per
+  training size, sorted by size, with the mean over seeds as 'test_accuracy' (likewise
+  'val_accuracy', 'fewshot_accuracy', 'train_flops'), the seeds' test accuracies as
+  'test_accuracies', their sample standard deviation as 'test_std' (None for one seed) and
+  'seeds' (how many). A later row of the same (model, size, seed) replaces an earlier one."""
+  runs = {}
+  for row in _finished(rows, 'study'):
+    runs.setdefault(row['model'], {}).setdefault(row['train_size'], {})[row['seed']] = row
+  out = {}
+  for label, by_size in runs.items():
+    out[label] = []
+    for size in sorted(by_size):
+      seeds = list(by_size[size].values())
+      accs = [r['test_accuracy'] for r in seeds]
+      out[label].append(dict(
+          seeds[0], test_accuracy=float(np.mean(accs)), test_accuracies=accs,
+          test_std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None, seeds=len(accs),
+          **{k: _mean([r[k] for r in seeds])
+             for k in ('val_accuracy', 'fewshot_accuracy', 'train_flops')}))
+  return out
+
+
+def standard_error(point: dict) -> float | None:
+  """Standard error of a curve point's mean test accuracy; None for a single seed."""
+  return None if point['test_std'] is None else point['test_std'] / np.sqrt(point['seeds'])
+
+
+def convergence(rows: list[dict]) -> list[dict]:
+  """Every finished twice-the-budget rerun with its study run (same model, size, seed):
+  {'model', 'train_size', 'steps', 'steps_x2', 'test_accuracy', 'test_accuracy_x2',
+  'difference'} (x2 minus x1), in row order; reruns whose study run is missing are left out."""
+  study = {(r['model'], r['train_size'], r['seed']): r for r in _finished(rows, 'study')}
+  checks = []
+  for rerun in _finished(rows, 'convergence'):
+    base = study.get((rerun['model'], rerun['train_size'], rerun['seed']))
+    if base is not None:
+      checks.append(dict(model=rerun['model'], train_size=rerun['train_size'],
+                         steps=base['steps'], steps_x2=rerun['steps'],
+                         test_accuracy=base['test_accuracy'],
+                         test_accuracy_x2=rerun['test_accuracy'],
+                         difference=rerun['test_accuracy'] - base['test_accuracy']))
+  return checks
+
+
+def grid(rows: list[dict]) -> list[dict]:
+  """The finished grid rows (learning rate x weight decay per family), in row order."""
+  return _finished(rows, 'grid')
 
 
 def accuracies(curve: list[dict]) -> dict[int, float]:
@@ -92,6 +151,18 @@ def gaps(curve: list[dict], reference: list[dict]) -> list[tuple[int, float]]:
   """(size, accuracy - reference accuracy) at every size both curves have, by size."""
   ref = accuracies(reference)
   return [(s, acc - ref[s]) for s, acc in accuracies(curve).items() if s in ref]
+
+
+def gap_errors(curve: list[dict], reference: list[dict]) -> dict[int, float | None]:
+  """{size: standard error of the gap} at every size both curves have: the two means'
+  standard errors added in quadrature; None where either has a single seed."""
+  ref = {p['train_size']: p for p in reference}
+  errors = {}
+  for p in curve:
+    if p['train_size'] in ref:
+      both = [standard_error(p), standard_error(ref[p['train_size']])]
+      errors[p['train_size']] = None if None in both else float(np.hypot(*both))
+  return errors
 
 
 def reference(curves: dict[str, list[dict]]) -> str | None:

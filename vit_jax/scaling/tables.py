@@ -19,6 +19,13 @@ def images(size: float) -> str:
   return f'{float(f"{size:.3g}"):,.0f} images'
 
 
+def spread(point: dict) -> str:
+  """A curve point's mean test accuracy (%), '+- std (n seeds)' with several seeds."""
+  if point.get('test_std') is None:
+    return percent(point['test_accuracy'])
+  return f'{percent(point["test_accuracy"])} +- {100 * point["test_std"]:.1f} ({point["seeds"]})'
+
+
 def _count(n: int | None) -> str:
   if n is None:
     return DASH
@@ -33,13 +40,14 @@ def number(value: float | None, fmt: str = '.3g') -> str:
 
 
 def results_cells(curves: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
-  """Header and rows: model, params, test accuracy (%) per size, few-shot at the largest size."""
+  """Header and rows: model, params, test accuracy (%) per size (mean +- standard deviation
+  (seeds) with several seeds), few-shot at the largest size."""
   sizes = results.sizes(curves)
   header = ['model', 'params', *(f'{s:,}' for s in sizes), f'few-shot @ {sizes[-1]:,}']
   body = []
   for label, curve in curves.items():
     by_size = {p['train_size']: p for p in curve}
-    accuracies = [percent(by_size[s]['test_accuracy']) if s in by_size else DASH for s in sizes]
+    accuracies = [spread(by_size[s]) if s in by_size else DASH for s in sizes]
     fewshot = by_size[sizes[-1]]['fewshot_accuracy'] if sizes[-1] in by_size else None
     body.append([label, _count(curve[-1]['params']), *accuracies, percent(fewshot)])
   return header, body

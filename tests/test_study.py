@@ -1,0 +1,253 @@
+"""The study protocol without training: the budget rule, seeds, the grid's pick, spreads in the
+report and findings, and the convergence check, on hand-made configs and results."""
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+
+from configs import data_scaling
+from vit_jax import files, sweep
+from vit_jax.scaling import findings, powerlaw, report, results
+
+from test_scaling import result_row, write_csv
+
+
+def smoke(**fields):
+  config = data_scaling.get_config('smoke')
+  for key, value in fields.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_budget_rule_follows_the_training_images_within_floor_and_cap(tmp_path):
+  config = smoke(**{'budget.epochs': 3.0, 'budget.min_steps': 5, 'budget.max_steps': 40,
+                    'budget.evals': 4, 'train_sizes': (60, 200, 2000)})
+  # Reference: ceil(epochs * (size - 10% hold-out) / batch 64), clipped to [5, 40].
+  expected = {n: min(max(math.ceil(3 * (n - round(0.1 * n)) / 64), 5), 40)
+              for n in (60, 200, 2000)}
+  assert expected == {60: 5, 200: 9, 2000: 40}
+  points = sweep.expand(config, str(tmp_path))
+  for p in points:
+    assert p.config.total_steps == expected[p.train_size]
+    assert p.config.eval_every == p.config.checkpoint_every == max(expected[p.train_size] // 4, 1)
+  assert sweep.budget_steps(config, 200) == 9
+
+
+def test_without_a_rule_every_point_keeps_the_base_steps(tmp_path):
+  config = smoke()
+  assert {p.config.total_steps for p in sweep.expand(config, str(tmp_path))} == {4}
+  assert {p.config.eval_every for p in sweep.expand(config, str(tmp_path))} == {1}
+
+
+def test_seeds_more_at_small_sizes_vary_init_and_optionally_the_subset(tmp_path):
+  config = smoke(seeds=2, small_seeds=3, small_size=60)
+  points = sweep.expand(config, str(tmp_path))
+  per = {(p.label, p.train_size): sorted(q.seed for q in points
+                                         if (q.label, q.train_size) == (p.label, p.train_size))
+         for p in points}
+  assert per[('ResNet', 60)] == [0, 1, 2] and per[('ResNet', 120)] == [0, 1]
+  assert len({p.workdir for p in points}) == len(points) == 2 * (3 + 2)
+  assert {p.config.seed for p in points} == {0, 1, 2}
+  assert {p.config.data.subset_seed for p in points} == {0}   # subset fixed
+  varied = sweep.expand(smoke(seeds=2, vary_subset=True), str(tmp_path))
+  assert sorted({p.config.data.subset_seed for p in varied}) == [0, 1]
+  # Seed 0 keeps the single-seed sweep's workdir, so an existing sweep resumes.
+  assert os.path.basename(points[0].workdir) == 'ResNet_n60'
+  assert os.path.basename(points[1].workdir) == 'ResNet_n60_s1'
+
+
+def test_convergence_reruns_double_the_budget_at_the_smallest_and_largest_size(tmp_path):
+  config = smoke(**{'convergence_check': True, 'budget.epochs': 2.0, 'budget.max_steps': 100,
+                    'train_sizes': (120, 60, 240)})
+  points = sweep.expand(config, str(tmp_path))
+  reruns = [p for p in points if p.role == 'convergence']
+  assert sorted((p.label, p.train_size) for p in reruns) == [
+      ('ResNet', 60), ('ResNet', 240), ('ViT-1', 60), ('ViT-1', 240)]
+  study = {(p.label, p.train_size): p for p in points if p.role == 'study'}
+  for p in reruns:
+    assert p.config.total_steps == 2 * study[(p.label, p.train_size)].config.total_steps
+    assert p.seed == 0 and p.workdir.endswith(f'_n{p.train_size}_x2')
+
+
+def test_grid_picks_by_validation_accuracy_and_feeds_the_study(tmp_path):
+  config = smoke(**{'grid.size': 120, 'grid.lr': (1e-3, 3e-3), 'grid.weight_decay': (0.0, 0.1)})
+  grid = sweep.grid_points(config, str(tmp_path))
+  assert len(grid) == 2 * 4 and {p.role for p in grid} == {'grid'}
+  # Validation decides; the pick with the best test accuracy must not win.
+  scores = {('ResNet', 3e-3, 0.1): (0.9, 0.5), ('ResNet', 1e-3, 0.0): (0.8, 0.99),
+            ('ViT-1', 1e-3, 0.1): (0.7, 0.1)}
+  for p in grid:
+    val, test = scores.get((p.label, p.config.optim.lr, p.config.optim.weight_decay), (0.1, 0.9))
+    os.makedirs(p.workdir)
+    files.write_json(os.path.join(p.workdir, 'result.json'),
+                     {'best_val_accuracy': val, 'best_test_accuracy': test})
+  chosen = sweep.choose_hparams(grid)
+  assert (chosen['resnet']['lr'], chosen['resnet']['weight_decay']) == (3e-3, 0.1)
+  assert (chosen['vit']['lr'], chosen['vit']['weight_decay']) == (1e-3, 0.1)
+  study = sweep.all_points(config, str(tmp_path))[len(grid):]
+  assert {(p.label, p.config.optim.lr, p.config.optim.weight_decay) for p in study} == {
+      ('ResNet', 3e-3, 0.1), ('ViT-1', 1e-3, 0.1)}
+
+
+def seeded_rows(accuracies):
+  """{(model, size): [accuracy per seed]} -> results rows (ResNet family 'resnet')."""
+  return [result_row(model, 'resnet' if model == 'ResNet' else 'vit',
+                     26 if model == 'ResNet' else int(model.split('-')[1]), size, acc,
+                     seed=seed, role='study', budget_steps=100, budget_epochs=6.4, steps=100)
+          for (model, size), accs in accuracies.items() for seed, acc in enumerate(accs)]
+
+
+SIZES = (1_000, 3_000, 10_000, 30_000)
+
+
+def test_curves_give_mean_and_spread_and_fits_use_every_seed(tmp_path):
+  rng = np.random.default_rng(0)
+  accs = {('ViT-12', n): list(0.9 - 3 / np.sqrt(n) + rng.normal(0, 0.01, 3)) for n in SIZES}
+  curve = results.curves(results.read_results(os.path.join(
+      write_csv(tmp_path, seeded_rows(accs)), 'results.csv')))['ViT-12']
+  for point in curve:
+    got = accs[('ViT-12', point['train_size'])]
+    assert point['test_accuracy'] == pytest.approx(np.mean(got))
+    assert point['test_std'] == pytest.approx(np.std(got, ddof=1))
+    assert point['seeds'] == 3
+  fit = powerlaw.fit_curves({'ViT-12': curve})['ViT-12']
+  assert fit['n'] == 12   # every run, not the 4 means
+  reference = powerlaw.fit_power_law(np.repeat(SIZES, 3),
+                                     1 - np.array([a for n in SIZES for a in accs[('ViT-12', n)]]))
+  assert fit['b'] == pytest.approx(reference['b'])
+
+
+def gap_rows(noise):
+  """ResNet vs ViT-12: the ViT is 6 points behind at 1k and 1 point behind at 30k; every seed
+  is the mean -/+ `noise`."""
+  means = {'ResNet': [0.80, 0.85, 0.88, 0.90], 'ViT-12': [0.74, 0.81, 0.86, 0.89]}
+  return seeded_rows({(m, n): [v - noise, v + noise]
+                      for m, vs in means.items() for n, v in zip(SIZES, vs)})
+
+
+def test_gap_shrinks_only_when_the_spread_allows(tmp_path):
+  tight = findings.findings(results.curves(gap_rows(0.002)), [
+      {'models': ['ViT-12', 'ResNet'], 'size': None, 'reason': 'no crossing'}])
+  text = ' '.join(tight)
+  assert 'the gap shrinks as data grows, from 6.0 points to 1.0 points' in text
+  assert 'How sure: 2 seeds per point' in tight[-1]
+  # Seeds 20 points apart: a standard error of 10 points per mean hides every difference.
+  loose = findings.findings(results.curves(gap_rows(0.10)), [
+      {'models': ['ViT-12', 'ResNet'], 'size': None, 'reason': 'no crossing'}])
+  text = ' '.join(loose)
+  assert 'shrinks' not in text and 'within the spread of the seeds' in text
+  assert 'is about equal to ResNet (-6.0 +- 14.1 points)' in text  # SE hypot(0.1, 0.1)
+  assert 'every ViT gaining on the ResNet as data grows: no' in loose[-1]
+
+
+def test_report_shows_spread_budget_and_convergence(tmp_path):
+  rows = gap_rows(0.002) + [
+      result_row('ResNet', 'resnet', 26, 1_000, 0.803, seed=0, role='convergence',
+                 steps=200, budget_steps=200),
+      result_row('ViT-12', 'vit', 12, 30_000, 0.86, seed=0, role='convergence', steps=200,
+                 budget_steps=200)]
+  files.write_json(str(tmp_path / 'sweep_config.json'), {
+      'name': 'hand', 'base': {'batch_size': 64, 'eval': {'patience': 2, 'val_fraction': 0.1}},
+      'budget': {'epochs': 10.0, 'min_steps': 100, 'max_steps': 1000, 'evals': 5}})
+  result = report.write_report(write_csv(tmp_path, rows))
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert 'Budget rule: 10 epochs' in text and 'at most 1,000 steps of batch 64' in text
+  assert 'early stopping after 2 evaluations' in text
+  assert '| 1,000 | 100 | 6.4 | 100-100 | 0 of 4 |' in text
+  assert '| ResNet | 1,000 | 100 | 200 | 79.8 | 80.3 | +0.5 |' in text   # seed 0 vs its x2
+  # ViT-12 at 30k: seed 0 has 88.8, twice the budget 86.0: 2.8 points, over the target.
+  assert '| ViT-12 | 30,000 | 100 | 200 | 88.8 | 86.0 | -2.8 |' in text
+  assert 'over the 1-point target: the budget is too small' in result['findings'][-1]
+  assert '| ResNet | 130.0M | 80.0 +- 0.3 (2) |' in text   # mean +- std (seeds)
+  assert (tmp_path / 'accuracy_vs_data.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_results_csv_without_the_seed_columns_still_reads(tmp_path):
+  old = [c for c in results.COLUMNS if c not in results.OPTIONAL]
+  with open(tmp_path / 'results.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=old, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerow(result_row('ResNet', 'resnet', 26, 1_000, 0.8))
+  rows = results.read_results(str(tmp_path / 'results.csv'))
+  assert rows[0]['seed'] == 0 and rows[0]['role'] == 'study'
+  assert results.curves(rows)['ResNet'][0]['seeds'] == 1
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_run_and_keeps_the_best_step(tmp_path):
+  from configs import quickstart
+  from vit_jax import train
+  config = quickstart.get_config()
+  config.model.num_layers, config.batch_size, config.train_size = 1, 32, 200
+  config.total_steps, config.log_every = 30, 1
+  config.eval_every = config.checkpoint_every = 1
+  config.eval.val_fraction, config.eval.patience, config.eval.fewshot_shots = 0.1, 1, ()
+  config.optim.lr, config.schedule.warmup_steps = 1e-9, 0  # nothing changes: no improvement
+  result = train.train_and_evaluate(config, str(tmp_path))
+  # Best at the first evaluation (step 1); one evaluation without improvement ends the run.
+  assert (result['best_step'], result['step'], result['budget_steps']) == (1, 2, 30)
+  assert result['early_stopped'] is True
+  from vit_jax import metrics
+  evals = {r['step']: r for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+           if 'test_accuracy' in r}
+  assert sorted(evals) == [1, 2]   # no evaluation after the stop
+  assert result['best_test_accuracy'] == evals[1]['test_accuracy']   # the best step's result
+  assert evals[2]['val_accuracy'] <= evals[1]['val_accuracy']
+  assert files.read_json(str(tmp_path / 'result.json'))['step'] == 2
+  assert train.train_and_evaluate(config, str(tmp_path)) == files.read_json(
+      str(tmp_path / 'result.json'))   # a rerun finds the run finished
+
+
+@pytest.mark.slow
+def test_smoke_study_with_grid_budget_and_convergence_end_to_end(tmp_path):
+  from test_sweep import read_rows, run_sweep
+  out = run_sweep(tmp_path, '--config.budget.epochs=2.0', '--config.train_sizes=(60,)',
+                  '--config.convergence_check=True', '--config.grid.size=60',
+                  '--config.grid.weight_decay=(0.0, 0.1)')
+  assert 'Grid: 4 points' in out and 'Chosen by validation accuracy' in out
+  rows = read_rows(tmp_path)
+  assert all(r['status'] == 'done' for r in rows)
+  assert sorted((r['model'], r['role'], r['train_size'], r['seed']) for r in rows) == sorted(
+      [(m, role, '60', '0') for m in ('ResNet', 'ViT-1')
+       for role in ('grid', 'grid', 'study', 'convergence')])
+  chosen = files.read_json(str(tmp_path / 'grid.json'))
+  for r in rows:
+    # Budget: ceil(2 epochs x (size - 10%) / 64) clipped to [4, 8]; doubled for the reruns.
+    size = int(r['train_size'])
+    budget = min(max(math.ceil(2 * (size - round(0.1 * size)) / 64), 4), 8)
+    assert int(r['budget_steps']) == budget * (2 if r['role'] == 'convergence' else 1)
+    assert int(r['steps']) <= int(r['budget_steps'])
+    if r['role'] != 'grid':
+      assert float(r['weight_decay']) == chosen[r['family']]['weight_decay']
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert '## Budget' in text and '## Learning-rate grid' in text
+  assert '## Convergence check' in text and 'Convergence check: twice the budget' in text
+
+
+@pytest.mark.slow
+def test_gpu_study_script_runs_end_to_end_at_smoke_size(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+      ['experiments/data_scaling/gpu_study.sh', str(out), '--config.train_sizes=(60,)',
+       '--config.seeds=2'], cwd=root,
+      capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, PRESET='smoke', WORK=str(tmp_path / 'work'), PYTHON=sys.executable,
+               JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  rows = results.read_results(str(out / 'results.csv'))
+  assert len(rows) == 2 * 2 and {r['status'] for r in rows} == {'done'}   # 2 models x 2 seeds
+  assert sorted({r['seed'] for r in rows}) == [0, 1]
+  assert (out / 'REPORT.md').read_text().startswith('# Data scaling: smoke')
+  assert (out / 'accuracy_vs_data.png').read_bytes()[:4] == b'\x89PNG'
+  assert 'devices:' in (out / 'device.txt').read_text()
+  assert (out / 'points' / 'ResNet_n60_s1' / 'log.txt').exists()
+  assert not list(out.rglob('checkpoints'))   # checkpoints stay in WORK
