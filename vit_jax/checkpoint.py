@@ -27,7 +27,7 @@ class CheckpointManager:
   `keep` steps. Writes are synchronous and atomic per step."""
 
   def __init__(self, directory: str, keep: int = 3):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -81,7 +81,7 @@ class CheckpointManager:
                         'using the previous one.', candidate, self.directory,
                         type(e).__name__, str(e)[:200], aside)
         if jax.process_index() == 0:
-          os.replace(os.path.join(self.directory, str(candidate)), aside)
+          files.rename(os.path.join(self.directory, str(candidate)), aside)
         multihost_utils.sync_global_devices(f'checkpoint {candidate} moved aside')
         self._manager.reload()
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
@@ -107,9 +107,9 @@ class CheckpointManager:
 def read_params(path: str, step: int | None = None) -> Params:
   """Parameters from a `.npz` file, or from checkpoint `step` (default: the latest) of a run
   workdir."""
-  if os.path.isdir(path):
+  if files.isdir(path):
     directory = os.path.join(path, 'checkpoints')
-    if not os.path.isdir(directory):
+    if not files.isdir(directory):
       raise FileNotFoundError(f'{path} is neither a .npz file nor a run workdir with '
                               'checkpoints/.')
     manager = CheckpointManager(directory)
@@ -129,7 +129,7 @@ def load_run(workdir: str, step: int | None = None) -> tuple[Any, Any, Params]:
   """(config, model, params) of a run's checkpoint `step` (default: the latest): the resolved
   config from `<workdir>/config.json`, the model it names and its parameters as NumPy arrays."""
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
   config = ml_collections.ConfigDict(files.read_json(path))
   params = read_params(workdir, step)

@@ -167,7 +167,7 @@ def _check_inputs(config: ml_collections.ConfigDict, mesh, train: data.Split) ->
   if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
     evaluate.fewshot_indices(train.labels, max(shots), seed=0)
   init_from = config.checkpoint.init_from
-  if init_from and not os.path.exists(init_from):
+  if init_from and not files.exists(init_from):
     raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
   sharding.check_tensor_parallel(mesh, config_fields(config.model))
 
@@ -235,7 +235,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       run_dir.write_config(config, workdir)
     start_step = int(state.step)
     result_path = os.path.join(workdir, 'result.json')
-    if start_step >= config.total_steps and os.path.exists(result_path):
+    if start_step >= config.total_steps and files.exists(result_path):
       logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
       manager.close()
       return files.read_json(result_path)

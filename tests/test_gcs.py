@@ -1,0 +1,56 @@
+"""gs:// workdirs against a local Cloud Storage emulator: file I/O and the lock object here;
+training, resuming, fine-tuning, sweeps, export and analysis in the slow tests below."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import child_env
+from vit_jax import files
+
+
+def test_atomic_writes_and_reads_on_gcs(gcs_bucket):
+  path = f'{gcs_bucket}/io/sub/a.json'
+  files.write_json(path, {'x': [1, 2]})
+  assert files.read_json(path) == {'x': [1, 2]}
+  with pytest.raises(RuntimeError, match='half'):
+    with files.atomic_open(path) as f:
+      f.write('{"x": "half')
+      raise RuntimeError('half written')
+  assert files.read_json(path) == {'x': [1, 2]}  # the failed write uploaded nothing
+  arrays = {'w': np.arange(6, dtype=np.float32).reshape(2, 3), 'names': np.array(['a', 'b'])}
+  files.write_npz(f'{gcs_bucket}/io/m.npz', arrays)
+  got = files.read_npz(f'{gcs_bucket}/io/m.npz')
+  assert got.keys() == arrays.keys()
+  for key in arrays:
+    np.testing.assert_array_equal(got[key], arrays[key])
+  assert files.isdir(f'{gcs_bucket}/io/sub') and files.absolute(path) == path
+  with pytest.raises(FileNotFoundError, match='missing.npz'):
+    files.read_npz(f'{gcs_bucket}/io/missing.npz')
+
+
+def test_the_lock_object_refuses_a_second_holder_and_is_released(gcs_bucket):
+  directory = f'{gcs_bucket}/locked'
+  with files.exclusive_lock(directory, 'training run'):
+    assert files.exists(f'{directory}/.lock')
+    with pytest.raises(files.LockedError, match='Another training run is running in gs://'):
+      with files.exclusive_lock(directory, 'training run'):
+        pass
+  assert not files.exists(f'{directory}/.lock')
+  with files.exclusive_lock(directory, 'sweep'):  # free again
+    pass
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(gcs_bucket):
+  directory = f'{gcs_bucket}/stale'
+  script = ('import os, signal\nfrom vit_jax import files\n'
+            f'with files.exclusive_lock({directory!r}, "run"):\n'
+            '  os.kill(os.getpid(), signal.SIGKILL)\n')
+  proc = subprocess.run([sys.executable, '-c', script], env=child_env(1), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  assert files.exists(f'{directory}/.lock')  # left behind by the dead process
+  with files.exclusive_lock(directory, 'run'):  # its pid is gone on this host: stale
+    assert f'"pid": {os.getpid()}' in files.read_text(f'{directory}/.lock')
