@@ -55,6 +55,18 @@ def makedirs(path: str | os.PathLike) -> None:
   epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
+  """`os.walk` of a local or object-store directory: (folder, subfolder names, file names),
+  folders as full paths (`gs://...` included)."""
+  if is_local(path):
+    yield from os.walk(path)
+    return
+  scheme = path.split('://')[0]
+  for folder, subdirs, names in epath.Path(path).walk():
+    folder = os.fspath(folder)
+    yield folder if '://' in folder else f'{scheme}://{folder}', list(subdirs), list(names)
+
+
 def read_text(path: str | os.PathLike) -> str:
   return epath.Path(path).read_text()
 
