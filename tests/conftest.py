@@ -65,8 +65,8 @@ def gcs_bucket():
   server.start()  # sets STORAGE_EMULATOR_HOST
   # The wrapper pipes the server's log (a line per request) to a pipe nobody reads: drain it,
   # or the server blocks once the pipe is full and every request hangs.
-  threading.Thread(target=collections.deque, args=(server._process.stderr, 0),  # pylint: disable=protected-access
-                   daemon=True).start()
+  log = server._process.stderr  # pylint: disable=protected-access
+  threading.Thread(target=collections.deque, args=(log, 0), daemon=True).start()
   # gcsfs would otherwise probe each bucket for hierarchical namespaces over gRPC (60 s).
   os.environ.update(GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
                     TENSORSTORE_GCS_HTTP_URL=server.url)

@@ -5,7 +5,7 @@
 by model; `gaps`, `reference` (the ResNet baseline), `vits_by_depth` and `sizes` select from them.
 """
 import csv
-import os
+import io
 
 from vit_jax import files
 
@@ -23,9 +23,9 @@ _NUMERIC = {**dict.fromkeys(('depth', 'width', 'params', 'train_size', 'steps', 
 def read_results(path: str) -> list[dict]:
   """Rows of a sweep's `results.csv` as dicts; numeric columns become int or float (None when
   empty), the others stay strings."""
-  if not os.path.isfile(path):
+  if not files.exists(path):
     raise FileNotFoundError(f'Sweep results not found: {path}')
-  with open(path, newline='') as f:
+  with io.StringIO(files.read_text(path)) as f:
     reader = csv.DictReader(f)
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
