@@ -1,14 +1,15 @@
-"""gs:// workdirs against a local Cloud Storage emulator: file I/O and the lock object here;
-training, resuming, fine-tuning, sweeps, export and analysis in the slow tests below."""
+"""gs:// paths against a local Cloud Storage emulator: atomic file I/O, the workdir lock object
+and image-folder datasets with their cache."""
 import os
 import subprocess
 import sys
 
+from etils import epath
 import numpy as np
 import pytest
 
 from conftest import child_env
-from vit_jax import files
+from vit_jax import data, files
 
 
 def test_atomic_writes_and_reads_on_gcs(gcs_bucket):
@@ -54,3 +55,24 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(gcs_bucket):
   assert files.exists(f'{directory}/.lock')  # left behind by the dead process
   with files.exclusive_lock(directory, 'run'):  # its pid is gone on this host: stale
     assert f'"pid": {os.getpid()}' in files.read_text(f'{directory}/.lock')
+
+
+@pytest.mark.parametrize('packed', [False, True], ids=['directory', 'tar.gz'])
+def test_an_image_folder_dataset_on_gcs_and_its_cache(gcs_bucket, tmp_path, packed):
+  from test_data import make_archive, make_tree  # pylint: disable=g-import-not-at-top
+  expected = make_tree(tmp_path / 'tree')
+  local = make_archive(tmp_path / 'tree', tmp_path / 'mini.tar.gz') if packed else tmp_path / 'tree'
+  remote = f'{gcs_bucket}/data-{packed}/{local.name}'
+  for source in ([local] if packed else sorted(local.rglob('*.png'))):
+    target = epath.Path(remote) / ('' if packed else os.path.relpath(source, local))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
+  for split, (images, labels) in expected.items():
+    got = data.load_split(f'folder:{remote}', split, cache_dir=f'{gcs_bucket}/cache-{packed}')
+    assert got.class_names == ('bird', 'cat', 'dog')
+    np.testing.assert_array_equal(got.images, images)
+    np.testing.assert_array_equal(got.labels, labels)
+  cached = list(epath.Path(f'{gcs_bucket}/cache-{packed}').iterdir())
+  assert len(cached) == len(expected)  # one cache file per split, read back on the next load
+  again = data.load_split(f'folder:{remote}', 'test', cache_dir=f'{gcs_bucket}/cache-{packed}')
+  np.testing.assert_array_equal(again.images, expected['test'][0])
