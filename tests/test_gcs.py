@@ -1,5 +1,7 @@
 """gs:// paths against a local Cloud Storage emulator: atomic file I/O, the workdir lock object
-and image-folder datasets with their cache."""
+and image-folder datasets with their cache; a sweep and its analyses on gs:// (slow)."""
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -8,7 +10,7 @@ from etils import epath
 import numpy as np
 import pytest
 
-from conftest import child_env
+from conftest import ROOT, child_env
 from vit_jax import data, files
 
 
@@ -76,3 +78,28 @@ def test_an_image_folder_dataset_on_gcs_and_its_cache(gcs_bucket, tmp_path, pack
   assert len(cached) == len(expected)  # one cache file per split, read back on the next load
   again = data.load_split(f'folder:{remote}', 'test', cache_dir=f'{gcs_bucket}/cache-{packed}')
   np.testing.assert_array_equal(again.images, expected['test'][0])
+
+
+@pytest.mark.slow
+def test_a_sweep_and_its_analysis_on_gcs(gcs_bucket):
+  from test_sweep import run_sweep  # pylint: disable=g-import-not-at-top
+  sweep_dir = f'{gcs_bucket}/sweep'
+  out = run_sweep(sweep_dir, '--config.train_sizes=(60,)')
+  assert '2 points, 0 already finished, 2 to run' in out
+  rows = list(csv.DictReader(io.StringIO(files.read_text(f'{sweep_dir}/results.csv'))))
+  assert [(r['model'], r['status']) for r in rows] == [('ResNet', 'done'), ('ViT-1', 'done')]
+  for row in rows:
+    assert row['workdir'].startswith(f'{sweep_dir}/')
+    assert files.read_json(f'{row["workdir"]}/result.json')['step'] == int(row['steps'])
+    assert '50 train / 10 validation' in files.read_text(f'{row["workdir"]}/log.txt')
+  assert 'ViT-1' in files.read_text(f'{sweep_dir}/REPORT.md')
+  assert '2 points, 2 already finished, 0 to run' in run_sweep(sweep_dir,
+                                                                '--config.train_sizes=(60,)')
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.analyze', f'--sweep={sweep_dir}',
+                         '--images=8', '--only=filters'], cwd=ROOT, env=child_env(1),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  vit = files.read_json(f'{sweep_dir}/analysis/ViT-1_n60/analysis.json')
+  assert vit['workdir'] == f'{sweep_dir}/ViT-1_n60' and vit['filters']['explained_variance_ratio']
+  png = epath.Path(f'{sweep_dir}/analysis/ViT-1_n60/filters.png').read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n'
