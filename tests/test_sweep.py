@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import child_env
 from configs import data_scaling
 from vit_jax import files, sweep
 
@@ -18,11 +21,11 @@ pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_sweep(workdir, *overrides):
+def run_sweep(workdir, *overrides, env=None):
   cmd = [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
          f'--workdir={workdir}', *overrides]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                        env=env or dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   return proc.stdout
 
@@ -128,6 +131,53 @@ def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
   assert proc.returncode != 0
   assert f'Another sweep is running in {tmp_path} (pid {os.getpid()})' in proc.stderr
   assert 'Traceback' not in proc.stderr and not (tmp_path / 'results.csv').exists()
+
+
+def test_a_launcher_template_is_filled_in_with_the_points_flags(tmp_path):
+  sweep_dir = f'{tmp_path}/my sweep'
+  points = sweep.expand(data_scaling.get_config('smoke'), sweep_dir)
+  argv = ['vit_jax.sweep', '--config=configs/data_scaling.py:smoke', f'--workdir={sweep_dir}',
+          '--launcher=ignored', '--max_parallel=3', '--num_processes=2',
+          '--config.train_sizes=(60,)']
+  template = ('srun -n {num_processes} {python} -m vit_jax.sweep {point_flags} @ {workdir} '
+              '{index} {coordinator}')
+  words = shlex.split(sweep.point_command(1, points[1], argv, template, 2))
+  assert words[:-1] == ['srun', '-n', '2', sys.executable, '-m', 'vit_jax.sweep',
+                        '--config=configs/data_scaling.py:smoke', f'--workdir={sweep_dir}',
+                        '--config.train_sizes=(60,)', '--point=1', '@', points[1].workdir, '1']
+  assert re.fullmatch(r'127\.0\.0\.1:\d+', words[-1])
+  assert sweep.point_command(0, points[0], argv, None, 1)[3:] == argv[1:3] + argv[-1:] + [
+      '--point=0']
+  with pytest.raises(ValueError, match=r'--launcher=.*\{nodes\}.*placeholders are'):
+    sweep.point_command(0, points[0], argv, 'srun -N {nodes} {point_flags}', 2)
+
+
+# Every point as one job of two processes of 4 CPU devices each (gloo collectives).
+LOCAL_LAUNCHER = ('experiments/pod/local_processes.sh {num_processes} {coordinator} {python} '
+                  '-m vit_jax.sweep {point_flags}')
+
+
+def test_points_run_as_two_process_jobs_through_a_launcher(tmp_path):
+  env = dict(child_env(4), JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  flags = ['--config.train_sizes=(60, 5000)', f'--launcher={LOCAL_LAUNCHER}',
+           '--num_processes=2', '--max_parallel=2']
+  out = run_sweep(tmp_path, *flags, env=env)
+  assert '4 points, 0 already finished, 4 to run' in out
+  rows = read_rows(tmp_path)
+  assert [(r['model'], r['status']) for r in rows] == [
+      ('ResNet', 'done'), ('ResNet', 'failed'), ('ViT-1', 'done'), ('ViT-1', 'failed')]
+  for row in rows:
+    log = (tmp_path / os.path.basename(row['workdir']) / 'log.txt').read_text()
+    assert 'Process 0 of 2' in log and 'Process 1 of 2' in log, log[-3000:]
+    if row['status'] == 'done':
+      result = files.read_json(os.path.join(row['workdir'], 'result.json'))
+      assert result['devices'] == 8 and result['step'] == int(row['steps'])
+    else:
+      assert 'train_size=5000' in row['error']
+  # The rerun tells finished points by their files: only the failed ones run (and fail) again.
+  out = run_sweep(tmp_path, *flags, env=env)
+  assert '4 points, 2 already finished, 2 to run' in out
+  assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'failed'] * 2
 
 
 def wait_for(condition, what, timeout=300):

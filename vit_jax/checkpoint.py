@@ -76,7 +76,7 @@ class CheckpointManager:
   """
 
   def __init__(self, directory: str, keep: int = 3):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     self._policy = _LatestAndBest(keep)
     self._pending = None  # the step being written
     self._manager = ocp.CheckpointManager(
@@ -158,7 +158,7 @@ class CheckpointManager:
                         'using the previous one.', candidate, self.directory,
                         type(e).__name__, str(e)[:200], aside)
         if jax.process_index() == 0:
-          os.replace(os.path.join(self.directory, str(candidate)), aside)
+          files.rename(os.path.join(self.directory, str(candidate)), aside)
         multihost_utils.sync_global_devices(f'checkpoint {candidate} moved aside')
         self._manager.reload()
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
@@ -200,7 +200,7 @@ class CheckpointManager:
 def _run_checkpoints(workdir: str) -> Iterator[CheckpointManager]:
   """The checkpoint manager of a run workdir, for reading (FileNotFoundError if none)."""
   directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     raise FileNotFoundError(f'{workdir} is neither a .npz file nor a run workdir with '
                             'checkpoints/.')
   manager = CheckpointManager(directory)
@@ -220,7 +220,7 @@ def resolve_step(workdir: str, step: Step = None) -> int:
 def read_params(path: str, step: Step = None) -> Params:
   """Parameters from a `.npz` file, or from checkpoint `step` ('latest' or None, 'best', a
   number) of a run workdir."""
-  if os.path.isdir(path):
+  if files.isdir(path):
     with _run_checkpoints(path) as manager:
       return manager.restore_params(step)
   if step is not None:
@@ -233,7 +233,7 @@ def load_run(workdir: str, step: Step = None) -> tuple[Any, Any, Params]:
   number): the resolved
   config from `<workdir>/config.json`, the model it names and its parameters as NumPy arrays."""
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
   config = ml_collections.ConfigDict(files.read_json(path))
   params = read_params(workdir, step)

@@ -14,8 +14,9 @@ than one task; a single process never initialises. A multi-host Cloud TPU slice 
 recognised through its metadata server, so pod launches pass `--distributed=on`.
 """
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
+from absl import flags
 from absl import logging
 import jax
 
@@ -76,3 +77,18 @@ def initialize(mode: str = 'auto', coordinator_address: str | None = None,
                      f'{process_id}, cluster detected: {detected_cluster()}): {e}') from e
   logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def define_flags() -> Callable[[], None]:
+  """Defines --distributed, --coordinator_address, --num_processes and --process_id; returns
+  the function that calls `initialize` with their values."""
+  mode = flags.DEFINE_enum(
+      'distributed', 'auto', MODES,
+      'Join a multi-process run: auto (when a coordinator is given or SLURM/Open MPI runs more '
+      'than one task), on (always; JAX detects Cloud TPU, SLURM, Open MPI settings), off.')
+  coordinator = flags.DEFINE_string('coordinator_address', None,
+                                    'host:port of process 0 (multi-process runs).')
+  num_processes = flags.DEFINE_integer('num_processes', None, 'Number of processes of a run.')
+  process_id = flags.DEFINE_integer('process_id', None,
+                                    'This process: 0 .. num_processes - 1.')
+  return lambda: initialize(mode.value, coordinator.value, num_processes.value, process_id.value)

@@ -1,22 +1,95 @@
-"""Atomic, pickle-free file I/O shared by checkpoints, the data cache and run outputs.
+"""Atomic, pickle-free file I/O shared by checkpoints, the data cache and run outputs, on any
+filesystem `etils.epath` reaches: local paths and object stores such as `gs://bucket/dir`.
 
-Every write goes to a temporary file in the destination's directory and is renamed over the
-destination only once complete, so a crash never leaves a half-written file behind.
+Local paths: every write goes to a temporary file in the destination's directory and is renamed
+over the destination only once complete (after an fsync), so a crash never leaves a
+half-written file behind; the directory lock is an `flock` the operating system releases when
+the process dies. Object stores: a write is buffered in memory and uploaded in one request when
+complete, and the store makes each upload atomic (readers see the old object or the new one);
+the directory lock is a lock object (see `exclusive_lock` for its limits).
 """
 import contextlib
 import fcntl
+import io
 import json
 import os
+import socket
 import tempfile
+import threading
+import time
 import zipfile
 from typing import Any, Iterator, TextIO
 
+from etils import epath
+import fsspec
 import numpy as np
+
+# Object-store listings are not cached: another process (a sweep's point, another host) may
+# have written since.
+for _protocol in ('gs', 'gcs'):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault('use_listings_cache', False)
+
+# Seconds after which an object-store lock that its holder stopped refreshing counts as stale.
+LOCK_LEASE = 120.
+
+
+def is_local(path: str | os.PathLike) -> bool:
+  """Whether `path` is on a local filesystem (no `scheme://` prefix)."""
+  return '://' not in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """`path` made absolute if local; a `gs://...` path unchanged."""
+  return os.path.abspath(path) if is_local(path) else os.fspath(path)
+
+
+def exists(path: str | os.PathLike) -> bool:
+  return epath.Path(path).exists()
+
+
+def isdir(path: str | os.PathLike) -> bool:
+  return epath.Path(path).is_dir()
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
+  """`os.walk` of a local or object-store directory: (folder, subfolder names, file names),
+  folders as full paths (`gs://...` included)."""
+  if is_local(path):
+    yield from os.walk(path)
+    return
+  scheme = path.split('://')[0]
+  for folder, subdirs, names in epath.Path(path).walk():
+    folder = os.fspath(folder)
+    yield folder if '://' in folder else f'{scheme}://{folder}', list(subdirs), list(names)
+
+
+def read_text(path: str | os.PathLike) -> str:
+  return epath.Path(path).read_text()
+
+
+def rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+  """Moves a file or directory (atomically on local paths; object stores copy and delete)."""
+  if is_local(source):
+    os.replace(source, target)
+  else:
+    epath.Path(source).rename(target)
 
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = 'w') -> Iterator[TextIO]:
   """Opens a temporary file that replaces `path` when the block exits without error."""
+  if not is_local(path):
+    buffer = io.BytesIO() if 'b' in mode else io.StringIO()
+    yield buffer
+    value = buffer.getvalue()
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(value) if 'b' in mode else target.write_text(value)
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
@@ -42,11 +115,23 @@ class LockedError(RuntimeError):
 @contextlib.contextmanager
 def exclusive_lock(directory: str, what: str) -> Iterator[None]:
   """Holds `<directory>/.lock` exclusively for the block, so two runs or sweeps never write
-  the same directory; the operating system releases it if the process dies.
+  the same directory; on a local path the operating system releases it if the process dies.
+
+  On `gs://` the lock is an object created only if absent (a generation-0 precondition, so two
+  creators cannot both succeed) holding the holder's host, pid and a time refreshed every
+  LOCK_LEASE / 4 seconds; it is deleted at the end of the block. Limits: a process killed
+  without cleanup leaves the object, which the next holder takes over when its host and pid
+  are this host and a process that no longer exists, or when it was not refreshed for
+  LOCK_LEASE seconds (so a rerun on another host after a crash waits up to LOCK_LEASE); a
+  holder whose refreshes stall for LOCK_LEASE (a frozen VM) can lose the lock unawares.
 
   Raises:
-    LockedError: naming the directory and the holder's pid.
+    LockedError: naming the directory and the holder.
   """
+  if not is_local(directory):
+    with _object_lock(os.fspath(directory), what):
+      yield
+    return
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, '.lock'), 'a+') as f:
     try:
@@ -65,6 +150,63 @@ def exclusive_lock(directory: str, what: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _holder() -> dict:
+  return {'host': socket.gethostname(), 'pid': os.getpid(), 'time': time.time()}
+
+
+def _stale(holder: dict) -> bool:
+  """Whether a lock object's holder is gone: a dead process on this host, or no refresh for
+  LOCK_LEASE seconds."""
+  if holder.get('host') == socket.gethostname():
+    try:
+      os.kill(int(holder['pid']), 0)
+    except ProcessLookupError:
+      return True
+    except (OSError, KeyError, ValueError):
+      pass
+  return time.time() - float(holder.get('time', 0)) > LOCK_LEASE
+
+
+@contextlib.contextmanager
+def _object_lock(directory: str, what: str) -> Iterator[None]:
+  """`exclusive_lock` on a `gs://` directory (google-cloud-storage, for its preconditions)."""
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  bucket, _, prefix = directory.removeprefix('gs://').partition('/')
+  blob = storage.Client().bucket(bucket).blob(f'{prefix.rstrip("/")}/.lock'.lstrip('/'))
+  upload = lambda generation: blob.upload_from_string(json.dumps(_holder()),
+                                                      if_generation_match=generation)
+  try:
+    upload(0)
+  except exceptions.PreconditionFailed:
+    blob.reload()
+    generation = blob.generation
+    holder = json.loads(blob.download_as_bytes(if_generation_match=generation))
+    if not _stale(holder):
+      raise LockedError(f'Another {what} is running in {directory} (host {holder.get("host")}, '
+                        f'pid {holder.get("pid")}); wait for it to finish or use another '
+                        'directory.') from None
+    try:
+      upload(generation)
+    except exceptions.PreconditionFailed:
+      raise LockedError(f'Another {what} took the lock of {directory} just now; wait for it '
+                        'to finish or use another directory.') from None
+  stop = threading.Event()
+
+  def refresh():
+    while not stop.wait(LOCK_LEASE / 4):
+      upload(blob.generation)
+
+  thread = threading.Thread(target=refresh, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
+    blob.delete(if_generation_match=blob.generation)
+
+
 def write_json(path: str, obj: Any) -> None:
   with atomic_open(path) as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -72,8 +214,7 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(read_text(path))
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -87,12 +228,13 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
   """Reads a flat `.npz` into {key: array}, refusing pickled objects with a clear error."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f'File not found: {path}')
-  if not zipfile.is_zipfile(path):
+  content = io.BytesIO(epath.Path(path).read_bytes())
+  if not zipfile.is_zipfile(content):
     raise ValueError(f'{path} is not a readable .npz file (not a zip archive).')
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(content, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   except ValueError as e:
     if 'allow_pickle' in str(e):

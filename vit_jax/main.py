@@ -30,14 +30,7 @@ from vit_jax import train
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-_DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', distributed.MODES,
-    'Join a multi-process run: auto (when a coordinator is given or SLURM/Open MPI runs more '
-    'than one task), on (always; JAX detects Cloud TPU, SLURM, Open MPI settings), off.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0 (multi-process runs).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes - 1.')
+_JOIN = distributed.define_flags()
 _PLAN = flags.DEFINE_bool('plan', False, 'Compile the train step on --plan_devices simulated '
                           'CPU devices and print memory, FLOPs and shardings; do not train.')
 _PLAN_DEVICES = flags.DEFINE_integer('plan_devices', 8, 'Simulated devices for --plan.')
@@ -67,8 +60,7 @@ def main(argv: list[str]) -> None:
     if _PLAN.value:
       run_plan(_CONFIG.value)
       return
-    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                           _PROCESS_ID.value)
+    _JOIN()
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, OSError, FloatingPointError, files.LockedError) as e:
     sys.exit(f'Error: {e}')

@@ -13,15 +13,14 @@ from vit_jax import files
 
 def read_jsonl(path: str) -> list[dict]:
   """All complete records of a `metrics.jsonl` (a torn last line from a crash is skipped)."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
   records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        logging.warning('Skipping an incomplete line in %s.', path)
+  for line in files.read_text(path).splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      logging.warning('Skipping an incomplete line in %s.', path)
   return records
 
 
@@ -30,33 +29,43 @@ class MetricsWriter:
 
   On resume from step `resume_step`, records after that step (written by the interrupted run
   after its last checkpoint) are dropped, so the file describes exactly one trajectory.
-  Only the writing process (process 0) creates files.
+  Only the writing process (process 0) creates files. An object store cannot append, so there
+  each write uploads the whole file again (one small file, written at log steps only).
   """
 
   def __init__(self, workdir: str, resume_step: int = 0, active: bool = True):
     self.active = active
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._file = None
     if not active:
       return
-    kept = [r for r in read_jsonl(self.path) if r.get('step', 0) <= resume_step]
+    self._lines = [json.dumps(r) + '\n' for r in read_jsonl(self.path)
+                   if r.get('step', 0) <= resume_step]
     with files.atomic_open(self.path) as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
-    self._file = open(self.path, 'a')
+      f.writelines(self._lines)
+    self._file = open(self.path, 'a') if files.is_local(workdir) else None
     self._tb = tensorboardX.SummaryWriter(
         workdir, purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
       return
-    self._file.write(json.dumps({'step': step, **metrics}) + '\n')
-    self._file.flush()
+    line = json.dumps({'step': step, **metrics}) + '\n'
+    if self._file:
+      self._file.write(line)
+      self._file.flush()
+    else:
+      self._lines.append(line)
+      with files.atomic_open(self.path) as f:
+        f.writelines(self._lines)
     for key, value in metrics.items():
       self._tb.add_scalar(key, value, step)
     self._tb.flush()
 
   def close(self) -> None:
-    if self.active:
+    if self._file:
       self._file.close()
+    if self.active:
       self._tb.close()
 
 

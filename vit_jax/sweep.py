@@ -25,6 +25,21 @@ checkpoint and ends the sweep (rerun to continue); if the sweep process itself d
 point gets SIGTERM. A point run with a different config than the sweep's now is refused, never
 mixed into the results. At the end `results.csv` is collected and `vit_jax.scaling` writes the
 figures and `REPORT.md`.
+
+Multi-host points: `--launcher=<template>` runs each point through a shell command instead,
+e.g. an `srun ...` or `gcloud compute tpus tpu-vm ssh ... --worker=all --command=...` that
+starts the point's processes on a pod; `--max_parallel=K` runs up to K points at once (each is
+its own launcher job). The template's placeholders (Python format fields):
+  {point_flags}    the flags that make `python -m vit_jax.sweep` train this point
+                   (`--config=... --config.<field>=... --workdir=... --point=<i>`), quoted;
+  {workdir}        the point's workdir;            {index}     the point's number;
+  {num_processes}  the sweep's --num_processes;    {python}    this interpreter;
+  {coordinator}    127.0.0.1:<a free port>, for launchers that start processes on this machine
+                   (SLURM and Cloud TPU find their coordinator themselves).
+Each process of a point runs `python -m vit_jax.sweep {point_flags}` with the
+`--coordinator_address/--num_processes/--process_id` (or `--distributed=on`) a multi-process
+`vit_jax.main` takes. A point is tracked only by its workdir's files (`result.json`: done), so
+a rerun skips finished points and retries failed or stopped ones, whichever host ran them.
 """
 import contextlib
 import ctypes
@@ -32,19 +47,23 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 from absl import app
 from absl import flags
+from etils import epath
 from flax import traverse_util
 import ml_collections
 from ml_collections import config_flags
 
-from vit_jax import cli, files, metrics, train
+from vit_jax import cli, distributed, files, metrics, train
 from vit_jax import config as config_lib
 from vit_jax.scaling import report, results, tables
 from vit_jax.models import config_fields
@@ -52,7 +71,16 @@ from vit_jax.models import config_fields
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (configs/data_scaling.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: one subfolder per point.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the points and their configs; run nothing.')
-_POINT = flags.DEFINE_integer('point', None, 'Internal: train this point in this process.')
+_POINT = flags.DEFINE_integer('point', None, 'Train this point in this process (what the '
+                               'sweep and its launcher jobs run).')
+_LAUNCHER = flags.DEFINE_string('launcher', None, 'Shell command template that runs one point '
+                                '(placeholders: see the module docstring); default: one local '
+                                'process per point.')
+_MAX_PARALLEL = flags.DEFINE_integer('max_parallel', 1, 'Points run at once.')
+_JOIN = distributed.define_flags()  # --num_processes: processes per point (of --launcher)
+# Flags of the sweep process alone, not passed on to a point.
+_SWEEP_ONLY = ('--dry_run', '--nodry_run', '--point', '--launcher', '--max_parallel',
+               '--num_processes', '--distributed', '--coordinator_address', '--process_id')
 
 @dataclasses.dataclass
 class Point:
@@ -148,7 +176,7 @@ def choose_hparams(points: list[Point]) -> dict[str, dict]:
   chosen = {}
   for point in points:
     path = os.path.join(point.workdir, 'result.json')
-    if not os.path.exists(path):
+    if not files.exists(path):
       continue
     val = files.read_json(path).get('best_val_accuracy')
     if val is None:
@@ -226,12 +254,9 @@ def _row(point: Point) -> dict:
                  config.total_steps * config.batch_size / images, 2),
              workdir=point.workdir)
   result_path = os.path.join(point.workdir, 'result.json')
-  if not os.path.exists(result_path):
+  if not files.exists(result_path):
     error_path = os.path.join(point.workdir, 'error.txt')
-    error = 'not run'
-    if os.path.exists(error_path):
-      with open(error_path) as f:
-        error = f.read().strip()
+    error = files.read_text(error_path).strip() if files.exists(error_path) else 'not run'
     return dict(row, status='failed', error=error)
   return dict(row, **results.from_result(files.read_json(result_path)))
 
@@ -258,7 +283,7 @@ def check_configs(points: list[Point]) -> None:
   only (added or removed by a newer version of the code) are not compared."""
   for point in points:
     path = os.path.join(point.workdir, 'config.json')
-    if not os.path.exists(path):
+    if not files.exists(path):
       continue
     then = traverse_util.flatten_dict(files.read_json(path), sep='.')  # {'optim.lr': ...}
     now = traverse_util.flatten_dict(json.loads(point.config.to_json_best_effort()), sep='.')
@@ -280,13 +305,15 @@ def _die_with_parent() -> None:
 
 @contextlib.contextmanager
 def _forward_stop_signals(current: list) -> Iterator[list]:
-  """Inside the block, SIGTERM and SIGINT are recorded in the yielded list and passed on to
-  the running child (`current[0]`) as SIGTERM, which makes it checkpoint and exit."""
+  """Inside the block, SIGTERM and SIGINT are recorded in the yielded list and passed on as
+  SIGTERM to the process group of every running point (`current`: its child or launcher and
+  what they started), which makes its processes checkpoint and exit."""
   received = []
   def handler(signum, frame):
     received.append(signum)
-    if current:
-      current[0].send_signal(signal.SIGTERM)
+    for proc in current:
+      with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
   previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield received
@@ -295,44 +322,101 @@ def _forward_stop_signals(current: list) -> Iterator[list]:
       signal.signal(s, h)
 
 
-def run_point(index: int, point: Point, argv: list[str], current: list) -> tuple[str, str]:
-  """Trains `point` in a child process (registered in `current` while it runs, output
-  appended to `<point>/log.txt`); returns (status, error), status 'done', 'failed' or
-  'stopped' (by a signal, at a checkpoint)."""
-  os.makedirs(point.workdir, exist_ok=True)
-  overrides = [a for a in argv[1:] if not a.startswith(('--dry_run', '--point'))]
-  cmd = [sys.executable, '-m', 'vit_jax.sweep', *overrides, f'--point={index}']
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def point_command(index: int, point: Point, argv: list[str], launcher: str | None,
+                  num_processes: int) -> list[str] | str:
+  """The command that trains `point`: `python -m vit_jax.sweep <the sweep's flags> --point=i`,
+  or without a launcher, the launcher template filled in (a shell command).
+
+  Raises:
+    ValueError: the template names an unknown placeholder or is malformed.
+  """
+  point_flags = [a for a in argv[1:] if not a.startswith(_SWEEP_ONLY)] + [f'--point={index}']
+  if not launcher:
+    return [sys.executable, '-m', 'vit_jax.sweep', *point_flags]
+  try:
+    return launcher.format(point_flags=shlex.join(point_flags), workdir=shlex.quote(point.workdir),
+                           index=index, num_processes=num_processes,
+                           python=shlex.quote(sys.executable),
+                           coordinator=f'127.0.0.1:{_free_port()}')
+  except (KeyError, IndexError, ValueError) as e:
+    raise ValueError(f'--launcher={launcher!r} cannot be filled in ({type(e).__name__}: {e}); '
+                     'its placeholders are {point_flags}, {workdir}, {index}, '
+                     '{num_processes}, {python} and {coordinator} ({{ and }} for braces).') from e
+
+
+@dataclasses.dataclass
+class _Running:
+  """A point being trained: its process (child or launcher) and its output so far."""
+  index: int
+  proc: subprocess.Popen
+  log: Any        # the open log file: <point>/log.txt, or a local temporary file
+  start: int      # where this attempt's output begins in `log`
+
+
+def start_point(index: int, point: Point, command: list[str] | str) -> _Running:
+  """Starts `command` (a shell command if a string) in its own session, output appended to
+  `<point>/log.txt` (on an object store, to a local file uploaded when it ends)."""
+  files.makedirs(point.workdir)
   log_path = os.path.join(point.workdir, 'log.txt')
-  with open(log_path, 'a') as log:
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=_die_with_parent)
-    current[:] = [proc]
-    try:
-      returncode = proc.wait()
-    finally:
-      current.clear()
+  log = open(log_path, 'a+') if files.is_local(log_path) else tempfile.TemporaryFile('w+')
+  start = log.tell()
+  proc = subprocess.Popen(command, shell=isinstance(command, str), stdout=log,
+                          stderr=subprocess.STDOUT, start_new_session=True,
+                          preexec_fn=_die_with_parent)
+  return _Running(index, proc, log, start)
+
+
+def finish_point(point: Point, running: _Running) -> tuple[str, str]:
+  """(status, error) of an ended point from its workdir's files and exit status: 'done'
+  (`result.json` exists), 'stopped' (exit 0 without it: a signal, at a checkpoint) or
+  'failed' (recorded in `<point>/error.txt` with the informative line of its output)."""
+  log, returncode = running.log, running.proc.returncode
+  log.seek(running.start)
+  output = log.read()
+  log.close()
+  log_path = os.path.join(point.workdir, 'log.txt')
+  if not files.is_local(log_path):
+    earlier = files.read_text(log_path) if files.exists(log_path) else ''
+    with files.atomic_open(log_path) as f:
+      f.write(earlier + output)
   error_path = os.path.join(point.workdir, 'error.txt')
   if returncode == 0:
-    if os.path.exists(error_path):
-      os.remove(error_path)
-    finished = os.path.exists(os.path.join(point.workdir, 'result.json'))
+    if files.exists(error_path):
+      epath.Path(error_path).unlink()
+    finished = files.exists(os.path.join(point.workdir, 'result.json'))
     return ('done' if finished else 'stopped'), ''
-  with open(log_path) as log:
-    error = _error_message(log.read()[-20_000:], returncode)
+  error = _error_message(output[-20_000:], returncode)
   with files.atomic_open(error_path) as f:
     f.write(error + '\n')
   return 'failed', error
 
 
-def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str]) -> list[dict]:
+def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
+              launcher: str | None = None, num_processes: int = 1,
+              max_parallel: int = 1) -> list[dict]:
   """Runs the grid's unfinished points (if the sweep has a grid), then the study's with the
-  values the grid chose, then writes results.csv and the report."""
+  values the grid chose (up to `max_parallel` points at once, each through `launcher` if
+  given), then writes results.csv and the report.
+
+  Raises:
+    ValueError: a bad launcher template or max_parallel, before anything runs.
+  """
+  if max_parallel < 1:
+    raise ValueError(f'--max_parallel={max_parallel} must be at least 1.')
+  run = lambda points, indices, title: _run_points(
+      points, indices, argv, sweep_dir, title, launcher, num_processes, max_parallel)
   grid = grid_points(sweep, sweep_dir)
   check_configs(grid)
-  os.makedirs(sweep_dir, exist_ok=True)
+  files.makedirs(sweep_dir)
   files.write_json(os.path.join(sweep_dir, 'sweep_config.json'), sweep.to_dict())
   if grid:
-    if not _run_points(grid, range(len(grid)), argv, sweep_dir, 'Grid'):
+    if not run(grid, range(len(grid)), 'Grid'):
       return []
     chosen = choose_hparams(grid)
     files.write_json(os.path.join(sweep_dir, 'grid.json'), chosen)
@@ -341,44 +425,59 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str])
         for fam, c in chosen.items()), flush=True)
   points = grid + expand(sweep, sweep_dir, choose_hparams(grid))
   check_configs(points)
-  if not _run_points(points, range(len(grid), len(points)), argv, sweep_dir,
-                     f'Sweep {sweep.get("name", "")}'):
+  if not run(points, range(len(grid), len(points)), f'Sweep {sweep.get("name", "")}'):
     return []
   rows = write_results(points, os.path.join(sweep_dir, 'results.csv'))
   written = report.write_report(sweep_dir)
   print(tables.results_table(results.read_results(os.path.join(sweep_dir, 'results.csv'))))
   print('\nResults:', os.path.join(sweep_dir, 'results.csv'))
   for key, path in written.items():
-    if isinstance(path, str) and os.path.exists(path):
+    if isinstance(path, str) and files.exists(path):
       print(f'{key}: {path}')
   return rows
 
 
 def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir: str,
-                title: str) -> bool:
-  """Runs the unfinished points among `points[indices]` (each in a child process, by its
-  index in `points`); False when a signal stopped the sweep (results.csv is written then)."""
+                title: str, launcher: str | None, num_processes: int, max_parallel: int
+                ) -> bool:
+  """Runs the unfinished points among `points[indices]` (each in child processes, by its index
+  in `points`, up to `max_parallel` at once); False when a signal stopped the sweep
+  (results.csv is written then)."""
+  commands = {i: point_command(i, points[i], argv, launcher, num_processes) for i in indices}
   todo = [i for i in indices
-          if not os.path.exists(os.path.join(points[i].workdir, 'result.json'))]
+          if not files.exists(os.path.join(points[i].workdir, 'result.json'))]
   total, before = len(indices), len(indices) - len(todo)
   print(f'{title}: {total} points, {before} already finished, {len(todo)} to run.', flush=True)
-  start, current = time.time(), []
+  start, waiting, running, current, finished = time.time(), list(todo), [], [], before
   with _forward_stop_signals(current) as stop:
-    for n, index in enumerate(todo, 1):
-      point = points[index]
-      status, error = run_point(index, point, argv, current) if not stop else ('stopped', '')
-      where = f'{point.label} train_size={point.train_size} seed={point.seed} ({point.role})'
-      if stop:
-        write_results(points, os.path.join(sweep_dir, 'results.csv'))
-        print(f'Stopped by signal {stop[0]} at {point.label} train_size={point.train_size} '
-              f'({status}), seed {point.seed} ({point.role}); {before + n - 1} of {total} '
-              'points finished. Rerun the same command to continue.', flush=True)
-        return False
-      per_point = (time.time() - start) / n
-      print(f'[{before + n}/{total}] {where}: {status}'
-            f'{" (" + error + ")" if error else ""} | elapsed '
-            f'{metrics.format_duration(time.time() - start)} | ETA '
-            f'{metrics.format_duration(per_point * (len(todo) - n))}', flush=True)
+    while running or waiting and not stop:
+      while waiting and len(running) < max_parallel and not stop:
+        index = waiting.pop(0)
+        running.append(start_point(index, points[index], commands[index]))
+        current.append(running[-1].proc)
+      for ended in [r for r in running if r.proc.poll() is not None]:
+        running.remove(ended)
+        current.remove(ended.proc)
+        point = points[ended.index]
+        status, error = finish_point(point, ended)
+        if stop:
+          print(f'Stopped by signal {stop[0]} at {point.label} train_size={point.train_size} '
+                f'({status}), seed {point.seed} ({point.role}).', flush=True)
+          continue
+        finished += 1
+        per_point = (time.time() - start) / (finished - before)
+        eta = per_point * (len(waiting) + len(running)) / max_parallel
+        print(f'[{finished}/{total}] {point.label} train_size={point.train_size} '
+              f'seed={point.seed} ({point.role}): {status}{" (" + error + ")" if error else ""}'
+              f' | elapsed {metrics.format_duration(time.time() - start)} | ETA '
+              f'{metrics.format_duration(eta)}', flush=True)
+      time.sleep(0.2)
+  if stop:
+    write_results(points, os.path.join(sweep_dir, 'results.csv'))
+    done = sum(files.exists(os.path.join(points[i].workdir, 'result.json')) for i in indices)
+    print(f'Stopped by signal {stop[0]}; {done} of {total} points finished. Rerun the same '
+          'command to continue.', flush=True)
+    return False
   return True
 
 
@@ -406,11 +505,13 @@ def main(argv: list[str]) -> None:
       return
     if _POINT.value is not None:  # child process: one training run
       cli.setup_logging()
+      _JOIN()
       point = points[_POINT.value]
       train.train_and_evaluate(point.config, point.workdir)
       return
     with files.exclusive_lock(_WORKDIR.value, 'sweep'):
-      run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv)
+      run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv, _LAUNCHER.value,
+                flags.FLAGS.num_processes or 1, _MAX_PARALLEL.value)
   except (ValueError, OSError, FloatingPointError, files.LockedError) as e:
     sys.exit(f'Error: {e}')
 

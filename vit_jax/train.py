@@ -178,7 +178,7 @@ def _check_inputs(config: ml_collections.ConfigDict, mesh, train: data.Split) ->
   if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
     evaluate.fewshot_indices(train.labels, max(shots), seed=0)
   init_from = config.checkpoint.init_from
-  if init_from and not os.path.exists(init_from):
+  if init_from and not files.exists(init_from):
     raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
   sharding.check_tensor_parallel(mesh, config_fields(config.model))
 
@@ -249,7 +249,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     result_path = os.path.join(workdir, 'result.json')
     stopped = lambda step: evaluate.patience_spent(best, step, config.eval_every,
                                                    config.eval.patience)
-    if os.path.exists(result_path) and (start_step >= config.total_steps or stopped(start_step)):
+    if files.exists(result_path) and (start_step >= config.total_steps or stopped(start_step)):
       logging.info('%s already finished (step %d); nothing to do.', workdir, start_step)
       return files.read_json(result_path)
     writer = metrics.MetricsWriter(workdir, start_step, active=is_writer)

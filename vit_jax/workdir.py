@@ -47,13 +47,11 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the resolved config; a different one already there is kept with a timestamp."""
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() != text:
-        backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
-        os.replace(path, backup)
-        logging.warning('The config differs from the one this workdir was started with; the '
-                        'old one is kept as %s.', backup)
+  if files.exists(path) and files.read_text(path) != text:
+    backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
+    files.rename(path, backup)
+    logging.warning('The config differs from the one this workdir was started with; the old '
+                    'one is kept as %s.', backup)
   with files.atomic_open(path) as f:
     f.write(text)
 

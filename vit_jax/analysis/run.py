@@ -104,10 +104,10 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   bad = [a for a in wanted if kind not in _FAMILIES[a] or (a == 'posemb' and not learned_posemb)]
   if only and bad:
     raise ValueError(f'{bad} do not apply to {config.model.name} ({kind}).')
-  results = {'model': config.model.name, 'family': kind, 'workdir': os.path.abspath(workdir),
+  results = {'model': config.model.name, 'family': kind, 'workdir': files.absolute(workdir),
              'step': step, 'skipped': bad}
   wanted = [a for a in wanted if a not in bad]
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   figure = lambda name: os.path.join(out, f'{name}.png')
 
   test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)

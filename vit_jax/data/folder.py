@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from absl import logging
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -27,7 +28,7 @@ Listing = tuple[set[str], set[str], Callable[[str], bytes]]
 
 def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> Split:
   """An image-folder directory or `.tar.gz`, from the cache when it is there."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
   cache_file = _cache_file(path, split, cache_dir, skip_corrupt)
   try:
@@ -43,7 +44,7 @@ def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
 
   logging.info('Decoding the %s split of %s ...', split, path)
   start = time.perf_counter()
-  dirs, file_names, read = _list_folder(path) if os.path.isdir(path) else _list_archive(path, split)
+  dirs, file_names, read = _list_folder(path) if files.isdir(path) else _list_archive(path, split)
   paths, labels, class_names = _image_paths(path, split, dirs, file_names)
   images, kept = _decode_images(path, paths, read, skip_corrupt)
   skipped = tuple(os.path.join(path, p) for p, k in zip(paths, kept) if not k)
@@ -69,8 +70,12 @@ def _warn_skipped(path: str, split: str, skipped: tuple[str, ...]) -> None:
 
 def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> str:
   """Cache file name for `split` of `path`, from its absolute path and modification stamp."""
-  path = os.path.abspath(path)
-  if os.path.isdir(path):
+  path = files.absolute(path)
+  if not files.is_local(path):  # an object store: every object's (name, size, modification time)
+    stat = lambda p: (p, epath.Path(p).stat().length, epath.Path(p).stat().mtime)
+    stamp = tuple(sorted(stat(f'{folder}/{n}') for folder, _, names in files.walk(path)
+                         for n in names)) if files.isdir(path) else stat(path)
+  elif os.path.isdir(path):
     newest, count = 0, 0
     for folder, _, names in os.walk(path):
       stamps = [os.stat(os.path.join(folder, n)).st_mtime_ns for n in names]
@@ -89,15 +94,14 @@ def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
 def _list_folder(path: str) -> Listing:
   """(folders, files, read) of a directory tree; paths are relative and '/'-separated."""
   dirs, file_names = set(), set()
-  for folder, subdirs, names in os.walk(path):
+  for folder, subdirs, names in files.walk(path):
     rel = os.path.relpath(folder, path).replace(os.sep, '/')
     prefix = '' if rel == '.' else rel + '/'
     dirs.update(prefix + d for d in subdirs)
     file_names.update(prefix + n for n in names)
 
   def read(rel: str) -> bytes:
-    with open(os.path.join(path, rel), 'rb') as f:
-      return f.read()
+    return epath.Path(path, rel).read_bytes()
   return dirs, file_names, read
 
 
@@ -106,7 +110,7 @@ def _list_archive(path: str, split: str) -> Listing:
   files that may belong to `split` (those with a `split` folder at depth one or two)."""
   dirs, file_names, blobs = set(), set(), {}
   try:
-    with tarfile.open(path, 'r|gz') as tar:
+    with epath.Path(path).open('rb') as f, tarfile.open(fileobj=f, mode='r|gz') as tar:
       for member in tar:
         name = posixpath.normpath(member.name).lstrip('/')
         if member.isdir() and name != '.':

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, data, pretrained
+from vit_jax import checkpoint, data, files, pretrained
 from vit_jax.export import layout
 from vit_jax.models import ResNet, T2TViT, VisionTransformer
 
@@ -132,7 +132,7 @@ class Source:
     return cls.from_model(config.model.name, model, params, image_size=config.image_size,
                           dataset=config.dataset, cache_dir=config.data.cache_dir,
                           crop_fraction=config.eval.crop_fraction,
-                          workdir=os.path.abspath(workdir), step=step)
+                          workdir=files.absolute(workdir), step=step)
 
 
 @functools.lru_cache(maxsize=16)

@@ -133,7 +133,7 @@ def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, li
   if figure_paths:
     lines += ['## Figures', '']
     lines += [f'![{name}]({os.path.basename(path)})\n' for name, path in figure_paths.items()]
-  if os.path.exists(os.path.join(sweep_dir, _INSIDE)):
+  if files.exists(os.path.join(sweep_dir, _INSIDE)):
     lines += ['## Inside the models', '', 'Mean attention distance of the first layer and the '
               'high-frequency content of the last block by training-set size '
               '(`python -m vit_jax.analyze --sweep`; numbers in `analysis/sweep.csv`).', '',
@@ -159,10 +159,10 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
   """
   rows = results.read_results(os.path.join(sweep_dir, 'results.csv'))
   config_path = os.path.join(sweep_dir, 'sweep_config.json')
-  sweep = files.read_json(config_path) if os.path.exists(config_path) else {}
+  sweep = files.read_json(config_path) if files.exists(config_path) else {}
   if title is None:  # the sweep's preset name, else the directory's
     name = sweep.get('name')
-    title = f'Data scaling: {name or os.path.basename(os.path.abspath(sweep_dir))}'
+    title = f'Data scaling: {name or os.path.basename(files.absolute(sweep_dir).rstrip("/"))}'
   curves = results.curves(rows)
   fits = powerlaw.fit_curves(curves)
   crossings = powerlaw.crossings(curves, fits)

@@ -7,7 +7,7 @@ spread over seeds); `gaps`, `reference` (the ResNet baseline), `vits_by_depth` a
 select from them; `convergence` pairs the twice-the-budget reruns with their study runs.
 """
 import csv
-import os
+import io
 
 import numpy as np
 
@@ -33,9 +33,9 @@ _NUMERIC = {**dict.fromkeys(('depth', 'width', 'params', 'train_size', 'seed', '
 def read_results(path: str) -> list[dict]:
   """Rows of a sweep's `results.csv` as dicts; numeric columns become int or float (None when
   empty), the others stay strings."""
-  if not os.path.isfile(path):
+  if not files.exists(path):
     raise FileNotFoundError(f'Sweep results not found: {path}')
-  with open(path, newline='') as f:
+  with io.StringIO(files.read_text(path)) as f:
     reader = csv.DictReader(f)
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL]
     if missing:
