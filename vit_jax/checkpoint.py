@@ -210,9 +210,18 @@ def _run_checkpoints(workdir: str) -> Iterator[CheckpointManager]:
     manager.close()
 
 
+def _run_config_path(workdir: str) -> str:
+  """`<workdir>/config.json` (FileNotFoundError if `workdir` is not a training run)."""
+  path = os.path.join(workdir, 'config.json')
+  if not files.exists(path):
+    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
+  return path
+
+
 def resolve_step(workdir: str, step: Step = None) -> int:
   """The step number that `step` ('latest' or None, 'best', a number) names in a run workdir
   (see `CheckpointManager.resolve`)."""
+  _run_config_path(workdir)
   with _run_checkpoints(workdir) as manager:
     return manager.resolve(step)
 
@@ -230,12 +239,9 @@ def read_params(path: str, step: Step = None) -> Params:
 
 def load_run(workdir: str, step: Step = None) -> tuple[Any, Any, Params]:
   """(config, model, params) of a run's checkpoint `step` ('latest' or None, 'best', a
-  number): the resolved
-  config from `<workdir>/config.json`, the model it names and its parameters as NumPy arrays."""
-  path = os.path.join(workdir, 'config.json')
-  if not files.exists(path):
-    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
-  config = ml_collections.ConfigDict(files.read_json(path))
+  number): the resolved config from `<workdir>/config.json`, the model it names and its
+  parameters as NumPy arrays."""
+  config = ml_collections.ConfigDict(files.read_json(_run_config_path(workdir)))
   params = read_params(workdir, step)
   if 'head' not in params:
     raise ValueError(f'{workdir} has no classification head (a masked patch prediction '
