@@ -45,3 +45,7 @@ def child_env(devices: int) -> dict[str, str]:
   path = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
   return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=path,
               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}')
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: takes more than about 5 s (deselect with -m "not slow")')

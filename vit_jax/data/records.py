@@ -68,10 +68,7 @@ class RecordSource:
     if missing:
       raise FileNotFoundError(f'Shard {missing[0]} of the {split} split is missing '
                               f'({len(missing)} of {len(self.paths)} missing).')
-    try:
-      self.labels = np.load(labels_file(directory, split), allow_pickle=False).astype(np.int32)
-    except (OSError, ValueError) as e:
-      raise ValueError(f'Cannot read {labels_file(directory, split)}: {e}') from e
+    self.labels = self._load_labels()
     if len(self.labels) != info['num_examples']:
       raise ValueError(f'{labels_file(directory, split)} has {len(self.labels)} labels but '
                        f'{METADATA} says {info["num_examples"]} examples.')
@@ -91,5 +88,20 @@ class RecordSource:
       self._reader = reader
     return self._reader[int(index)], int(self.labels[index])
 
-  def __getstate__(self) -> dict:  # the reader holds open files: reopen after a copy
-    return {**self.__dict__, '_reader': None}
+  def _load_labels(self) -> np.ndarray:
+    """(N,) int32, memory-mapped (worker processes share the pages)."""
+    path = labels_file(self.directory, self.split)
+    try:
+      labels = np.load(path, mmap_mode='r', allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise ValueError(f'Cannot read {path}: {e}') from e
+    if labels.dtype != np.int32 or labels.ndim != 1:
+      raise ValueError(f'{path} holds {labels.dtype} {labels.shape}, not a list of int32 labels.')
+    return labels
+
+  def __getstate__(self) -> dict:  # sent to worker processes without the data: reopened there
+    return {**self.__dict__, '_reader': None, 'labels': None}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self.labels = self._load_labels()
