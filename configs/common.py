@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.model = model_config('ViT-Nano_4', num_layers=4)
   config.dataset = 'digits'           # 'digits' | 'folder:<dir or .tar.gz>' | 'tfds:<name>'
+                                      # | 'records:<dir from python -m vit_jax.data.prepare>'
   config.train_size = placeholder(int)  # nested class-balanced subset; None = all
   config.image_size = 8
   config.batch_size = 128             # global batch over all devices and processes
@@ -102,5 +103,12 @@ def get_config() -> ml_collections.ConfigDict:
       subset_seed=0,                  # seed of the nested train_size subsets
       corrupt_images='error',         # an undecodable image file: 'error' | 'skip' (counted
                                       # in result.json as skipped_images)
+      kind='auto',                    # 'memory' (decoded whole, augmented on the device) |
+                                      # 'stream' (grain, decoded + augmented on the host) |
+                                      # 'auto' (stream 'records:' sources, others in memory)
+      workers=0,                      # grain worker processes decoding ahead (0: threads)
+      train_split='train',            # record sources also take slices: 'train[:99%]',
+      eval_split=placeholder(str),    # 'train[102400:]'; None: 'test' in memory, for record
+                                      # sources the first of validation, val, test
   ))
   return config

@@ -97,12 +97,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict, mesh, state_shardings):
+                    config: ml_collections.ConfigDict, mesh, state_shardings,
+                    host_augmented: bool = False):
   """Returns the jitted step (state, images uint8 (B,H,W,C), labels (B,)) -> (state, metrics).
 
   The loss is the classification cross-entropy, or with `mpp.enabled` that of masked patch
   prediction (labels unused; metrics['accuracy'] is then over corrupted patches).
-  Augmentation runs inside the step; the state is donated; with grad_accum_steps = A the batch
+  Augmentation runs inside the step (with `host_augmented` the batches come augmented at
+  image_size from the streaming pipeline and are only scaled to [-1, 1]); the state is donated; with grad_accum_steps = A the batch
   is split into A strided micro-batches whose gradients are averaged. The step is traced inside
   `mesh` (as an abstract mesh), so the model's activation constraints (`sharding.constrain`)
   apply. metrics['nonfinite'] is 1 when the loss, gradient or update is not finite; with
@@ -131,7 +133,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
   def update(state: TrainState, images, labels):
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    x = augment(images, aug_key)
+    x = data.normalize(images) if host_augmented else augment(images, aug_key)
     if accum == 1:
       (loss, accuracy), grads = grad_fn(state.params, x, labels, dropout_key)
     else:
@@ -184,12 +186,11 @@ def init_state(model, tx, config, image_shape: tuple[int, ...], mesh):
   return abstract, shardings, lambda: jax.jit(init_fn, out_shardings=shardings)(rng)
 
 
-def load_data(config) -> tuple[data.Split, data.Split | None, data.Split]:
+def load_data(config) -> tuple[Any, Any | None, Any]:
   """(train, validation or None, test): the nested `train_size` subset of the training split,
   minus a class-balanced `eval.val_fraction` of it held out for validation."""
-  train, test = (data.load_split(config.dataset, split, cache_dir=config.data.cache_dir,
-                                 corrupt_images=config.data.corrupt_images)
-                 for split in ('train', 'test'))
+  train, test = (data.open_split(config, split)
+                 for split in (config.data.train_split, data.eval_split_name(config)))
   train = train.take(data.nested_subset(train.labels, config.train_size, config.data.subset_seed))
   fraction = config.eval.val_fraction
   if not 0 <= fraction < 1:
@@ -309,19 +310,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_from = config.checkpoint.init_from
   if init_from and not os.path.exists(init_from):
     raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
-  model = build_model(config, len(train_split.class_names), train_split.images.shape[-1])
+  model = build_model(config, len(train_split.class_names), train_split.channels)
   sharding.check_tensor_parallel(mesh, resolved_fields(config.model.name,
                                                        **config_overrides(config.model)))
   tx, schedule = optim.make_optimizer(config)
-  image_shape = (config.image_size, config.image_size, train_split.images.shape[-1])
+  image_shape = (config.image_size, config.image_size, train_split.channels)
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
 
   with _workdir(workdir):
     is_writer = jax.process_index() == 0
     manager = checkpoint.CheckpointManager(os.path.join(workdir, 'checkpoints'),
                                            config.checkpoint.keep)
-    iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
-                                  jax.process_index(), jax.process_count())
+    iterator = data.train_iterator(train_split, config, jax.process_index(),
+                                   jax.process_count())
     elapsed, best, skipped = 0., {}, 0
     if manager.latest_step() is not None:
       state, saved = manager.restore(abstract)
@@ -353,7 +354,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  model.num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
                  dict(mesh.shape))
 
-    train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
+    train_step = make_train_step(model, tx, schedule, config, mesh, shardings,
+                                 host_augmented=train_split.host_augmented)
     evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best)
 
     def run_eval(step: int) -> dict[str, float]:

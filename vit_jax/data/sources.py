@@ -11,7 +11,8 @@ import numpy as np
 from vit_jax.data.folder import load_folder
 from vit_jax.data.split import SPLITS, Split
 
-SOURCES = "'digits', 'folder:<directory or .tar.gz>' or 'tfds:<name>'"
+SOURCES = ("'digits', 'folder:<directory or .tar.gz>', 'tfds:<name>' or 'records:<prepared "
+           "directory>'")
 CORRUPT_IMAGES = ('error', 'skip')  # what `data.corrupt_images` may say to do with a broken file
 
 
