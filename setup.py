@@ -44,6 +44,9 @@ setup(
             'transformers>=5.23,<6',
         ],
         'test': ['pytest>=9,<10', 'vit_jax[export]'],
-        'tfds': ['tensorflow', 'tensorflow-datasets'],  # only for `dataset='tfds:<name>'`
+        # `dataset='tfds:<name>'`: read with tfds.data_source, no TensorFlow. Builders given
+        # encoded image bytes prepare without it too (tested); many catalog builders need
+        # TensorFlow to prepare: install it beside these for `tfds build`.
+        'tfds': ['tensorflow-datasets>=4.9.10,<4.10', 'importlib-resources>=7.1,<8'],
     },
 )

@@ -107,6 +107,8 @@ def get_config() -> ml_collections.ConfigDict:
                                       # 'stream' (grain, decoded + augmented on the host) |
                                       # 'auto' (stream 'records:' sources, others in memory)
       workers=0,                      # grain worker processes decoding ahead (0: threads)
+      tfds_dir=placeholder(str),      # prepared TFDS data; None: $TFDS_DATA_DIR or
+                                      # ~/tensorflow_datasets
       train_split='train',            # record sources also take slices: 'train[:99%]',
       eval_split=placeholder(str),    # 'train[102400:]'; None: 'test' in memory, for record
                                       # sources the first of validation, val, test

@@ -2,11 +2,12 @@
 never look at which kind they got.
 
 - In memory (`Split`): 'digits', 'folder:<path>' (decoded whole, augmented on the device).
-- Streaming (`RecordSplit`): 'records:<prepared directory>' (`python -m vit_jax.data.prepare`),
-  read record by record by the grain pipeline, decoded and augmented on the host.
+- Streaming (`RecordSplit`): 'records:<prepared directory>' (`python -m vit_jax.data.prepare`)
+  and 'tfds:<name>' (`tfds.data_source`), read record by record by the grain pipeline, decoded
+  and augmented on the host.
 
 `data.kind` ('auto' | 'memory' | 'stream') forces one kind where a source has both; 'auto'
-streams record sources and holds the others in memory.
+streams 'records:' and 'tfds:' sources and holds the others in memory.
 """
 import re
 from typing import Iterator
@@ -14,7 +15,7 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from vit_jax.data import pipeline, records
+from vit_jax.data import pipeline, records, tfds_source
 from vit_jax.data.batches import TrainIterator, eval_batches
 from vit_jax.data.sources import load_split
 from vit_jax.data.split import Split
@@ -27,9 +28,11 @@ def _record_source(config: ml_collections.ConfigDict, split: str):
   kind, _, arg = config.dataset.partition(':')
   if kind == 'records' and arg:
     return records.RecordSource(arg, split)
+  if kind == 'tfds' and arg:
+    return tfds_source.TfdsSource(arg, split, config.data.tfds_dir, config.data.cache_dir)
   raise ValueError(f'config.dataset={config.dataset!r}: data.kind=\'stream\' needs a '
-                   "'records:<directory>' dataset (prepare one with python -m "
-                   'vit_jax.data.prepare).')
+                   "'records:<directory>' (prepare one with python -m vit_jax.data.prepare) "
+                   "or 'tfds:<name>' dataset.")
 
 
 def is_streamed(config: ml_collections.ConfigDict) -> bool:
@@ -37,11 +40,12 @@ def is_streamed(config: ml_collections.ConfigDict) -> bool:
   kind = config.data.kind
   if kind not in KINDS:
     raise ValueError(f'data.kind={kind!r} must be one of {KINDS}.')
-  is_record = config.dataset.startswith('records:')
-  if kind == 'memory' and is_record:
-    raise ValueError(f"data.kind='memory' cannot hold config.dataset={config.dataset!r} "
-                     "(images of any size); use data.kind='auto' or 'stream'.")
-  return kind == 'stream' or is_record
+  if kind == 'memory':
+    if config.dataset.startswith('records:'):
+      raise ValueError(f"data.kind='memory' cannot hold config.dataset={config.dataset!r} "
+                       "(images of any size); use data.kind='auto' or 'stream'.")
+    return False
+  return kind == 'stream' or config.dataset.startswith(('records:', 'tfds:'))
 
 
 def eval_split_name(config: ml_collections.ConfigDict) -> str:
@@ -52,7 +56,10 @@ def eval_split_name(config: ml_collections.ConfigDict) -> str:
   if not is_streamed(config):
     return 'test'
   kind, _, arg = config.dataset.partition(':')
-  available = records.read_metadata(arg)['splits'] if kind == 'records' else {}
+  if kind == 'tfds':
+    available = tfds_source.split_names(arg, config.data.tfds_dir)
+  else:
+    available = records.read_metadata(arg)['splits']
   for name in EVAL_SPLITS:
     if name in available:
       return name
@@ -98,8 +105,12 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipelin
   """Split `split` (data.train_split or eval_split_name(config)) of config.dataset, of the
   kind `is_streamed` says. Record sources take slices such as 'train[:99%]' (`_select`)."""
   if is_streamed(config):
+    if config.dataset.startswith('tfds:'):  # TFDS takes split expressions itself
+      source = _record_source(config, split)
+      return pipeline.RecordSplit(source)
     return _select(_record_source(config, parse_split(split)[0]), split)
-  return load_split(config.dataset, split, cache_dir=config.data.cache_dir, corrupt_images=config.data.corrupt_images)
+  return load_split(config.dataset, split, cache_dir=config.data.cache_dir,
+                    corrupt_images=config.data.corrupt_images, tfds_dir=config.data.tfds_dir)
 
 
 def train_iterator(split: Split | pipeline.RecordSplit, config: ml_collections.ConfigDict,
