@@ -85,7 +85,7 @@ def test_resume_after_sigkill_on_the_stream_matches_an_uninterrupted_run(prepare
   straight = main(tmp_path / 'straight')
   assert straight.returncode == 0, straight.stderr[-3000:]
   killed = tmp_path / 'killed'
-  for moment, at, resumes_from in [('step', 3, None), ('evaluation', 2, 4),
+  for moment, at, resumes_from in [('step', 3, None), ('evaluation', 2, None),
                                    ('checkpoint-json', 8, 4), ('step', 10, 4)]:
     proc = subprocess.run([sys.executable, '-c', KILLER, moment, str(at),
                            '--config=configs/quickstart.py', f'--workdir={killed}', *SMOKE,
