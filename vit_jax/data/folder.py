@@ -45,7 +45,7 @@ def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
   start = time.perf_counter()
   dirs, file_names, read = _list_folder(path) if os.path.isdir(path) else _list_archive(path, split)
   paths, labels, class_names = _image_paths(path, split, dirs, file_names)
-  images, kept = decode_images(path, paths, read, skip_corrupt)
+  images, kept = _decode_images(path, paths, read, skip_corrupt)
   skipped = tuple(os.path.join(path, p) for p, k in zip(paths, kept) if not k)
   result = Split(images, np.asarray(labels, np.int32)[kept], class_names, skipped)
   logging.info('Decoded %d images of %s in %.1f s; caching them in %s.', len(images), path,
@@ -166,7 +166,7 @@ def _image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   return paths, labels, tuple(classes)
 
 
-def decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
+def _decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
                    skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
   """Decodes `paths` with Pillow into (N', H, W, C) uint8, all of one size and mode, and a
   (N,) bool mask of the decoded paths (False only for files skipped with `skip_corrupt`)."""

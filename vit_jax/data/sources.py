@@ -10,7 +10,7 @@
 """
 import numpy as np
 
-from vit_jax.data.folder import decode_images, load_folder
+from vit_jax.data.folder import _decode_images, load_folder
 from vit_jax.data.tfds_source import TfdsSource
 from vit_jax.data.split import SPLITS, Split
 
@@ -65,7 +65,7 @@ def _load_tfds(name: str, split: str, data_dir: str | None, cache_dir: str | Non
   image must have the same size."""
   source = TfdsSource(name, split, data_dir, cache_dir)
   names = [str(i) for i in range(len(source))]
-  images, kept = decode_images(f'tfds:{name}[{split}] record', names,
+  images, kept = _decode_images(f'tfds:{name}[{split}] record', names,
                                 lambda i: source[int(i)][0], skip_corrupt)
   return Split(images, source.labels[kept], source.class_names,
                tuple(f'tfds:{name}[{split}] record {i}' for i in np.flatnonzero(~kept)))
