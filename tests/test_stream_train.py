@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -156,3 +157,21 @@ def test_imagenet_presets_run_a_few_steps_on_a_prepared_tree(prepared, tmp_path,
                  **{'checkpoint.init_from': str(tmp_path / 'i1k')})
   result = train.train_and_evaluate(tuned, str(tmp_path / 'finetune'))
   assert result['step'] == 2 and 0 <= result['test_accuracy'] <= 1
+
+
+def test_a_small_folder_tree_of_any_sizes_streams_in_place(tmp_path):
+  written = make_tree(tmp_path / 'tree', classes=2, per_class={'train': 3, 'test': 2})
+  archive = tmp_path / 'tree.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tmp_path / 'tree', arcname='tree')
+  for path in (tmp_path / 'tree', archive):
+    config = smoke_config(dataset=f'folder:{path}', **{'data.kind': 'stream'})
+    assert data.eval_split_name(config) == 'test'
+    for split in ('train', 'test'):
+      opened = data.open_split(config, split)
+      assert isinstance(opened, data.RecordSplit)
+      assert [opened.source[i] for i in range(len(opened))] == [
+          ((tmp_path / 'tree' / rel).read_bytes(), label) for rel, label in written[split]]
+  with pytest.raises(ValueError, match="data.kind='stream' reads images of any size"):
+    data.open_split(smoke_config(dataset=f'folder:{tmp_path / "tree"}',
+                                 **{'data.cache_dir': str(tmp_path / 'cache')}), 'train')

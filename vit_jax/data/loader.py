@@ -2,9 +2,9 @@
 never look at which kind they got.
 
 - In memory (`Split`): 'digits', 'folder:<path>' (decoded whole, augmented on the device).
-- Streaming (`RecordSplit`): 'records:<prepared directory>' (`python -m vit_jax.data.prepare`)
-  and 'tfds:<name>' (`tfds.data_source`), read record by record by the grain pipeline, decoded
-  and augmented on the host.
+- Streaming (`RecordSplit`): 'records:<prepared directory>' (`python -m vit_jax.data.prepare`),
+  'tfds:<name>' (`tfds.data_source`) and, with data.kind='stream', 'folder:' trees read in
+  place, record by record by the grain pipeline, decoded and augmented on the host.
 
 `data.kind` ('auto' | 'memory' | 'stream') forces one kind where a source has both; 'auto'
 streams 'records:' and 'tfds:' sources and holds the others in memory.
@@ -17,6 +17,7 @@ import numpy as np
 
 from vit_jax.data import pipeline, records, tfds_source
 from vit_jax.data.batches import TrainIterator, eval_batches
+from vit_jax.data.folder_source import FolderSource
 from vit_jax.data.sources import load_split
 from vit_jax.data.split import Split
 
@@ -30,9 +31,11 @@ def _record_source(config: ml_collections.ConfigDict, split: str):
     return records.RecordSource(arg, split)
   if kind == 'tfds' and arg:
     return tfds_source.TfdsSource(arg, split, config.data.tfds_dir, config.data.cache_dir)
+  if kind == 'folder' and arg:
+    return FolderSource(arg, split)
   raise ValueError(f'config.dataset={config.dataset!r}: data.kind=\'stream\' needs a '
-                   "'records:<directory>' (prepare one with python -m vit_jax.data.prepare) "
-                   "or 'tfds:<name>' dataset.")
+                   "'records:<directory>' (prepare one with python -m vit_jax.data.prepare), "
+                   "'tfds:<name>' or 'folder:<directory or .tar.gz>' dataset.")
 
 
 def is_streamed(config: ml_collections.ConfigDict) -> bool:
@@ -53,13 +56,13 @@ def eval_split_name(config: ml_collections.ConfigDict) -> str:
   EVAL_SPLITS they have (ImageNet's labelled evaluation split is 'validation'/'val')."""
   if config.data.eval_split:
     return config.data.eval_split
-  if not is_streamed(config):
-    return 'test'
   kind, _, arg = config.dataset.partition(':')
-  if kind == 'tfds':
+  if kind == 'tfds' and is_streamed(config):
     available = tfds_source.split_names(arg, config.data.tfds_dir)
-  else:
+  elif kind == 'records':
     available = records.read_metadata(arg)['splits']
+  else:
+    return 'test'
   for name in EVAL_SPLITS:
     if name in available:
       return name
@@ -105,7 +108,7 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipelin
   """Split `split` (data.train_split or eval_split_name(config)) of config.dataset, of the
   kind `is_streamed` says. Record sources take slices such as 'train[:99%]' (`_select`)."""
   if is_streamed(config):
-    if config.dataset.startswith('tfds:'):  # TFDS takes split expressions itself
+    if config.dataset.startswith(('tfds:', 'folder:')):  # TFDS takes split expressions itself
       source = _record_source(config, split)
       return pipeline.RecordSplit(source)
     return _select(_record_source(config, parse_split(split)[0]), split)
