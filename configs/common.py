@@ -82,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
       fewshot_shots=(1, 5, 10),       # linear probe on pre-logits features, k per class
       fewshot_seeds=3,
       fewshot_l2_reg=2.0**10,
+      fewshot_dataset=placeholder(str),  # the probe's dataset (its train and evaluation
+                                      # splits) if not the training one, e.g. ImageNet-1k
+                                      # 5-shot for a JFT or ImageNet-21k run
       val_fraction=0.0,               # > 0: hold out this much of the training subset
                                       # (class-balanced) and report the best-validation step
   ))

@@ -175,3 +175,17 @@ def test_a_small_folder_tree_of_any_sizes_streams_in_place(tmp_path):
   with pytest.raises(ValueError, match="data.kind='stream' reads images of any size"):
     data.open_split(smoke_config(dataset=f'folder:{tmp_path / "tree"}',
                                  **{'data.cache_dir': str(tmp_path / 'cache')}), 'train')
+
+
+@pytest.mark.slow
+def test_the_few_shot_probe_may_use_another_dataset(prepared, tmp_path):
+  make_tree(tmp_path / 'src', classes=4, per_class={'train': 3, 'val': 2}, seed=5)
+  prepare.prepare(str(tmp_path / 'src'), str(tmp_path / 'probe'), workers=1, progress=False)
+  config = stream_config(prepared, train_size=3, **{'eval.fewshot_shots': (2,)})
+  with pytest.raises(ValueError, match='class 0 has only 1 training examples'):
+    train.train_and_evaluate(config, str(tmp_path / 'own'))
+  config.eval.fewshot_dataset = f'records:{tmp_path / "probe"}'
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  # Scored on the probe's 8 validation images (4 classes x 2), not the run's 9.
+  assert abs(result['fewshot_2shot'] * 8 - round(result['fewshot_2shot'] * 8)) < 1e-9
+  assert abs(result['test_accuracy'] * 9 - round(result['test_accuracy'] * 9)) < 1e-9

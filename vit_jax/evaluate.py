@@ -124,27 +124,30 @@ def fewshot_accuracies(features_fn: Callable[[np.ndarray], np.ndarray], train_la
 
 class Evaluator:
   """Evaluates one run: validation (if held out) and test loss and accuracy, and the few-shot
-  probe with shots from the training split; keeps `best`, the results of the evaluation with
+  probe with shots from the training split (or from `probe` = (train, test) splits of
+  eval.fewshot_dataset, the test accuracy then on its test split); keeps `best`, the results of the evaluation with
   the highest validation accuracy (the latest one without validation) as 'best_<metric>' plus
   'best_step'."""
 
   def __init__(self, model, config, mesh: Mesh, train: data.Split, val: data.Split | None,
-               test: data.Split, best: dict):
+               test: data.Split, best: dict, probe: tuple | None = None):
     dp = sharding.data_parallel_size(mesh)
-    self._step = make_eval_step(model, image_size=config.image_size,
-                                crop_fraction=config.eval.crop_fraction,
-                                masked_patches=mpp.objective_args(config),
-                                host_cropped=test.host_augmented)
+    # One step per kind of split (jitted lazily: only the kinds evaluated are compiled).
+    self._steps = {cropped: make_eval_step(model, image_size=config.image_size,
+                                           crop_fraction=config.eval.crop_fraction,
+                                           masked_patches=mpp.objective_args(config),
+                                           host_cropped=cropped) for cropped in (False, True)}
     self._pipeline = dict(image_size=config.image_size, crop_fraction=config.eval.crop_fraction,
                           workers=config.data.workers)
     self._batch = -(-config.eval.batch_size // dp) * dp  # rounded up to the data-parallel size
     self._mesh, self._config = mesh, config.eval
     self._train, self._val, self._test = train, val, test
+    self._probe = probe
     self.best = best
 
-  def _run(self, params, split: data.Split) -> tuple[dict[str, float], np.ndarray]:
-    return features_and_metrics(self._step, params, split, batch_size=self._batch,
-                                mesh=self._mesh, **self._pipeline)
+  def _run(self, params, split) -> tuple[dict[str, float], np.ndarray]:
+    return features_and_metrics(self._steps[split.host_augmented], params, split,
+                                batch_size=self._batch, mesh=self._mesh, **self._pipeline)
 
   def __call__(self, params, step: int) -> dict[str, float]:
     results = {}
@@ -153,9 +156,12 @@ class Evaluator:
     test_metrics, test_features = self._run(params, self._test)
     results.update({f'test_{k}': v for k, v in test_metrics.items()})
     if self._config.fewshot_shots:
+      shots_from, probe_test = self._probe or (self._train, self._test)
+      if self._probe:
+        test_features = self._run(params, probe_test)[1]
       results.update(fewshot_accuracies(
-          lambda idx: self._run(params, self._train.take(idx))[1], self._train.labels,
-          test_features, self._test.labels, shots=tuple(self._config.fewshot_shots),
+          lambda idx: self._run(params, shots_from.take(idx))[1], shots_from.labels,
+          test_features, probe_test.labels, shots=tuple(self._config.fewshot_shots),
           seeds=self._config.fewshot_seeds, l2_reg=self._config.fewshot_l2_reg))
     logging.info('eval at step %d: %s', step,
                  ', '.join(f'{k} {v:.4f}' for k, v in results.items()))

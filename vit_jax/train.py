@@ -305,8 +305,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh(config.mesh)
   check_batch(config, mesh)
   train_split, val_split, test_split = load_data(config)
+  probe = data.probe_splits(config)  # eval.fewshot_dataset's (train, test), or None
   if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
-    evaluate.fewshot_indices(train_split.labels, max(shots), seed=0)
+    evaluate.fewshot_indices((probe or (train_split,))[0].labels, max(shots), seed=0)
   init_from = config.checkpoint.init_from
   if init_from and not os.path.exists(init_from):
     raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
@@ -356,7 +357,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     train_step = make_train_step(model, tx, schedule, config, mesh, shardings,
                                  host_augmented=train_split.host_augmented)
-    evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best)
+    evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split, best,
+                                   probe)
 
     def run_eval(step: int) -> dict[str, float]:
       evals = evaluator(state.params, step)

@@ -16,7 +16,7 @@ in [-1, 1] on the device, inside the jitted step.
 """
 from vit_jax.data.batches import TrainIterator, eval_batches
 from vit_jax.data.loader import (KINDS, eval_split_name, is_streamed, open_split,
-                                 split_eval_batches, train_iterator)
+                                 probe_splits, split_eval_batches, train_iterator)
 from vit_jax.data.pipeline import RecordSplit, StreamIterator
 from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, load_split
 from vit_jax.data.split import SPLITS, Split
@@ -26,4 +26,4 @@ from vit_jax.data.transforms import augment, normalize, preprocess_eval
 __all__ = ['CORRUPT_IMAGES', 'KINDS', 'RecordSplit', 'SOURCES', 'SPLITS', 'Split',
            'StreamIterator', 'TrainIterator', 'augment', 'eval_batches', 'eval_split_name',
            'is_streamed', 'load_split', 'nested_subset', 'normalize', 'open_split',
-           'preprocess_eval', 'split_eval_batches', 'train_iterator']
+           'preprocess_eval', 'probe_splits', 'split_eval_batches', 'train_iterator']

@@ -9,6 +9,7 @@ never look at which kind they got.
 `data.kind` ('auto' | 'memory' | 'stream') forces one kind where a source has both; 'auto'
 streams 'records:' and 'tfds:' sources and holds the others in memory.
 """
+import copy
 import re
 from typing import Iterator
 
@@ -114,6 +115,17 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipelin
     return _select(_record_source(config, parse_split(split)[0]), split)
   return load_split(config.dataset, split, cache_dir=config.data.cache_dir,
                     corrupt_images=config.data.corrupt_images, tfds_dir=config.data.tfds_dir)
+
+
+def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
+  """(train, evaluation) splits of eval.fewshot_dataset for the few-shot probe, opened like
+  the run's own dataset (same data.* settings, default splits); None without one."""
+  if not config.eval.fewshot_dataset:
+    return None
+  probe = copy.deepcopy(config)
+  probe.dataset = config.eval.fewshot_dataset
+  probe.data.train_split, probe.data.eval_split = 'train', None
+  return open_split(probe, 'train'), open_split(probe, eval_split_name(probe))
 
 
 def train_iterator(split: Split | pipeline.RecordSplit, config: ml_collections.ConfigDict,
