@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.imagenet_tree import make_tree
+from imagenet_tree import make_tree
 from vit_jax.data import pipeline, prepare, records
 
 

@@ -9,8 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from tests.conftest import child_env
-from tests.imagenet_tree import make_tree
+from conftest import child_env
+from imagenet_tree import make_tree
 from vit_jax.data import prepare, records
 
 
