@@ -21,9 +21,19 @@ from vit_jax.data.pipeline import RecordSplit, StreamIterator
 from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, load_split
 from vit_jax.data.split import SPLITS, Split
 from vit_jax.data.subsets import nested_subset
-from vit_jax.data.transforms import augment, normalize, preprocess_eval
 
 __all__ = ['CORRUPT_IMAGES', 'KINDS', 'RecordSplit', 'SOURCES', 'SPLITS', 'Split',
            'StreamIterator', 'TrainIterator', 'augment', 'eval_batches', 'eval_split_name',
            'is_streamed', 'load_split', 'nested_subset', 'normalize', 'open_split',
            'preprocess_eval', 'probe_splits', 'split_eval_batches', 'train_iterator']
+
+_DEVICE_SIDE = ('augment', 'normalize', 'preprocess_eval')
+
+
+def __getattr__(name: str):
+  """The device-side transforms import JAX: loaded on first use, so the converter's and the
+  input pipeline's worker processes, which import this package, start without JAX."""
+  if name in _DEVICE_SIDE:
+    from vit_jax.data import transforms  # pylint: disable=g-import-not-at-top
+    return getattr(transforms, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
