@@ -14,7 +14,7 @@ evaluation masks (L,) bool; S = image_size.
 import dataclasses
 import io
 import math
-from typing import Any, Iterator, Protocol
+from typing import Iterator, Protocol
 
 from absl import flags
 import numpy as np
@@ -40,7 +40,7 @@ class RecordSplit:
   labels: (N,) int32 of the selected records. Images are decoded and, for training,
   augmented on the host (`host_augmented`), so the device only scales them to [-1, 1].
   """
-  source: Any
+  source: Source
   indices: np.ndarray | None = None
   skipped: tuple[str, ...] = ()
 
