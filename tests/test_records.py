@@ -121,3 +121,40 @@ def test_record_source_errors_name_the_split_and_the_file(tree, tmp_path):
     records.RecordSource(str(out), 'train')
   with pytest.raises(FileNotFoundError, match='does not exist'):
     records.RecordSource(str(tmp_path / 'nowhere'), 'train')
+
+
+KILL_AFTER_TWO_SHARDS = '''
+import os, signal, sys
+from absl import app
+from vit_jax.data import prepare
+write, done = prepare._write_shard, []
+def killing(job):
+  out = write(job)
+  done.append(1)
+  if len(done) == 2:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return out
+prepare._write_shard = killing
+app.run(prepare.main, argv=['prepare', *sys.argv[1:]])
+'''
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_like_a_fresh_one(tree, tmp_path):
+  root, _ = tree
+  out, args = tmp_path / 'out', [f'--src={root}', '--workers=1', '--shard_size=4']
+  killed = subprocess.run([sys.executable, '-c', KILL_AFTER_TWO_SHARDS, *args, f'--out={out}'],
+                          capture_output=True, text=True, env=child_env(1))
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.array_record'))
+  assert len(shards) == 2 and not (out / 'metadata.json').exists()
+  stamps = {n: os.stat(out / n).st_mtime_ns for n in shards}
+  resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
+                           capture_output=True, text=True, env=child_env(1))
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert '4 of 6 shards to write' in resumed.stderr
+  assert {n: os.stat(out / n).st_mtime_ns for n in shards} == stamps
+  prepare.prepare(str(root), str(tmp_path / 'fresh'), workers=1, shard_size=4, progress=False)
+  for split in ('train', 'val'):
+    a = records.RecordSource(str(out), split)
+    b = records.RecordSource(str(tmp_path / 'fresh'), split)
+    assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
