@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, child_env
+from imagenet_tree import make_tree
 from vit_jax import checkpoint, distributed, metrics, pretrained
+from vit_jax.data import prepare
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
@@ -29,11 +31,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_main(workdir, num_processes: int, devices_per_process: int) -> list[str]:
-  """Runs the quickstart smoke config in `num_processes` processes of `devices_per_process`
-  devices; returns their logs. Processes still running at the timeout are killed."""
+def run_main(workdir, num_processes: int, devices_per_process: int, *extra: str) -> list[str]:
+  """Runs the quickstart smoke config (plus `extra` overrides) in `num_processes` processes
+  of `devices_per_process` devices; returns their logs. Processes still running at the timeout
+  are killed."""
   cmd = [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
-         f'--workdir={workdir}', *SMOKE]
+         f'--workdir={workdir}', *SMOKE, *extra]
   port = _free_port()
   env = dict(child_env(devices_per_process), JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
   procs, logs = [], []
@@ -104,6 +107,21 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
   logs = run_main(two, 2, 4)
   assert 'Resumed from step 2' in logs[0]
   assert (two / 'checkpoints' / 'corrupt-4').is_dir()
+  assert losses(two) == pytest.approx(reference, rel=1e-5)
+  assert_same(params(two, 4), params(one, 4))
+
+
+def test_two_processes_stream_their_rows_of_prepared_records_and_train_like_one(tmp_path):
+  make_tree(tmp_path / 'src', classes=3, per_class={'train': 8, 'val': 3})
+  prepare.prepare(str(tmp_path / 'src'), str(tmp_path / 'records'), workers=1, progress=False)
+  stream = [f'--config.dataset=records:{tmp_path / "records"}', '--config.image_size=16',
+            '--config.model.patch_size=4', '--config.batch_size=16',
+            '--config.eval.batch_size=8', '--config.augment.flip=True']
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  run_main(one, 1, 8, *stream)
+  run_main(two, 2, 4, *stream)
+  reference = losses(one)
+  assert reference.keys() == {1, 2, 3, 4}
   assert losses(two) == pytest.approx(reference, rel=1e-5)
   assert_same(params(two, 4), params(one, 4))
 

@@ -143,7 +143,7 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     plots.fourier(curves, figure('fourier'))
     results['fourier'] = {'delta_log_amplitude': [c.round(4).tolist() for c in curves]}
   if 'noise' in wanted:
-    idx = spread(NOISE_IMAGES)
+    idx = data.evenly_spaced(len(test.labels), NOISE_IMAGES)
     results['noise'] = noise_robustness(model, params, np.asarray(prepare(idx)),
                                         test.labels[idx])
     plots.noise(results['noise'], figure('noise'))
