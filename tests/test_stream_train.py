@@ -12,7 +12,7 @@ import pytest
 
 from imagenet_tree import make_tree
 from test_train import KILLER, ROOT, SMOKE, losses, smoke_config
-from vit_jax import checkpoint, data, files, train
+from vit_jax import checkpoint, data, files, pretrained, train
 from vit_jax.data import prepare, records
 
 STREAM = {'dataset': None, 'image_size': 16, 'batch_size': 8, 'eval.batch_size': 8,
@@ -97,8 +97,8 @@ def test_resume_after_sigkill_on_the_stream_matches_an_uninterrupted_run(prepare
       assert f'Resumed from step {resumes_from} ' in proc.stderr, (moment, proc.stderr[-3000:])
   final = main(killed, '--config.data.workers=2')
   assert final.returncode == 0 and 'Resumed from step 8 ' in final.stderr, final.stderr[-3000:]
-  a = checkpoint.flatten(checkpoint.read_params(str(killed)))
-  b = checkpoint.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  a = pretrained.flatten(checkpoint.read_params(str(killed)))
+  b = pretrained.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
