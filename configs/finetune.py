@@ -6,7 +6,8 @@ one of our run workdirs, at a new resolution.
 
 Presets `<model>,<dataset>`: model is any ViT size/patch (B_16, L_16, ...) or a hybrid
 (R50+B_16); dataset in cifar10 (../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10, 10k
-steps), cifar100 (tfds:cifar100, 10k steps), i1k (tfds:imagenet2012, 20k steps), digits (the
+steps), cifar100 (tfds:cifar100, 10k steps), i1k (a prepared record directory at $VIT_JAX_I1K,
+default /data/imagenet2012, see configs/pretrain.py; 20k steps), digits (the
 embedded dataset, 500 steps, for a quick check on a CPU).
 Recipe: SGD with momentum 0.9, batch 512, lr 0.03 (the paper sweeps 0.003, 0.01, 0.03, 0.06:
 `--config.optim.lr=...`), 500 warm-up steps then cosine decay, no weight decay, gradient
@@ -16,6 +17,8 @@ layer is dropped.
 Expected (paper, Table 5 / B.1.1): ViT-B/16 pre-trained on ImageNet-21k reaches about 98.9% on
 CIFAR-10; needs a GPU or TPU (10k steps of batch 512 at 384 px).
 """
+import os
+
 from configs import cifar10
 from vit_jax import config as config_lib
 
@@ -23,7 +26,7 @@ from vit_jax import config as config_lib
 DATASETS = {
     'cifar10': (f'folder:{cifar10.CIFAR10}', 10_000, 384),
     'cifar100': ('tfds:cifar100', 10_000, 384),
-    'i1k': ('tfds:imagenet2012', 20_000, 384),
+    'i1k': ('records:' + os.environ.get('VIT_JAX_I1K', '/data/imagenet2012'), 20_000, 384),
     'digits': ('digits', 500, 32),
 }
 
@@ -50,5 +53,7 @@ def get_config(arg: str = 'B_16,cifar10'):
   config.schedule.decay = 'cosine'
   config.augment.crop_scale = (0.08, 1.0)
   config.augment.flip = dataset != 'digits'
+  if dataset == 'i1k':
+    config.data.workers = 8
   config.checkpoint.init_from = f'{name}.npz'
   return config

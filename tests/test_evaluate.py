@@ -6,7 +6,7 @@ import pytest
 from configs import quickstart
 from conftest import TINY_VIT, init, randomize
 from vit_jax import config as config_lib
-from vit_jax import data, evaluate, sharding, train
+from vit_jax import data, evaluate, sharding
 from vit_jax.models import get_model
 
 CLASSES = 5

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, child_env
+from imagenet_tree import make_tree
 from vit_jax import checkpoint, distributed, metrics, pretrained
+from vit_jax.data import prepare
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
@@ -144,6 +146,21 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(tmp_path):
   assert f'Resumed from step {saved[0]} ' in logs[0]
   assert losses(two) == pytest.approx(losses(one), rel=1e-5)
   assert_same(params(two, 300), params(one, 300))
+
+
+def test_two_processes_stream_their_rows_of_prepared_records_and_train_like_one(tmp_path):
+  make_tree(tmp_path / 'src', classes=3, per_class={'train': 8, 'val': 3})
+  prepare.prepare(str(tmp_path / 'src'), str(tmp_path / 'records'), workers=1, progress=False)
+  stream = [f'--config.dataset=records:{tmp_path / "records"}', '--config.image_size=16',
+            '--config.model.patch_size=4', '--config.batch_size=16',
+            '--config.eval.batch_size=8', '--config.augment.flip=True']
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  run_main(one, 1, 8, *stream)
+  run_main(two, 2, 4, *stream)
+  reference = losses(one)
+  assert reference.keys() == {1, 2, 3, 4}
+  assert losses(two) == pytest.approx(reference, rel=1e-5)
+  assert_same(params(two, 4), params(one, 4))
 
 
 @pytest.mark.parametrize('mode,flags,environ,expected', [

@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from vit_jax import sharding
+from vit_jax.data import loader
 from vit_jax.models import model_fields, registry
 
 
@@ -98,7 +99,20 @@ def _known_model(name: str) -> bool:
 
 def _dataset(v: str) -> bool:
   kind, _, arg = v.partition(':')
-  return v == 'digits' or (kind in ('folder', 'tfds') and bool(arg))
+  return v == 'digits' or (kind in ('folder', 'tfds', 'records') and bool(arg))
+
+
+def _split_expression(v: str) -> bool:
+  try:
+    loader.parse_split(v)
+  except ValueError:
+    return False
+  return True
+
+
+_DATASET_RULE = ("'digits', 'folder:<dir or .tar.gz>', 'tfds:<name>' or 'records:<dir from "
+                 "python -m vit_jax.data.prepare>'")
+_SPLIT_RULE = "a split name or slice, such as 'train' or 'train[:99%]'"
 
 
 def _mesh(v) -> bool:
@@ -141,7 +155,7 @@ MODEL_FIELDS: dict[str, Field] = {
 TRAIN_FIELDS: dict[str, Field] = {
     'model.name': Field((str,), _known_model, 'a registered model name'),
     **{f'model.{k}': f for k, f in MODEL_FIELDS.items()},
-    'dataset': Field((str,), _dataset, "'digits', 'folder:<dir or .tar.gz>' or 'tfds:<name>'"),
+    'dataset': Field((str,), _dataset, _DATASET_RULE),
     'train_size': _POSITIVE_OR_NONE,
     'image_size': _int(), 'batch_size': _int(), 'total_steps': _int(), 'seed': _int(0),
     'log_every': _int(), 'eval_every': _int(), 'checkpoint_every': _int(),
@@ -162,6 +176,7 @@ TRAIN_FIELDS: dict[str, Field] = {
     'eval.fewshot_shots': _ints(), 'eval.fewshot_seeds': _int(),
     'eval.fewshot_l2_reg': _real(0, open_low=True), 'eval.val_fraction': _real(0, 1),
     'eval.patience': _int(0),
+    'eval.fewshot_dataset': Field((str,), _dataset, _DATASET_RULE, none=True),
     'checkpoint.keep': _int(), 'checkpoint.init_from': _PATH_OR_NONE,
     'checkpoint.reset_head': _BOOL_OR_NONE,
     'mpp.enabled': _BOOL, 'mpp.corrupt_fraction': _real(0, 1, open_low=True, open_high=False),
@@ -169,6 +184,9 @@ TRAIN_FIELDS: dict[str, Field] = {
     'mpp.random_fraction': _real(0, 1, open_high=False),
     'data.cache_dir': _PATH_OR_NONE, 'data.subset_seed': _int(0),
     'data.corrupt_images': _choice('error', 'skip'),
+    'data.kind': _choice(*loader.KINDS), 'data.workers': _int(0), 'data.tfds_dir': _PATH_OR_NONE,
+    'data.train_split': Field((str,), _split_expression, _SPLIT_RULE),
+    'data.eval_split': Field((str,), _split_expression, _SPLIT_RULE, none=True),
 }
 
 def _reals(low: float, open_low: bool) -> Field:
@@ -269,6 +287,7 @@ def defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.model = model_config('ViT-Nano_4', num_layers=4)
   config.dataset = 'digits'           # 'digits' | 'folder:<dir or .tar.gz>' | 'tfds:<name>'
+                                      # | 'records:<dir from python -m vit_jax.data.prepare>'
   config.train_size = placeholder(int)  # nested class-balanced subset; None = all
   config.image_size = 8
   config.batch_size = 128             # global batch over all devices and processes
@@ -307,6 +326,9 @@ def defaults() -> ml_collections.ConfigDict:
       fewshot_shots=(1, 5, 10),       # linear probe on pre-logits features, k per class
       fewshot_seeds=3,
       fewshot_l2_reg=2.0**10,
+      fewshot_dataset=placeholder(str),  # the probe's dataset (its train and evaluation
+                                      # splits) if not the training one, e.g. ImageNet-1k
+                                      # 5-shot for a JFT or ImageNet-21k run
       val_fraction=0.0,               # > 0: hold out this much of the training subset
                                       # (class-balanced) and report the best-validation step
       patience=0,                     # > 0 (with val_fraction): stop when validation accuracy
@@ -330,6 +352,16 @@ def defaults() -> ml_collections.ConfigDict:
       subset_seed=0,                  # seed of the nested train_size subsets
       corrupt_images='error',         # an undecodable image file: 'error' | 'skip' (counted
                                       # in result.json as skipped_images)
+      kind='auto',                    # 'memory' (decoded whole, augmented on the device) |
+                                      # 'stream' (grain, decoded + augmented on the host) |
+                                      # 'auto' (stream 'records:' and 'tfds:' sources, others
+                                      # in memory)
+      workers=0,                      # grain worker processes decoding ahead (0: threads)
+      tfds_dir=placeholder(str),      # prepared TFDS data; None: $TFDS_DATA_DIR or
+                                      # ~/tensorflow_datasets
+      train_split='train',            # record sources also take slices: 'train[:99%]',
+      eval_split=placeholder(str),    # 'train[102400:]'; None: 'test' in memory, for record
+                                      # sources the first of validation, val, test
   ))
   return config
 

@@ -18,16 +18,18 @@ from vit_jax import data, mpp, sharding
 
 
 def make_eval_step(model, *, image_size: int, crop_fraction: float,
-                   masked_patches: dict | None = None) -> Callable:
+                   masked_patches: dict | None = None, host_cropped: bool = False) -> Callable:
   """Returns jitted (params, images uint8 (B,H,W,C), labels (B,), mask (B,)) ->
   (sum of losses, number correct, count, pre-logits features (B, F)).
 
-  With `masked_patches` (`mpp.objective_args`) the scores are those of
-  masked patch prediction over the corrupted patches, with the same corruption every call.
+  With `host_cropped` the images come centre-cropped at image_size (streaming pipeline) and
+  are only scaled to [-1, 1]. With `masked_patches` (`mpp.objective_args`) the scores are those
+  of masked patch prediction over the corrupted patches, with the same corruption every call.
   """
 
   def step(params, images, labels, mask):
-    x = data.preprocess_eval(images, image_size=image_size, crop_fraction=crop_fraction)
+    x = (data.normalize(images) if host_cropped else
+         data.preprocess_eval(images, image_size=image_size, crop_fraction=crop_fraction))
     if masked_patches is not None:
       loss, correct, count, features = mpp.objective(
           model, params, x, jax.random.PRNGKey(0), train=False, valid=mask, **masked_patches)
@@ -41,13 +43,14 @@ def make_eval_step(model, *, image_size: int, crop_fraction: float,
   return jax.jit(step)
 
 
-def features_and_metrics(eval_step: Callable, params, split: data.Split, *, batch_size: int,
-                         mesh: Mesh) -> tuple[dict[str, float], np.ndarray]:
-  """Runs `split` once; returns ({'loss', 'accuracy'}, features (N, F) float32)."""
+def features_and_metrics(eval_step: Callable, params, split, *, batch_size: int,
+                         mesh: Mesh, **pipeline) -> tuple[dict[str, float], np.ndarray]:
+  """Runs `split` (in memory or streamed: `pipeline` are the keyword arguments of
+  `data.split_eval_batches`) once; returns ({'loss', 'accuracy'}, features (N, F) float32)."""
   totals = np.zeros(3)
   features = []
-  for images, labels, mask in data.eval_batches(split, batch_size, jax.process_index(),
-                                                 jax.process_count()):
+  for images, labels, mask in data.split_eval_batches(split, batch_size, jax.process_index(),
+                                                       jax.process_count(), **pipeline):
     batch = [sharding.global_batch(a, mesh) for a in (images, labels, mask)]
     loss, correct, count, feats = eval_step(params, *batch)
     totals += [float(loss), float(correct), float(count)]
@@ -82,9 +85,18 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
   add_bias = lambda x: np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)
   x, t = add_bias(train_x.astype(np.float64)), add_bias(test_x.astype(np.float64))
   y = 2. * np.eye(num_classes)[train_y] - 1.
-  # Dual form: w = X^T (X X^T + l2 I)^-1 Y, an n x n solve (n = shots * classes is small).
-  w = x.T @ np.linalg.solve(x @ x.T + l2_reg * np.eye(len(x)), y)
+  w = ridge_weights(x, y, l2_reg)
   return float(np.mean(np.argmax(t @ w, axis=1) == test_y))
+
+
+def ridge_weights(x: np.ndarray, y: np.ndarray, l2_reg: float) -> np.ndarray:
+  """argmin_w |x w - y|^2 + l2_reg |w|^2 for x (n, D), y (n, K) -> w (D, K): the primal
+  solve (x^T x + l2 I)^-1 x^T y, D x D, when the examples outnumber the features, else the dual
+  x^T (x x^T + l2 I)^-1 y, n x n (the same w; the smaller system is solved)."""
+  n, d = x.shape
+  if n > d:
+    return np.linalg.solve(x.T @ x + l2_reg * np.eye(d), x.T @ y)
+  return x.T @ np.linalg.solve(x @ x.T + l2_reg * np.eye(n), y)
 
 
 def fewshot_accuracies(features_fn: Callable[[np.ndarray], np.ndarray], train_labels: np.ndarray,
@@ -130,21 +142,27 @@ def patience_spent(best: dict[str, float], step: int, eval_every: int, patience:
 
 class Evaluator:
   """Evaluates one run: validation (if held out) and test loss and accuracy, and the few-shot
-  probe with shots from the training split."""
+  probe with shots from the training split (or from `probe` = (train, test) splits of
+  eval.fewshot_dataset, the probe's test features then from its own test split)."""
 
   def __init__(self, model, config, mesh: Mesh, train: data.Split, val: data.Split | None,
-               test: data.Split):
+               test: data.Split, probe: tuple | None = None):
     dp = sharding.data_parallel_size(mesh)
-    self._step = make_eval_step(model, image_size=config.image_size,
-                                crop_fraction=config.eval.crop_fraction,
-                                masked_patches=mpp.objective_args(config))
+    # One step per kind of split (jitted lazily: only the kinds evaluated are compiled).
+    self._steps = {cropped: make_eval_step(model, image_size=config.image_size,
+                                           crop_fraction=config.eval.crop_fraction,
+                                           masked_patches=mpp.objective_args(config),
+                                           host_cropped=cropped) for cropped in (False, True)}
+    self._pipeline = dict(image_size=config.image_size, crop_fraction=config.eval.crop_fraction,
+                          workers=config.data.workers)
     self._batch = -(-config.eval.batch_size // dp) * dp  # rounded up to the data-parallel size
     self._mesh, self._config = mesh, config.eval
     self._train, self._val, self._test = train, val, test
+    self._probe = probe
 
-  def _run(self, params, split: data.Split) -> tuple[dict[str, float], np.ndarray]:
-    return features_and_metrics(self._step, params, split, batch_size=self._batch,
-                                mesh=self._mesh)
+  def _run(self, params, split) -> tuple[dict[str, float], np.ndarray]:
+    return features_and_metrics(self._steps[split.host_augmented], params, split,
+                                batch_size=self._batch, mesh=self._mesh, **self._pipeline)
 
   def __call__(self, params, step: int) -> dict[str, float]:
     results = {}
@@ -153,9 +171,12 @@ class Evaluator:
     test_metrics, test_features = self._run(params, self._test)
     results.update({f'test_{k}': v for k, v in test_metrics.items()})
     if self._config.fewshot_shots:
+      shots_from, probe_test = self._probe or (self._train, self._test)
+      if self._probe:
+        test_features = self._run(params, probe_test)[1]
       results.update(fewshot_accuracies(
-          lambda idx: self._run(params, self._train.take(idx))[1], self._train.labels,
-          test_features, self._test.labels, shots=tuple(self._config.fewshot_shots),
+          lambda idx: self._run(params, shots_from.take(idx))[1], shots_from.labels,
+          test_features, probe_test.labels, shots=tuple(self._config.fewshot_shots),
           seeds=self._config.fewshot_seeds, l2_reg=self._config.fewshot_l2_reg))
     logging.info('eval at step %d: %s', step,
                  ', '.join(f'{k} {v:.4f}' for k, v in results.items()))

@@ -1,14 +1,15 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-config (checked, `vit_jax.config`) -> mesh -> data (in memory, uint8; `data.load_data`) ->
-model + optimizer -> state initialised directly sharded -> jitted train step (augmentation on
-device, explicit shardings, donated state) -> metrics / evaluation / checkpoints (written
-asynchronously; each holds, besides the state, the data order, the metrics averaged so far and
-the latest results). Rerunning on the same workdir resumes from the latest checkpoint and ends
-with the same parameters and recorded numbers (timings aside). SIGTERM saves a checkpoint at
-the current step (at the next log step in a multi-process run, the same on every process) and
-returns; a non-finite loss or gradient stops the run
-(FloatingPointError) before anything is saved, unless optim.skip_nonfinite skips such steps.
+config (checked, `vit_jax.config`) -> mesh -> data (`data.load_data`: uint8 in memory, augmented
+on the device, or streamed and augmented on the host) -> model + optimizer -> state
+initialised directly sharded -> jitted train step (explicit shardings, donated state) ->
+metrics / evaluation / checkpoints (written asynchronously; each holds, besides the state, the
+data order, the metrics averaged so far and the latest results). Rerunning on the same workdir
+resumes from the latest checkpoint and ends with the same parameters and recorded numbers
+(timings aside). SIGTERM saves a checkpoint at the current step (at the next log step in a
+multi-process run, the same on every process) and returns; a non-finite loss or gradient stops
+the run (FloatingPointError) before anything is saved, unless optim.skip_nonfinite skips such
+steps.
 """
 import functools
 import os
@@ -57,16 +58,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict, mesh, state_shardings):
+                    config: ml_collections.ConfigDict, mesh, state_shardings,
+                    host_augmented: bool = False):
   """Returns the jitted step (state, images uint8 (B,H,W,C), labels (B,)) -> (state, metrics).
 
   The loss is the classification cross-entropy, or with `mpp.enabled` that of masked patch
   prediction (labels unused; metrics['accuracy'] is then over corrupted patches).
-  Augmentation runs inside the step; the state is donated; with grad_accum_steps = A the batch
-  is split into A strided micro-batches whose gradients are averaged. The step is traced inside
-  `mesh` (as an abstract mesh), so the model's activation constraints (`sharding.constrain`)
-  apply. metrics['nonfinite'] is 1 when the loss, gradient or update is not finite; with
-  optim.skip_nonfinite such a step leaves parameters and optimizer state unchanged.
+  Augmentation runs inside the step (with `host_augmented` the batches come augmented at
+  image_size from the streaming pipeline and are only scaled to [-1, 1]); the state is
+  donated; with grad_accum_steps = A the batch is split into A strided micro-batches whose
+  gradients are averaged. The step is traced inside `mesh` (as an abstract mesh), so the
+  model's activation constraints (`sharding.constrain`) apply. metrics['nonfinite'] is 1 when
+  the loss, gradient or update is not finite; with optim.skip_nonfinite such a step leaves
+  parameters and optimizer state unchanged.
   """
   augment = data.augment_from_config(config)
   accum = config.optim.grad_accum_steps
@@ -88,7 +92,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
   def update(state: TrainState, images, labels):
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    x = augment(images, aug_key)
+    x = data.normalize(images) if host_augmented else augment(images, aug_key)
     if accum == 1:
       (loss, accuracy), grads = grad_fn(state.params, x, labels, dropout_key)
     else:
@@ -171,12 +175,12 @@ def _summary(pending: list, skipped: int, images_per_sec: float) -> dict[str, fl
   return dict(summary, images_per_sec=images_per_sec, skipped_steps=skipped)
 
 
-def _check_inputs(config: ml_collections.ConfigDict, mesh, train: data.Split) -> None:
+def _check_inputs(config: ml_collections.ConfigDict, mesh, shots_from) -> None:
   """Raises, before anything is written, for what the config check cannot see: the few-shot
-  probe's shots per class of `train`, a missing `checkpoint.init_from`, a tensor-parallel
-  split of the model."""
+  probe's shots per class of `shots_from` (the split the shots are drawn from), a missing
+  `checkpoint.init_from`, a tensor-parallel split of the model."""
   if shots := config.eval.fewshot_shots:  # every class needs the shots (raises if not)
-    evaluate.fewshot_indices(train.labels, max(shots), seed=0)
+    evaluate.fewshot_indices(shots_from.labels, max(shots), seed=0)
   init_from = config.checkpoint.init_from
   if init_from and not files.exists(init_from):
     raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
@@ -228,8 +232,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
   train_split, val_split, test_split = data.load_data(config)
-  _check_inputs(config, mesh, train_split)
-  channels = train_split.images.shape[-1]
+  probe = data.probe_splits(config)  # eval.fewshot_dataset's (train, test), or None
+  _check_inputs(config, mesh, (probe or (train_split,))[0])
+  channels = train_split.channels
   model = build_model(config, len(train_split.class_names), channels)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.image_size, config.image_size, channels)
@@ -239,8 +244,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with run_dir.hold(workdir), checkpoint.CheckpointManager(checkpoints,
                                                             config.checkpoint.keep) as manager:
     is_writer = jax.process_index() == 0
-    iterator = data.TrainIterator(train_split, config.batch_size, config.seed,
-                                  jax.process_index(), jax.process_count())
+    iterator = data.train_iterator(train_split, config, jax.process_index(),
+                                   jax.process_count())
     state, saved = _restore_or_init(config, manager, abstract, shardings, init, tx, iterator)
     best, skipped = saved['best'], saved['skipped']
     if is_writer:
@@ -260,8 +265,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  model.num_classes, 'patch colours to predict' if config.mpp.enabled else 'classes',
                  dict(mesh.shape))
     logging.info('Parameters:\n%s', overview.parameter_table(abstract.params))
-    train_step = make_train_step(model, tx, schedule, config, mesh, shardings)
-    evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split)
+    train_step = make_train_step(model, tx, schedule, config, mesh, shardings,
+                                 host_augmented=train_split.host_augmented)
+    evaluator = evaluate.Evaluator(model, config, mesh, train_split, val_split, test_split,
+                                   probe)
 
     def run_eval(step: int) -> dict[str, float]:
       nonlocal best

@@ -1,10 +1,14 @@
 """Data: sources held in memory as decoded uint8 arrays, deterministic batching, augmentation.
 
-Modules: `sources` (`load_split` for 'digits', 'folder:<path>', 'tfds:<name>'), `folder`
-(image-folder trees and .tar.gz archives with a decoded-array cache), `split` (the in-memory
-`Split`), `subsets` (nested class-balanced subsets, the validation hold-out,
-the evaluation sample, `load_data` of a training config), `batches` (the training stream and the
-evaluation pass), `transforms` (device-side augmentation and evaluation preprocessing).
+Modules: `loader` (the one interface over both kinds of split: `open_split`, `train_iterator`,
+`split_eval_batches`), `sources` (`load_split` for 'digits', 'folder:<path>', 'tfds:<name>'),
+`folder` (image-folder trees and .tar.gz archives with a decoded-array cache), `split` (the
+in-memory `Split`), `subsets` (nested class-balanced subsets, the validation hold-out, the
+evaluation sample, `load_data` of a training config), `batches` (the in-memory training stream
+and evaluation pass), `transforms` (device-side augmentation and evaluation preprocessing);
+streaming: `records` (prepared ArrayRecord datasets), `prepare` (the converter,
+`python -m vit_jax.data.prepare`), `pipeline` (the grain pipeline: host-side decoding and
+augmentation, resumable training stream, evaluation pass).
 
 Shapes: N examples, B global batch, L = B / process_count local batch, H x W images with
 C channels (1 for grayscale, 3 for colour). The host side (`TrainIterator`, `eval_batches`)
@@ -12,11 +16,26 @@ yields uint8 images and int32 labels; `augment` and `preprocess_eval` turn them 
 in [-1, 1] on the device, inside the jitted step.
 """
 from vit_jax.data.batches import TrainIterator, eval_batches
+from vit_jax.data.loader import (KINDS, eval_split_name, is_streamed, open_split,
+                                 probe_splits, split_eval_batches, train_iterator)
+from vit_jax.data.pipeline import RecordSplit, StreamIterator
 from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, load_split
 from vit_jax.data.split import SPLITS, Split
 from vit_jax.data.subsets import evenly_spaced, hold_out, load_data, nested_subset
-from vit_jax.data.transforms import augment, augment_from_config, preprocess_eval
 
-__all__ = ['CORRUPT_IMAGES', 'SOURCES', 'SPLITS', 'Split', 'TrainIterator', 'augment',
-           'augment_from_config', 'eval_batches', 'evenly_spaced', 'hold_out', 'load_data',
-           'load_split', 'nested_subset', 'preprocess_eval']
+__all__ = ['CORRUPT_IMAGES', 'KINDS', 'RecordSplit', 'SOURCES', 'SPLITS', 'Split',
+           'StreamIterator', 'TrainIterator', 'augment', 'augment_from_config', 'eval_batches',
+           'eval_split_name', 'evenly_spaced', 'hold_out', 'is_streamed', 'load_data',
+           'load_split', 'nested_subset', 'normalize', 'open_split', 'preprocess_eval',
+           'probe_splits', 'split_eval_batches', 'train_iterator']
+
+_DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval')
+
+
+def __getattr__(name: str):
+  """The device-side transforms import JAX: loaded on first use, so the converter's and the
+  input pipeline's worker processes, which import this package, start without JAX."""
+  if name in _DEVICE_SIDE:
+    from vit_jax.data import transforms  # pylint: disable=g-import-not-at-top
+    return getattr(transforms, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

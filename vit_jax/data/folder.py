@@ -191,7 +191,8 @@ def _decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
       raise ValueError(
           f'{os.path.join(path, name)} is {describe(image.shape)} but '
           f'{os.path.join(path, paths[0])} is {describe(images[0].shape)}: all images of a '
-          'split must have the same size and mode.')
+          'split must have the same size and mode (data.kind=\'stream\' reads images of any '
+          'size).')
     images.append(image)
   if not images:
     raise ValueError(f'None of the {len(paths)} images of {path} can be decoded.')

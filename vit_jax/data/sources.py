@@ -4,19 +4,23 @@
   80/20 train/test split.
 - 'folder:<path>': an image-folder tree `<root>/{train,test}/<class>/<image>`, as a directory
   or a `.tar.gz` read in one streaming pass (see `vit_jax.data.folder`).
-- 'tfds:<name>': TensorFlow Datasets, only where it is installed (imported lazily).
+- 'tfds:<name>': a prepared TensorFlow Datasets dataset of equal-size images (read with
+  `tfds.data_source`, no TensorFlow; see `vit_jax.data.tfds_source`), where tensorflow-datasets
+  is installed (imported lazily).
 """
 import numpy as np
 
-from vit_jax.data.folder import load_folder
+from vit_jax.data.folder import _decode_images, load_folder
+from vit_jax.data.tfds_source import TfdsSource
 from vit_jax.data.split import SPLITS, Split
 
-SOURCES = "'digits', 'folder:<directory or .tar.gz>' or 'tfds:<name>'"
+SOURCES = ("'digits', 'folder:<directory or .tar.gz>', 'tfds:<name>' or 'records:<prepared "
+           "directory>'")
 CORRUPT_IMAGES = ('error', 'skip')  # what `data.corrupt_images` may say to do with a broken file
 
 
 def load_split(source: str, split: str, *, cache_dir: str | None = None,
-               corrupt_images: str = 'error') -> Split:
+               corrupt_images: str = 'error', tfds_dir: str | None = None) -> Split:
   """Loads split 'train' or 'test' of `source` (see the module docstring) into memory.
 
   'folder:' sources are decoded once and cached in `cache_dir` (default: $VIT_JAX_CACHE or
@@ -35,7 +39,7 @@ def load_split(source: str, split: str, *, cache_dir: str | None = None,
   if kind == 'folder' and arg:
     return load_folder(arg, split, cache_dir, skip_corrupt=corrupt_images == 'skip')
   if kind == 'tfds' and arg:
-    return _load_tfds(arg, split)
+    return _load_tfds(arg, split, tfds_dir, cache_dir, skip_corrupt=corrupt_images == 'skip')
   raise ValueError(f'config.dataset={source!r} is not one of {SOURCES}.')
 
 
@@ -55,16 +59,13 @@ def _load_digits(split: str) -> Split:
   return Split(images[keep], labels[keep], tuple(str(c) for c in digits.target_names))
 
 
-def _load_tfds(name: str, split: str) -> Split:
-  """A TFDS dataset loaded whole as NumPy (needs TensorFlow and the prepared data)."""
-  try:
-    import tensorflow_datasets as tfds  # lazily: the training path must not import TensorFlow
-  except ImportError as e:
-    raise ImportError(f"config.dataset='tfds:{name}' needs TensorFlow Datasets: pip install "
-                      "tensorflow tensorflow-datasets, or use a 'folder:<directory or "
-                      ".tar.gz>' dataset instead.") from e
-  ds, info = tfds.load(name, split=split, batch_size=-1, as_supervised=True, with_info=True)
-  images, labels = tfds.as_numpy(ds)
-  names = getattr(info.features['label'], 'names', None) if 'label' in info.features else None
-  names = names or [str(c) for c in range(int(labels.max()) + 1)]
-  return Split(images.astype(np.uint8), labels.astype(np.int32), tuple(names))
+def _load_tfds(name: str, split: str, data_dir: str | None, cache_dir: str | None,
+               skip_corrupt: bool) -> Split:
+  """A prepared TFDS dataset decoded whole (through `tfds.data_source`: no TensorFlow); every
+  image must have the same size."""
+  source = TfdsSource(name, split, data_dir, cache_dir)
+  names = [str(i) for i in range(len(source))]
+  images, kept = _decode_images(f'tfds:{name}[{split}] record', names,
+                                lambda i: source[int(i)][0], skip_corrupt)
+  return Split(images, source.labels[kept], source.class_names,
+               tuple(f'tfds:{name}[{split}] record {i}' for i in np.flatnonzero(~kept)))

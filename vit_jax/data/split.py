@@ -18,6 +18,12 @@ class Split:
   class_names: tuple[str, ...]
   skipped: tuple[str, ...] = ()
 
+  host_augmented = False  # augmented on the device, inside the jitted step
+
+  @property
+  def channels(self) -> int:
+    return self.images.shape[-1]
+
   def take(self, indices: np.ndarray) -> 'Split':
     """The examples at `indices`, same classes."""
     return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])

@@ -2,8 +2,11 @@
 evenly spaced evaluation sample, and a training config's (train, validation, test) splits."""
 import numpy as np
 
-from vit_jax.data.sources import load_split
+from vit_jax.data import loader
+from vit_jax.data.pipeline import RecordSplit
 from vit_jax.data.split import Split
+
+AnySplit = Split | RecordSplit
 
 
 def nested_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
@@ -33,7 +36,7 @@ def evenly_spaced(size: int, count: int) -> np.ndarray:
   return np.linspace(0, size - 1, min(count, size)).astype(int)
 
 
-def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+def hold_out(train: AnySplit, fraction: float, seed: int) -> tuple[AnySplit, AnySplit | None]:
   """(the rest, validation): a class-balanced `fraction` of `train` held out with `seed`
   (at least one example per class); (train, None) when `fraction` is 0.
 
@@ -51,13 +54,13 @@ def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split | N
   return train.take(rest), train.take(val)
 
 
-def load_data(config) -> tuple[Split, Split | None, Split]:
+def load_data(config) -> tuple[AnySplit, AnySplit | None, AnySplit]:
   """(train, validation or None, test) of a training config: the nested `train_size` subset of
-  the training split of `dataset`, minus a class-balanced `eval.val_fraction` of it held out
-  for validation (with `data.subset_seed` + 1)."""
-  train, test = (load_split(config.dataset, split, cache_dir=config.data.cache_dir,
-                            corrupt_images=config.data.corrupt_images)
-                 for split in ('train', 'test'))
+  `data.train_split` of `dataset`, minus a class-balanced `eval.val_fraction` of it held out
+  for validation (with `data.subset_seed` + 1); the test split is `loader.eval_split_name`'s.
+  In memory (`Split`) or streamed (`RecordSplit`), as `loader.is_streamed` says."""
+  train, test = (loader.open_split(config, split)
+                 for split in (config.data.train_split, loader.eval_split_name(config)))
   train = train.take(nested_subset(train.labels, config.train_size, config.data.subset_seed))
   train, val = hold_out(train, config.eval.val_fraction, config.data.subset_seed + 1)
   return train, val, test

@@ -17,6 +17,11 @@ def _resize_box(images: jax.Array, corner: jax.Array, size: jax.Array,
                                        -corner * scale, method='linear')
 
 
+def normalize(images: jax.Array) -> jax.Array:
+  """uint8 (..., C) -> float32 in [-1, 1]."""
+  return images.astype(jnp.float32) / 127.5 - 1
+
+
 def _check_range(name: str, value: tuple[float, float], upper: float = np.inf) -> None:
   if not 0 < value[0] <= value[1] <= upper:
     raise ValueError(f'{name}={value} must satisfy 0 < min <= max <= {upper}.')
@@ -60,7 +65,7 @@ def augment(images: jax.Array, key: jax.Array, *, image_size: int, crop: bool,
     if flip:
       image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
     return image
-  x = images.astype(jnp.float32) / 127.5 - 1
+  x = normalize(images)
   return jax.vmap(one)(x, jax.random.split(key, images.shape[0]))
 
 
@@ -72,5 +77,5 @@ def preprocess_eval(images: jax.Array, *, image_size: int, crop_fraction: float 
     raise ValueError(f'eval.crop_fraction={crop_fraction} must be in (0, 1].')
   full = np.array(images.shape[1:3], np.float32)
   size = full * crop_fraction
-  x = images.astype(jnp.float32) / 127.5 - 1
+  x = normalize(images)
   return _resize_box(x, (full - size) / 2, size, image_size)

@@ -1,0 +1,160 @@
+"""Prepared record datasets: the converter (directories and archives, parallel, resumable,
+corrupt images) and `RecordSource` random access, on real image files and ArrayRecord shards."""
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from conftest import child_env
+from imagenet_tree import make_tree
+from vit_jax.data import prepare, records
+
+
+@pytest.fixture(scope='module')
+def tree(tmp_path_factory):
+  root = tmp_path_factory.mktemp('tree')
+  return root, make_tree(root, classes=3, per_class={'train': 5, 'val': 2})
+
+
+def _file_bytes(root, rel):
+  with open(os.path.join(root, rel), 'rb') as f:
+    return f.read()
+
+
+def test_prepare_keeps_every_file_byte_for_byte_with_its_label(tree, tmp_path):
+  root, written = tree
+  meta = prepare.prepare(str(root), str(tmp_path / 'out'), workers=2, shard_size=4,
+                         progress=False)
+  assert meta['class_names'] == [f'n{c:08d}' for c in range(3)]
+  for split, items in written.items():
+    source = records.RecordSource(str(tmp_path / 'out'), split)
+    assert len(source) == len(items) == meta['splits'][split]['num_examples']
+    assert len(source.paths) == -(-len(items) // 4)
+    for i, (rel, label) in enumerate(items):
+      assert source[i] == (_file_bytes(root, rel), label)
+  # Nothing but the finished files is left behind.
+  assert sorted(os.listdir(tmp_path / 'out')) == sorted(
+      ['.lock', 'metadata.json', 'train-labels.npy', 'val-labels.npy',
+       *meta['splits']['train']['shards'], *meta['splits']['val']['shards']])
+
+
+def test_a_tar_gz_with_a_top_folder_gives_the_same_records(tree, tmp_path):
+  root, written = tree
+  archive = tmp_path / 'tree.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(root, arcname='imagenet')
+  prepare.prepare(str(archive), str(tmp_path / 'out'), workers=1, progress=False)
+  assert not os.path.exists(tmp_path / 'out' / '.source.tar')
+  source = records.RecordSource(str(tmp_path / 'out'), 'train')
+  assert [source[i] for i in range(len(source))] == [
+      (_file_bytes(root, rel), label) for rel, label in written['train']]
+
+
+def test_corrupt_images_stop_the_run_or_are_left_out_and_listed(tree, tmp_path):
+  root, written = tree
+  src = tmp_path / 'src'
+  shutil.copytree(root, src)
+  bad = src / 'train' / 'n00000001' / 'broken.JPEG'
+  bad.write_bytes(b'not an image')
+  with pytest.raises(ValueError, match='broken.JPEG.*corrupt_images=skip'):
+    prepare.prepare(str(src), str(tmp_path / 'out'), workers=1, progress=False)
+  assert not os.path.exists(tmp_path / 'out' / 'metadata.json')
+  with pytest.raises(FileNotFoundError, match='metadata.json is missing'):
+    records.RecordSource(str(tmp_path / 'out'), 'train')
+  meta = prepare.prepare(str(src), str(tmp_path / 'out'), workers=1, corrupt_images='skip',
+                         progress=False)
+  assert meta['splits']['train']['skipped'] == ['train/n00000001/broken.JPEG']
+  source = records.RecordSource(str(tmp_path / 'out'), 'train')
+  np.testing.assert_array_equal(source.labels, [label for _, label in written['train']])
+
+
+def test_a_rerun_after_a_failure_keeps_the_finished_shards(tree, tmp_path):
+  root, _ = tree
+  src, out = tmp_path / 'src', tmp_path / 'out'
+  shutil.copytree(root, src)
+  good = (src / 'train' / 'n00000002' / 'train_2_004.JPEG').read_bytes()
+  (src / 'train' / 'n00000002' / 'train_2_004.JPEG').write_bytes(good[:100])  # truncated
+  with pytest.raises(ValueError, match='train_2_004.JPEG'):
+    prepare.prepare(str(src), str(out), workers=1, shard_size=4, progress=False)
+  done = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)
+          if n.endswith('.array_record')}
+  assert 'train-00000-of-00004.array_record' in done and 'metadata.json' not in os.listdir(out)
+  (src / 'train' / 'n00000002' / 'train_2_004.JPEG').write_bytes(good)
+  prepare.prepare(str(src), str(out), workers=1, shard_size=4, progress=False)
+  for name, stamp in done.items():  # not written again
+    assert os.stat(out / name).st_mtime_ns == stamp
+  fresh = tmp_path / 'fresh'
+  prepare.prepare(str(src), str(fresh), workers=2, shard_size=4, progress=False)
+  for split in ('train', 'val'):
+    a, b = records.RecordSource(str(out), split), records.RecordSource(str(fresh), split)
+    assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
+
+
+def test_the_command_line_reports_errors_in_one_line(tree, tmp_path):
+  root, _ = tree
+  src = tmp_path / 'src'
+  shutil.copytree(root, src)
+  shutil.rmtree(src / 'val' / 'n00000001')
+  run = lambda *args: subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args],
+                                     capture_output=True, text=True, env=child_env(1))
+  result = run(f'--src={src}', f'--out={tmp_path / "out"}')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'Error: The class folders of') and 'n00000001' in result.stderr
+  result = run(f'--src={root}', f'--out={tmp_path / "out2"}', '--workers=1')
+  assert result.returncode == 0, result.stderr
+  assert 'train 15 images, val 6 images, 3 classes' in result.stdout
+
+
+def test_record_source_errors_name_the_split_and_the_file(tree, tmp_path):
+  root, _ = tree
+  out = tmp_path / 'out'
+  prepare.prepare(str(root), str(out), workers=1, shard_size=4, progress=False)
+  with pytest.raises(ValueError, match=r"no 'test' split; it has \['train', 'val'\]"):
+    records.RecordSource(str(out), 'test')
+  os.remove(out / 'train-00002-of-00004.array_record')
+  with pytest.raises(FileNotFoundError, match='train-00002-of-00004.array_record'):
+    records.RecordSource(str(out), 'train')
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    records.RecordSource(str(tmp_path / 'nowhere'), 'train')
+
+
+KILL_AFTER_TWO_SHARDS = '''
+import os, signal, sys
+from absl import app
+from vit_jax.data import prepare
+write, done = prepare._write_shard, []
+def killing(job):
+  out = write(job)
+  done.append(1)
+  if len(done) == 2:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return out
+prepare._write_shard = killing
+app.run(prepare.main, argv=['prepare', *sys.argv[1:]])
+'''
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_like_a_fresh_one(tree, tmp_path):
+  root, _ = tree
+  out, args = tmp_path / 'out', [f'--src={root}', '--workers=1', '--shard_size=4']
+  killed = subprocess.run([sys.executable, '-c', KILL_AFTER_TWO_SHARDS, *args, f'--out={out}'],
+                          capture_output=True, text=True, env=child_env(1))
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  shards = sorted(n for n in os.listdir(out) if n.endswith('.array_record'))
+  assert len(shards) == 2 and not (out / 'metadata.json').exists()
+  stamps = {n: os.stat(out / n).st_mtime_ns for n in shards}
+  resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
+                           capture_output=True, text=True, env=child_env(1))
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert '4 of 6 shards to write' in resumed.stderr
+  assert {n: os.stat(out / n).st_mtime_ns for n in shards} == stamps
+  prepare.prepare(str(root), str(tmp_path / 'fresh'), workers=1, shard_size=4, progress=False)
+  for split in ('train', 'val'):
+    a = records.RecordSource(str(out), split)
+    b = records.RecordSource(str(tmp_path / 'fresh'), split)
+    assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]

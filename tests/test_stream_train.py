@@ -1,0 +1,191 @@
+"""Training on a prepared record dataset through the streaming pipeline: a real run with its
+evaluation, data-scaling subsets and hold-out over records, and exact resume after SIGKILL."""
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from imagenet_tree import make_tree
+from test_train import KILLER, ROOT, SMOKE, losses, smoke_config
+from vit_jax import checkpoint, data, files, pretrained, train
+from vit_jax.data import prepare, records
+
+STREAM = {'dataset': None, 'image_size': 16, 'batch_size': 8, 'eval.batch_size': 8,
+          'model.patch_size': 4, 'augment.crop_scale': (0.25, 1.), 'augment.flip': True}
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp('imagenet')
+  make_tree(root / 'src', classes=3, per_class={'train': 6, 'val': 3})
+  prepare.prepare(str(root / 'src'), str(root / 'out'), workers=1, shard_size=5,
+                  progress=False)
+  return str(root / 'out')
+
+
+def stream_config(prepared, **changes):
+  return smoke_config(**{**STREAM, 'dataset': f'records:{prepared}', **changes})
+
+
+@pytest.mark.slow
+def test_a_run_on_prepared_records_trains_and_evaluates_the_val_split(prepared, tmp_path):
+  result = train.train_and_evaluate(stream_config(prepared), str(tmp_path))
+  assert result['step'] == 6 and result['train_size'] == 18 and result['dataset'].startswith(
+      'records:')
+  # 9 validation images, each counted once: accuracy is a multiple of 1/9.
+  assert abs(result['test_accuracy'] * 9 - round(result['test_accuracy'] * 9)) < 1e-9
+  assert 0 <= result['fewshot_1shot'] <= 1
+  assert np.isfinite(result['test_loss'])
+
+
+def test_subsets_and_the_hold_out_are_index_lists_over_the_records(prepared):
+  config = stream_config(prepared, train_size=12, **{'eval.val_fraction': 0.25})
+  train_split, val_split, test_split = data.load_data(config)
+  source = records.RecordSource(prepared, 'train')
+  subset = data.nested_subset(source.labels, 12, 0)
+  assert isinstance(train_split, data.RecordSplit)
+  assert len(train_split) + len(val_split) == 12 and len(val_split) == 3
+  chosen = np.sort(np.concatenate([train_split.indices, val_split.indices]))
+  np.testing.assert_array_equal(chosen, subset)
+  assert not set(train_split.indices) & set(val_split.indices)
+  np.testing.assert_array_equal(np.bincount(val_split.labels), [1, 1, 1])
+  assert test_split.source.split == 'val' and len(test_split) == 9
+
+
+def test_stream_config_errors_name_the_field(prepared, tmp_path):
+  with pytest.raises(ValueError, match="data.kind='memory' cannot hold"):
+    train.train_and_evaluate(stream_config(prepared, **{'data.kind': 'memory'}), str(tmp_path))
+  with pytest.raises(ValueError, match="no 'test' split; it has"):
+    train.train_and_evaluate(stream_config(prepared, **{'data.eval_split': 'test'}),
+                             str(tmp_path))
+  with pytest.raises(ValueError, match='train_size=100 must be between 1 and the 18'):
+    train.train_and_evaluate(stream_config(prepared, train_size=100), str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_on_the_stream_matches_an_uninterrupted_run(prepared, tmp_path):
+  """Killed at four moments in turn (each rerun resumes), finished with two grain worker
+  processes instead of none: parameters, losses and results equal an uninterrupted run's."""
+  flags = ['--config.total_steps=12', '--config.checkpoint_every=4', '--config.eval_every=6',
+           '--config.log_every=2', f'--config.dataset=records:{prepared}',
+           '--config.image_size=16', '--config.batch_size=8', '--config.eval.batch_size=8',
+           '--config.model.patch_size=4', '--config.augment.flip=True',
+           '--config.augment.crop_scale=(0.25, 1.0)']
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+  main = lambda workdir, *extra: subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
+       f'--workdir={workdir}', *SMOKE, *flags, *extra], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=600)
+  straight = main(tmp_path / 'straight')
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  killed = tmp_path / 'killed'
+  for moment, at, resumes_from in [('step', 3, None), ('evaluation', 2, None),
+                                   ('checkpoint-json', 8, 4), ('step', 10, 4)]:
+    proc = subprocess.run([sys.executable, '-c', KILLER, moment, str(at),
+                           '--config=configs/quickstart.py', f'--workdir={killed}', *SMOKE,
+                           *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, (moment, at, proc.stderr[-3000:])
+    if resumes_from:
+      assert f'Resumed from step {resumes_from} ' in proc.stderr, (moment, proc.stderr[-3000:])
+  final = main(killed, '--config.data.workers=2')
+  assert final.returncode == 0 and 'Resumed from step 8 ' in final.stderr, final.stderr[-3000:]
+  a = pretrained.flatten(checkpoint.read_params(str(killed)))
+  b = pretrained.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert sorted(losses(killed).items()) == sorted(losses(tmp_path / 'straight').items())
+  got, want = (files.read_json(f'{d}/result.json') for d in (killed, tmp_path / 'straight'))
+  for key in ('test_accuracy', 'test_loss', 'fewshot_1shot', 'fewshot_2shot'):
+    assert got[key] == want[key], key
+
+
+def test_split_slices_are_disjoint_class_mixed_and_cover_the_split(prepared):
+  config = stream_config(prepared)
+  head = data.open_split(config, 'train[:50%]')
+  tail = data.open_split(config, 'train[50%:]')
+  assert len(head) == len(tail) == 9
+  np.testing.assert_array_equal(np.sort(np.concatenate([head.indices, tail.indices])),
+                                np.arange(18))
+  assert len(set(head.labels)) == 3  # not the first classes of the class-ordered records
+  np.testing.assert_array_equal(data.open_split(config, 'train[3:5]').indices,
+                                np.sort(np.random.default_rng(0).permutation(18)[3:5]))
+  for bad in ('train[:5', 'train[1%:5]', 'train[-2:]'):
+    with pytest.raises(ValueError, match='must be <name> or <name>'):
+      data.open_split(config, bad)
+  with pytest.raises(ValueError, match='selects none of the 18'):
+    data.open_split(config, 'train[18:]')
+
+
+@pytest.mark.slow
+def test_imagenet_presets_run_a_few_steps_on_a_prepared_tree(prepared, tmp_path, monkeypatch):
+  monkeypatch.setenv('VIT_JAX_I1K', prepared)
+  monkeypatch.setenv('VIT_JAX_I21K', prepared)
+  from configs import finetune, pretrain
+  pretrain, finetune = importlib.reload(pretrain), importlib.reload(finetune)
+
+  def shrink(config, **changes):
+    small = {'image_size': 32, 'batch_size': 8, 'total_steps': 2, 'log_every': 2,
+             'eval_every': 2, 'checkpoint_every': 2, 'schedule.warmup_steps': 1,
+             'model.num_layers': 1, 'eval.batch_size': 8, 'eval.fewshot_shots': (1,),
+             'eval.fewshot_seeds': 1, 'data.workers': 0, **changes}
+    for key, value in small.items():
+      *parents, leaf = key.split('.')
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    return config
+
+  i1k = pretrain.get_config('Ti_16,i1k')
+  assert i1k.dataset == f'records:{prepared}' and i1k.eval.crop_fraction == 0.875
+  result = train.train_and_evaluate(shrink(i1k), str(tmp_path / 'i1k'))
+  assert result['step'] == 2 and result['train_size'] == 18
+  i21k = shrink(pretrain.get_config('Ti_16,i21k'), **{'data.train_split': 'train[6:]',
+                                                      'data.eval_split': 'train[:6]'})
+  result = train.train_and_evaluate(i21k, str(tmp_path / 'i21k'))
+  assert result['train_size'] == 12 and result['step'] == 2
+  tuned = shrink(finetune.get_config('Ti_16,i1k'), image_size=48,
+                 **{'checkpoint.init_from': str(tmp_path / 'i1k')})
+  result = train.train_and_evaluate(tuned, str(tmp_path / 'finetune'))
+  assert result['step'] == 2 and 0 <= result['test_accuracy'] <= 1
+
+
+def test_a_small_folder_tree_of_any_sizes_streams_in_place(tmp_path):
+  written = make_tree(tmp_path / 'tree', classes=2, per_class={'train': 3, 'test': 2})
+  archive = tmp_path / 'tree.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tmp_path / 'tree', arcname='tree')
+  for path in (tmp_path / 'tree', archive):
+    config = smoke_config(dataset=f'folder:{path}', **{'data.kind': 'stream'})
+    assert data.eval_split_name(config) == 'test'
+    for split in ('train', 'test'):
+      opened = data.open_split(config, split)
+      assert isinstance(opened, data.RecordSplit)
+      assert [opened.source[i] for i in range(len(opened))] == [
+          ((tmp_path / 'tree' / rel).read_bytes(), label) for rel, label in written[split]]
+  with pytest.raises(ValueError, match="data.kind='stream' reads images of any size"):
+    data.open_split(smoke_config(dataset=f'folder:{tmp_path / "tree"}',
+                                 **{'data.cache_dir': str(tmp_path / 'cache')}), 'train')
+
+
+@pytest.mark.slow
+def test_the_few_shot_probe_may_use_another_dataset(prepared, tmp_path):
+  make_tree(tmp_path / 'src', classes=4, per_class={'train': 3, 'val': 2}, seed=5)
+  prepare.prepare(str(tmp_path / 'src'), str(tmp_path / 'probe'), workers=1, progress=False)
+  config = stream_config(prepared, train_size=3, **{'eval.fewshot_shots': (2,)})
+  with pytest.raises(ValueError, match='class 0 has only 1 training examples'):
+    train.train_and_evaluate(config, str(tmp_path / 'own'))
+  config.eval.fewshot_dataset = f'records:{tmp_path / "probe"}'
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  # Scored on the probe's 8 validation images (4 classes x 2), not the run's 9.
+  assert abs(result['fewshot_2shot'] * 8 - round(result['fewshot_2shot'] * 8)) < 1e-9
+  assert abs(result['test_accuracy'] * 9 - round(result['test_accuracy'] * 9)) < 1e-9

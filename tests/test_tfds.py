@@ -1,0 +1,139 @@
+"""TFDS through `tfds.data_source`: a tiny dataset prepared here (ArrayRecord, real JPEG and PNG
+bytes of varying sizes; preparing from encoded bytes needs no TensorFlow), read as a record
+source with TFDS split expressions, streamed into training, decoded whole in memory."""
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip('tensorflow_datasets')
+
+from vit_jax import data  # pylint: disable=g-import-not-at-top
+from vit_jax.data import pipeline, tfds_source
+
+BUILDER = '''
+import io
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+SIZES = {'train': [(40, 60), (50, 30), (35, 35), (64, 48), (30, 50), (45, 45)] * 2,
+         'validation': [(36, 36), (48, 40), (40, 52), (33, 41)]}
+FIXED = bool(int('%(fixed)s'))
+
+
+def examples(split):
+  """[(encoded bytes, label)] of the split, in generation order."""
+  out = []
+  for i, (h, w) in enumerate(SIZES[split]):
+    h, w = (24, 24) if FIXED else (h, w)
+    rng = np.random.default_rng([len(split), i])
+    image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    if i %% 3 == 1 and not FIXED:
+      image = image.convert('L')
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG' if i %% 3 == 2 else 'JPEG')
+    out.append((buffer.getvalue(), i %% 3))
+  return out
+
+
+class Tiny%(fixed)s(tfds.core.GeneratorBasedBuilder):
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(), 'label': tfds.features.ClassLabel(
+            names=['cat', 'dog', 'fox'])}))
+
+  def _split_generators(self, dl_manager):
+    return {s: self._generate_examples(s) for s in SIZES}
+
+  def _generate_examples(self, split):
+    for i, (image, label) in enumerate(examples(split)):
+      yield i, {'image': image, 'label': label}
+'''
+
+
+def _build(root, fixed: int):
+  """Writes and prepares the builder `tiny<fixed>` under root; returns its module."""
+  package = root / f'tinypkg{fixed}'
+  package.mkdir()
+  (package / '__init__.py').write_text('')
+  (package / 'builder.py').write_text(textwrap.dedent(BUILDER % {'fixed': fixed}))
+  sys.path.insert(0, str(root))
+  try:
+    module = __import__(f'tinypkg{fixed}.builder', fromlist=['builder'])
+  finally:
+    sys.path.remove(str(root))
+  getattr(module, f'Tiny{fixed}')(data_dir=str(root / 'tfds'),
+                                  file_format='array_record').download_and_prepare()
+  return module
+
+
+TFDS_DIR = []
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp('tfds')
+  TFDS_DIR[:] = [str(root / 'tfds')]
+  return root, _build(root, 0), _build(root, 1)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+  monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
+
+
+def _config(dataset, **data_fields):
+  from configs import quickstart
+  config = quickstart.get_config()
+  config.dataset = dataset
+  config.data.tfds_dir = TFDS_DIR[0]
+  for key, value in data_fields.items():
+    config.data[key] = value
+  return config
+
+
+def test_records_are_the_prepared_bytes_and_labels_with_split_expressions(tiny):
+  _, module, _ = tiny
+  source = tfds_source.TfdsSource('tiny0', 'train', TFDS_DIR[0])
+  assert len(source) == 12 and source.class_names == ('cat', 'dog', 'fox')
+  assert sorted(source[i] for i in range(12)) == sorted(module.examples('train'))
+  np.testing.assert_array_equal(source.labels, [source[i][1] for i in range(12)])
+  head = data.open_split(_config('tfds:tiny0'), 'train[:50%]')
+  tail = data.open_split(_config('tfds:tiny0'), 'train[50%:]')
+  assert isinstance(head, data.RecordSplit) and len(head) == len(tail) == 6
+  got = [head.source[i] for i in range(6)] + [tail.source[i] for i in range(6)]
+  assert got == [source[i] for i in range(12)]
+  assert data.eval_split_name(_config('tfds:tiny0')) == 'validation'
+
+
+def test_unknown_splits_and_datasets_are_named(tiny):
+  with pytest.raises(ValueError, match=r"split 'test'.*\['train', 'validation'\]"):
+    data.open_split(_config('tfds:tiny0'), 'test')
+  with pytest.raises(FileNotFoundError, match="'tfds:nosuch'"):
+    data.open_split(_config('tfds:nosuch'), 'train')
+
+
+def test_streamed_batches_decode_the_records(tiny):
+  split = data.open_split(_config('tfds:tiny0'), 'validation')
+  batches = list(pipeline.stream_eval_batches(split, 4, image_size=16, crop_fraction=1.))
+  assert len(batches) == 1 and batches[0][0].shape == (4, 16, 16, 3) and batches[0][2].all()
+  for row in range(4):
+    np.testing.assert_array_equal(batches[0][0][row],
+                                  pipeline.eval_transform(split.source[row][0], 16, 1.))
+
+
+def test_equal_size_images_load_whole_in_memory(tiny):
+  _, _, module = tiny
+  split = data.open_split(_config('tfds:tiny1', kind='memory'), 'train')
+  assert isinstance(split, data.Split) and split.images.shape == (12, 24, 24, 3)
+  source = tfds_source.TfdsSource('tiny1', 'train', TFDS_DIR[0])
+  from PIL import Image
+  import io
+  for i in range(12):  # JPEG and PNG records
+    want = np.asarray(Image.open(io.BytesIO(source[i][0])).convert('RGB'))
+    np.testing.assert_array_equal(split.images[i], want)
+  np.testing.assert_array_equal(split.labels, source.labels)

@@ -1,0 +1,39 @@
+"""An image-folder tree or `.tar.gz` read in place as a record source (small trees of images of
+any size: `data.kind='stream'` with a 'folder:' dataset). Large trees are better prepared once
+with `python -m vit_jax.data.prepare`, which a run then opens without walking the images."""
+import os
+
+import numpy as np
+
+from vit_jax.data import folder
+
+
+class FolderSource:
+  """`source[i]` -> (the file's bytes, label) of split `split` of the layout
+  `<root>/{train,test}/<class>/<image>`, images ordered by class then name. A directory is
+  listed once here and read file by file; an archive is read once and kept in memory."""
+
+  def __init__(self, path: str, split: str):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
+    self.directory, self.split = path, split
+    if os.path.isdir(path):
+      dirs, names, _ = folder._list_folder(path)  # pylint: disable=protected-access
+      self._blobs = None
+    else:
+      dirs, names, read = folder._list_archive(path, split)  # pylint: disable=protected-access
+      self._blobs = read.__self__  # {name: bytes} of this split's files
+    self.paths, labels, self.class_names = folder._image_paths(  # pylint: disable=protected-access
+        path, split, dirs, names)
+    self.labels = np.asarray(labels, np.int32)
+    self.skipped = ()
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> tuple[bytes, int]:
+    name = self.paths[int(index)]
+    if self._blobs is not None:
+      return self._blobs[name], int(self.labels[index])
+    with open(os.path.join(self.directory, name), 'rb') as f:
+      return f.read(), int(self.labels[index])

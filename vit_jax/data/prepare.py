@@ -1,0 +1,265 @@
+"""Converts an image-folder tree or archive into ArrayRecord shards (see `records`), once.
+
+  python -m vit_jax.data.prepare --src=<directory, .tar or .tar.gz> --out=<directory> \
+      [--workers=8] [--shard_size=1024] [--corrupt_images=error|skip]
+
+Layout of the source: `[<root>/]<split>/<class>/<image>` (e.g. ImageNet's `train/<wnid>/*.JPEG`
+and `val/<wnid>/*.JPEG`); every split must have the same class folders. Images keep their
+encoded bytes (any size, JPEG, PNG, ...); each is decoded once here to refuse (or with
+--corrupt_images=skip, leave out and list) files that are not images.
+
+Shards are written in parallel worker processes, each to a temporary file renamed when
+complete, and `metadata.json` last: a killed run leaves no file that looks finished, and
+rerunning the same command keeps the shards already done. A `.tar.gz` is first decompressed to
+`<out>/.source.tar` (random access for the workers), removed at the end.
+"""
+import gzip
+import hashlib
+import io
+import multiprocessing
+import os
+import posixpath
+import shutil
+import sys
+import tarfile
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+from PIL import Image
+
+from vit_jax import files
+from vit_jax.data import records
+
+# Where an item's bytes are: ('dir', root) + relative path, or ('tar', archive) + (offset, size).
+Reader = tuple[str, str]
+Item = tuple[str, int, tuple]  # (name, label, location)
+
+
+def _read(reader: Reader, location: tuple) -> bytes:
+  kind, path = reader
+  if kind == 'dir':
+    with open(os.path.join(path, location[0]), 'rb') as f:
+      return f.read()
+  with open(path, 'rb') as f:
+    f.seek(location[0])
+    return f.read(location[1])
+
+
+def _list_source(src: str, out: str) -> tuple[Reader, dict[str, tuple]]:
+  """(reader, {relative file name: location}) of a directory or (decompressed) tar archive."""
+  if os.path.isdir(src):
+    found = {}
+    for folder, _, names in os.walk(src):
+      rel = os.path.relpath(folder, src).replace(os.sep, '/')
+      for n in names:
+        name = n if rel == '.' else f'{rel}/{n}'
+        found[name] = (name,)
+    return ('dir', src), found
+  if not os.path.isfile(src):
+    raise FileNotFoundError(f'--src={src} does not exist.')
+  tar_path = src
+  try:
+    with open(src, 'rb') as f:
+      gzipped = f.read(2) == b'\x1f\x8b'
+    if gzipped:  # random access needs the plain tar: decompress once (atomically)
+      tar_path = os.path.join(out, '.source.tar')
+      if not os.path.isfile(tar_path):
+        logging.info('Decompressing %s to %s ...', src, tar_path)
+        with gzip.open(src, 'rb') as g, files.atomic_open(tar_path, 'wb') as f:
+          shutil.copyfileobj(g, f, 1 << 24)
+    found = {}
+    with tarfile.open(tar_path, 'r:') as tar:
+      for member in tar:
+        if member.isfile():
+          name = posixpath.normpath(member.name).lstrip('/')
+          found[name] = (member.offset_data, member.size)
+  except (tarfile.TarError, OSError, EOFError) as e:
+    raise ValueError(f'--src={src} is neither a directory nor a readable .tar / .tar.gz '
+                     f'archive: {e}') from e
+  return ('tar', tar_path), found
+
+
+def plan_splits(src: str, names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, list]]:
+  """(class names, {split: [(file name, label), ...] sorted by class then name}) from the
+  files' paths `[<root>/]<split>/<class>/<image>` (hidden files are ignored)."""
+  names = [n for n in names if not posixpath.basename(n).startswith('.')]
+  depths = {n.count('/') for n in names}
+  roots = {n.split('/')[0] for n in names}
+  if depths == {2}:
+    skip = 0
+  elif depths == {3} and len(roots) == 1:
+    skip = 1
+  else:
+    raise ValueError(f'{src} must hold images as [<root>/]<split>/<class>/<image>; found '
+                     f'files at {len(depths)} different depths, e.g. {sorted(names)[:3]}.')
+  by_split = {}
+  for name in names:
+    split, cls, _ = name.split('/')[skip:]
+    by_split.setdefault(split, {}).setdefault(cls, []).append(name)
+  classes = {split: sorted(c) for split, c in by_split.items()}
+  reference = max(classes, key=lambda s: len(classes[s]))
+  for split, names_ in classes.items():
+    if names_ != classes[reference]:
+      raise ValueError(
+          f'The class folders of {src} differ between splits: {split} has {len(names_)} '
+          f'classes, {reference} {len(classes[reference])}; only in {reference}: '
+          f'{sorted(set(classes[reference]) - set(names_))[:5]}, only in {split}: '
+          f'{sorted(set(names_) - set(classes[reference]))[:5]}.')
+  class_names = tuple(classes[reference])
+  plan = {split: [(name, label) for label, cls in enumerate(class_names)
+                  for name in sorted(folders[cls])]
+          for split, folders in sorted(by_split.items())}
+  return class_names, plan
+
+
+def _check_image(data: bytes) -> None:
+  """Raises what Pillow raises when `data` is not a decodable image."""
+  with Image.open(io.BytesIO(data)) as image:
+    image.load()
+
+
+def _write_shard(job: tuple) -> tuple[int, int]:
+  """Writes one shard (in a worker): validates every image, writes the records to a
+  temporary file renamed when complete, then a sidecar JSON with the kept labels and the
+  skipped files. Returns (examples handled, shard index)."""
+  out, split, index, count, items, reader, skip_corrupt, digest = job
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  final = os.path.join(out, records.shard_name(split, index, count))
+  tmp = final + '.tmp'
+  labels, skipped = [], []
+  writer = array_record_module.ArrayRecordWriter(tmp, 'group_size:1')
+  try:
+    for name, label, location in items:
+      data = _read(reader, location)
+      try:
+        _check_image(data)
+      except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for broken files
+        if not skip_corrupt:
+          raise ValueError(f'Cannot decode the image {name} of {reader[1]}: {e}; pass '
+                           '--corrupt_images=skip to leave such files out.') from None
+        skipped.append(name)
+        continue
+      writer.write(data)
+      labels.append(label)
+  finally:
+    writer.close()
+  os.replace(tmp, final)
+  files.write_json(final + '.json', {'digest': digest, 'labels': labels, 'skipped': skipped})
+  return len(items), index
+
+
+def _digest(items: list) -> str:
+  return hashlib.sha256(repr([(n, l) for n, l, _ in items]).encode()).hexdigest()
+
+
+def _done(path: str, digest: str) -> dict | None:
+  """The sidecar of a finished shard for the same items, else None."""
+  try:
+    side = files.read_json(path + '.json')
+  except (OSError, ValueError):
+    return None
+  return side if side.get('digest') == digest and os.path.isfile(path) else None
+
+
+def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
+            corrupt_images: str = 'error', progress: bool = True) -> dict:
+  """Writes the prepared dataset of `src` into `out` (see the module docstring); returns its
+  metadata. A finished `out` is left as it is; an interrupted one is completed. workers=0:
+  one per CPU."""
+  if corrupt_images not in ('error', 'skip'):
+    raise ValueError(f"--corrupt_images={corrupt_images!r} must be 'error' or 'skip'.")
+  if shard_size < 1:
+    raise ValueError(f'--shard_size={shard_size} must be positive.')
+  if os.path.isfile(os.path.join(out, records.METADATA)):
+    logging.info('%s is already prepared; nothing to do.', out)
+    return records.read_metadata(out)
+  with files.exclusive_lock(out, 'prepare run'):
+    reader, found = _list_source(src, out)
+    class_names, plan = plan_splits(src, list(found))
+    jobs, sizes = [], {}
+    for split, examples in plan.items():
+      count = -(-len(examples) // shard_size)
+      sizes[split] = count
+      for index in range(count):
+        items = [(n, l, found[n]) for n, l in examples[index * shard_size:][:shard_size]]
+        jobs.append((out, split, index, count, items, reader, corrupt_images == 'skip',
+                     _digest(items)))
+    todo = [j for j in jobs
+            if not _done(os.path.join(out, records.shard_name(*j[1:4])), j[7])]
+    total = sum(len(j[4]) for j in todo)
+    logging.info('%s: %d images in %s; %d of %d shards to write.', src,
+                 sum(map(len, plan.values())), {s: len(e) for s, e in plan.items()}, len(todo),
+                 len(jobs))
+    _run_jobs(todo, total, workers or os.cpu_count() or 1, progress)
+    meta = {'format': records.FORMAT, 'class_names': list(class_names), 'splits': {}}
+    for split in plan:
+      shards = [records.shard_name(split, i, sizes[split]) for i in range(sizes[split])]
+      sides = [files.read_json(os.path.join(out, s) + '.json') for s in shards]
+      labels = np.array([l for side in sides for l in side['labels']], np.int32)
+      with files.atomic_open(records.labels_file(out, split), 'wb') as f:
+        np.save(f, labels, allow_pickle=False)
+      skipped = [s for side in sides for s in side['skipped']]
+      if skipped:
+        logging.warning('Left out %d image(s) of the %s split that cannot be decoded: %s%s',
+                        len(skipped), split, ', '.join(skipped[:5]),
+                        ' ...' if len(skipped) > 5 else '')
+      meta['splits'][split] = {'num_examples': len(labels), 'shards': shards, 'skipped': skipped}
+    files.write_json(os.path.join(out, records.METADATA), meta)
+    for split in plan:
+      for i in range(sizes[split]):
+        os.remove(os.path.join(out, records.shard_name(split, i, sizes[split])) + '.json')
+    if reader[1] == os.path.join(out, '.source.tar'):
+      os.remove(reader[1])
+  return meta
+
+
+def _run_jobs(jobs: list, total: int, workers: int, progress: bool) -> None:
+  """Runs `_write_shard` over `jobs` in `workers` processes, with a progress bar."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm.tqdm(total=total, unit='img', disable=not progress, file=sys.stderr)
+  if workers == 1 or len(jobs) <= 1:
+    results = map(_write_shard, jobs)
+    pool = None
+  else:
+    pool = multiprocessing.get_context('spawn').Pool(min(workers, len(jobs)))
+    results = pool.imap_unordered(_write_shard, jobs)
+  try:
+    for done, _ in results:
+      bar.update(done)
+  finally:
+    bar.close()
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('src', None, 'Image-folder directory, .tar or .tar.gz archive.')
+flags.DEFINE_string('out', None, 'Directory to write the prepared dataset into.')
+flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per CPU).')
+flags.DEFINE_integer('shard_size', 1024, 'Images per ArrayRecord shard.')
+flags.DEFINE_enum('corrupt_images', 'error', ['error', 'skip'],
+                  'A file that is not a decodable image: stop with an error, or leave it out.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.src or not FLAGS.out:
+    raise app.UsageError('--src and --out are required.')
+  logging.set_verbosity(logging.INFO)
+  try:
+    meta = prepare(FLAGS.src, FLAGS.out, workers=FLAGS.workers, shard_size=FLAGS.shard_size,
+                   corrupt_images=FLAGS.corrupt_images)
+  except (ValueError, OSError, files.LockedError) as e:
+    sys.exit(f'Error: {e}')
+  print(f'{FLAGS.out}: ' + ', '.join(f'{s} {v["num_examples"]} images'
+                                     for s, v in meta['splits'].items())
+        + f', {len(meta["class_names"])} classes.')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,107 @@
+"""Prepared record datasets: ArrayRecord shards of encoded images plus a metadata file.
+
+Layout of a prepared directory (written by `python -m vit_jax.data.prepare`):
+
+  metadata.json               {'format': FORMAT, 'class_names': [...], 'splits': {split:
+                              {'num_examples': n, 'shards': [file, ...], 'skipped': [...]}}}
+  <split>-labels.npy          (n,) int32 label of every record, in record order
+  <split>-SSSSS-of-TTTTT.array_record   the encoded image bytes (JPEG, PNG, ...), one record
+                              per image, in class order
+
+`metadata.json` is written last, so a directory without it is not a finished dataset. The
+labels file gives the per-class record indices that subsets need without reading any image.
+"""
+import json
+import os
+
+import numpy as np
+
+FORMAT = 'vit_jax.records/1'
+METADATA = 'metadata.json'
+
+
+def labels_file(directory: str, split: str) -> str:
+  return os.path.join(directory, f'{split}-labels.npy')
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+  return f'{split}-{index:05d}-of-{count:05d}.array_record'
+
+
+def read_metadata(directory: str) -> dict:
+  """The metadata of a prepared directory; errors name the directory and what is wrong."""
+  path = os.path.join(directory, METADATA)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"config.dataset='records:{directory}': {directory} does not "
+                            'exist.')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{directory} is not a prepared dataset ({METADATA} is missing; an interrupted '
+        'prepare run leaves it out): run python -m vit_jax.data.prepare --src=<images> '
+        f'--out={directory} (again: it resumes).')
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is not readable JSON: {e}') from e
+  if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+    raise ValueError(f'{path} is not a {FORMAT} metadata file.')
+  return meta
+
+
+class RecordSource:
+  """Random access to one split of a prepared directory: `source[i]` -> (encoded image
+  bytes, label). Opening reads the metadata and the labels only; shards are opened lazily in
+  the process that reads them (so the source can be sent to worker processes)."""
+
+  def __init__(self, directory: str, split: str):
+    meta = read_metadata(directory)
+    splits = meta['splits']
+    if split not in splits:
+      raise ValueError(f"{directory} has no '{split}' split; it has {sorted(splits)}.")
+    info = splits[split]
+    self.directory, self.split = directory, split
+    self.class_names = tuple(meta['class_names'])
+    self.skipped = tuple(info.get('skipped', ()))
+    self.paths = [os.path.join(directory, name) for name in info['shards']]
+    missing = [p for p in self.paths if not os.path.isfile(p)]
+    if missing:
+      raise FileNotFoundError(f'Shard {missing[0]} of the {split} split is missing '
+                              f'({len(missing)} of {len(self.paths)} missing).')
+    self.labels = self._load_labels()
+    if len(self.labels) != info['num_examples']:
+      raise ValueError(f'{labels_file(directory, split)} has {len(self.labels)} labels but '
+                       f'{METADATA} says {info["num_examples"]} examples.')
+    self._reader = None
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> tuple[bytes, int]:
+    if self._reader is None:
+      from grain import sources  # imported where records are read
+      reader = sources.ArrayRecordDataSource(self.paths)
+      if len(reader) != len(self.labels):
+        raise ValueError(f'The {self.split} shards of {self.directory} hold {len(reader)} '
+                         f'records but {labels_file(self.directory, self.split)} has '
+                         f'{len(self.labels)} labels.')
+      self._reader = reader
+    return self._reader[int(index)], int(self.labels[index])
+
+  def _load_labels(self) -> np.ndarray:
+    """(N,) int32, memory-mapped (worker processes share the pages)."""
+    path = labels_file(self.directory, self.split)
+    try:
+      labels = np.load(path, mmap_mode='r', allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise ValueError(f'Cannot read {path}: {e}') from e
+    if labels.dtype != np.int32 or labels.ndim != 1:
+      raise ValueError(f'{path} holds {labels.dtype} {labels.shape}, not a list of int32 labels.')
+    return labels
+
+  def __getstate__(self) -> dict:  # sent to worker processes without the data: reopened there
+    return {**self.__dict__, '_reader': None, 'labels': None}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self.labels = self._load_labels()

@@ -1,0 +1,106 @@
+"""TFDS datasets read record by record with `tfds.data_source` (ArrayRecord builds): no
+TensorFlow is imported, images stay encoded until the pipeline decodes them.
+
+The data must be prepared already (`tfds build`, or the builder's `download_and_prepare()`) in
+`data.tfds_dir` (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets); nothing is
+downloaded here. Any TFDS split
+expression works ('train', 'validation', 'train[:99%]', 'train[99%:]').
+"""
+import hashlib
+import os
+
+from absl import logging
+import numpy as np
+
+
+def _tfds():
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("config.dataset='tfds:<name>' needs TensorFlow Datasets: pip install "
+                      'tensorflow tensorflow-datasets (TensorFlow only to prepare the data; '
+                      "reading needs only tensorflow-datasets), or use a 'folder:<directory or "
+                      ".tar.gz>' or 'records:<directory>' dataset instead.") from e
+  return tfds
+
+
+class TfdsSource:
+  """`source[i]` -> (encoded image bytes, label) of split expression `split` of the TFDS
+  dataset `name` (features 'image' and 'label'). The labels (N,) int32 are read once (one pass
+  over the records) and cached in `cache_dir` (keyed by the prepared data's directory and the
+  split); the data source is opened lazily in every process that reads it."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None,
+               cache_dir: str | None = None):
+    self.name, self.split, self.data_dir = name, split, data_dir
+    info = self._open().dataset_info
+    features = info.features
+    if 'image' not in features or 'label' not in features:
+      raise ValueError(f"config.dataset='tfds:{name}' needs 'image' and 'label' features; it "
+                       f'has {sorted(features.keys())}.')
+    self.class_names = tuple(getattr(features['label'], 'names', None) or
+                             map(str, range(features['label'].num_classes)))
+    self.directory = f'tfds:{name}[{split}]'
+    self.skipped = ()
+    key = hashlib.sha256(repr((str(info.data_dir), split)).encode()).hexdigest()[:16]
+    self._cache = os.path.join(
+        cache_dir or os.environ.get('VIT_JAX_CACHE') or os.path.expanduser('~/.cache/vit_jax'),
+        f'tfds-{name.replace("/", "_")}-labels-{key}.npy')
+    self.labels = self._labels()
+
+  def _open(self):
+    tfds = _tfds()
+    try:
+      return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, download=False,
+                              decoders={'image': tfds.decode.SkipDecoding()})
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise FileNotFoundError(f"config.dataset='tfds:{self.name}': no such TFDS dataset "
+                              f'({str(e).splitlines()[0]}).') from None
+    except ValueError as e:  # an unknown split names the existing ones
+      raise ValueError(f"config.dataset='tfds:{self.name}', split {self.split!r}: {e}") from None
+    except (AssertionError, FileNotFoundError) as e:  # not prepared
+      raise FileNotFoundError(f"config.dataset='tfds:{self.name}' is not prepared in "
+                              f"{self.data_dir or 'the TFDS data directory'}: {e}") from None
+
+  def _labels(self) -> np.ndarray:
+    """(N,) int32 from the cache file, else from one pass over the records (then cached)."""
+    try:
+      return np.load(self._cache, allow_pickle=False)
+    except (OSError, ValueError):
+      pass
+    source = self._open()
+    logging.info('Reading the labels of the %d records of tfds:%s[%s] once ...', len(source),
+                 self.name, self.split)
+    labels = np.empty(len(source), np.int32)
+    for start in range(0, len(source), 1024):
+      chunk = source.__getitems__(range(start, min(start + 1024, len(source))))
+      labels[start:start + len(chunk)] = [int(r['label']) for r in chunk]
+    from vit_jax import files  # pylint: disable=g-import-not-at-top
+    try:
+      with files.atomic_open(self._cache, 'wb') as f:
+        np.save(f, labels, allow_pickle=False)
+    except OSError as e:
+      logging.warning('Could not cache the labels in %s: %s', self._cache, e)
+    return labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> tuple[bytes, int]:
+    if getattr(self, '_source', None) is None:
+      self._source = self._open()
+    record = self._source[int(index)]
+    return record['image'], int(record['label'])
+
+  def __getstate__(self) -> dict:  # workers reopen the data source
+    return {**self.__dict__, '_source': None}
+
+
+def split_names(name: str, data_dir: str | None = None) -> list[str]:
+  """The splits of the prepared TFDS dataset `name`."""
+  tfds = _tfds()
+  try:
+    return sorted(tfds.builder(name, data_dir=data_dir).info.splits.keys())
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise FileNotFoundError(f"config.dataset='tfds:{name}': no such TFDS dataset "
+                            f'({str(e).splitlines()[0]}).') from None
