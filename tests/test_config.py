@@ -32,7 +32,7 @@ BAD = {
     'augment.crop': None, 'augment.crop_scale': (0.5, 1.5), 'augment.crop_ratio': (2.0, 1.0),
     'augment.flip': 'no',
     'eval.batch_size': 0, 'eval.crop_fraction': 0.0, 'eval.fewshot_shots': (0, 5),
-    'eval.fewshot_seeds': 0, 'eval.fewshot_l2_reg': 0.0, 'eval.val_fraction': 1.0,
+    'eval.fewshot_seeds': 0, 'eval.fewshot_l2_reg': 0.0, 'eval.val_fraction': 1.0, 'eval.patience': -1,
     'checkpoint.keep': 0, 'checkpoint.init_from': '', 'checkpoint.reset_head': 'yes',
     'mpp.enabled': 'yes', 'mpp.corrupt_fraction': 0.0, 'mpp.mask_fraction': 1.5,
     'mpp.random_fraction': -0.1,
