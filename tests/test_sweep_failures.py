@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -45,7 +44,7 @@ def test_dry_run_lists_the_points_and_writes_nothing(tmp_path):
   points = [l for l in lines if l.startswith('[')]
   assert [l.split(':')[0] for l in points] == [
       '[0] ResNet', '[1] ResNet', '[2] ResNet', '[3] ViT-1', '[4] ViT-1', '[5] ViT-1']
-  assert 'train_size=90 steps=4 batch=64' in points[1]
+  assert 'train_size=90 seed=0 role=study steps=4 eval_every=1 batch=64' in points[1]
   assert f'    workdir={workdir / "ViT-1_n120"}' in lines
   assert not workdir.exists()
 
@@ -67,27 +66,23 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
   assert point.label == 'ViT-1'
   error_path = os.path.join(point.workdir, 'error.txt')
 
-  current = []
-
-  def kill_once_started():
-    deadline = time.time() + 120
-    while not current and time.time() < deadline:
-      time.sleep(0.01)
-    if current:
-      current[0].send_signal(signal.SIGKILL)
-  killer = threading.Thread(target=kill_once_started)
-  killer.start()
-  status, error = sweep.run_point(index, point, argv, current)
-  killer.join()
+  command = sweep.point_command(index, point, argv, launcher=None, num_processes=1)
+  running = sweep.start_point(index, point, command)
+  time.sleep(1)  # started, not finished: the point trains for much longer
+  assert running.proc.poll() is None
+  running.proc.send_signal(signal.SIGKILL)
+  running.proc.wait()
+  status, error = sweep.finish_point(point, running)
   assert status == 'failed' and error.startswith('exited with status -9'), error
   with open(error_path) as f:
     assert f.read() == error + '\n'
   rows = sweep.write_results(points, str(tmp_path / 'results.csv'))
   assert (rows[index]['status'], rows[index]['error']) == ('failed', error)
   assert (rows[0]['status'], rows[0]['error']) == ('failed', 'not run')
-  assert not current
 
-  status, error = sweep.run_point(index, point, argv, current)
+  running = sweep.start_point(index, point, command)
+  running.proc.wait()
+  status, error = sweep.finish_point(point, running)
   assert (status, error) == ('done', '')
   assert not os.path.exists(error_path)
   assert os.path.exists(os.path.join(point.workdir, 'result.json'))
