@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import cli
+from vit_jax import checkpoint, cli, data
 from vit_jax.models import get_model
 
 cli.set_cpu_flag()  # the tests run with the XLA settings of our commands
@@ -30,6 +30,20 @@ def randomize(params, seed=0, scale=0.2):
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(
       lambda a: (rng.normal(0, scale, a.shape) + (a.ndim == 1) * 0.5).astype(np.float32), params)
+
+
+def recounted_test_accuracy(workdir, step=None) -> float:
+  """The test accuracy of a run's checkpoint `step` counted directly: its model applied to the
+  whole in-memory test split in batches of 500, NumPy argmax against the labels."""
+  config, model, params = checkpoint.load_run(str(workdir), step)
+  test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
+  apply = jax.jit(model.apply)
+  predictions = np.concatenate([
+      np.asarray(apply({'params': params}, data.preprocess_eval(
+          test.images[i:i + 500], image_size=config.image_size,
+          crop_fraction=config.eval.crop_fraction))).argmax(-1)
+      for i in range(0, len(test.labels), 500)])
+  return float(np.mean(predictions == test.labels))
 
 
 @pytest.fixture

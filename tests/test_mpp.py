@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY_VIT, init, randomize
+from conftest import TINY_VIT, init, randomize, recounted_test_accuracy
 from test_train import smoke_config
 from vit_jax import checkpoint, mpp, train
 from vit_jax.models import config_overrides, get_model
@@ -144,6 +144,8 @@ def test_pretrain_then_finetune(tmp_path):
                                 ['Dense_0']['kernel'])
   result = train.train_and_evaluate(config, str(tmp_path / 'finetune'))
   assert result['step'] == config.total_steps
+  assert result['test_accuracy'] == pytest.approx(
+      recounted_test_accuracy(tmp_path / 'finetune'), abs=1e-9)
   assert os.path.exists(tmp_path / 'finetune' / 'result.json')
 
 
