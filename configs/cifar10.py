@@ -8,19 +8,16 @@ Append `,cpu` to the preset (e.g. `cifar10.py:vit,cpu`) for a short run sized fo
 (narrower, shallower models, batch 64, 600 steps: about 5 minutes for ViT and ResNet, 10 for
 the hybrid).
 
-Data: `folder:` on ../shared/datasets/cifar10.tar.gz (or $VIT_JAX_CIFAR10), decoded once and
+Data: `folder:` on cifar10.tar.gz in $VIT_JAX_DATA (default `datasets/`), decoded once and
 cached; `--config.dataset=tfds:cifar10` where TensorFlow Datasets and the data are installed.
 Recipe: AdamW (lr 1e-3, weight decay 0.05), batch 256, 30 epochs (5,850 steps), 500 warm-up
 steps then cosine decay, label smoothing 0.1, random resized crop (35-100% of the area) and
 horizontal flips. Results and run times: experiments/cifar10/README.md.
 """
-import os
-
 from vit_jax import config as config_lib
+from vit_jax import data
 
-CIFAR10 = os.environ.get('VIT_JAX_CIFAR10', os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'datasets',
-    'cifar10.tar.gz'))
+CIFAR10 = data.dataset_file('cifar10.tar.gz')
 
 # Preset -> (registry name, overrides) for the full run and for the short CPU run.
 MODELS = {
@@ -42,7 +39,7 @@ def get_config(arg: str = 'vit'):
   name, overrides = MODELS[preset][cpu]
   config = config_lib.defaults()
   config.model = config_lib.model_config(name, **overrides)
-  config.dataset = f'folder:{os.path.normpath(CIFAR10)}'
+  config.dataset = f'folder:{CIFAR10}'
   config.image_size = 32
   config.batch_size = 64 if cpu else 256
   config.total_steps = 600 if cpu else 5_850

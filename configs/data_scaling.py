@@ -28,7 +28,7 @@ Presets:
                written) at 7-8 minutes on 2 idle CPU cores, scaled from the earlier one-seed
                version (12 points of 400 steps) that took 6 minutes there.
   smoke        seconds, for the tests.
-  mnist        the CPU study: MNIST (../shared/datasets/mnist.tar.gz or $VIT_JAX_MNIST) at 16 px;
+  mnist        the CPU study: MNIST (mnist.tar.gz in $VIT_JAX_DATA) at 16 px;
                BiT ResNet R14x0.25, a hybrid (R8 stem + 12 layers) and ViT at 12, 24 and 36
                layers (width 32, patch 4) on 500 / 1,000 / 2,500 / 5,000 / 10,000 / 25,000
                images (50x), 2 seeds (3 up to 1,000 images), an lr x weight-decay grid at 2,500
@@ -36,7 +36,7 @@ Presets:
                points. NOT YET RUN; time ESTIMATED at 3-5 hours on 2 idle CPU cores (about 12
                hours on the shared machine where a short run of each model was measured; see
                experiments/data_scaling/README.md).
-  cifar10      the GPU study: CIFAR-10 (../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10);
+  cifar10      the GPU study: CIFAR-10 (cifar10.tar.gz in $VIT_JAX_DATA);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
                steps of batch 256, early stopping. Sized for about 9 minutes on one H200
@@ -54,13 +54,12 @@ Another image-folder dataset needs only overrides, e.g. the CPU study on any fol
 Images of another size or channel count are resized to base.image_size (channels as stored:
 the models take any count); subset sizes above the dataset's size fail alone and are reported.
 """
-import os
-
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from configs import cifar10, pretrain
 from vit_jax import config as config_lib
+from vit_jax import data
 
 
 def _entry(name: str, lr: float | None = None, **overrides) -> ml_collections.ConfigDict:
@@ -82,9 +81,7 @@ def _digits(steps: int, sizes: tuple, models: dict) -> ml_collections.ConfigDict
   return ml_collections.ConfigDict(dict(base=base, models=models, train_sizes=sizes))
 
 
-MNIST = os.environ.get('VIT_JAX_MNIST', os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'datasets',
-    'mnist.tar.gz'))
+MNIST = data.dataset_file('mnist.tar.gz')
 
 
 def _study(sweep: ml_collections.ConfigDict, *, epochs: float | None = None,
@@ -128,7 +125,7 @@ def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
     sweep = _study(sweep, min_steps=4, max_steps=8, evals=2)
   elif preset == 'mnist':
     base = config_lib.defaults()
-    base.dataset, base.image_size, base.batch_size = f'folder:{os.path.normpath(MNIST)}', 16, 64
+    base.dataset, base.image_size, base.batch_size = f'folder:{MNIST}', 16, 64
     base.total_steps, base.log_every = 800, 100
     base.schedule.warmup_steps = 40        # 5% of the steps, scaled with each point's budget
     base.optim.lr, base.optim.weight_decay = 1e-3, 0.05

@@ -5,7 +5,7 @@ one of our run workdirs, at a new resolution.
       --config.checkpoint.init_from=ViT-B_16.npz
 
 Presets `<model>,<dataset>`: model is any ViT size/patch (B_16, L_16, ...) or a hybrid
-(R50+B_16); dataset in cifar10 (../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10, 10k
+(R50+B_16); dataset in cifar10 (cifar10.tar.gz in $VIT_JAX_DATA, 10k
 steps), cifar100 (tfds:cifar100, 10k steps), i1k (a prepared record directory at $VIT_JAX_I1K,
 default /data/imagenet2012, see configs/pretrain.py; 20k steps), digits (the
 embedded dataset, 500 steps, for a quick check on a CPU).

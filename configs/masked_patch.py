@@ -6,7 +6,7 @@ images alone, then fine-tuning on a small labeled subset, against training from 
       --config.checkpoint.init_from=/tmp/mpp/pretrain
   python -m vit_jax.main --config=configs/masked_patch.py:scratch --workdir=/tmp/mpp/scratch
 
-Presets (CIFAR-10, ../shared/datasets/cifar10.tar.gz or $VIT_JAX_CIFAR10; sized for 2 CPU
+Presets (CIFAR-10, cifar10.tar.gz in $VIT_JAX_DATA; sized for 2 CPU
 cores, the ViT-4 of the `cifar10_cpu` data-scaling study: ViT-Micro/4 at depth 4):
   pretrain  masked patch prediction on all 50,000 training images (their labels are never
             read: the loss needs only the pixels); 50% of the patches corrupted (80% mask

@@ -60,8 +60,8 @@ def test_unknown_presets_are_named(module, arg, message):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(cifar10.CIFAR10),
-                    reason='environment: the CIFAR-10 archive (../shared/datasets/cifar10.tar.gz '
-                    'or $VIT_JAX_CIFAR10) is not on this machine')
+                    reason='environment: the CIFAR-10 archive (cifar10.tar.gz in '
+                    '$VIT_JAX_DATA, default datasets/) is not on this machine')
 def test_cifar10_hybrid_runs_at_smoke_size(tmp_path):
   config = load('cifar10', 'hybrid,cpu')
   config.train_size, config.total_steps, config.batch_size = 100, 2, 16
@@ -72,3 +72,19 @@ def test_cifar10_hybrid_runs_at_smoke_size(tmp_path):
   assert result['train_size'] == 100 and result['step'] == 2
   assert result['test_accuracy'] == pytest.approx(
       recounted_test_accuracy(tmp_path / 'run'), abs=1e-9)
+
+
+def test_real_data_presets_read_from_vit_jax_data(tmp_path, monkeypatch):
+  monkeypatch.setenv('VIT_JAX_DATA', str(tmp_path))
+  presets = [importlib.reload(importlib.import_module(f'configs.{m}'))
+             for m in ('cifar10', 'data_scaling')]
+  try:
+    assert presets[0].get_config('vit').dataset == f'folder:{tmp_path}/cifar10.tar.gz'
+    assert presets[1].get_config('mnist').base.dataset == f'folder:{tmp_path}/mnist.tar.gz'
+    monkeypatch.delenv('VIT_JAX_DATA')
+    monkeypatch.chdir(tmp_path)
+    assert importlib.reload(presets[0]).CIFAR10 == str(tmp_path / 'datasets' / 'cifar10.tar.gz')
+  finally:
+    monkeypatch.undo()
+    for preset in presets:
+      importlib.reload(preset)

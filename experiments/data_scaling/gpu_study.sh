@@ -37,8 +37,8 @@ if ! "$PY" -c 'import ml_collections' 2>/dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if [ -z "${VIT_JAX_CIFAR10:-}" ] && [ -f .data/cifar10.tar.gz ]; then
-  export VIT_JAX_CIFAR10="$PWD/.data/cifar10.tar.gz"
+if [ -z "${VIT_JAX_DATA:-}" ] && [ -f .data/cifar10.tar.gz ]; then
+  export VIT_JAX_DATA="$PWD/.data"
 fi
 # All points of one model share their step programs: the persistent cache compiles each once.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORK/jax_cache}"

@@ -19,14 +19,14 @@ from vit_jax.data.batches import TrainIterator, eval_batches
 from vit_jax.data.loader import (KINDS, eval_split_name, is_streamed, open_split,
                                  probe_splits, split_eval_batches, train_iterator)
 from vit_jax.data.pipeline import RecordSplit, StreamIterator
-from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, load_split
+from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, dataset_file, load_split
 from vit_jax.data.split import SPLITS, Split
 from vit_jax.data.subsets import evenly_spaced, hold_out, load_data, nested_subset
 
 __all__ = ['CORRUPT_IMAGES', 'KINDS', 'RecordSplit', 'SOURCES', 'SPLITS', 'Split',
-           'StreamIterator', 'TrainIterator', 'augment', 'augment_from_config', 'eval_batches',
-           'eval_split_name', 'evenly_spaced', 'hold_out', 'is_streamed', 'load_data',
-           'load_split', 'nested_subset', 'normalize', 'open_split', 'preprocess_eval',
+           'StreamIterator', 'TrainIterator', 'augment', 'augment_from_config', 'dataset_file',
+           'eval_batches', 'eval_split_name', 'evenly_spaced', 'hold_out', 'is_streamed',
+           'load_data', 'load_split', 'nested_subset', 'normalize', 'open_split', 'preprocess_eval',
            'probe_splits', 'split_eval_batches', 'train_iterator']
 
 _DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval')

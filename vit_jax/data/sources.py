@@ -8,6 +8,8 @@
   `tfds.data_source`, no TensorFlow; see `vit_jax.data.tfds_source`), where tensorflow-datasets
   is installed (imported lazily).
 """
+import os
+
 import numpy as np
 
 from vit_jax.data.folder import _decode_images, load_folder
@@ -17,6 +19,13 @@ from vit_jax.data.split import SPLITS, Split
 SOURCES = ("'digits', 'folder:<directory or .tar.gz>', 'tfds:<name>' or 'records:<prepared "
            "directory>'")
 CORRUPT_IMAGES = ('error', 'skip')  # what `data.corrupt_images` may say to do with a broken file
+
+
+def dataset_file(name: str) -> str:
+  """The absolute path of a real dataset file the presets name (e.g. 'cifar10.tar.gz'): in the
+  directory $VIT_JAX_DATA, by default `datasets/` under the current directory (the repository
+  root, where the commands run)."""
+  return os.path.abspath(os.path.join(os.environ.get('VIT_JAX_DATA', 'datasets'), name))
 
 
 def load_split(source: str, split: str, *, cache_dir: str | None = None,
