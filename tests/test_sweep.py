@@ -70,7 +70,13 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert finished.exists() and kept.stat().st_mtime_ns == stamp
   assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed'] * 2
 
-  # The sweep view of the analyses: every finished point, and the report includes it.
+  # The sweep view of the analyses: every finished study point (a grid row is left out: its
+  # workdir does not exist), and the report includes it.
+  with open(tmp_path / 'results.csv') as f:
+    table = list(csv.DictReader(f))
+  grid_row = dict(table[0], role='grid', workdir=str(tmp_path / 'grid' / 'missing'))
+  with open(tmp_path / 'results.csv', 'a', newline='') as f:
+    csv.DictWriter(f, fieldnames=list(table[0])).writerow(grid_row)
   proc = subprocess.run(
       [sys.executable, '-m', 'vit_jax.analyze', f'--sweep={tmp_path}', '--images=8'], cwd=ROOT,
       capture_output=True, text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))

@@ -181,10 +181,11 @@ def _summary(row: dict, results: dict) -> dict:
 
 def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int = 64,
                   hessian_batches: int = 2) -> list[dict]:
-  """Runs `only` (default SWEEP_ANALYSES, those that apply) on every finished point of a sweep;
-  writes `<sweep>/analysis/<point>/`, `sweep.csv` and `sweep.png`; returns the summary rows."""
-  rows = [r for r in sweep_results.read_results(os.path.join(sweep_dir, 'results.csv'))
-          if r['status'] == 'done']
+  """Runs `only` (default SWEEP_ANALYSES, those that apply) on every finished study point of a
+  sweep (not its grid or convergence reruns); writes `<sweep>/analysis/<point>/`, `sweep.csv`
+  and `sweep.png`; returns the summary rows."""
+  rows = sweep_results.finished(
+      sweep_results.read_results(os.path.join(sweep_dir, 'results.csv')), 'study')
   if not rows:
     raise ValueError(f'No finished point in {sweep_dir}/results.csv to analyse.')
   out = os.path.join(sweep_dir, 'analysis')

@@ -79,7 +79,12 @@ def write_results(rows: list[dict], path: str) -> None:
     writer.writerows(rows)
 
 
-def _finished(rows: list[dict], role: str) -> list[dict]:
+def finished(rows: list[dict], role: str) -> list[dict]:
+  """The rows of `role` ('study', 'grid' or 'convergence') whose runs finished.
+
+  Raises:
+    ValueError: a finished row without its train_size or test_accuracy.
+  """
   done = [r for r in rows if r['status'] == 'done' and (r['role'] or 'study') == role]
   for row in done:
     if row['train_size'] is None or row['test_accuracy'] is None:
@@ -100,7 +105,7 @@ def curves(rows: list[dict]) -> dict[str, list[dict]]:
   'test_accuracies', their sample standard deviation as 'test_std' (None for one seed) and
   'seeds' (how many). A later row of the same (model, size, seed) replaces an earlier one."""
   runs = {}
-  for row in _finished(rows, 'study'):
+  for row in finished(rows, 'study'):
     runs.setdefault(row['model'], {}).setdefault(row['train_size'], {})[row['seed']] = row
   out = {}
   for label, by_size in runs.items():
@@ -125,9 +130,9 @@ def convergence(rows: list[dict]) -> list[dict]:
   """Every finished twice-the-budget rerun with its study run (same model, size, seed):
   {'model', 'train_size', 'steps', 'steps_x2', 'test_accuracy', 'test_accuracy_x2',
   'difference'} (x2 minus x1), in row order; reruns whose study run is missing are left out."""
-  study = {(r['model'], r['train_size'], r['seed']): r for r in _finished(rows, 'study')}
+  study = {(r['model'], r['train_size'], r['seed']): r for r in finished(rows, 'study')}
   checks = []
-  for rerun in _finished(rows, 'convergence'):
+  for rerun in finished(rows, 'convergence'):
     base = study.get((rerun['model'], rerun['train_size'], rerun['seed']))
     if base is not None:
       checks.append(dict(model=rerun['model'], train_size=rerun['train_size'],
@@ -140,7 +145,7 @@ def convergence(rows: list[dict]) -> list[dict]:
 
 def grid(rows: list[dict]) -> list[dict]:
   """The finished grid rows (learning rate x weight decay per family), in row order."""
-  return _finished(rows, 'grid')
+  return finished(rows, 'grid')
 
 
 def accuracies(curve: list[dict]) -> dict[int, float]:
