@@ -1,12 +1,15 @@
 """gs:// paths against a local Cloud Storage emulator: atomic file I/O, the workdir lock object
-and image-folder datasets with their cache; a sweep and its analyses on gs:// (slow)."""
+and image-folder datasets with their cache; a sweep and its analyses, and a run killed and
+resumed, exported and fine-tuned from, on gs:// (slow)."""
 import csv
 import io
 import os
+import signal
 import subprocess
 import sys
 
 from etils import epath
+import jax
 import numpy as np
 import pytest
 
@@ -103,3 +106,84 @@ def test_a_sweep_and_its_analysis_on_gcs(gcs_bucket):
   assert vit['workdir'] == f'{sweep_dir}/ViT-1_n60' and vit['filters']['explained_variance_ratio']
   png = epath.Path(f'{sweep_dir}/analysis/ViT-1_n60/filters.png').read_bytes()
   assert png[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def main_process(workdir, *flags, kill=None):
+  """`python -m vit_jax.main` on the quickstart config with the smoke flags (run by test_train's
+  KILLER script, which SIGKILLs it at the moment `kill` = (moment, step), when given)."""
+  from test_train import KILLER, SMOKE  # pylint: disable=g-import-not-at-top
+  start = ['-c', KILLER, *kill] if kill else ['-m', 'vit_jax.main']
+  cmd = [sys.executable, *start, '--config=configs/quickstart.py', f'--workdir={workdir}',
+         *SMOKE, *flags]
+  return subprocess.run(cmd, cwd=ROOT, env=child_env(1), capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.mark.slow
+def test_a_run_killed_resumed_exported_and_fine_tuned_on_gcs(gcs_bucket, tmp_path):
+  """A run on gs:// SIGKILLed in step 5 resumes from its newest complete checkpoint there and
+  ends with the parameters of an uninterrupted local run; its export to gs:// (Hugging Face)
+  gives transformers logits equal to the JAX model's; a fine-tune starts from its weights."""
+  import torch  # pylint: disable=g-import-not-at-top (slow imports)
+  import transformers  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, pretrained  # pylint: disable=g-import-not-at-top
+  run, flags = f'{gcs_bucket}/e2e/run', ['--config.checkpoint_every=2']  # 2, 4, 6 of 6 steps
+  proc = main_process(tmp_path / 'straight', *flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = main_process(run, *flags, kill=('step', '5'))
+  assert proc.returncode == -signal.SIGKILL and 'SIGKILL step 5 in ' in proc.stderr, \
+      proc.stderr[-3000:]
+  assert not files.exists(f'{run}/result.json')
+  with checkpoint.CheckpointManager(f'{run}/checkpoints') as manager:
+    complete = manager.all_steps()  # 4 may still have been uploading; saving it waited for 2
+  assert complete and complete[-1] in (2, 4), complete
+  proc = main_process(run, *flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'Resumed from step {complete[-1]} in {run}/checkpoints' in proc.stderr
+  assert 'cannot be read' not in proc.stderr  # no checkpoint was left damaged
+  assert files.read_json(f'{run}/result.json')['step'] == 6
+  got = pretrained.flatten(checkpoint.read_params(run))
+  want = pretrained.flatten(checkpoint.read_params(str(tmp_path / 'straight')))
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+  # Export: read from gs://, verified here, uploaded to gs://.
+  out = f'{gcs_bucket}/e2e/hf'
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.export', f'--workdir={run}',
+                         '--format=hf', f'--out={out}'], cwd=ROOT, env=child_env(1),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  manifest = files.read_json(f'{out}/export.json')
+  assert manifest['workdir'] == run and manifest['step'] == 6
+  assert max(manifest['verification']['max_abs_diff'].values()) <= 1e-4
+  assert 'model.safetensors' in manifest['files']
+  assert f'Exported ViT-Nano_2 (step 6) as hf to {out}' in proc.stdout
+  assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # nothing went to a local 'gs:' folder
+  local = tmp_path / 'hf'  # transformers reads local folders: copy the uploaded files back
+  local.mkdir()
+  for name in manifest['files']:
+    (local / name).write_bytes(epath.Path(f'{out}/{name}').read_bytes())
+  hf_model = transformers.ViTForImageClassification.from_pretrained(str(local)).eval()
+  config, model, params = checkpoint.load_run(run)
+  test = data.load_split('digits', 'test')
+  images = np.asarray(data.preprocess_eval(test.images[:32], image_size=config.image_size,
+                                           crop_fraction=config.eval.crop_fraction))
+  with torch.no_grad():
+    theirs = hf_model(pixel_values=torch.tensor(images.transpose(0, 3, 1, 2))).logits
+  ours = np.asarray(model.apply({'params': params}, images, train=False))
+  np.testing.assert_allclose(theirs.numpy(), ours, atol=1e-4, rtol=0)
+
+  # Fine-tune from the gs:// run: its weights are what checkpoint.init_from loads.
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images[:1])['params']
+  loaded = checkpoint.load_pretrained(run, shapes)
+  kernel = lambda p: p['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
+  np.testing.assert_array_equal(loaded['embedding']['kernel'], params['embedding']['kernel'])
+  np.testing.assert_array_equal(kernel(loaded), kernel(params))
+  finetune = tmp_path / 'finetune'
+  proc = main_process(finetune, f'--config.checkpoint.init_from={run}',
+                      '--config.total_steps=2', '--config.eval_every=2',
+                      '--config.checkpoint_every=2')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'Initialised from {run}.' in proc.stderr
+  assert files.read_json(f'{finetune}/result.json')['step'] == 2

@@ -4,10 +4,13 @@ and import Hugging Face and timm ViT weights (the library behind `python -m vit_
   export(workdir, 'hf', out)                    # a run's latest checkpoint
   export_source(Source.from_model(...), 'onnx', out)   # any registry model and parameters
 
-Every export is written into a temporary folder beside `out`, then loaded by the other
-framework's own loader (transformers, timm, onnxruntime, our npz loader) and
-run on real test images and random inputs; only when its logits match the JAX model's
-(`verify.TOLERANCE`) is the folder renamed to `out`, with `export.json` recording the check.
+Every export is written into a temporary folder (beside a local `out`; on this machine for an
+object-store `out` such as `gs://bucket/dir`), then loaded by the other framework's own loader
+(transformers, timm, onnxruntime, our npz loader) and run on real test images and random
+inputs; only when its logits match the JAX model's (`verify.TOLERANCE`) is the folder renamed
+to `out`, with `export.json` recording the check. An object store has no folder rename: each
+file is uploaded (atomically, one object each), `export.json` last, so a folder holding
+`export.json` is complete; a failed upload removes what it uploaded.
 Import: `hf.load(folder)`, `hf.import_state_dict(state, config)`, `timm.load(folder)`,
 `timm.import_state_dict(state, num_heads=...)` return (our model, params) for ViTs.
 """
@@ -15,6 +18,8 @@ import importlib
 import os
 import shutil
 import tempfile
+
+from etils import epath
 
 from vit_jax import checkpoint, files
 from vit_jax.export.source import Source, UnsupportedError
@@ -31,8 +36,8 @@ def format_module(fmt: str):
 
 
 def export_source(source: Source, fmt: str, out: str) -> dict:
-  """Writes `source` in format `fmt` to the folder `out`, verified; returns the manifest
-  (also `out/export.json`).
+  """Writes `source` in format `fmt` to the folder `out` (local or `gs://...`), verified; returns
+  the manifest (also `out/export.json`).
 
   Raises:
     ValueError: unknown format; UnsupportedError (a ValueError) naming the model and format.
@@ -42,13 +47,17 @@ def export_source(source: Source, fmt: str, out: str) -> dict:
   """
   module = format_module(fmt)
   module.check(source)
-  if os.path.isdir(out) and os.listdir(out) or os.path.isfile(out):
+  target = epath.Path(out)
+  if target.is_file() or target.is_dir() and any(target.iterdir()):
     raise FileExistsError(f'--out={out} already exists and is not empty; remove it or choose '
                           'another folder.')
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(os.path.abspath(out))}.',
-                         suffix='.tmp')
+  if files.is_local(out):
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(os.path.abspath(out))}.',
+                           suffix='.tmp')
+  else:
+    tmp = tempfile.mkdtemp(prefix='vit_jax_export.', suffix='.tmp')
   try:
     module.write(source, tmp)
     run, how = module.runner(source, tmp)
@@ -59,14 +68,32 @@ def export_source(source: Source, fmt: str, out: str) -> dict:
         'class_names': source.class_names, 'files': sorted(os.listdir(tmp)),
         'verification': compare(source, fmt, run, how)}
     files.write_json(os.path.join(tmp, 'export.json'), manifest)
-    os.chmod(tmp, 0o755)
-    if os.path.isdir(out):
-      os.rmdir(out)
-    os.replace(tmp, out)
-  except BaseException:
+    if files.is_local(out):
+      os.chmod(tmp, 0o755)
+      if os.path.isdir(out):
+        os.rmdir(out)
+      os.replace(tmp, out)
+    else:
+      _upload(tmp, target)
+  finally:  # gone already once renamed into place
     shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return manifest
+
+
+def _upload(folder: str, target: epath.Path) -> None:
+  """Uploads the files of the local `folder` into the object-store folder `target`,
+  `export.json` last; on failure removes the objects it uploaded."""
+  names = sorted(os.listdir(folder), key=lambda name: name == 'export.json')
+  done = []
+  try:
+    for name in names:
+      with open(os.path.join(folder, name), 'rb') as source, (target / name).open('wb') as f:
+        shutil.copyfileobj(source, f)
+      done.append(target / name)
+  except BaseException:
+    for path in done:
+      path.unlink(missing_ok=True)
+    raise
 
 
 def export(workdir: str, fmt: str, out: str, step: checkpoint.Step = None) -> dict:

@@ -20,7 +20,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A training run directory (confi
 _STEP = flags.DEFINE_string('step', 'latest', "Checkpoint to export: 'latest', 'best' (by "
                             "validation accuracy) or a step number.")
 _FORMAT = flags.DEFINE_enum('format', None, export.FORMATS, 'Target format.', required=True)
-_OUT = flags.DEFINE_string('out', None, 'Folder to create with the export.', required=True)
+_OUT = flags.DEFINE_string('out', None, 'Folder to create with the export (local or gs://...).',
+                           required=True)
 
 
 def main(argv: list[str]) -> None:
