@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import flops, train
+from imagenet_tree import make_tree
+from vit_jax import data, flops, train
 from vit_jax.bench import __main__ as bench
 from vit_jax.bench import jax_side, report, timing, torch_ref
+from vit_jax.data import prepare
 from vit_jax.models import get_model, resolved_fields
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
@@ -187,6 +189,25 @@ def test_data_json(capsys):
       record['host']['images_per_sec'] / record['train']['images_per_sec'])
 
 
+def test_data_mode_on_prepared_records_times_the_stream(capsys, tmp_path):
+  """A records: dataset is read as a run reads it: streamed by grain workers, augmented on the
+  host (no device 'augment' stage), every batch of the configured shape."""
+  make_tree(tmp_path / 'src', classes=2, per_class={'train': 8, 'val': 2})
+  prepare.prepare(str(tmp_path / 'src'), str(tmp_path / 'out'), workers=1, progress=False)
+  record = json.loads(run(capsys, 'data', *TINY, f'--dataset=records:{tmp_path / "out"}',
+                          '--workers=1', '--json'))
+  assert record['host_side'] == 'stream, 1 worker processes' and 'augment' not in record
+  assert record['host']['images_per_sec'] > 0 and record['train']['images_per_sec'] > 0
+  row = report.markdown([record]).splitlines()[-1].split(' | ')
+  host = f'{record["host"]["images_per_sec"]:,.0f}'
+  assert row[3:7] == ['out', 'stream, 1 worker processes', host, '-']
+  config = jax_side.make_config('ViT-Ti_4', batch=4, image_size=32, dtype='float32',
+                                overrides={})
+  config.dataset = f'records:{tmp_path / "out"}'
+  images, labels = next(data.train_iterator(data.open_split(config, 'train'), config))
+  assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8 and labels.shape == (4,)
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--model=ViT-Q_4'], 'Unknown model name'),
     (['--model=ViT-Ti_4', '--image-size=18'], 'patch_size=4 does not divide'),
@@ -213,11 +234,11 @@ def test_bad_flag_values(capsys):
   assert 'the data mode has no reference' in err
 
 
-def test_time_interleaved_alternates_and_summarizes():
+def test_pipeline_stages_are_timed_in_blocks_and_summarized():
   calls = []
   steps = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
-  wall, cpu = timing.time_interleaved(steps, num_steps=3, warmup=2)
-  assert calls == ['a', 'a', 'b', 'b'] + ['a', 'b'] * 3
+  wall, cpu = timing.time_in_blocks(steps, num_steps=3, warmup=2)
+  assert calls == ['a'] * 5 + ['b'] * 5
   assert {k: v.shape for k, v in wall.items()} == {k: v.shape for k, v in cpu.items()} == {
       'a': (3,), 'b': (3,)}
   s = timing.summarize(np.array([1., 2., 3., 4., 10.]))

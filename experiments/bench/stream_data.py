@@ -1,17 +1,16 @@
-"""Throughput of the streaming pipeline's host side on ImageNet-like JPEGs (BENCHMARKS.md).
+"""ImageNet-like data for the streaming pipeline's benchmark, and its memory check (BENCHMARKS.md).
 
-  taskset -c 0 python experiments/bench/stream_data.py [--images=256] [--workers=0,1,2]
+  python experiments/bench/stream_data.py --make=/tmp/inet [--images=192]
+  taskset -c 0 python -m vit_jax.bench data --model=ViT-Ti_16 --batch=32 \
+      --dataset=records:/tmp/inet/records --workers=0
+  python experiments/bench/stream_data.py --memory=100
 
-Writes `--images` JPEGs of about 400 x 350 px (quality 90, sizes drawn around that), prepares
-them with the converter, then times, back to back (no training step in between, so workers
-cannot hide behind it):
-- 'transform': decode + Inception random-resized crop (area 8-100%) + flip + resize to 224 of
-  every image, in this process (one core under taskset -c 0);
-- 'stream, N workers': batches of 32 from `StreamIterator` with N grain worker processes
-  (N = 0: threads of this process), after a warm-up batch that starts the workers.
-With --memory=N: the peak RSS of a short training run (4 steps, ViT-Nano at 32 px) on a
-prepared dataset of N training images and on one of 10 x N (the same 16 validation images).
-Prints one JSON object per measurement.
+--make writes `--images` JPEGs of about 400 x 350 px (quality 90, sizes drawn around that, 10
+classes) under <dir>/src and prepares them with the converter into <dir>/records, which
+`python -m vit_jax.bench data --dataset=records:<dir>/records` then times through the training
+loop's own input path (grain, `--workers` processes). --memory=N: the peak RSS of a short
+training run (4 steps, ViT-Nano at 32 px) on a prepared dataset of N training images and on one
+of 10 x N (the same 16 validation images). Prints one JSON object per measurement.
 """
 import argparse
 import json
@@ -26,7 +25,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from vit_jax.data import pipeline, prepare, records
+from vit_jax.data import prepare
 
 
 def write_images(root: str, count: int, seed: int = 0, split: str = 'train') -> None:
@@ -65,46 +64,26 @@ def peak_rss_of_training(tmp: str, images: int) -> int:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--images', type=int, default=256)
-  parser.add_argument('--workers', default='0,1,2')
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--image-size', type=int, default=224)
+  parser.add_argument('--make', metavar='DIR', help='write and prepare the ImageNet-like set')
+  parser.add_argument('--images', type=int, default=192)
   parser.add_argument('--memory', type=int, help='N: peak RSS of training on N and 10 x N')
   args = parser.parse_args()
-  env = {'python': platform.python_version(), 'pillow': PIL.__version__,
-         'cpu': platform.processor() or platform.machine(), 'affinity': sorted(os.sched_getaffinity(0)),
-         'load': os.getloadavg()[0], 'date': time.strftime('%Y-%m-%d')}
-  with tempfile.TemporaryDirectory() as tmp:
-    if args.memory:
-      for n in (args.memory, 10 * args.memory):
-        print(json.dumps({'stage': 'peak RSS of training', 'train_images': n,
-                          'bytes': peak_rss_of_training(tmp, n), **env}))
-      return
-    write_images(os.path.join(tmp, 'src'), args.images)
-    prepare.prepare(os.path.join(tmp, 'src'), os.path.join(tmp, 'out'), workers=1,
+  if bool(args.make) == bool(args.memory):
+    parser.error('give one of --make=<dir> and --memory=<N>.')
+  if args.make:
+    write_images(os.path.join(args.make, 'src'), args.images)
+    write_images(os.path.join(args.make, 'src'), 16, seed=1, split='val')
+    prepare.prepare(os.path.join(args.make, 'src'), os.path.join(args.make, 'records'),
                     progress=False)
-    source = records.RecordSource(os.path.join(tmp, 'out'), 'train')
-    blobs = [source[i][0] for i in range(len(source))]
-    transform = pipeline.TrainTransform(args.image_size)
-    rng = np.random.default_rng(0)
-    start, cpu = time.perf_counter(), time.process_time()
-    for data in blobs:
-      transform(data, rng)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    print(json.dumps({'stage': 'transform', 'images_per_sec': len(blobs) / wall,
-                      'images_per_cpu_sec': len(blobs) / cpu, **env}))
-    split = pipeline.RecordSplit(source)
-    batches = len(blobs) // args.batch
-    for workers in map(int, args.workers.split(',')):
-      it = pipeline.StreamIterator(split, args.batch, 0, transform=transform, workers=workers)
-      next(it)  # starts the workers
-      start = time.perf_counter()
-      for _ in range(batches):
-        next(it)
-      wall = time.perf_counter() - start
-      it.close()
-      print(json.dumps({'stage': f'stream, {workers} workers',
-                        'images_per_sec': batches * args.batch / wall, **env}))
+    print(f'records:{os.path.join(args.make, "records")}')
+    return
+  env = {'python': platform.python_version(), 'pillow': PIL.__version__,
+         'cpu': platform.processor() or platform.machine(), 'load': os.getloadavg()[0],
+         'date': time.strftime('%Y-%m-%d')}
+  with tempfile.TemporaryDirectory() as tmp:
+    for n in (args.memory, 10 * args.memory):
+      print(json.dumps({'stage': 'peak RSS of training', 'train_images': n,
+                        'bytes': peak_rss_of_training(tmp, n), **env}))
 
 
 if __name__ == '__main__':

@@ -107,22 +107,26 @@ def infer_bench(config, num_classes: int) -> Bench:
                num_params)
 
 
-def pipeline_steps(config, split: data.Split) -> dict[str, Callable[[], None]]:
-  """The input pipeline's two stages as steps of one global batch: 'host' (a batch drawn by
-  `data.TrainIterator` from the decoded in-memory split and put on the device: one Python
-  thread, i.e. one core) and 'augment' (the jitted on-device augmentation the train step
-  runs, alone)."""
+def pipeline_steps(config, split: data.Split | data.RecordSplit
+                   ) -> dict[str, Callable[[], None]]:
+  """The input pipeline's stages as steps of one global batch, read through the training
+  loop's interface (`data.train_iterator`): 'host' (a batch drawn and put on the device: from
+  the decoded in-memory split, one Python thread; from a streamed split, decoded, cropped,
+  flipped and resized by `data.workers` grain processes, or threads with 0) and, in memory
+  only, 'augment' (the jitted on-device augmentation the train step runs, alone)."""
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
-  iterator = data.TrainIterator(split, config.batch_size, config.seed)
-  augment = jax.jit(data.augment_from_config(config))
-  images = sharding.global_batch(next(iterator)[0], mesh)
-  key = jax.random.PRNGKey(0)
+  iterator = data.train_iterator(split, config)
+  images = sharding.global_batch(next(iterator)[0], mesh)  # starts a stream's workers
 
   def host():
     batch_images, batch_labels = next(iterator)
     jax.block_until_ready((sharding.global_batch(batch_images, mesh),
                            sharding.global_batch(batch_labels, mesh)))
+  if split.host_augmented:
+    return {'host': host}
+  augment = jax.jit(data.augment_from_config(config))
+  key = jax.random.PRNGKey(0)
   return {'host': host, 'augment': lambda: augment(images, key).block_until_ready()}
 
 

@@ -83,8 +83,10 @@ def table(m: dict) -> str:
   lines = [head]
   if m['mode'] == 'data':
     for stage in ('host', 'augment', 'train'):
-      lines.append(_line(stage, m[stage]))
-    lines.append(f'  host pipeline (1 core) / train step consumption: {m["ratio"]:.2f}x')
+      if stage in m:  # a streamed split is augmented on the host: no 'augment' stage
+        lines.append(_line(stage, m[stage]))
+    lines.append(f'  host pipeline ({m["host_side"]}) / train step consumption: '
+                 f'{m["ratio"]:.2f}x')
     return '\n'.join(lines)
   lines.append(_line('ours', m['ours']) + f'  memory {_gb(m["memory_bytes"])} '
                f'({m["memory_source"]})')
@@ -112,15 +114,17 @@ def markdown(records: list[dict]) -> str:
   rows = ['| mode | model | px | batch | dtype | subject | ms/step (IQR) | img/s | CPU s/step | '
           'MFU | ours / this | at fastest | in CPU time | threads | load (1/5/15 min) |',
           '| --- ' * 15 + '|']
-  data_rows = ['| model | px | batch | dataset | host img/s (1 core) | augment img/s | '
-               'train img/s | host / train | load (1/5/15 min) |', '| --- ' * 9 + '|']
+  data_rows = ['| model | px | batch | dataset | host side | host img/s | augment img/s | '
+               'train img/s | host / train | load (1/5/15 min) |', '| --- ' * 10 + '|']
   for m in records:
     load = ' '.join(f'{v:.1f}' for v in m['load_average'])
     if m['mode'] == 'data':
+      augment = f'{m["augment"]["images_per_sec"]:,.0f}' if 'augment' in m else '-'
       data_rows.append(
           f'| {m["model"]} | {m["image_size"]} | {m["batch"]} | '
-          f'{os.path.basename(m["dataset"])} | '
-          f'{m["host"]["images_per_sec"]:,.0f} | {m["augment"]["images_per_sec"]:,.0f} | '
+          f'{os.path.basename(m["dataset"])} | {m["host_side"]} | '
+          f'{m["host"]["images_per_sec"]:,.0f} | '
+          f'{augment} | '
           f'{m["train"]["images_per_sec"]:,.1f} | {m["ratio"]:,.0f}x | {load} |')
       continue
     for side, label in SIDES.items():

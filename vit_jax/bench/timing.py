@@ -36,16 +36,21 @@ def alternate(calls: dict[str, Call], num_steps: int, after: Callable[[str], Non
   return wall, cpu
 
 
-def time_interleaved(steps: dict[str, Step], num_steps: int, warmup: int
-                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """Steps of one process: each runs `warmup` times (compilation, caches: not timed), then
-  `alternate` times them (see `timed`)."""
+def time_in_blocks(steps: dict[str, Step], num_steps: int, warmup: int
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """Steps of one process (the input pipeline's stages), one after the other: each runs
+  `warmup` times (compilation, caches, starting workers: not timed), then `num_steps` times
+  back to back (see `timed`), so a pipeline whose workers run ahead cannot hide behind another
+  stage's step: its rate is its throughput. Returns (wall, cpu) as `alternate` does."""
   if num_steps < 1 or warmup < 0:
     raise ValueError(f'--steps={num_steps} must be >= 1 and --warmup={warmup} >= 0.')
-  for step in steps.values():
+  wall, cpu = {}, {}
+  for name, step in steps.items():
     for _ in range(warmup):
       step()
-  return alternate({name: timed(step) for name, step in steps.items()}, num_steps)
+    block_wall, block_cpu = alternate({name: timed(step)}, num_steps)
+    wall[name], cpu[name] = block_wall[name], block_cpu[name]
+  return wall, cpu
 
 
 def summarize(seconds: np.ndarray) -> dict[str, float]:
