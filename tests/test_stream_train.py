@@ -36,15 +36,56 @@ def stream_config(prepared, **changes):
   return smoke_config(**{**STREAM, 'dataset': f'records:{prepared}', **changes})
 
 
+@pytest.fixture(scope='module')
+def records_run(prepared, tmp_path_factory):
+  """(workdir, result) of a finished 6-step run on the prepared records."""
+  workdir = str(tmp_path_factory.mktemp('records_run'))
+  return workdir, train.train_and_evaluate(stream_config(prepared), workdir)
+
+
 @pytest.mark.slow
-def test_a_run_on_prepared_records_trains_and_evaluates_the_val_split(prepared, tmp_path):
-  result = train.train_and_evaluate(stream_config(prepared), str(tmp_path))
+def test_a_run_on_prepared_records_trains_and_evaluates_the_val_split(records_run):
+  _, result = records_run
   assert result['step'] == 6 and result['train_size'] == 18 and result['dataset'].startswith(
       'records:')
   # 9 validation images, each counted once: accuracy is a multiple of 1/9.
   assert abs(result['test_accuracy'] * 9 - round(result['test_accuracy'] * 9)) < 1e-9
   assert 0 <= result['fewshot_1shot'] <= 1
   assert np.isfinite(result['test_loss'])
+
+
+@pytest.mark.slow
+def test_analyze_and_export_a_run_on_prepared_records(prepared, records_run, tmp_path):
+  """The analysis entry point and an ONNX export read their images from the run's records
+  (the 9-image val split, decoded and centre-cropped as evaluation does)."""
+  workdir, result = records_run
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.analyze', f'--workdir={workdir}',
+                         f'--out={tmp_path / "analysis"}', '--only=distance,noise',
+                         '--images=4'], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = files.read_json(str(tmp_path / 'analysis' / 'analysis.json'))
+  distance = np.array(saved['distance']['pixels'])  # (1 layer, heads), in pixels of 16
+  assert distance.shape[0] == 1 and np.all(np.isfinite(distance))
+  assert np.all((distance > 0) & (distance < 16 * np.sqrt(2)))
+  # The noise analysis's clean accuracy is over all 9 val images (fewer than 512) with the
+  # checkpoint of the final evaluation: the run's test accuracy.
+  assert saved['noise']['clean_accuracy'] == pytest.approx(result['test_accuracy'], abs=1e-9)
+
+  from vit_jax import export  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  export.export(workdir, 'onnx', str(tmp_path / 'onnx'))
+  manifest = files.read_json(str(tmp_path / 'onnx' / 'export.json'))
+  (what, diff), = [(k, v) for k, v in manifest['verification']['max_abs_diff'].items()
+                   if 'random' not in k]
+  assert what == f"8 images of the 'records:{prepared}' val split" and diff <= 1e-4
+  assert manifest['class_names'] == [f'n{c:08d}' for c in range(3)]
+  source = records.RecordSource(prepared, 'val')
+  want = np.stack([pipeline.eval_transform(source[i][0], 16, 1.) for i in
+                   data.evenly_spaced(9, 8)]) / 127.5 - 1
+  np.testing.assert_allclose(export.Source.from_run(workdir).images, want, atol=1e-6)
 
 
 def test_subsets_and_the_hold_out_are_index_lists_over_the_records(prepared):
