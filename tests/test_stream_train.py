@@ -261,8 +261,8 @@ def test_auto_holds_a_split_that_fits_in_memory_and_streams_a_bigger_one(tmp_pat
   caplog.set_level(logging.INFO)
   for dataset in (f'folder:{tmp_path / "tree"}', f'records:{tmp_path / "records"}'):
     evaluations, pixels = {}, {}
-    for limit, kind, log in ((decoded / 1e9, data.Split, 'memory (8 images, 6.14 kB decoded <= '
-                              '6.14 kB)'),
+    for limit, kind, log in ((decoded / 1e9, data.Split,
+                              'memory (8 images, 6.14 kB decoded <= 6.14 kB)'),
                              (decoded / 2e9, data.RecordSplit,
                               'stream (8 images, 6.14 kB decoded > 3.07 kB)')):
       config = smoke_config(dataset=dataset, image_size=16, **{
@@ -272,7 +272,7 @@ def test_auto_holds_a_split_that_fits_in_memory_and_streams_a_bigger_one(tmp_pat
       train_split, _, test_split = data.load_data(config)
       assert isinstance(train_split, kind) and isinstance(test_split, kind), (dataset, limit)
       assert [r.getMessage() for r in caplog.records if r.getMessage().startswith('data:')] == [
-          f'data: {log}']
+          f'data: {dataset}, {log}']
       assert len(train_split.labels) == 8 and len(test_split.labels) == 4
       pixels[kind] = np.concatenate([b[0] for b in data.split_eval_batches(
           test_split, 4, 0, 1, image_size=16)])

@@ -88,10 +88,10 @@ def choose_kind(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def resolve_kind(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` whose data.kind is the kind its dataset is read as ('memory' or
-  'stream', `choose_kind`), decided once and logged in one line ('data: memory (50,000
-  images, 154 MB decoded <= 4 GB)')."""
+  'stream', `choose_kind`), decided once and logged in one line ('data: folder:cifar10.tar.gz,
+  memory (50,000 images, 154 MB decoded <= 4 GB)')."""
   kind, why = choose_kind(config)
-  logging.info('data: %s (%s)', kind, why)
+  logging.info('data: %s, %s (%s)', config.dataset, kind, why)
   resolved = copy.deepcopy(config)
   resolved.data.kind = kind
   return resolved
