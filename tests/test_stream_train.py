@@ -159,6 +159,17 @@ def test_resume_after_sigkill_on_the_stream_matches_an_uninterrupted_run(prepare
     assert got[key] == want[key], key
 
 
+def test_auto_sizes_a_prepared_split_from_16_records_spread_over_it(prepared, monkeypatch):
+  read = []
+  get = records.RecordSource.__getitem__
+  monkeypatch.setattr(records.RecordSource, '__getitem__',
+                      lambda self, i: read.append((self.split, i)) or get(self, i))
+  kind, why = data.choose_kind(stream_config(prepared))
+  # 18 training records of sizes from 40 to 120 pixels, some grayscale: streamed.
+  assert kind == 'stream' and why.startswith('18 images of different sizes or modes (HxWxC ')
+  assert read == [('train', i) for i in np.linspace(0, 17, 16).astype(int)]
+
+
 def test_split_slices_are_disjoint_class_mixed_and_cover_the_split(prepared):
   config = stream_config(prepared)
   head = data.open_split(config, 'train[:50%]')

@@ -358,8 +358,8 @@ def defaults() -> ml_collections.ConfigDict:
                                       # 'auto' (memory when the training split decoded fits
                                       # memory_limit_gb and its images share one size and
                                       # mode, else stream; 'digits' always in memory)
-      memory_limit_gb=loader.MEMORY_LIMIT_GB,  # 'auto''s limit: N x H x W x C bytes of the
-                                      # decoded training split, at the stored image size
+      memory_limit_gb=loader.MEMORY_LIMIT_GB,  # the limit of 'auto' on the decoded training
+                                      # split: N x H x W x C bytes at the stored image size
       workers=0,                      # grain worker processes decoding ahead (0: threads)
       tfds_dir=placeholder(str),      # prepared TFDS data; None: $TFDS_DATA_DIR or
                                       # ~/tensorflow_datasets
