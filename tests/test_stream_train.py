@@ -57,13 +57,14 @@ def test_a_run_on_prepared_records_trains_and_evaluates_the_val_split(records_ru
 @pytest.mark.slow
 def test_analyze_and_export_a_run_on_prepared_records(prepared, records_run, tmp_path):
   """The analysis entry point and an ONNX export read their images from the run's records
-  (the 9-image val split, decoded and centre-cropped as evaluation does)."""
+  (the 9-image val split, decoded and centre-cropped as evaluation does; the Hessian's from
+  the training stream)."""
   workdir, result = records_run
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
   proc = subprocess.run([sys.executable, '-m', 'vit_jax.analyze', f'--workdir={workdir}',
-                         f'--out={tmp_path / "analysis"}', '--only=distance,noise',
-                         '--images=4'], cwd=ROOT, env=env, capture_output=True, text=True,
+                         f'--out={tmp_path / "analysis"}', '--only=distance,noise,hessian',
+                         '--images=4', '--hessian_batches=1'], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = files.read_json(str(tmp_path / 'analysis' / 'analysis.json'))
@@ -73,6 +74,9 @@ def test_analyze_and_export_a_run_on_prepared_records(prepared, records_run, tmp
   # The noise analysis's clean accuracy is over all 9 val images (fewer than 512) with the
   # checkpoint of the final evaluation: the run's test accuracy.
   assert saved['noise']['clean_accuracy'] == pytest.approx(result['test_accuracy'], abs=1e-9)
+  # On a batch of the training stream, augmented on the host.
+  hessian_top = np.array(saved['hessian']['top_eigenvalues'])
+  assert hessian_top.shape == (1, 5) and np.all(np.isfinite(hessian_top))
 
   from vit_jax import export  # pylint: disable=g-import-not-at-top
   from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
