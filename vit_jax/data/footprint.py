@@ -13,8 +13,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from vit_jax.data.folder import _GRAY_MODES
 from vit_jax.data import subsets
+from vit_jax.data.folder import _GRAY_MODES
 from vit_jax.data.pipeline import RecordSplit
 
 GB = 1e9

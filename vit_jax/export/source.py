@@ -8,7 +8,6 @@ unrolled NumPy arrays, so every format sees one `encoderblock_{i}` subtree per l
 """
 import dataclasses
 import functools
-import os
 from typing import Any, Callable
 
 from absl import logging
