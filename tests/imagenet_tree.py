@@ -7,9 +7,11 @@ from PIL import Image
 
 
 def make_tree(root, classes: int = 3, per_class: dict | None = None, seed: int = 0,
-              sizes: tuple[int, int] = (40, 120)) -> dict[str, list]:
+              sizes: tuple[int, int] = (40, 120), grayscale: bool = True) -> dict[str, list]:
   """Writes the tree; returns {split: [(relative path, label), ...]} in class, name order.
-  Images are smooth random gradients plus noise (so JPEG and resizing behave as on photos)."""
+  Images are smooth random gradients plus noise (so JPEG and resizing behave as on photos),
+  heights and widths drawn from [sizes[0], sizes[1]); with `grayscale`, the second of every
+  four of a class is grayscale."""
   per_class = per_class or {'train': 4, 'val': 2}
   rng = np.random.default_rng(seed)
   written = {}
@@ -24,7 +26,7 @@ def make_tree(root, classes: int = 3, per_class: dict | None = None, seed: int =
         pixels = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
         image = Image.fromarray(pixels)
         kind = i % 4
-        if kind == 1:
+        if kind == 1 and grayscale:
           image = image.convert('L')
         name = f'{split}_{label}_{i:03d}.' + ('png' if kind == 2 else 'JPEG')
         image.save(os.path.join(root, split, wnid, name),

@@ -11,9 +11,11 @@ import sys
 from etils import epath
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from conftest import ROOT, child_env
+from vit_jax import config as config_lib
 from vit_jax import data, files
 
 
@@ -81,6 +83,18 @@ def test_an_image_folder_dataset_on_gcs_and_its_cache(gcs_bucket, tmp_path, pack
   assert len(cached) == len(expected)  # one cache file per split, read back on the next load
   again = data.load_split(f'folder:{remote}', 'test', cache_dir=f'{gcs_bucket}/cache-{packed}')
   np.testing.assert_array_equal(again.images, expected['test'][0])
+  # data.kind='auto' sizes the split from the cache's header (9 training images of 6x6x3);
+  # under a smaller limit the tree streams, read in place from the bucket.
+  config = config_lib.defaults()
+  config.dataset, config.data.cache_dir = f'folder:{remote}', f'{gcs_bucket}/cache-{packed}'
+  assert data.choose_kind(config) == ('memory', '9 images, 972 bytes decoded <= 4 GB')
+  config.data.memory_limit_gb = 1e-7
+  streamed = data.open_split(config, 'test')
+  assert isinstance(streamed, data.RecordSplit) and streamed.class_names == ('bird', 'cat', 'dog')
+  pixels = [np.asarray(Image.open(io.BytesIO(streamed.source[i][0])))
+            for i in range(len(streamed))]
+  np.testing.assert_array_equal(np.stack(pixels), expected['test'][0])
+  np.testing.assert_array_equal(streamed.labels, expected['test'][1])
 
 
 @pytest.mark.slow

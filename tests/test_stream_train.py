@@ -1,6 +1,8 @@
 """Training on a prepared record dataset through the streaming pipeline: a real run with its
-evaluation, data-scaling subsets and hold-out over records, and exact resume after SIGKILL."""
+evaluation, data-scaling subsets and hold-out over records, and exact resume after SIGKILL;
+data.kind='auto' choosing memory or the stream by decoded size."""
 import importlib
+import logging
 import os
 import signal
 import subprocess
@@ -10,9 +12,11 @@ import tarfile
 import numpy as np
 import pytest
 
+from conftest import TINY_VIT, init, randomize
 from imagenet_tree import make_tree
 from test_train import KILLER, ROOT, SMOKE, checkpoint_steps, losses, smoke_config
-from vit_jax import checkpoint, data, files, pretrained, train
+from vit_jax import checkpoint, data, evaluate, files, pretrained, sharding, train
+from vit_jax.models import get_model
 from vit_jax.data import prepare, records
 
 STREAM = {'dataset': None, 'image_size': 16, 'batch_size': 8, 'eval.batch_size': 8,
@@ -32,15 +36,60 @@ def stream_config(prepared, **changes):
   return smoke_config(**{**STREAM, 'dataset': f'records:{prepared}', **changes})
 
 
+@pytest.fixture(scope='module')
+def records_run(prepared, tmp_path_factory):
+  """(workdir, result) of a finished 6-step run on the prepared records."""
+  workdir = str(tmp_path_factory.mktemp('records_run'))
+  return workdir, train.train_and_evaluate(stream_config(prepared), workdir)
+
+
 @pytest.mark.slow
-def test_a_run_on_prepared_records_trains_and_evaluates_the_val_split(prepared, tmp_path):
-  result = train.train_and_evaluate(stream_config(prepared), str(tmp_path))
+def test_a_run_on_prepared_records_trains_and_evaluates_the_val_split(records_run):
+  _, result = records_run
   assert result['step'] == 6 and result['train_size'] == 18 and result['dataset'].startswith(
       'records:')
   # 9 validation images, each counted once: accuracy is a multiple of 1/9.
   assert abs(result['test_accuracy'] * 9 - round(result['test_accuracy'] * 9)) < 1e-9
   assert 0 <= result['fewshot_1shot'] <= 1
   assert np.isfinite(result['test_loss'])
+
+
+@pytest.mark.slow
+def test_analyze_and_export_a_run_on_prepared_records(prepared, records_run, tmp_path):
+  """The analysis entry point and an ONNX export read their images from the run's records
+  (the 9-image val split, decoded and centre-cropped as evaluation does; the Hessian's from
+  the training stream)."""
+  workdir, result = records_run
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.analyze', f'--workdir={workdir}',
+                         f'--out={tmp_path / "analysis"}', '--only=distance,noise,hessian',
+                         '--images=4', '--hessian_batches=1'], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = files.read_json(str(tmp_path / 'analysis' / 'analysis.json'))
+  distance = np.array(saved['distance']['pixels'])  # (1 layer, heads), in pixels of 16
+  assert distance.shape[0] == 1 and np.all(np.isfinite(distance))
+  assert np.all((distance > 0) & (distance < 16 * np.sqrt(2)))
+  # The noise analysis's clean accuracy is over all 9 val images (fewer than 512) with the
+  # checkpoint of the final evaluation: the run's test accuracy.
+  assert saved['noise']['clean_accuracy'] == pytest.approx(result['test_accuracy'], abs=1e-9)
+  # On a batch of the training stream, augmented on the host.
+  hessian_top = np.array(saved['hessian']['top_eigenvalues'])
+  assert hessian_top.shape == (1, 5) and np.all(np.isfinite(hessian_top))
+
+  from vit_jax import export  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  export.export(workdir, 'onnx', str(tmp_path / 'onnx'))
+  manifest = files.read_json(str(tmp_path / 'onnx' / 'export.json'))
+  (what, diff), = [(k, v) for k, v in manifest['verification']['max_abs_diff'].items()
+                   if 'random' not in k]
+  assert what == f"8 images of the 'records:{prepared}' val split" and diff <= 1e-4
+  assert manifest['class_names'] == [f'n{c:08d}' for c in range(3)]
+  source = records.RecordSource(prepared, 'val')
+  want = np.stack([pipeline.eval_transform(source[i][0], 16, 1.) for i in
+                   data.evenly_spaced(9, 8)]) / 127.5 - 1
+  np.testing.assert_allclose(export.Source.from_run(workdir).images, want, atol=1e-6)
 
 
 def test_subsets_and_the_hold_out_are_index_lists_over_the_records(prepared):
@@ -58,7 +107,8 @@ def test_subsets_and_the_hold_out_are_index_lists_over_the_records(prepared):
 
 
 def test_stream_config_errors_name_the_field(prepared, tmp_path):
-  with pytest.raises(ValueError, match="data.kind='memory' cannot hold"):
+  with pytest.raises(ValueError, match=r"all images of a split must have the same size and "
+                     r"mode \(data.kind='stream' reads images of any size\)"):
     train.train_and_evaluate(stream_config(prepared, **{'data.kind': 'memory'}), str(tmp_path))
   with pytest.raises(ValueError, match="no 'test' split; it has"):
     train.train_and_evaluate(stream_config(prepared, **{'data.eval_split': 'test'}),
@@ -111,6 +161,17 @@ def test_resume_after_sigkill_on_the_stream_matches_an_uninterrupted_run(prepare
   got, want = (files.read_json(f'{d}/result.json') for d in (killed, tmp_path / 'straight'))
   for key in ('test_accuracy', 'test_loss', 'fewshot_1shot', 'fewshot_2shot'):
     assert got[key] == want[key], key
+
+
+def test_auto_sizes_a_prepared_split_from_16_records_spread_over_it(prepared, monkeypatch):
+  read = []
+  get = records.RecordSource.__getitem__
+  monkeypatch.setattr(records.RecordSource, '__getitem__',
+                      lambda self, i: read.append((self.split, i)) or get(self, i))
+  kind, why = data.choose_kind(stream_config(prepared))
+  # 18 training records of sizes from 40 to 120 pixels, some grayscale: streamed.
+  assert kind == 'stream' and why.startswith('18 images of different sizes or modes (HxWxC ')
+  assert read == [('train', i) for i in np.linspace(0, 17, 16).astype(int)]
 
 
 def test_split_slices_are_disjoint_class_mixed_and_cover_the_split(prepared):
@@ -177,9 +238,13 @@ def test_a_small_folder_tree_of_any_sizes_streams_in_place(tmp_path):
       assert isinstance(opened, data.RecordSplit)
       assert [opened.source[i] for i in range(len(opened))] == [
           ((tmp_path / 'tree' / rel).read_bytes(), label) for rel, label in written[split]]
+  # 'auto' streams images of different sizes; forced into memory they are an error.
+  tree = smoke_config(dataset=f'folder:{tmp_path / "tree"}',
+                      **{'data.cache_dir': str(tmp_path / 'cache')})
+  assert isinstance(data.open_split(tree, 'train'), data.RecordSplit)
+  tree.data.kind = 'memory'
   with pytest.raises(ValueError, match="data.kind='stream' reads images of any size"):
-    data.open_split(smoke_config(dataset=f'folder:{tmp_path / "tree"}',
-                                 **{'data.cache_dir': str(tmp_path / 'cache')}), 'train')
+    data.open_split(tree, 'train')
 
 
 @pytest.mark.slow
@@ -194,3 +259,47 @@ def test_the_few_shot_probe_may_use_another_dataset(prepared, tmp_path):
   # Scored on the probe's 8 validation images (4 classes x 2), not the run's 9.
   assert abs(result['fewshot_2shot'] * 8 - round(result['fewshot_2shot'] * 8)) < 1e-9
   assert abs(result['test_accuracy'] * 9 - round(result['test_accuracy'] * 9)) < 1e-9
+
+
+def test_auto_holds_a_split_that_fits_in_memory_and_streams_a_bigger_one(tmp_path, caplog):
+  """A folder tree of 16x16 RGB JPEGs and PNGs (8 training, 4 test images) and the same tree
+  prepared as records: with data.memory_limit_gb at exactly the decoded training split's
+  8 x 16 x 16 x 3 bytes both are held in memory, with half that limit both stream; the
+  two kinds hold the same pixels and evaluate a model alike."""
+  make_tree(tmp_path / 'tree', classes=2, per_class={'train': 4, 'test': 2}, sizes=(16, 17),
+            grayscale=False)
+  prepare.prepare(str(tmp_path / 'tree'), str(tmp_path / 'records'), workers=1, progress=False)
+  decoded = 8 * 16 * 16 * 3
+  model = get_model('ViT-Ti_16', num_classes=2, **TINY_VIT)
+  params = randomize(init(model, 16)[0], seed=4)
+  mesh = sharding.make_mesh((('data', -1),))
+  caplog.set_level(logging.INFO)
+  for dataset in (f'folder:{tmp_path / "tree"}', f'records:{tmp_path / "records"}'):
+    evaluations, pixels = {}, {}
+    for limit, kind, log in ((decoded / 1e9, data.Split,
+                              'memory (8 images, 6.14 kB decoded <= 6.14 kB)'),
+                             (decoded / 2e9, data.RecordSplit,
+                              'stream (8 images, 6.14 kB decoded > 3.07 kB)')):
+      config = smoke_config(dataset=dataset, image_size=16, **{
+          'data.memory_limit_gb': limit, 'data.cache_dir': str(tmp_path / 'cache'),
+          'eval.fewshot_shots': (1,), 'eval.batch_size': 3})
+      caplog.clear()
+      train_split, _, test_split = data.load_data(config)
+      assert isinstance(train_split, kind) and isinstance(test_split, kind), (dataset, limit)
+      assert [r.getMessage() for r in caplog.records if r.getMessage().startswith('data:')] == [
+          f'data: {dataset}, {log}']
+      assert len(train_split.labels) == 8 and len(test_split.labels) == 4
+      pixels[kind] = np.concatenate([b[0] for b in data.split_eval_batches(
+          test_split, 4, 0, 1, image_size=16)])
+      evaluations[kind] = evaluate.Evaluator(model, config, mesh, train_split, None,
+                                             test_split)(params, 0)
+    np.testing.assert_array_equal(pixels[data.Split], pixels[data.RecordSplit])
+    assert evaluations[data.Split].keys() == evaluations[data.RecordSplit].keys()
+    for key, value in evaluations[data.Split].items():
+      assert value == pytest.approx(evaluations[data.RecordSplit][key], rel=1e-5), key
+  # data.kind forces either kind whatever the limit says.
+  for kind, want in (('stream', data.RecordSplit), ('memory', data.Split)):
+    config = smoke_config(dataset=f'records:{tmp_path / "records"}', image_size=16,
+                          **{'data.kind': kind, 'data.memory_limit_gb': 100. if kind == 'stream'
+                             else 0.})
+    assert isinstance(data.load_data(config)[0], want)

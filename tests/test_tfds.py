@@ -137,3 +137,12 @@ def test_equal_size_images_load_whole_in_memory(tiny):
     want = np.asarray(Image.open(io.BytesIO(source[i][0])).convert('RGB'))
     np.testing.assert_array_equal(split.images[i], want)
   np.testing.assert_array_equal(split.labels, source.labels)
+
+
+def test_auto_holds_equal_size_records_in_memory_and_streams_the_others(tiny):
+  assert data.choose_kind(_config('tfds:tiny1')) == (
+      'memory', '12 images, 20.7 kB decoded <= 4 GB')  # 12 x 24 x 24 x 3 bytes
+  assert data.choose_kind(_config('tfds:tiny0'))[0] == 'stream'  # sizes from 30 to 64 pixels
+  train, _, test = data.load_data(_config('tfds:tiny1'))
+  assert isinstance(train, data.Split) and train.images.shape == (12, 24, 24, 3)
+  assert isinstance(test, data.Split) and test.images.shape == (4, 24, 24, 3)  # 'validation'

@@ -29,7 +29,8 @@ _STEP = flags.DEFINE_string('step', 'latest', "With --workdir, the checkpoint to
 _OUT = flags.DEFINE_string('out', None, 'Directory for the figures and analysis.json.')
 _ONLY = flags.DEFINE_list('only', None,
                           f'Analyses to run (default: all that apply): {run.ANALYSES}.')
-_IMAGES = flags.DEFINE_integer('images', 64, 'Test images for attention and Fourier analyses.')
+_IMAGES = flags.DEFINE_integer('images', 64, 'Evaluation-split images for the attention and '
+                               'Fourier analyses.')
 _HESSIAN_BATCHES = flags.DEFINE_integer('hessian_batches', 4, 'Mini-batches for the Hessian.')
 
 

@@ -184,7 +184,8 @@ TRAIN_FIELDS: dict[str, Field] = {
     'mpp.random_fraction': _real(0, 1, open_high=False),
     'data.cache_dir': _PATH_OR_NONE, 'data.subset_seed': _int(0),
     'data.corrupt_images': _choice('error', 'skip'),
-    'data.kind': _choice(*loader.KINDS), 'data.workers': _int(0), 'data.tfds_dir': _PATH_OR_NONE,
+    'data.kind': _choice(*loader.KINDS), 'data.memory_limit_gb': _real(0),
+    'data.workers': _int(0), 'data.tfds_dir': _PATH_OR_NONE,
     'data.train_split': Field((str,), _split_expression, _SPLIT_RULE),
     'data.eval_split': Field((str,), _split_expression, _SPLIT_RULE, none=True),
 }
@@ -354,8 +355,11 @@ def defaults() -> ml_collections.ConfigDict:
                                       # in result.json as skipped_images)
       kind='auto',                    # 'memory' (decoded whole, augmented on the device) |
                                       # 'stream' (grain, decoded + augmented on the host) |
-                                      # 'auto' (stream 'records:' and 'tfds:' sources, others
-                                      # in memory)
+                                      # 'auto' (memory when the training split decoded fits
+                                      # memory_limit_gb and its images share one size and
+                                      # mode, else stream; 'digits' always in memory)
+      memory_limit_gb=loader.MEMORY_LIMIT_GB,  # the limit of 'auto' on the decoded training
+                                      # split: N x H x W x C bytes at the stored image size
       workers=0,                      # grain worker processes decoding ahead (0: threads)
       tfds_dir=placeholder(str),      # prepared TFDS data; None: $TFDS_DATA_DIR or
                                       # ~/tensorflow_datasets

@@ -17,6 +17,33 @@ from jax.sharding import Mesh
 from vit_jax import data, mpp, sharding
 
 
+def eval_input(images: jax.Array, *, image_size: int, crop_fraction: float,
+               host_cropped: bool) -> jax.Array:
+  """An evaluation batch (B, H, W, C) uint8 -> (B, S, S, C) float32 in [-1, 1], S = image_size:
+  centre-cropped (`crop_fraction`) and resized here, or only scaled when `host_cropped` (the
+  streaming pipeline cropped it on the host)."""
+  if host_cropped:
+    return data.normalize(images)
+  return data.preprocess_eval(images, image_size=image_size, crop_fraction=crop_fraction)
+
+
+def eval_sample(config, split, count: int) -> tuple[np.ndarray, np.ndarray]:
+  """`count` examples of `split` (either kind) evenly spaced over it (evaluation splits are
+  often sorted by class), read and preprocessed as the evaluation reads them (`config`'s
+  image_size and eval.crop_fraction): images (n, S, S, C) float32 in [-1, 1], labels (n,)
+  int32, n = min(count, N)."""
+  sample = split.take(data.evenly_spaced(len(split.labels), count))
+  images, labels = [], []
+  for batch, batch_labels, mask in data.split_eval_batches(
+      sample, config.eval.batch_size, 0, 1, image_size=config.image_size,
+      crop_fraction=config.eval.crop_fraction):
+    x = eval_input(jnp.asarray(batch), image_size=config.image_size,
+                   crop_fraction=config.eval.crop_fraction, host_cropped=sample.host_augmented)
+    images.append(np.asarray(x)[mask])
+    labels.append(batch_labels[mask])
+  return np.concatenate(images), np.concatenate(labels)
+
+
 def make_eval_step(model, *, image_size: int, crop_fraction: float,
                    masked_patches: dict | None = None, host_cropped: bool = False) -> Callable:
   """Returns jitted (params, images uint8 (B,H,W,C), labels (B,), mask (B,)) ->
@@ -28,8 +55,8 @@ def make_eval_step(model, *, image_size: int, crop_fraction: float,
   """
 
   def step(params, images, labels, mask):
-    x = (data.normalize(images) if host_cropped else
-         data.preprocess_eval(images, image_size=image_size, crop_fraction=crop_fraction))
+    x = eval_input(images, image_size=image_size, crop_fraction=crop_fraction,
+                   host_cropped=host_cropped)
     if masked_patches is not None:
       loss, correct, count, features = mpp.objective(
           model, params, x, jax.random.PRNGKey(0), train=False, valid=mask, **masked_patches)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, data, files, train
+from vit_jax import checkpoint, data, evaluate, files, train
 from vit_jax.scaling import results as sweep_results
 from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness
 from vit_jax.models import forward_with_intermediates, resolved_fields
@@ -22,7 +22,7 @@ from vit_jax.models.resnet import ResidualUnit
 
 ANALYSES = ('filters', 'posemb', 'distance', 'rollout', 'fourier', 'noise', 'hessian')
 NOISE_STD = 0.1  # of the band-limited noise, in the model's input units ([-1, 1] images)
-NOISE_IMAGES = 512  # test images for the noise robustness analysis
+NOISE_IMAGES = 512  # evaluation-split images for the noise robustness analysis
 SWEEP_ANALYSES = ('distance', 'fourier')  # the default with --sweep (add 'hessian' if affordable)
 # Which families each analysis applies to.
 _FAMILIES = {'filters': ('vit',), 'posemb': ('vit', 'hybrid'), 'distance': ('vit', 'hybrid'),
@@ -66,18 +66,19 @@ def noise_robustness(model, params, images: np.ndarray, labels: np.ndarray, num_
   return {'bands': robustness.bands(num_bands), 'clean_accuracy': clean, 'accuracy_drop': drops}
 
 
-def hessian_eigenvalues(config, model, params, train_split: data.Split, batches: int,
-                        k: int = 5, iterations: int = 50) -> np.ndarray:
+def hessian_eigenvalues(config, model, params, train_split: data.Split | data.RecordSplit,
+                        batches: int, k: int = 5, iterations: int = 50) -> np.ndarray:
   """(batches, k) top Hessian eigenvalues of the training loss (cross-entropy with label
-  smoothing plus 0.5 * weight_decay * |params|^2) on augmented training mini-batches."""
+  smoothing plus 0.5 * weight_decay * |params|^2) on the first `batches` mini-batches of the
+  training stream of `train_split` (either kind), augmented as in training."""
   augment = data.augment_from_config(config)
-  batch_size = min(config.batch_size, len(train_split.labels))
-  rng = np.random.default_rng(0)
+  batches_of = data.train_iterator(train_split, config)
   values = []
   for b in range(batches):
-    idx = rng.choice(len(train_split.labels), batch_size, replace=False)
-    x = augment(jnp.asarray(train_split.images[idx]), jax.random.PRNGKey(b))
-    y = jnp.asarray(train_split.labels[idx])
+    images, labels = next(batches_of)
+    x = (data.normalize(jnp.asarray(images)) if train_split.host_augmented else
+         augment(jnp.asarray(images), jax.random.PRNGKey(b)))
+    y = jnp.asarray(labels)
 
     def loss_fn(p, x=x, y=y):
       logits = model.apply({'params': p}, x, train=False)
@@ -110,12 +111,9 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   files.makedirs(out)
   figure = lambda name: os.path.join(out, f'{name}.png')
 
-  test = data.load_split(config.dataset, 'test', cache_dir=config.data.cache_dir)
-  prepare = lambda idx: data.preprocess_eval(jnp.asarray(test.images[idx]),
-                                             image_size=config.image_size,
-                                             crop_fraction=config.eval.crop_fraction)
-  # Evenly spaced: test splits are often sorted by class.
-  x = prepare(data.evenly_spaced(len(test.labels), num_images))
+  config = data.resolve_kind(config)  # the run's dataset, of any kind
+  test = data.open_split(config, data.eval_split_name(config))
+  x, _ = evaluate.eval_sample(config, test, num_images)
   if kind in ('vit', 'hybrid') and {'distance', 'rollout', 'fourier'} & set(wanted):
     _, inter = forward_with_intermediates(model, {'params': params}, x)
     attn = np.asarray(inter['attention_weights'])
@@ -146,12 +144,11 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     plots.fourier(curves, figure('fourier'))
     results['fourier'] = {'delta_log_amplitude': [c.round(4).tolist() for c in curves]}
   if 'noise' in wanted:
-    idx = data.evenly_spaced(len(test.labels), NOISE_IMAGES)
-    results['noise'] = noise_robustness(model, params, np.asarray(prepare(idx)),
-                                        test.labels[idx])
+    results['noise'] = noise_robustness(model, params,
+                                        *evaluate.eval_sample(config, test, NOISE_IMAGES))
     plots.noise(results['noise'], figure('noise'))
   if 'hessian' in wanted:
-    train_split = data.load_split(config.dataset, 'train', cache_dir=config.data.cache_dir)
+    train_split = data.open_split(config, config.data.train_split)
     values = hessian_eigenvalues(config, model, params, train_split, hessian_batches)
     plots.hessian_spectrum(values, figure('hessian'))
     results['hessian'] = {'top_eigenvalues': values.tolist()}

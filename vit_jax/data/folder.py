@@ -10,6 +10,7 @@ import os
 import posixpath
 import tarfile
 import time
+import zipfile
 from typing import Callable
 
 from absl import logging
@@ -59,6 +60,22 @@ def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
   except OSError as e:
     logging.warning('Could not write the cache file %s: %s', cache_file, e)
   return result
+
+
+def cached_shape(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
+                 ) -> tuple[int, ...] | None:
+  """The shape (N, H, W, C) of `split` of `path` in the decoded-array cache, read from the
+  array's header without loading it; None when it is not cached (or not readable)."""
+  try:
+    cache_file = _cache_file(path, split, cache_dir, skip_corrupt)
+    with (epath.Path(cache_file).open('rb') as f, zipfile.ZipFile(f) as archive,
+          archive.open('images.npy') as member):
+      version = np.lib.format.read_magic(member)
+      header = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}[version]
+      return tuple(header(member)[0])
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    return None
 
 
 def _warn_skipped(path: str, split: str, skipped: tuple[str, ...]) -> None:

@@ -1,23 +1,25 @@
 """An image-folder tree or `.tar.gz` read in place as a record source (small trees of images of
-any size: `data.kind='stream'` with a 'folder:' dataset). Large trees are better prepared once
-with `python -m vit_jax.data.prepare`, which a run then opens without walking the images."""
-import os
-
+any size, or too big to decode whole: a streamed 'folder:' dataset). Large trees are better
+prepared once with `python -m vit_jax.data.prepare`, which a run then opens without walking the
+images."""
+from etils import epath
 import numpy as np
 
+from vit_jax import files
 from vit_jax.data import folder
 
 
 class FolderSource:
   """`source[i]` -> (the file's bytes, label) of split `split` of the layout
-  `<root>/{train,test}/<class>/<image>`, images ordered by class then name. A directory is
-  listed once here and read file by file; an archive is read once and kept in memory."""
+  `<root>/{train,test}/<class>/<image>`, images ordered by class then name. A directory
+  (local or on an object store) is listed once here and read file by file; an archive is read
+  once and kept in memory."""
 
   def __init__(self, path: str, split: str):
-    if not os.path.exists(path):
+    if not files.exists(path):
       raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
     self.directory, self.split = path, split
-    if os.path.isdir(path):
+    if files.isdir(path):
       dirs, names, _ = folder._list_folder(path)  # pylint: disable=protected-access
       self._blobs = None
     else:
@@ -35,5 +37,4 @@ class FolderSource:
     name = self.paths[int(index)]
     if self._blobs is not None:
       return self._blobs[name], int(self.labels[index])
-    with open(os.path.join(self.directory, name), 'rb') as f:
-      return f.read(), int(self.labels[index])
+    return epath.Path(self.directory, name).read_bytes(), int(self.labels[index])

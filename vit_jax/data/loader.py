@@ -1,28 +1,35 @@
 """One interface over both kinds of split: the loop, the evaluator and the sweep call these and
 never look at which kind they got.
 
-- In memory (`Split`): 'digits', 'folder:<path>' (decoded whole, augmented on the device).
-- Streaming (`RecordSplit`): 'records:<prepared directory>' (`python -m vit_jax.data.prepare`),
-  'tfds:<name>' (`tfds.data_source`) and, with data.kind='stream', 'folder:' trees read in
-  place, record by record by the grain pipeline, decoded and augmented on the host.
+- In memory (`Split`): decoded whole to uint8 arrays of one image size, augmented on the
+  device: 'digits', and 'folder:<path>' (with its decoded-array cache), 'records:<prepared
+  directory>' (`python -m vit_jax.data.prepare`) and 'tfds:<name>' (`tfds.data_source`)
+  splits that fit.
+- Streaming (`RecordSplit`): 'folder:', 'records:' and 'tfds:' splits read record by record by
+  the grain pipeline, decoded and augmented on the host (images of any size; 'folder:' trees
+  read in place).
 
-`data.kind` ('auto' | 'memory' | 'stream') forces one kind where a source has both; 'auto'
-streams 'records:' and 'tfds:' sources and holds the others in memory.
+`data.kind` ('auto' | 'memory' | 'stream') forces one kind; 'auto' (`choose_kind`) holds a
+dataset in memory when its training split, decoded (`footprint`: N x H x W x C bytes at the
+stored image size), takes at most `data.memory_limit_gb` and its images have one size and
+mode, and streams it otherwise ('digits' is always in memory). `resolve_kind` decides once
+for a run and logs the decision in one line.
 """
 import copy
 import re
 from typing import Iterator
 
+from absl import logging
 import ml_collections
 import numpy as np
 
-from vit_jax.data import pipeline, records, tfds_source
+from vit_jax.data import folder, footprint, pipeline, records, sources, tfds_source
 from vit_jax.data.batches import TrainIterator, eval_batches
 from vit_jax.data.folder_source import FolderSource
-from vit_jax.data.sources import load_split
 from vit_jax.data.split import Split
 
 KINDS = ('auto', 'memory', 'stream')
+MEMORY_LIMIT_GB = 4.  # data.memory_limit_gb by default (and for runs saved before it existed)
 EVAL_SPLITS = ('validation', 'val', 'test')  # a record source's evaluation split, if not given
 
 
@@ -39,26 +46,70 @@ def _record_source(config: ml_collections.ConfigDict, split: str):
                    "'tfds:<name>' or 'folder:<directory or .tar.gz>' dataset.")
 
 
-def is_streamed(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config` reads its dataset through the streaming pipeline."""
+def _record_split(config: ml_collections.ConfigDict, split: str) -> pipeline.RecordSplit:
+  """Split `split` of config.dataset as records; record sources take slices such as
+  'train[:99%]' (`_select`), TFDS any split expression."""
+  if config.dataset.startswith(('tfds:', 'folder:')):  # TFDS takes split expressions itself
+    return pipeline.RecordSplit(_record_source(config, split))
+  return _select(_record_source(config, parse_split(split)[0]), split)
+
+
+def _footprint(config: ml_collections.ConfigDict) -> footprint.Footprint:
+  """The decoded size of the training split: a 'folder:' split from its decoded-array cache
+  when it is there, else any split from its records (`footprint.of_records`)."""
+  kind, _, arg = config.dataset.partition(':')
+  split = config.data.train_split
+  if kind == 'folder':
+    shape = folder.cached_shape(arg, split, config.data.cache_dir,
+                                config.data.corrupt_images == 'skip')
+    if shape is not None:
+      return footprint.of_array(shape)
+  return footprint.of_records(_record_split(config, split))
+
+
+def choose_kind(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """('memory' or 'stream', why): data.kind when it forces one; for 'auto', memory when the
+  decoded training split fits under data.memory_limit_gb (see the module docstring)."""
   kind = config.data.kind
   if kind not in KINDS:
     raise ValueError(f'data.kind={kind!r} must be one of {KINDS}.')
-  if kind == 'memory':
-    if config.dataset.startswith('records:'):
-      raise ValueError(f"data.kind='memory' cannot hold config.dataset={config.dataset!r} "
-                       "(images of any size); use data.kind='auto' or 'stream'.")
-    return False
-  return kind == 'stream' or config.dataset.startswith(('records:', 'tfds:'))
+  if kind != 'auto':
+    return kind, f'data.kind={kind!r}'
+  if config.dataset == 'digits':
+    return 'memory', 'the embedded digits'
+  found = _footprint(config)
+  limit = config.data.get('memory_limit_gb', MEMORY_LIMIT_GB)
+  if found.nbytes is None:
+    return 'stream', found.describe()
+  relation = '<=' if found.nbytes <= limit * footprint.GB else '>'
+  return ('memory' if relation == '<=' else 'stream',
+          f'{found.describe()} {relation} {footprint.size(limit * footprint.GB)}')
+
+
+def resolve_kind(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose data.kind is the kind its dataset is read as ('memory' or
+  'stream', `choose_kind`), decided once and logged in one line ('data: folder:cifar10.tar.gz,
+  memory (50,000 images, 154 MB decoded <= 4 GB)')."""
+  kind, why = choose_kind(config)
+  logging.info('data: %s, %s (%s)', config.dataset, kind, why)
+  resolved = copy.deepcopy(config)
+  resolved.data.kind = kind
+  return resolved
+
+
+def is_streamed(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` reads its dataset through the streaming pipeline."""
+  return choose_kind(config)[0] == 'stream'
 
 
 def eval_split_name(config: ml_collections.ConfigDict) -> str:
-  """data.eval_split, or by default 'test' in memory and for record sources the first of
-  EVAL_SPLITS they have (ImageNet's labelled evaluation split is 'validation'/'val')."""
+  """data.eval_split, or by default 'test' for 'digits' and 'folder:' datasets and for record
+  sources ('records:', 'tfds:') the first of EVAL_SPLITS they have (ImageNet's labelled
+  evaluation split is 'validation'/'val'), whichever kind reads them."""
   if config.data.eval_split:
     return config.data.eval_split
   kind, _, arg = config.dataset.partition(':')
-  if kind == 'tfds' and is_streamed(config):
+  if kind == 'tfds':
     available = tfds_source.split_names(arg, config.data.tfds_dir)
   elif kind == 'records':
     available = records.read_metadata(arg)['splits']
@@ -107,14 +158,16 @@ def _select(source, expression: str) -> pipeline.RecordSplit:
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipeline.RecordSplit:
   """Split `split` (data.train_split or eval_split_name(config)) of config.dataset, of the
-  kind `is_streamed` says. Record sources take slices such as 'train[:99%]' (`_select`)."""
+  kind `choose_kind` says (a run calls `resolve_kind` first, so 'auto' is decided once).
+  Record sources take slices such as 'train[:99%]' (`_select`) in either kind."""
   if is_streamed(config):
-    if config.dataset.startswith(('tfds:', 'folder:')):  # TFDS takes split expressions itself
-      source = _record_source(config, split)
-      return pipeline.RecordSplit(source)
-    return _select(_record_source(config, parse_split(split)[0]), split)
-  return load_split(config.dataset, split, cache_dir=config.data.cache_dir,
-                    corrupt_images=config.data.corrupt_images, tfds_dir=config.data.tfds_dir)
+    return _record_split(config, split)
+  if config.dataset.startswith(('records:', 'tfds:')):
+    return sources.decode_records(_record_split(config, split),
+                                  config.data.corrupt_images == 'skip')
+  return sources.load_split(config.dataset, split, cache_dir=config.data.cache_dir,
+                            corrupt_images=config.data.corrupt_images,
+                            tfds_dir=config.data.tfds_dir)
 
 
 def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
@@ -125,6 +178,7 @@ def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
   probe = copy.deepcopy(config)
   probe.dataset = config.eval.fewshot_dataset
   probe.data.train_split, probe.data.eval_split = 'train', None
+  probe = resolve_kind(probe)
   return open_split(probe, 'train'), open_split(probe, eval_split_name(probe))
 
 

@@ -56,6 +56,11 @@ class RecordSplit:
     labels = np.asarray(self.source.labels)
     return labels if self.indices is None else labels[self.indices]
 
+  @property
+  def where(self) -> str:
+    """Where the records come from, for messages: a directory, 'tfds:<name>[<split>]'."""
+    return getattr(self.source, 'directory', '') or type(self.source).__name__
+
   def record(self, i: int) -> int:
     """Index into the source of example i of this split."""
     return int(i if self.indices is None else self.indices[i])
@@ -143,8 +148,7 @@ def eval_transform(data: bytes, image_size: int, crop_fraction: float) -> np.nda
 
 
 def _decode_error(split: RecordSplit, i: int, e: Exception) -> ValueError:
-  where = getattr(split.source, 'directory', '') or type(split.source).__name__
-  return ValueError(f'Record {split.record(i)} of {where} is not a decodable image: {e}')
+  return ValueError(f'Record {split.record(i)} of {split.where} is not a decodable image: {e}')
 
 
 @dataclasses.dataclass(frozen=True)

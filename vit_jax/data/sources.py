@@ -7,14 +7,18 @@
 - 'tfds:<name>': a prepared TensorFlow Datasets dataset of equal-size images (read with
   `tfds.data_source`, no TensorFlow; see `vit_jax.data.tfds_source`), where tensorflow-datasets
   is installed (imported lazily).
+
+`decode_records` decodes any record split (a prepared 'records:' directory, a TFDS split
+expression) into memory the same way.
 """
 import os
 
 import numpy as np
 
 from vit_jax.data.folder import _decode_images, load_folder
-from vit_jax.data.tfds_source import TfdsSource
+from vit_jax.data.pipeline import RecordSplit
 from vit_jax.data.split import SPLITS, Split
+from vit_jax.data.tfds_source import TfdsSource
 
 SOURCES = ("'digits', 'folder:<directory or .tar.gz>', 'tfds:<name>' or 'records:<prepared "
            "directory>'")
@@ -72,9 +76,16 @@ def _load_tfds(name: str, split: str, data_dir: str | None, cache_dir: str | Non
                skip_corrupt: bool) -> Split:
   """A prepared TFDS dataset decoded whole (through `tfds.data_source`: no TensorFlow); every
   image must have the same size."""
-  source = TfdsSource(name, split, data_dir, cache_dir)
-  names = [str(i) for i in range(len(source))]
-  images, kept = _decode_images(f'tfds:{name}[{split}] record', names,
-                                lambda i: source[int(i)][0], skip_corrupt)
-  return Split(images, source.labels[kept], source.class_names,
-               tuple(f'tfds:{name}[{split}] record {i}' for i in np.flatnonzero(~kept)))
+  return decode_records(RecordSplit(TfdsSource(name, split, data_dir, cache_dir)), skip_corrupt)
+
+
+def decode_records(split: RecordSplit, skip_corrupt: bool) -> Split:
+  """Every record of a record split decoded into memory, as image folders are (one size and
+  mode; grayscale stays one channel): images (N, H, W, C) uint8. A record that cannot be
+  decoded is an error, or with `skip_corrupt` left out and listed in `Split.skipped` (after
+  the files the split itself lists as skipped)."""
+  where = f'{split.where} record'
+  records = [str(split.record(i)) for i in range(len(split))]
+  images, kept = _decode_images(where, records, lambda r: split.source[int(r)][0], skip_corrupt)
+  left_out = tuple(f'{where} {r}' for r, k in zip(records, kept) if not k)
+  return Split(images, split.labels[kept], split.class_names, split.skipped + left_out)

@@ -58,7 +58,9 @@ def load_data(config) -> tuple[AnySplit, AnySplit | None, AnySplit]:
   """(train, validation or None, test) of a training config: the nested `train_size` subset of
   `data.train_split` of `dataset`, minus a class-balanced `eval.val_fraction` of it held out
   for validation (with `data.subset_seed` + 1); the test split is `loader.eval_split_name`'s.
-  In memory (`Split`) or streamed (`RecordSplit`), as `loader.is_streamed` says."""
+  In memory (`Split`) or streamed (`RecordSplit`), as `loader.resolve_kind` decides (and
+  logs)."""
+  config = loader.resolve_kind(config)
   train, test = (loader.open_split(config, split)
                  for split in (config.data.train_split, loader.eval_split_name(config)))
   train = train.take(nested_subset(train.labels, config.train_size, config.data.subset_seed))

@@ -6,11 +6,12 @@ and import Hugging Face and timm ViT weights (the library behind `python -m vit_
 
 Every export is written into a temporary folder (beside a local `out`; on this machine for an
 object-store `out` such as `gs://bucket/dir`), then loaded by the other framework's own loader
-(transformers, timm, onnxruntime, our npz loader) and run on real test images and random
-inputs; only when its logits match the JAX model's (`verify.TOLERANCE`) is the folder renamed
-to `out`, with `export.json` recording the check. An object store has no folder rename: each
-file is uploaded (atomically, one object each), `export.json` last, so a folder holding
-`export.json` is complete; a failed upload removes what it uploaded.
+(transformers, timm, onnxruntime, our npz loader) and run on real images of the run's
+evaluation split and random inputs; only when its logits match the JAX model's
+(`verify.TOLERANCE`) is the folder renamed to `out`, with `export.json` recording the check.
+An object store has no folder rename: each file is uploaded (atomically, one object each),
+`export.json` last, so a folder holding `export.json` is complete; a failed upload removes
+what it uploaded.
 Import: `hf.load(folder)`, `hf.import_state_dict(state, config)`, `timm.load(folder)`,
 `timm.import_state_dict(state, num_heads=...)` return (our model, params) for ViTs.
 """

@@ -8,16 +8,17 @@ unrolled NumPy arrays, so every format sees one `encoderblock_{i}` subtree per l
 """
 import dataclasses
 import functools
-import os
 from typing import Any, Callable
 
 from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, data, files, pretrained
+from vit_jax import checkpoint, data, evaluate, files, pretrained
+from vit_jax import config as config_lib
 from vit_jax.export import layout
 from vit_jax.models import ResNet, T2TViT, VisionTransformer
 
@@ -95,28 +96,28 @@ class Source:
   @classmethod
   def from_model(cls, name: str, model: nn.Module, params: Params, *, image_size: int,
                  class_names: tuple[str, ...] | None = None, images: np.ndarray | None = None,
-                 dataset: str = 'digits', cache_dir: str | None = None,
-                 crop_fraction: float = 1.0, workdir: str | None = None,
-                 step: int | None = None) -> 'Source':
+                 config: ml_collections.ConfigDict | None = None,
+                 workdir: str | None = None, step: int | None = None) -> 'Source':
     """Wraps `model` and `params` (scanned or unrolled).
 
-    Without `images`, real images come from the test split of `dataset` (the embedded digits
-    when it cannot be read here), preprocessed as evaluation does; without `class_names`, the
-    dataset's class names are used when their number matches the head.
+    Without `images`, real images come from the evaluation split of the training config
+    `config`'s dataset, of image_size (None: the embedded digits; also when the dataset cannot
+    be read here), preprocessed as evaluation does; without `class_names`, the dataset's class
+    names are used when their number matches the head.
     """
     model = model.clone(**{k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)})
     params = pretrained.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
     channels = input_channels(model, params, image_size, name)
     images_from = 'the given images'
     if images is None:
-      images, names, images_from = sample_images(dataset, image_size, channels,
-                                                 cache_dir=cache_dir, crop_fraction=crop_fraction)
+      config = config if config is not None else _digits(image_size)
+      images, names, images_from = sample_images(config, channels)
       if class_names is None and names is not None:
         if len(names) == model.num_classes:
           class_names = names
         else:
           logging.warning('%s has %d classes but the head %d; exporting without label names.',
-                          dataset, len(names), model.num_classes)
+                          config.dataset, len(names), model.num_classes)
     if class_names is not None and len(class_names) != model.num_classes:
       raise ValueError(f'{len(class_names)} class names for a {model.num_classes}-class head.')
     return cls(name, model, params, image_size, channels,
@@ -126,13 +127,11 @@ class Source:
   @classmethod
   def from_run(cls, workdir: str, step: checkpoint.Step = None) -> 'Source':
     """A run's checkpoint `step` ('latest' or None, 'best', a number), with its dataset's
-    class names and test images."""
+    class names and images of its evaluation split (any kind of dataset: `sample_images`)."""
     step = checkpoint.resolve_step(workdir, step)
     config, model, params = checkpoint.load_run(workdir, step)
     return cls.from_model(config.model.name, model, params, image_size=config.image_size,
-                          dataset=config.dataset, cache_dir=config.data.cache_dir,
-                          crop_fraction=config.eval.crop_fraction,
-                          workdir=files.absolute(workdir), step=step)
+                          config=config, workdir=files.absolute(workdir), step=step)
 
 
 @functools.lru_cache(maxsize=16)
@@ -158,31 +157,39 @@ def input_channels(model: nn.Module, params: Params, image_size: int, name: str)
                    '1 to 4 channels (wrong image_size, model overrides or checkpoint).')
 
 
-def sample_images(dataset: str, image_size: int, channels: int, *, cache_dir: str | None = None,
-                  crop_fraction: float = 1.0) -> tuple[np.ndarray, tuple[str, ...] | None, str]:
-  """NUM_IMAGES test images of `dataset`, evenly spaced over the split (test splits are often
-  sorted by class), preprocessed as evaluation does: (N, S, S, C) float32 in [-1, 1].
+def _digits(image_size: int, crop_fraction: float = 1.) -> ml_collections.ConfigDict:
+  """A training config of the embedded digits at image_size."""
+  config = config_lib.defaults()
+  config.image_size, config.eval.crop_fraction = image_size, crop_fraction
+  return config
 
-  Falls back to the embedded digits (with a warning) when `dataset` cannot be loaded here.
+
+def sample_images(config: ml_collections.ConfigDict, channels: int
+                  ) -> tuple[np.ndarray, tuple[str, ...] | None, str]:
+  """NUM_IMAGES images of the evaluation split of the training config `config`'s dataset
+  (either kind), evenly spaced over the split (evaluation splits are often sorted by class),
+  preprocessed as evaluation does: (N, S, S, C) float32 in [-1, 1], S = config.image_size.
+
+  Falls back to the embedded digits (with a warning) when the dataset cannot be read here.
   Returns (images, the dataset's class names or None for the fallback, a description).
   """
   try:
-    split = data.load_split(dataset, 'test', cache_dir=cache_dir)
-    names, source = split.class_names, f'the {dataset!r} test split'
+    config = data.resolve_kind(config)
+    name = data.eval_split_name(config)
+    split = data.open_split(config, name)
+    names, source = split.class_names, f'the {config.dataset!r} {name} split'
   except (OSError, ImportError, ValueError) as e:
     logging.warning('Cannot read the dataset %r here (%s); verifying on the embedded digits.',
-                    dataset, e)
-    split = data.load_split('digits', 'test')
+                    config.dataset, e)
+    config = _digits(config.image_size, config.eval.crop_fraction)
+    split = data.open_split(config, 'test')
     names, source = None, 'the embedded digits (the run\'s dataset is not readable here)'
-  idx = data.evenly_spaced(len(split.labels), NUM_IMAGES)
-  images = split.images[idx]
+  images, _ = evaluate.eval_sample(config, split, NUM_IMAGES)
   if images.shape[-1] != channels:
     if images.shape[-1] != 1:
       raise ValueError(f'{source} has {images.shape[-1]} channels, the model {channels}.')
     images = np.repeat(images, channels, axis=-1)
-  x = data.preprocess_eval(jnp.asarray(images), image_size=image_size,
-                           crop_fraction=crop_fraction)
-  return np.asarray(x), names, f'{len(images)} images of {source}'
+  return images, names, f'{len(images)} images of {source}'
 
 
 def random_images(source: Source, seed: int = 0) -> np.ndarray:
