@@ -106,8 +106,8 @@ def test_bfloat16_close_to_float32_with_float32_params(tiny_vit):
 
 
 @pytest.mark.parametrize('impl', [None, 'xla'])
-def test_fused_attention_matches_explicit_numpy_softmax(impl):
-  """The fused path (`jax.nn.dot_product_attention`, no weights materialised) against
+def test_attention_matches_explicit_numpy_softmax(impl):
+  """The training/inference path (weights not stored in `intermediates`) against
   softmax(Q K^T / sqrt(d)) V written out in NumPy, on the same random parameters. ('cudnn'
   needs a GPU and is not checked on CPU.)"""
   layer = vit.MultiHeadDotProductAttention(num_heads=4, implementation=impl)

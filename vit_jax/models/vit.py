@@ -10,8 +10,7 @@ Shapes: B batch, H x W image, P patch size, D hidden_size, K heads, N tokens (gr
 one class token with classifier='token').
 
 Attention weights and per-block outputs are sown into the `intermediates` collection; they are
-computed only when that collection is mutable (see `forward_with_intermediates`), so the normal
-path runs the fused `jax.nn.dot_product_attention` and stores nothing.
+stored only when that collection is mutable (see `forward_with_intermediates`).
 """
 from typing import Any
 
@@ -92,9 +91,11 @@ class MultiHeadDotProductAttention(nn.Module):
   """Multi-head self-attention: (B, N, D) -> (B, N, D).
 
   `query`/`key`/`value` kernels are (D, K, D/K), `out` is (K, D/K, D), as in Flax's attention.
-  `implementation` picks `jax.nn.dot_product_attention`'s backend (None lets JAX choose, `xla`,
-  `cudnn`). The weights (B, K, N, N) are materialised only for attention dropout during training
-  or when the `intermediates` collection is mutable.
+  `implementation='cudnn'` runs `jax.nn.dot_product_attention`'s cuDNN kernel, which never
+  materialises the weights (B, K, N, N) (unless attention dropout is on or the `intermediates`
+  collection is mutable). None and 'xla' compute what that function's XLA path does (float32
+  logits and softmax) as two einsums without its grouped-query reshapes, which on CPU saves the
+  layout copies of the (B, K, N, N) arrays in the backward pass.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -120,13 +121,15 @@ class MultiHeadDotProductAttention(nn.Module):
     k = heads(qkv('key', self.qkv_bias))
     v = heads(qkv('value', self.qkv_bias))
     dropout = self.dropout_rate > 0 and not self.deterministic
-    if dropout or self.is_mutable_collection('intermediates'):
-      weights = jax.nn.softmax(jnp.einsum('bqkh,bnkh->bkqn', q, k)).astype(self.dtype)
+    if self.implementation == 'cudnn' and not (dropout or self.is_mutable_collection(
+        'intermediates')):
+      y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation='cudnn')
+    else:  # `jax.nn.dot_product_attention`'s XLA computation, in fewer layout copies
+      logits = jnp.einsum('bqkh,bnkh->bkqn', q, k, preferred_element_type=jnp.float32)
+      weights = jax.nn.softmax(logits).astype(self.dtype)
       self.sow('intermediates', 'attention_weights', weights)
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
       y = jnp.einsum('bkqn,bnkh->bqkh', weights, v)
-    else:
-      y = jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation=self.implementation)
     y = heads(y)
     return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name='out',
                            kernel_init=nn.initializers.xavier_uniform())(y)
