@@ -76,7 +76,7 @@ def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
 
   compute = {label: [p for p in c if p['train_flops']] for label, c in curves.items()}
   specs = {
-      'accuracy_vs_data': (f'{title}: test accuracy vs data (bars: std over seeds; dashed: '
+      'accuracy_vs_data': (f'{title}: test accuracy vs data\n(bars: std over seeds; dashed: '
                            'power-law fits)',
                            'Training-set size (images)', 'Test accuracy (%)', data),
       'gap_vs_data': (f'{title}: accuracy gap to {ref}', 'Training-set size (images)',
