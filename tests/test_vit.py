@@ -108,13 +108,31 @@ def test_bfloat16_close_to_float32_with_float32_params(tiny_vit):
 @pytest.mark.parametrize('impl', [None, 'xla'])
 def test_attention_matches_explicit_numpy_softmax(impl):
   """The training/inference path (weights not stored in `intermediates`) against
-  softmax(Q K^T / sqrt(d)) V written out in NumPy, on the same random parameters. ('cudnn'
-  needs a GPU and is not checked on CPU.)"""
+  softmax(Q K^T / sqrt(d)) V written out in NumPy, on the same random parameters. (For
+  'cudnn', see the next test.)"""
   layer = vit.MultiHeadDotProductAttention(num_heads=4, implementation=impl)
   x = np.random.default_rng(0).normal(size=(2, 7, 32)).astype(np.float32)
   params = randomize(layer.init(jax.random.PRNGKey(0), x)['params'])
   want, _ = numpy_attention(x.astype(np.float64), jax.tree_util.tree_map(np.asarray, params))
   np.testing.assert_allclose(layer.apply({'params': params}, x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_cudnn_branch_hands_the_kernel_the_right_operands(monkeypatch):
+  """The 'cudnn' branch on CPU: jax.nn.dot_product_attention, called as the branch calls it
+  but run by its XLA implementation, must give the NumPy attention (layouts (B, N, K, H), the
+  1/sqrt(d) scaling applied once). The cuDNN kernel itself needs a GPU."""
+  calls = []
+  real = jax.nn.dot_product_attention
+  def on_xla(*args, implementation=None, **kwargs):
+    calls.append(implementation)
+    return real(*args, implementation='xla', **kwargs)
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', on_xla)
+  layer = vit.MultiHeadDotProductAttention(num_heads=4, implementation='cudnn')
+  x = np.random.default_rng(1).normal(size=(2, 7, 32)).astype(np.float32)
+  params = randomize(layer.init(jax.random.PRNGKey(0), x)['params'])
+  want, _ = numpy_attention(x.astype(np.float64), jax.tree_util.tree_map(np.asarray, params))
+  np.testing.assert_allclose(layer.apply({'params': params}, x), want, rtol=1e-4, atol=1e-5)
+  assert calls == ['cudnn', 'cudnn']  # init and apply both took the branch
 
 
 def test_dropout_only_in_training(tiny_vit):
