@@ -106,15 +106,15 @@ def test_cache_is_written_read_and_survives_corruption(tmp_path, monkeypatch, ca
     np.testing.assert_array_equal(cached['images'], expected)
     assert cached['class_names'].tolist() == ['bird', 'cat', 'dog']
 
-  real_decode = folder._decode_images
+  real_decode = folder.decode_images
   def fail(*args):
     raise AssertionError('decoded although cached')
-  monkeypatch.setattr(folder, '_decode_images', fail)
+  monkeypatch.setattr(folder, 'decode_images', fail)
   np.testing.assert_array_equal(data.load_split(source, 'test').images, expected)
 
   with open(cache_file, 'wb') as f:
     f.write(b'PK\x03\x04 truncated')
-  monkeypatch.setattr(folder, '_decode_images', real_decode)
+  monkeypatch.setattr(folder, 'decode_images', real_decode)
   np.testing.assert_array_equal(data.load_split(source, 'test').images, expected)
   with np.load(cache_file, allow_pickle=False) as cached:  # rewritten
     np.testing.assert_array_equal(cached['images'], expected)

@@ -7,7 +7,7 @@ import numpy as np
 from vit_jax.data.split import Split
 
 
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+def local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
   """L = B / process_count, with errors for impossible settings."""
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, {process_count}).')
@@ -30,7 +30,7 @@ class TrainIterator:
 
   def __init__(self, split: Split, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
-    self._local = _local_batch_size(global_batch_size, process_index, process_count)
+    self._local = local_batch_size(global_batch_size, process_index, process_count)
     if not len(split.labels):
       raise ValueError('Cannot draw training batches from an empty split.')
     self._split = split
@@ -75,7 +75,7 @@ def eval_batches(split: Split, global_batch_size: int, process_index: int = 0,
   """The whole split once, in order: (images (L, H, W, C) uint8, labels (L,) int32, mask (L,)
   bool) per global batch of B, this process's rows [p * L, (p + 1) * L). The last batch is
   padded with copies of example 0 whose mask is False, so every batch has the same shape."""
-  local = _local_batch_size(global_batch_size, process_index, process_count)
+  local = local_batch_size(global_batch_size, process_index, process_count)
   n = len(split.labels)
 
   def batch(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

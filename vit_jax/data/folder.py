@@ -22,7 +22,7 @@ from vit_jax import files
 from vit_jax.data.split import SPLITS, Split
 
 _CACHE_VERSION = 1  # part of the cache key: bump when decoding changes
-_GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')  # decoded as 'L' (one channel); others as 'RGB'
+GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')  # decoded as 'L' (one channel); others as 'RGB'
 # A folder tree: (folders, files, read(file) -> bytes), paths relative and '/'-separated.
 Listing = tuple[set[str], set[str], Callable[[str], bytes]]
 
@@ -45,9 +45,9 @@ def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
 
   logging.info('Decoding the %s split of %s ...', split, path)
   start = time.perf_counter()
-  dirs, file_names, read = _list_folder(path) if files.isdir(path) else _list_archive(path, split)
-  paths, labels, class_names = _image_paths(path, split, dirs, file_names)
-  images, kept = _decode_images(path, paths, read, skip_corrupt)
+  dirs, file_names, read = list_folder(path) if files.isdir(path) else list_archive(path, split)
+  paths, labels, class_names = image_paths(path, split, dirs, file_names)
+  images, kept = decode_images(path, paths, read, skip_corrupt)
   skipped = tuple(os.path.join(path, p) for p, k in zip(paths, kept) if not k)
   result = Split(images, np.asarray(labels, np.int32)[kept], class_names, skipped)
   logging.info('Decoded %d images of %s in %.1f s; caching them in %s.', len(images), path,
@@ -108,7 +108,7 @@ def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
   return os.path.join(cache_dir, f'{os.path.basename(path)}-{split}-{digest}.npz')
 
 
-def _list_folder(path: str) -> Listing:
+def list_folder(path: str) -> Listing:
   """(folders, files, read) of a directory tree; paths are relative and '/'-separated."""
   dirs, file_names = set(), set()
   for folder, subdirs, names in files.walk(path):
@@ -122,7 +122,7 @@ def _list_folder(path: str) -> Listing:
   return dirs, file_names, read
 
 
-def _list_archive(path: str, split: str) -> Listing:
+def list_archive(path: str, split: str) -> Listing:
   """(folders, files, read) of a `.tar.gz`, in one streaming pass that keeps the bytes of the
   files that may belong to `split` (those with a `split` folder at depth one or two)."""
   dirs, file_names, blobs = set(), set(), {}
@@ -151,8 +151,8 @@ def _subfolders(dirs: set[str], parent: str) -> list[str]:
                 if d.startswith(prefix) and '/' not in d[len(prefix):])
 
 
-def _image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
-                 ) -> tuple[list[str], list[int], tuple[str, ...]]:
+def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
+                ) -> tuple[list[str], list[int], tuple[str, ...]]:
   """Checks the layout; returns the split's image paths (by class, then name), their labels
   and the sorted class names."""
   top = _subfolders(dirs, '')
@@ -187,15 +187,15 @@ def _image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   return paths, labels, tuple(classes)
 
 
-def _decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
-                   skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
+def decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
+                  skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
   """Decodes `paths` with Pillow into (N', H, W, C) uint8, all of one size and mode, and a
   (N,) bool mask of the decoded paths (False only for files skipped with `skip_corrupt`)."""
   images, kept = [], np.ones(len(paths), bool)
   for i, name in enumerate(paths):
     try:
       with Image.open(io.BytesIO(read(name))) as pil:
-        image = np.asarray(pil.convert('L' if pil.mode in _GRAY_MODES else 'RGB'))
+        image = np.asarray(pil.convert('L' if pil.mode in GRAY_MODES else 'RGB'))
     except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for broken files
       if skip_corrupt:
         kept[i] = False

@@ -20,13 +20,12 @@ class FolderSource:
       raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
     self.directory, self.split = path, split
     if files.isdir(path):
-      dirs, names, _ = folder._list_folder(path)  # pylint: disable=protected-access
+      dirs, names, _ = folder.list_folder(path)
       self._blobs = None
     else:
-      dirs, names, read = folder._list_archive(path, split)  # pylint: disable=protected-access
+      dirs, names, read = folder.list_archive(path, split)
       self._blobs = read.__self__  # {name: bytes} of this split's files
-    self.paths, labels, self.class_names = folder._image_paths(  # pylint: disable=protected-access
-        path, split, dirs, names)
+    self.paths, labels, self.class_names = folder.image_paths(path, split, dirs, names)
     self.labels = np.asarray(labels, np.int32)
     self.skipped = ()
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from vit_jax.data import subsets
-from vit_jax.data.folder import _GRAY_MODES
+from vit_jax.data.folder import GRAY_MODES
 from vit_jax.data.pipeline import RecordSplit
 
 GB = 1e9
@@ -62,7 +62,7 @@ def _shape(data: bytes) -> tuple[int, int, int]:
   """(H, W, C) of an encoded image as memory would hold it, from its header."""
   with Image.open(io.BytesIO(data)) as image:
     width, height = image.size
-    return height, width, 1 if image.mode in _GRAY_MODES else 3
+    return height, width, 1 if image.mode in GRAY_MODES else 3
 
 
 def of_records(split: RecordSplit, sample: int = SAMPLE) -> Footprint:

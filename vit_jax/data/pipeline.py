@@ -20,7 +20,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from vit_jax.data.batches import _local_batch_size
+from vit_jax.data.batches import local_batch_size
 
 
 class Source(Protocol):
@@ -225,7 +225,7 @@ class StreamIterator:
   def __init__(self, split: RecordSplit, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, *,
                transform: TrainTransform, workers: int = 0):
-    local = _local_batch_size(global_batch_size, process_index, process_count)
+    local = local_batch_size(global_batch_size, process_index, process_count)
     if not len(split):
       raise ValueError('Cannot draw training batches from an empty split.')
     if not 0 <= seed < 2 ** 32:
@@ -271,7 +271,7 @@ def stream_eval_batches(split: RecordSplit, global_batch_size: int, process_inde
   example 0 whose mask is False."""
   if not 0 < crop_fraction <= 1:
     raise ValueError(f'eval.crop_fraction={crop_fraction} must be in (0, 1].')
-  local = _local_batch_size(global_batch_size, process_index, process_count)
+  local = local_batch_size(global_batch_size, process_index, process_count)
   fn = _EvalBatch(split, image_size, crop_fraction, global_batch_size, local,
                   process_index * local)
   return _batches(fn, 0, -(-len(split) // global_batch_size), workers)

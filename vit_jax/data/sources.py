@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from vit_jax.data.folder import _decode_images, load_folder
+from vit_jax.data.folder import decode_images, load_folder
 from vit_jax.data.pipeline import RecordSplit
 from vit_jax.data.split import SPLITS, Split
 from vit_jax.data.tfds_source import TfdsSource
@@ -86,6 +86,6 @@ def decode_records(split: RecordSplit, skip_corrupt: bool) -> Split:
   the files the split itself lists as skipped)."""
   where = f'{split.where} record'
   records = [str(split.record(i)) for i in range(len(split))]
-  images, kept = _decode_images(where, records, lambda r: split.source[int(r)][0], skip_corrupt)
+  images, kept = decode_images(where, records, lambda r: split.source[int(r)][0], skip_corrupt)
   left_out = tuple(f'{where} {r}' for r, k in zip(records, kept) if not k)
   return Split(images, split.labels[kept], split.class_names, split.skipped + left_out)
