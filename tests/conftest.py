@@ -2,9 +2,18 @@
 import collections
 import gc
 import os
+import tempfile
 import threading
 
-import jax
+# One JAX compilation cache for the session, its child processes and pytest-xdist's workers (set
+# before JAX is imported, which reads these): the suite compiles the same small programs in
+# many processes. Loading a compiled program from the cache changes no result.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'vit_jax_tests_compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 * 10**9))  # bytes, LRU
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import pytest
 
