@@ -322,18 +322,21 @@ def test_train_flops_are_the_same_scanned_and_unrolled(tmp_path):
   assert results[True]['train_flops'] == results[False]['train_flops']
 
 
-def test_training_path_does_not_import_tensorflow(tmp_path):
+def test_training_path_imports_neither_tensorflow_nor_torch(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top,unused-import (installed: [export] extra)
   code = ('import sys, runpy\n'
           f'sys.argv = ["main", "--config=configs/quickstart.py", "--workdir={tmp_path}", '
           + ', '.join(repr(a) for a in SMOKE) + ']\n'
           'try:\n  runpy.run_module("vit_jax.main", run_name="__main__")\n'
           'except SystemExit as e:\n  assert not e.code, e.code\n'
-          'print("TF" if any(m.split(".")[0] == "tensorflow" for m in sys.modules) else "noTF")\n')
+          'print(sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "torch"}))\n'
+          'import torch\n')  # still importable afterwards
   proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                         timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.strip().splitlines()[-1] == 'noTF'
+  assert proc.stdout.strip().splitlines()[-1] == '[]'
   assert os.path.exists(tmp_path / 'result.json')
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
 
 
 @pytest.mark.parametrize('changes,message', [

@@ -2,11 +2,11 @@
 progress line and the profiler trace."""
 import json
 import os
+import sys
 from typing import Any
 
 from absl import logging
 import jax
-import tensorboardX
 
 from vit_jax import files
 
@@ -22,6 +22,21 @@ def read_jsonl(path: str) -> list[dict]:
     except json.JSONDecodeError:
       logging.warning('Skipping an incomplete line in %s.', path)
   return records
+
+
+def summary_writer(workdir: str, purge_step: int | None) -> Any:
+  """tensorboardX's SummaryWriter for `workdir`, tensorboardX imported without PyTorch: where
+  torch is installed, tensorboardX imports it only to accept torch tensors (we log floats),
+  which costs every training process about a second and a few hundred MB."""
+  hidden = 'torch' not in sys.modules
+  if hidden:
+    sys.modules['torch'] = None  # `import torch` raises ImportError, as if not installed
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    if hidden:
+      del sys.modules['torch']
+  return tensorboardX.SummaryWriter(workdir, purge_step=purge_step)
 
 
 class MetricsWriter:
@@ -44,8 +59,7 @@ class MetricsWriter:
     with files.atomic_open(self.path) as f:
       f.writelines(self._lines)
     self._file = open(self.path, 'a') if files.is_local(workdir) else None
-    self._tb = tensorboardX.SummaryWriter(
-        workdir, purge_step=resume_step + 1 if resume_step else None)
+    self._tb = summary_writer(workdir, purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
