@@ -438,9 +438,12 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
                            str(tmp_path))
   good = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   config.optim.lr = float('inf')  # the first update makes every parameter non-finite
+  config.profile_steps = (3, 5)  # the error comes inside the traced steps
   with pytest.raises(FloatingPointError, match=r'Non-finite loss or gradient at step 3 .*'
                      r'last good checkpoint is step 2'):
     train.train_and_evaluate(config, str(tmp_path))
+  jax.profiler.start_trace(str(tmp_path / 'again'))  # raises if the run left its trace running
+  jax.profiler.stop_trace()
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
   after = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   for key in good:

@@ -86,11 +86,19 @@ class MetricsWriter:
 class ProfileTrace:
   """A JAX profiler trace of training steps a..b (inclusive; `steps` = (a, b), None: none)
   into `<workdir>/profile/plugins/profile/<time>/` (TensorBoard's profile plugin reads it).
-  Every process traces its own devices. A run resumed after step a traces nothing."""
+  Every process traces its own devices. A run resumed after step a traces nothing. As a
+  context manager, leaving it ends a trace still running (a run stopped by an error inside
+  steps a..b), so the process can trace again."""
 
   def __init__(self, workdir: str, steps: tuple[int, int] | None):
     self.directory = os.path.join(workdir, 'profile')
     self._steps, self._on = steps, False
+
+  def __enter__(self) -> 'ProfileTrace':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
   def before(self, step: int) -> None:
     """Call before dispatching `step`."""

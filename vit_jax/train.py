@@ -241,8 +241,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   abstract, shardings, init = init_state(model, tx, config, image_shape, mesh)
 
   checkpoints = os.path.join(workdir, 'checkpoints')
-  with run_dir.hold(workdir), checkpoint.CheckpointManager(checkpoints,
-                                                            config.checkpoint.keep) as manager:
+  with (run_dir.hold(workdir),
+        checkpoint.CheckpointManager(checkpoints, config.checkpoint.keep) as manager,
+        metrics.ProfileTrace(workdir, config.profile_steps) as trace):
     is_writer = jax.process_index() == 0
     iterator = data.train_iterator(train_split, config, jax.process_index(),
                                    jax.process_count())
@@ -283,7 +284,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                               manager.latest_step())
     last_log, last_log_step = time.time(), start_step
     run_start = time.time() - saved['wall_time']
-    trace = metrics.ProfileTrace(workdir, config.profile_steps)
     # The next batch is on the device while a step runs; nothing waits for the device
     # between log steps (metrics stay on it in `pending` until the next log line).
     batches = prefetch.DevicePrefetch(
