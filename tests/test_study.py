@@ -202,6 +202,12 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_step(tmp_path):
   assert files.read_json(str(tmp_path / 'result.json'))['step'] == 2
   assert train.train_and_evaluate(config, str(tmp_path)) == files.read_json(
       str(tmp_path / 'result.json'))   # a rerun finds the run finished
+  # Stopped before result.json was written (killed): the rerun writes it without training on.
+  os.remove(tmp_path / 'result.json')
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert (again['step'], again['best_step'], again['early_stopped']) == (2, 1, True)
+  assert again['best_test_accuracy'] == result['best_test_accuracy']
+  assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())[-1] == 2
 
 
 @pytest.mark.slow

@@ -288,7 +288,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # between log steps (metrics stay on it in `pending` until the next log line).
     batches = prefetch.DevicePrefetch(
         iterator, lambda batch: tuple(sharding.global_batch(a, mesh) for a in batch))
-    for step in range(start_step + 1, config.total_steps + 1):
+    # A run that stopped early but was killed before result.json trains no further.
+    last_step = start_step if stopped(start_step) else config.total_steps
+    for step in range(start_step + 1, last_step + 1):
       trace.before(step)
       state, step_metrics = train_step(state, *next(batches))
       trace.after(step, state)
