@@ -1,5 +1,13 @@
 """vit_jax: Vision Transformer scale experiments in JAX/Flax.
 
-Importing the package changes no setting: the XLA CPU option our commands use is set by their
-entry points (`vit_jax.cli.set_cpu_flag`).
+Importing the package changes no setting, except in a process started as one of our commands
+(`python -m vit_jax.<module>`): that restarts here once, before anything heavy is imported, with
+a memory allocator that keeps XLA's CPU buffers mapped (`vit_jax.malloc`). The commands' entry
+points set the XLA CPU option (`vit_jax.cli.set_cpu_flag`).
 """
+import sys as _sys
+
+from vit_jax import malloc as _malloc
+
+if _malloc.is_command(_sys.orig_argv):
+  _malloc.restart_with_fast_malloc()

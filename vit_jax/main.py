@@ -76,6 +76,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.use_fast_malloc()
   cli.set_cpu_flag()
   app.run(main, flags_parser=cli.parse_flags)

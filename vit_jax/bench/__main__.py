@@ -192,5 +192,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.use_fast_malloc()
   main(sys.argv[1:])
