@@ -6,10 +6,9 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow_datasets  # pylint: disable=unused-import ([test] includes [tfds]: fail if absent)
 
-pytest.importorskip('tensorflow_datasets')
-
-from vit_jax import data  # pylint: disable=g-import-not-at-top
+from vit_jax import data
 from vit_jax.data import pipeline, tfds_source
 
 BUILDER = '''
