@@ -6,7 +6,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import tensorflow_datasets  # pylint: disable=unused-import ([test] includes [tfds]: fail if absent)
 
 from vit_jax import data
 from vit_jax.data import pipeline, tfds_source
