@@ -328,7 +328,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if stop and not final:
         logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
                         'continue.', step)
-        trace.close()
         manager.wait()
         writer.close()
         return {'preempted': True, 'step': step}
