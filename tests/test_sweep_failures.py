@@ -1,5 +1,6 @@
 """The sweep's failure branches: a point killed by a signal, the error line picked from a failed
-point's output, error.txt removed by a later success, and --dry_run."""
+point's output, error.txt removed by a later success, --dry_run and the points' shared
+compilation cache."""
 import os
 import signal
 import subprocess
@@ -88,3 +89,23 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
   assert os.path.exists(os.path.join(point.workdir, 'result.json'))
   row = sweep.write_results(points, str(tmp_path / 'results.csv'))[index]
   assert row['status'] == 'done' and row['error'] == '' and row['steps'] == 4
+
+
+def test_points_share_a_compilation_cache_unless_one_is_set(tmp_path, monkeypatch):
+  """A point's processes get the sweep's JAX compilation cache (in the temp directory) where
+  the user set none, and keep the user's where they did."""
+  point = sweep.Point('ResNet', 60, data_scaling.get_config('smoke').base, str(tmp_path / 'p'))
+  command = [sys.executable, '-c', 'import os; print(os.environ["JAX_COMPILATION_CACHE_DIR"], '
+             'os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])']
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  monkeypatch.delenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', raising=False)
+  monkeypatch.setattr(sweep.tempfile, 'tempdir', str(tmp_path / 'tmp'))
+  for cache in (None, str(tmp_path / 'mine')):
+    if cache:
+      monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', cache)
+    running = sweep.start_point(0, point, command)
+    running.proc.wait()
+    running.log.seek(running.start)
+    assert running.log.read().split() == [
+        cache or str(tmp_path / 'tmp' / 'vit_jax_compilation_cache'), '0']
+    running.log.close()

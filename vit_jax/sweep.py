@@ -17,14 +17,15 @@ The study (a sweep config's optional fields, `vit_jax.config.SWEEP_FIELDS`):
   size with twice the budget (`<label>_n<size>_x2`); the report states the difference.
 
 Each point (model x training-set size x seed) trains in its own process (`--point=<index>`,
-output in `<point>/log.txt`), so a crash costs one point; a point whose `result.json` exists is
-skipped, so rerunning an interrupted sweep resumes it (a half-trained point from its
-checkpoint); a failed point is recorded with its error in `<point>/error.txt` and retried by
-the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running point at a
-checkpoint and ends the sweep (rerun to continue); if the sweep process itself dies, its running
-point gets SIGTERM. A point run with a different config than the sweep's now is refused, never
-mixed into the results. At the end `results.csv` is collected and `vit_jax.scaling` writes the
-figures and `REPORT.md`.
+output in `<point>/log.txt`), so a crash costs one point; the points share a JAX compilation
+cache on the machine (`point_env`), so each model compiles once per budget. A point whose
+`result.json` exists is skipped, so rerunning an interrupted sweep resumes it (a half-trained
+point from its checkpoint); a failed point is recorded with its error in `<point>/error.txt`
+and retried by the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running
+point at a checkpoint and ends the sweep (rerun to continue); if the sweep process itself dies,
+its running point gets SIGTERM. A point run with a different config than the sweep's now is
+refused, never mixed into the results. At the end `results.csv` is collected and
+`vit_jax.scaling` writes the figures and `REPORT.md`.
 
 Multi-host points: `--launcher=<template>` runs each point through a shell command instead,
 e.g. an `srun ...` or `gcloud compute tpus tpu-vm ssh ... --worker=all --command=...` that
@@ -359,14 +360,29 @@ class _Running:
   start: int      # where this attempt's output begins in `log`
 
 
+def point_env() -> dict[str, str]:
+  """The environment of a point's processes: this process's, with a JAX compilation cache on
+  this machine shared by the sweep's points (`$JAX_COMPILATION_CACHE_DIR` where set, else
+  `<temp dir>/vit_jax_compilation_cache`, at most 2 GB, least recently used entries evicted),
+  so the points of one model and budget compile their programs once. A cached program gives
+  the same results as a freshly compiled one."""
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR',
+                 os.path.join(tempfile.gettempdir(), 'vit_jax_compilation_cache'))
+  env.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 * 10**9))  # bytes
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')  # small models' too
+  return env
+
+
 def start_point(index: int, point: Point, command: list[str] | str) -> _Running:
-  """Starts `command` (a shell command if a string) in its own session, output appended to
-  `<point>/log.txt` (on an object store, to a local file uploaded when it ends)."""
+  """Starts `command` (a shell command if a string) in its own session with `point_env()`,
+  output appended to `<point>/log.txt` (on an object store, to a local file uploaded when it
+  ends)."""
   files.makedirs(point.workdir)
   log_path = os.path.join(point.workdir, 'log.txt')
   log = open(log_path, 'a+') if files.is_local(log_path) else tempfile.TemporaryFile('w+')
   start = log.tell()
-  proc = subprocess.Popen(command, shell=isinstance(command, str), stdout=log,
+  proc = subprocess.Popen(command, shell=isinstance(command, str), env=point_env(), stdout=log,
                           stderr=subprocess.STDOUT, start_new_session=True,
                           preexec_fn=_die_with_parent)
   return _Running(index, proc, log, start)
