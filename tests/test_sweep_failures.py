@@ -1,6 +1,6 @@
 """The sweep's failure branches: a point killed by a signal, the error line picked from a failed
-point's output, error.txt removed by a later success, --dry_run and the points' shared
-compilation cache."""
+point's output, error.txt removed by a later success, --dry_run, and the environment of
+a point's processes."""
 import os
 import signal
 import subprocess
@@ -68,7 +68,7 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
   error_path = os.path.join(point.workdir, 'error.txt')
 
   command = sweep.point_command(index, point, argv, launcher=None, num_processes=1)
-  running = sweep.start_point(index, point, command)
+  running = sweep.start_point(index, point, command, sweep.point_env())
   time.sleep(1)  # started, not finished: the point trains for much longer
   assert running.proc.poll() is None
   running.proc.send_signal(signal.SIGKILL)
@@ -81,7 +81,7 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
   assert (rows[index]['status'], rows[index]['error']) == ('failed', error)
   assert (rows[0]['status'], rows[0]['error']) == ('failed', 'not run')
 
-  running = sweep.start_point(index, point, command)
+  running = sweep.start_point(index, point, command, sweep.point_env())
   running.proc.wait()
   status, error = sweep.finish_point(point, running)
   assert (status, error) == ('done', '')
@@ -91,21 +91,43 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
   assert row['status'] == 'done' and row['error'] == '' and row['steps'] == 4
 
 
-def test_points_share_a_compilation_cache_unless_one_is_set(tmp_path, monkeypatch):
+def test_points_share_a_compilation_cache_and_split_accelerator_memory(tmp_path, monkeypatch):
   """A point's processes get the sweep's JAX compilation cache (in the temp directory) where
-  the user set none, and keep the user's where they did."""
+  the user set none, and keep the user's where they did; points run side by side split JAX's
+  default 75% of accelerator memory unless the user chose a fraction."""
   point = sweep.Point('ResNet', 60, data_scaling.get_config('smoke').base, str(tmp_path / 'p'))
-  command = [sys.executable, '-c', 'import os; print(os.environ["JAX_COMPILATION_CACHE_DIR"], '
-             'os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])']
-  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
-  monkeypatch.delenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', raising=False)
+  names = ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS',
+           'XLA_PYTHON_CLIENT_MEM_FRACTION')
+  command = [sys.executable, '-c',
+             f'import os; print(*(os.environ.get(n, "unset") for n in {names}))']
+  for name in names:
+    monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(sweep.tempfile, 'tempdir', str(tmp_path / 'tmp'))
-  for cache in (None, str(tmp_path / 'mine')):
-    if cache:
-      monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', cache)
-    running = sweep.start_point(0, point, command)
+  default_cache = str(tmp_path / 'tmp' / 'vit_jax_compilation_cache')
+
+  def child_sees(parallel):
+    running = sweep.start_point(0, point, command, sweep.point_env(parallel))
     running.proc.wait()
     running.log.seek(running.start)
-    assert running.log.read().split() == [
-        cache or str(tmp_path / 'tmp' / 'vit_jax_compilation_cache'), '0']
+    output = running.log.read().split()
     running.log.close()
+    return output
+
+  assert child_sees(1) == [default_cache, '0', 'unset']
+  assert child_sees(3) == [default_cache, '0', '0.250']
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'mine'))
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
+  assert child_sees(2) == [str(tmp_path / 'mine'), '0', '0.9']
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_point_stopped_by_a_signal_while_starting_is_stopped_not_failed(tmp_path, signum):
+  """SIGTERM or SIGINT before a point installed its handler (the sweep was stopped while the
+  point was importing) ends it 'stopped', with no error.txt: nothing trained is lost."""
+  point = sweep.Point('ResNet', 60, data_scaling.get_config('smoke').base, str(tmp_path / 'p'))
+  running = sweep.start_point(0, point, [sys.executable, '-c', 'import time; time.sleep(60)'],
+                              sweep.point_env())
+  running.proc.send_signal(signum)
+  running.proc.wait()
+  assert sweep.finish_point(point, running) == ('stopped', '')
+  assert not os.path.exists(os.path.join(point.workdir, 'error.txt'))

@@ -18,7 +18,9 @@ The study (a sweep config's optional fields, `vit_jax.config.SWEEP_FIELDS`):
 
 Each point (model x training-set size x seed) trains in its own process (`--point=<index>`,
 output in `<point>/log.txt`), so a crash costs one point; the points share a JAX compilation
-cache on the machine (`point_env`), so each model compiles once per budget. A point whose
+cache on the machine (`point_env`), so each model compiles once per budget. `--max_parallel=K`
+runs K points at once (small models do not keep several CPU cores busy, and a process's start
+is mostly single-threaded; on one accelerator they split its memory). A point whose
 `result.json` exists is skipped, so rerunning an interrupted sweep resumes it (a half-trained
 point from its checkpoint); a failed point is recorded with its error in `<point>/error.txt`
 and retried by the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running
@@ -77,7 +79,8 @@ _POINT = flags.DEFINE_integer('point', None, 'Train this point in this process (
 _LAUNCHER = flags.DEFINE_string('launcher', None, 'Shell command template that runs one point '
                                 '(placeholders: see the module docstring); default: one local '
                                 'process per point.')
-_MAX_PARALLEL = flags.DEFINE_integer('max_parallel', 1, 'Points run at once.')
+_MAX_PARALLEL = flags.DEFINE_integer('max_parallel', 1, 'Points run at once (local processes '
+                                     'or launcher jobs).')
 _JOIN = distributed.define_flags()  # --num_processes: processes per point (of --launcher)
 # Flags of the sweep process alone, not passed on to a point.
 _SWEEP_ONLY = ('--dry_run', '--nodry_run', '--point', '--launcher', '--max_parallel',
@@ -360,29 +363,34 @@ class _Running:
   start: int      # where this attempt's output begins in `log`
 
 
-def point_env() -> dict[str, str]:
+def point_env(parallel: int = 1) -> dict[str, str]:
   """The environment of a point's processes: this process's, with a JAX compilation cache on
   this machine shared by the sweep's points (`$JAX_COMPILATION_CACHE_DIR` where set, else
   `<temp dir>/vit_jax_compilation_cache`, at most 2 GB, least recently used entries evicted),
-  so the points of one model and budget compile their programs once. A cached program gives
-  the same results as a freshly compiled one."""
+  so the points of one model and budget compile their programs once (a cached program gives
+  the same results as a freshly compiled one). With `parallel` points at once on this machine,
+  each preallocates 1/parallel of JAX's default 75% of an accelerator's memory (where
+  `XLA_PYTHON_CLIENT_MEM_FRACTION` is not set), so they fit side by side."""
   env = dict(os.environ)
   env.setdefault('JAX_COMPILATION_CACHE_DIR',
                  os.path.join(tempfile.gettempdir(), 'vit_jax_compilation_cache'))
   env.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 * 10**9))  # bytes
   env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')  # small models' too
+  if parallel > 1:
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.75 / parallel:.3f}')
   return env
 
 
-def start_point(index: int, point: Point, command: list[str] | str) -> _Running:
-  """Starts `command` (a shell command if a string) in its own session with `point_env()`,
-  output appended to `<point>/log.txt` (on an object store, to a local file uploaded when it
+def start_point(index: int, point: Point, command: list[str] | str,
+                env: dict[str, str]) -> _Running:
+  """Starts `command` (a shell command if a string) in its own session with `env`, output
+  appended to `<point>/log.txt` (on an object store, to a local file uploaded when it
   ends)."""
   files.makedirs(point.workdir)
   log_path = os.path.join(point.workdir, 'log.txt')
   log = open(log_path, 'a+') if files.is_local(log_path) else tempfile.TemporaryFile('w+')
   start = log.tell()
-  proc = subprocess.Popen(command, shell=isinstance(command, str), env=point_env(), stdout=log,
+  proc = subprocess.Popen(command, shell=isinstance(command, str), env=env, stdout=log,
                           stderr=subprocess.STDOUT, start_new_session=True,
                           preexec_fn=_die_with_parent)
   return _Running(index, proc, log, start)
@@ -390,8 +398,9 @@ def start_point(index: int, point: Point, command: list[str] | str) -> _Running:
 
 def finish_point(point: Point, running: _Running) -> tuple[str, str]:
   """(status, error) of an ended point from its workdir's files and exit status: 'done'
-  (`result.json` exists), 'stopped' (exit 0 without it: a signal, at a checkpoint) or
-  'failed' (recorded in `<point>/error.txt` with the informative line of its output)."""
+  (`result.json` exists), 'stopped' (exit 0 without it: a signal, at a checkpoint; or ended by
+  SIGTERM or SIGINT before its handler was installed, while starting) or 'failed' (recorded
+  in `<point>/error.txt` with the informative line of its output)."""
   log, returncode = running.log, running.proc.returncode
   log.seek(running.start)
   output = log.read()
@@ -407,6 +416,8 @@ def finish_point(point: Point, running: _Running) -> tuple[str, str]:
       epath.Path(error_path).unlink()
     finished = files.exists(os.path.join(point.workdir, 'result.json'))
     return ('done' if finished else 'stopped'), ''
+  if returncode in (-signal.SIGTERM, -signal.SIGINT):
+    return 'stopped', ''
   error = _error_message(output[-20_000:], returncode)
   with files.atomic_open(error_path) as f:
     f.write(error + '\n')
@@ -460,6 +471,7 @@ def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir:
   in `points`, up to `max_parallel` at once); False when a signal stopped the sweep
   (results.csv is written then)."""
   commands = {i: point_command(i, points[i], argv, launcher, num_processes) for i in indices}
+  env = point_env(1 if launcher else max_parallel)  # launcher jobs may run on other machines
   todo = [i for i in indices
           if not files.exists(os.path.join(points[i].workdir, 'result.json'))]
   total, before = len(indices), len(indices) - len(todo)
@@ -469,7 +481,7 @@ def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir:
     while running or waiting and not stop:
       while waiting and len(running) < max_parallel and not stop:
         index = waiting.pop(0)
-        running.append(start_point(index, points[index], commands[index]))
+        running.append(start_point(index, points[index], commands[index], env))
         current.append(running[-1].proc)
       for ended in [r for r in running if r.proc.poll() is not None]:
         running.remove(ended)
