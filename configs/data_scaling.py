@@ -1,6 +1,7 @@
 """Data-scaling study: model size and family against training-set size (ViT paper, Figs. 3/4).
 
-  python -m vit_jax.sweep --config=configs/data_scaling.py:digits --workdir=/tmp/scaling_digits
+  python -m vit_jax.sweep --config=configs/data_scaling.py:digits --workdir=/tmp/scaling_digits \
+      --max_parallel=2
 
 Every point trains one model on one nested, class-balanced subset of the training split, holds
 out 10% of the subset (class-balanced) for early stopping and reports test and few-shot
