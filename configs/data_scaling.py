@@ -25,9 +25,8 @@ Presets:
   digits       the Quickstart: embedded 8x8 digits; ResNet vs ViT depth 4 and 8 on 150 / 400 /
                1,000 / 1,438 (all) images, 2 seeds (3 at 150 images), 15 epochs clipped to
                100..250 steps of batch 64, early stopping: 27 points, about 4,300 steps before
-               early stopping. ESTIMATED (not measured: the machine was shared when this was
-               written) at 7-8 minutes on 2 idle CPU cores, scaled from the earlier one-seed
-               version (12 points of 400 steps) that took 6 minutes there.
+               early stopping. 6 min 29 s on 2 idle CPU cores with --max_parallel=2 (measured
+               2026-12-04 from a fresh clone; 9 min 8 s one point at a time).
   smoke        seconds, for the tests.
   mnist        the CPU study: MNIST (mnist.tar.gz in $VIT_JAX_DATA) at 16 px;
                BiT ResNet R14x0.25, a hybrid (R8 stem + 12 layers) and ViT at 12, 24 and 36
