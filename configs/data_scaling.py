@@ -38,9 +38,10 @@ Presets:
                ViT-12 53% test accuracy, still rising), 30 epochs reached 93% and 91%; and
                from a first run with a 300-step floor, whose hybrid under-fitted the small
                subsets (500 images: 33-45% test accuracy, training loss still 1.4 at the last
-               step; fewer than 1,000 steps never fitted any subset). Time ESTIMATED at 4-5
-               hours on 2 idle CPU cores (about 29,000 steps per model, 18,000 for the grid;
-               the first run's points took 0.11 s per hybrid step, evaluations included).
+               step; fewer than 1,000 steps never fitted any subset). About 4-5 hours on 2
+               idle CPU cores with --max_parallel=2 (about 29,000 steps per model, 18,000
+               for the grid; the grid measured 28.6 minutes on 2026-12-04, the rest
+               extrapolated from it).
   cifar10      the GPU study: CIFAR-10 (cifar10.tar.gz in $VIT_JAX_DATA);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
