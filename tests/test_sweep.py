@@ -131,6 +131,21 @@ def test_unknown_preset_is_named():
     data_scaling.get_config('huge')
 
 
+def test_config_check_compares_a_folder_dataset_by_name_not_directory(tmp_path):
+  """A committed study resumes where its archive lies elsewhere; another archive is refused."""
+  point = sweep.expand(data_scaling.get_config('smoke'), str(tmp_path))[0]
+  os.makedirs(point.workdir)
+  then = json.loads(point.config.to_json_best_effort())
+  then['dataset'] = 'folder:/home/someone/datasets/mnist.tar.gz'
+  files.write_json(os.path.join(point.workdir, 'config.json'), then)
+  point.config.dataset = f'folder:{tmp_path}/data/mnist.tar.gz'
+  sweep.check_configs([point])
+  point.config.dataset = f'folder:{tmp_path}/data/mnist/'  # a directory, trailing slash
+  with pytest.raises(ValueError, match=re.escape(
+      "(dataset: 'folder:mnist.tar.gz' then, 'folder:mnist' now)")):
+    sweep.check_configs([point])
+
+
 def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
   with files.exclusive_lock(str(tmp_path), 'sweep'):
     proc = subprocess.run(
