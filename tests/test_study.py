@@ -160,10 +160,13 @@ def test_report_shows_spread_budget_and_convergence(tmp_path):
   assert 'Budget rule: 10 epochs' in text and 'at most 1,000 steps of batch 64' in text
   assert 'early stopping after 2 evaluations' in text
   assert '| 1,000 | 100 | 6.4 | 100-100 | 0 of 4 |' in text
-  assert '| ResNet | 1,000 | 100 | 200 | 79.8 | 80.3 | +0.5 |' in text   # seed 0 vs its x2
+  # Seed 0 vs its x2, and the seeds' sample sd: std([0.798, 0.802], ddof=1) = 0.28 points.
+  assert '| ResNet | 1,000 | 100 | 200 | 79.8 | 80.3 | +0.5 | 0.3 |' in text
   # ViT-12 at 30k: seed 0 has 88.8, twice the budget 86.0: 2.8 points, over the target.
-  assert '| ViT-12 | 30,000 | 100 | 200 | 88.8 | 86.0 | -2.8 |' in text
-  assert 'over the 1-point target: the budget is too small' in result['findings'][-1]
+  assert '| ViT-12 | 30,000 | 100 | 200 | 88.8 | 86.0 | -2.8 | 0.3 |' in text
+  assert ('more than the 1-point target in 1 of 2 reruns (ViT-12 at 30,000 images: -2.8 points '
+          '(its seeds spread by 0.3 points)): the budget is too small there'
+          ) in result['findings'][-1]
   assert '| ResNet | 130.0M | 80.0 +- 0.3 (2) |' in text   # mean +- std (seeds)
   assert (tmp_path / 'accuracy_vs_data.png').read_bytes()[:4] == b'\x89PNG'
 
