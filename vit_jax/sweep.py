@@ -185,7 +185,7 @@ def choose_hparams(points: list[Point]) -> dict[str, dict]:
     val = files.read_json(path).get('best_val_accuracy')
     if val is None:
       raise ValueError(f'{point.workdir}: the grid picks by validation accuracy; set '
-                       'base.eval.val_fraction > 0.')
+                       'base.eval.val_fraction or base.eval.val_size > 0.')
     fam = family(point.config.model)
     if fam not in chosen or val > chosen[fam]['val_accuracy']:
       chosen[fam] = dict(lr=point.config.optim.lr, weight_decay=point.config.optim.weight_decay,

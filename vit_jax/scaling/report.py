@@ -47,9 +47,11 @@ def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
   else:
     rule = f'Budget: the same {base.get("total_steps", "?")} steps for every point (no rule)'
   if evaluation.get('patience'):
+    held_out = (f'a fixed validation set of {evaluation["val_size"]:,} training images outside '
+                'every subset' if evaluation.get('val_size') else
+                f'{100 * evaluation.get("val_fraction", 0):g}% of each subset held out')
     rule += (f'; early stopping after {evaluation["patience"]} evaluations without a better '
-             f'validation accuracy ({100 * evaluation.get("val_fraction", 0):g}% of each subset '
-             'held out)')
+             f'validation accuracy ({held_out})')
   rule += '. A point\'s result is the test accuracy at its best validation step.'
   body = []
   for size in sorted({r['train_size'] for r in study if r['train_size'] is not None}):
