@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from flax import traverse_util
 import numpy as np
 import pytest
 
@@ -98,8 +99,8 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
 
 
-@pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'cifar10', 'cifar10_cpu',
-                                    'paper'])
+@pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val', 'cifar10',
+                                    'cifar10_cpu', 'paper'])
 def test_every_preset_expands(preset, tmp_path):
   config = data_scaling.get_config(preset)
   points = sweep.all_points(config, str(tmp_path))
@@ -114,6 +115,19 @@ def test_every_preset_expands(preset, tmp_path):
   for point in points:
     family, depth, width = sweep._family_depth_width(point.config)
     assert family in ('vit', 'hybrid', 'resnet') and depth > 0 and width > 0
+
+
+def test_mnist_fixed_val_changes_only_the_validation_set_budget_and_grid():
+  first, second = (data_scaling.get_config(p) for p in ('mnist', 'mnist_fixed_val'))
+  flat = [traverse_util.flatten_dict(c.to_dict(), sep='.') for c in (first, second)]
+  assert {k for k in flat[0] if flat[0][k] != flat[1][k]} == {
+      'name', 'budget.min_steps', 'budget.max_steps', 'grid.weight_decay',
+      'base.eval.val_fraction', 'base.eval.val_size'}
+  assert (second.base.eval.val_fraction, second.base.eval.val_size) == (0.0, 1_000)
+  assert tuple(second.grid.weight_decay) == (0.05,)
+  # 30 epochs of the whole subset (nothing held out of it), clipped to 2,000..5,000 steps.
+  assert [sweep.budget_steps(second, n) for n in second.train_sizes] == [
+      2_000, 2_000, 2_000, 2_000, 2_344, 4_688]
 
 
 def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
