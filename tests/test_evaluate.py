@@ -98,3 +98,36 @@ def test_validation_is_a_class_balanced_hold_out_of_the_training_subset():
   config.eval.val_fraction = 1.5
   with pytest.raises(ValueError, match=r'eval.val_fraction=1.5 must be in \[0, 1\)'):
     config_lib.check(config)
+
+
+def test_a_fixed_validation_set_lies_outside_every_nested_subset():
+  """eval.val_size: one class-balanced validation set, the same for every train_size, held out
+  of the whole split before the nested subsets are drawn."""
+  config = quickstart.get_config()
+  config.eval.val_size = 100
+  rows = lambda s: [im.tobytes() + bytes([lab]) for im, lab in zip(s.images, s.labels)]
+  splits = {}
+  for size in (50, 200, 600):
+    config.train_size = size
+    splits[size] = data.load_data(config)
+  config.train_size = None
+  full, _, _ = data.load_data(config)
+  config.eval.val_size = 0
+  everything, none, _ = data.load_data(config)
+  val = splits[50][1]
+  assert none is None and len(full.labels) == len(everything.labels) - 100
+  assert sorted(rows(full) + rows(val)) == sorted(rows(everything))  # val + the rest = split
+  counts = np.bincount(val.labels, minlength=10)
+  assert counts.sum() == 100 and counts.max() - counts.min() <= 1
+  for size, (train_split, size_val, _) in splits.items():
+    assert len(train_split.labels) == size   # the whole subset trains
+    assert rows(size_val) == rows(val)        # the same validation set at every size
+    assert not set(rows(train_split)) & set(rows(val))
+  assert set(rows(splits[50][0])) <= set(rows(splits[200][0])) <= set(rows(splits[600][0]))
+  config.eval.val_size = len(everything.labels)
+  with pytest.raises(ValueError, match=f'eval.val_size={len(everything.labels)} leaves no '
+                     'training examples'):
+    data.load_data(config)
+  config.eval.val_size, config.eval.val_fraction = 100, 0.1
+  with pytest.raises(ValueError, match='eval.val_fraction=0.1 and eval.val_size=100: set one'):
+    config_lib.check(config)

@@ -160,11 +160,21 @@ def test_report_shows_spread_budget_and_convergence(tmp_path):
   assert 'Budget rule: 10 epochs' in text and 'at most 1,000 steps of batch 64' in text
   assert 'early stopping after 2 evaluations' in text
   assert '| 1,000 | 100 | 6.4 | 100-100 | 0 of 4 |' in text
-  assert '| ResNet | 1,000 | 100 | 200 | 79.8 | 80.3 | +0.5 |' in text   # seed 0 vs its x2
+  # Seed 0 vs its x2, and the seeds' sample sd: std([0.798, 0.802], ddof=1) = 0.28 points.
+  assert '| ResNet | 1,000 | 100 | 200 | 79.8 | 80.3 | +0.5 | 0.3 |' in text
   # ViT-12 at 30k: seed 0 has 88.8, twice the budget 86.0: 2.8 points, over the target.
-  assert '| ViT-12 | 30,000 | 100 | 200 | 88.8 | 86.0 | -2.8 |' in text
-  assert 'over the 1-point target: the budget is too small' in result['findings'][-1]
+  assert '| ViT-12 | 30,000 | 100 | 200 | 88.8 | 86.0 | -2.8 | 0.3 |' in text
+  assert ('more than the 1-point target in 1 of 2 reruns (ViT-12 at 30,000 images: -2.8 points '
+          '(its seeds spread by 0.3 points)): the budget is too small there'
+          ) in result['findings'][-1]
   assert '| ResNet | 130.0M | 80.0 +- 0.3 (2) |' in text   # mean +- std (seeds)
+  files.write_json(str(tmp_path / 'sweep_config.json'), {
+      'name': 'hand', 'base': {'batch_size': 64, 'eval': {'patience': 2, 'val_size': 1000}},
+      'budget': {'epochs': 10.0, 'min_steps': 100, 'max_steps': 1000, 'evals': 5}})
+  report.write_report(str(tmp_path))
+  assert ('early stopping after 2 evaluations without a better validation accuracy (a fixed '
+          'validation set of 1,000 training images outside every subset)'
+          ) in (tmp_path / 'REPORT.md').read_text()
   assert (tmp_path / 'accuracy_vs_data.png').read_bytes()[:4] == b'\x89PNG'
 
 
@@ -213,9 +223,12 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_step(tmp_path):
 @pytest.mark.slow
 def test_smoke_study_with_grid_budget_and_convergence_end_to_end(tmp_path):
   from test_sweep import read_rows, run_sweep
+  # A fixed validation set of 20 images outside the subsets (early stopping on it): the whole
+  # subset of 60 trains.
   out = run_sweep(tmp_path, '--config.budget.epochs=2.0', '--config.train_sizes=(60,)',
                   '--config.convergence_check=True', '--config.grid.size=60',
-                  '--config.grid.weight_decay=(0.0, 0.1)')
+                  '--config.grid.weight_decay=(0.0, 0.1)', '--config.base.eval.val_fraction=0.0',
+                  '--config.base.eval.val_size=20', '--config.base.eval.patience=1')
   assert 'Grid: 4 points' in out and 'Chosen by validation accuracy' in out
   rows = read_rows(tmp_path)
   assert all(r['status'] == 'done' for r in rows)
@@ -224,15 +237,18 @@ def test_smoke_study_with_grid_budget_and_convergence_end_to_end(tmp_path):
        for role in ('grid', 'grid', 'study', 'convergence')])
   chosen = files.read_json(str(tmp_path / 'grid.json'))
   for r in rows:
-    # Budget: ceil(2 epochs x (size - 10%) / 64) clipped to [4, 8]; doubled for the reruns.
+    # Budget: ceil(2 epochs x size / 64) clipped to [4, 8]; doubled for the reruns.
     size = int(r['train_size'])
-    budget = min(max(math.ceil(2 * (size - round(0.1 * size)) / 64), 4), 8)
+    assert size == 60 and files.read_json(os.path.join(r['workdir'], 'result.json'))[
+        'val_size'] == 20
+    budget = min(max(math.ceil(2 * size / 64), 4), 8)
     assert int(r['budget_steps']) == budget * (2 if r['role'] == 'convergence' else 1)
     assert int(r['steps']) <= int(r['budget_steps'])
     if r['role'] != 'grid':
       assert float(r['weight_decay']) == chosen[r['family']]['weight_decay']
   text = (tmp_path / 'REPORT.md').read_text()
   assert '## Budget' in text and '## Learning-rate grid' in text
+  assert 'a fixed validation set of 20 training images outside every subset' in text
   assert '## Convergence check' in text and 'Convergence check: twice the budget' in text
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from flax import traverse_util
 import numpy as np
 import pytest
 
@@ -98,8 +99,8 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
 
 
-@pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'cifar10', 'cifar10_cpu',
-                                    'paper'])
+@pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val', 'cifar10',
+                                    'cifar10_cpu', 'paper'])
 def test_every_preset_expands(preset, tmp_path):
   config = data_scaling.get_config(preset)
   points = sweep.all_points(config, str(tmp_path))
@@ -116,6 +117,19 @@ def test_every_preset_expands(preset, tmp_path):
     assert family in ('vit', 'hybrid', 'resnet') and depth > 0 and width > 0
 
 
+def test_mnist_fixed_val_changes_only_the_validation_set_budget_and_grid():
+  first, second = (data_scaling.get_config(p) for p in ('mnist', 'mnist_fixed_val'))
+  flat = [traverse_util.flatten_dict(c.to_dict(), sep='.') for c in (first, second)]
+  assert {k for k in flat[0] if flat[0][k] != flat[1][k]} == {
+      'name', 'budget.min_steps', 'budget.max_steps', 'grid.weight_decay',
+      'base.eval.val_fraction', 'base.eval.val_size'}
+  assert (second.base.eval.val_fraction, second.base.eval.val_size) == (0.0, 1_000)
+  assert tuple(second.grid.weight_decay) == (0.05,)
+  # 30 epochs of the whole subset (nothing held out of it), clipped to 2,000..5,000 steps.
+  assert [sweep.budget_steps(second, n) for n in second.train_sizes] == [
+      2_000, 2_000, 2_000, 2_000, 2_344, 4_688]
+
+
 def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
   points = sweep.expand(data_scaling.get_config('paper'), str(tmp_path))
   assert {p.label for p in points} == {'ResNet50x1', 'ResNet152x2', 'ViT-b/32', 'ViT-B/32',
@@ -129,6 +143,21 @@ def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
 def test_unknown_preset_is_named():
   with pytest.raises(ValueError, match="Unknown data_scaling preset 'huge'"):
     data_scaling.get_config('huge')
+
+
+def test_config_check_compares_a_folder_dataset_by_name_not_directory(tmp_path):
+  """A committed study resumes where its archive lies elsewhere; another archive is refused."""
+  point = sweep.expand(data_scaling.get_config('smoke'), str(tmp_path))[0]
+  os.makedirs(point.workdir)
+  then = json.loads(point.config.to_json_best_effort())
+  then['dataset'] = 'folder:/home/someone/datasets/mnist.tar.gz'
+  files.write_json(os.path.join(point.workdir, 'config.json'), then)
+  point.config.dataset = f'folder:{tmp_path}/data/mnist.tar.gz'
+  sweep.check_configs([point])
+  point.config.dataset = f'folder:{tmp_path}/data/mnist/'  # a directory, trailing slash
+  with pytest.raises(ValueError, match=re.escape(
+      "(dataset: 'folder:mnist.tar.gz' then, 'folder:mnist' now)")):
+    sweep.check_configs([point])
 
 
 def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):

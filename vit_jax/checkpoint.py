@@ -129,7 +129,7 @@ class CheckpointManager:
           data=ocp.args.JsonRestore())).data['best']
       if 'best_val_accuracy' not in best:
         raise ValueError(f'{self.directory}: the run holds out no validation split '
-                         '(eval.val_fraction=0), so it has no best checkpoint; use '
+                         '(eval.val_fraction and eval.val_size are 0), so it has no best checkpoint; use '
                          "--step=latest or a step number.")
       step = best['best_step']
     if step not in steps:

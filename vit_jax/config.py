@@ -175,7 +175,7 @@ TRAIN_FIELDS: dict[str, Field] = {
     'eval.batch_size': _int(), 'eval.crop_fraction': _real(0, 1, open_low=True, open_high=False),
     'eval.fewshot_shots': _ints(), 'eval.fewshot_seeds': _int(),
     'eval.fewshot_l2_reg': _real(0, open_low=True), 'eval.val_fraction': _real(0, 1),
-    'eval.patience': _int(0),
+    'eval.val_size': _int(0), 'eval.patience': _int(0),
     'eval.fewshot_dataset': Field((str,), _dataset, _DATASET_RULE, none=True),
     'checkpoint.keep': _int(), 'checkpoint.init_from': _PATH_OR_NONE,
     'checkpoint.reset_head': _BOOL_OR_NONE,
@@ -332,7 +332,11 @@ def defaults() -> ml_collections.ConfigDict:
                                       # 5-shot for a JFT or ImageNet-21k run
       val_fraction=0.0,               # > 0: hold out this much of the training subset
                                       # (class-balanced) and report the best-validation step
-      patience=0,                     # > 0 (with val_fraction): stop when validation accuracy
+      val_size=0,                     # > 0 (instead): a fixed validation set of this many
+                                      # training-split images (class-balanced), held out
+                                      # before the subset is drawn: the same for every
+                                      # train_size and outside all of them
+      patience=0,                     # > 0 (with a validation split): stop when validation accuracy
                                       # has not improved for this many evaluations
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
@@ -408,6 +412,9 @@ def check(config: ml_collections.ConfigDict, prefix: str = '') -> None:
   if config.profile_steps and config.profile_steps[1] > config.total_steps:
     raise ValueError(f'profile_steps={tuple(config.profile_steps)} must end by '
                      f'total_steps={config.total_steps}.')
+  if config.eval.val_fraction and config.eval.val_size:
+    raise ValueError(f'eval.val_fraction={config.eval.val_fraction} and eval.val_size='
+                     f'{config.eval.val_size}: set one of the two validation splits.')
   if config.mpp.mask_fraction + config.mpp.random_fraction > 1:
     raise ValueError(f'mpp.mask_fraction={config.mpp.mask_fraction} + mpp.random_fraction='
                      f'{config.mpp.random_fraction} must be at most 1.')

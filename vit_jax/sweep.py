@@ -185,7 +185,7 @@ def choose_hparams(points: list[Point]) -> dict[str, dict]:
     val = files.read_json(path).get('best_val_accuracy')
     if val is None:
       raise ValueError(f'{point.workdir}: the grid picks by validation accuracy; set '
-                       'base.eval.val_fraction > 0.')
+                       'base.eval.val_fraction or base.eval.val_size > 0.')
     fam = family(point.config.model)
     if fam not in chosen or val > chosen[fam]['val_accuracy']:
       chosen[fam] = dict(lr=point.config.optim.lr, weight_decay=point.config.optim.weight_decay,
@@ -281,16 +281,28 @@ def _error_message(output: str, returncode: int) -> str:
   return f'exited with status {returncode}' + (f': {lines[-1][:300]}' if lines else '')
 
 
+def _comparable(config: dict) -> dict:
+  """A config flattened ({'optim.lr': ...}), with a 'folder:' dataset reduced to its file or
+  directory name: a study committed with its runs resumes from another checkout or machine
+  whose $VIT_JAX_DATA holds the same archive under another absolute path."""
+  flat = traverse_util.flatten_dict(config, sep='.')
+  dataset = flat.get('dataset')
+  if isinstance(dataset, str) and dataset.startswith('folder:'):
+    flat['dataset'] = 'folder:' + os.path.basename(dataset[len('folder:'):].rstrip('/'))
+  return flat
+
+
 def check_configs(points: list[Point]) -> None:
   """Raises ValueError if a point's workdir was started with another config than the sweep
   gives it now, so results of different configs are never mixed. Fields present on one side
-  only (added or removed by a newer version of the code) are not compared."""
+  only (added or removed by a newer version of the code) are not compared, nor the directory
+  a 'folder:' dataset lies in (its name is)."""
   for point in points:
     path = os.path.join(point.workdir, 'config.json')
     if not files.exists(path):
       continue
-    then = traverse_util.flatten_dict(files.read_json(path), sep='.')  # {'optim.lr': ...}
-    now = traverse_util.flatten_dict(json.loads(point.config.to_json_best_effort()), sep='.')
+    then = _comparable(files.read_json(path))
+    now = _comparable(json.loads(point.config.to_json_best_effort()))
     changed = sorted(k for k in then.keys() & now.keys() if then[k] != now[k])
     if changed:
       raise ValueError(

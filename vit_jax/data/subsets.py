@@ -46,9 +46,14 @@ def hold_out(train: AnySplit, fraction: float, seed: int) -> tuple[AnySplit, Any
   if not fraction:
     return train, None
   num_val = max(round(fraction * len(train.labels)), len(train.class_names))
+  return _split_off(train, num_val, seed, f'eval.val_fraction={fraction}')
+
+
+def _split_off(train: AnySplit, num_val: int, seed: int,
+               field: str) -> tuple[AnySplit, AnySplit]:
+  """(the rest, validation): `num_val` class-balanced examples of `train` taken with `seed`."""
   if num_val >= len(train.labels):
-    raise ValueError(f'eval.val_fraction={fraction} leaves no training examples out of '
-                     f'{len(train.labels)}.')
+    raise ValueError(f'{field} leaves no training examples out of {len(train.labels)}.')
   val = nested_subset(train.labels, num_val, seed)
   rest = np.setdiff1d(np.arange(len(train.labels)), val)
   return train.take(rest), train.take(val)
@@ -57,12 +62,19 @@ def hold_out(train: AnySplit, fraction: float, seed: int) -> tuple[AnySplit, Any
 def load_data(config) -> tuple[AnySplit, AnySplit | None, AnySplit]:
   """(train, validation or None, test) of a training config: the nested `train_size` subset of
   `data.train_split` of `dataset`, minus a class-balanced `eval.val_fraction` of it held out
-  for validation (with `data.subset_seed` + 1); the test split is `loader.eval_split_name`'s.
-  In memory (`Split`) or streamed (`RecordSplit`), as `loader.resolve_kind` decides (and
-  logs)."""
+  for validation (with `data.subset_seed` + 1); or, with `eval.val_size`, that many
+  class-balanced images held out of the whole split first (same seed), the subset drawn from
+  the rest: one validation set for every size, outside every subset. The test split is
+  `loader.eval_split_name`'s. In memory (`Split`) or streamed (`RecordSplit`), as
+  `loader.resolve_kind` decides (and logs)."""
   config = loader.resolve_kind(config)
   train, test = (loader.open_split(config, split)
                  for split in (config.data.train_split, loader.eval_split_name(config)))
-  train = train.take(nested_subset(train.labels, config.train_size, config.data.subset_seed))
-  train, val = hold_out(train, config.eval.val_fraction, config.data.subset_seed + 1)
+  seed = config.data.subset_seed
+  if config.eval.val_size:
+    train, val = _split_off(train, config.eval.val_size, seed + 1,
+                            f'eval.val_size={config.eval.val_size}')
+    return train.take(nested_subset(train.labels, config.train_size, seed)), val, test
+  train = train.take(nested_subset(train.labels, config.train_size, seed))
+  train, val = hold_out(train, config.eval.val_fraction, seed + 1)
   return train, val, test

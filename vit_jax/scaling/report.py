@@ -47,9 +47,11 @@ def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
   else:
     rule = f'Budget: the same {base.get("total_steps", "?")} steps for every point (no rule)'
   if evaluation.get('patience'):
+    held_out = (f'a fixed validation set of {evaluation["val_size"]:,} training images outside '
+                'every subset' if evaluation.get('val_size') else
+                f'{100 * evaluation.get("val_fraction", 0):g}% of each subset held out')
     rule += (f'; early stopping after {evaluation["patience"]} evaluations without a better '
-             f'validation accuracy ({100 * evaluation.get("val_fraction", 0):g}% of each subset '
-             'held out)')
+             f'validation accuracy ({held_out})')
   rule += '. A point\'s result is the test accuracy at its best validation step.'
   body = []
   for size in sorted({r['train_size'] for r in study if r['train_size'] is not None}):
@@ -84,28 +86,38 @@ def _grid_section(rows: list[dict]) -> list[str]:
 
 def _convergence_section(rows: list[dict]) -> tuple[list[str], str | None]:
   """The twice-the-budget reruns against their study runs, and the sentence for the findings
-  (None without reruns)."""
+  (None without reruns): every rerun over the 1-point target is named, with its point's seed
+  spread for scale (one rerun cannot tell a longer budget from seed noise)."""
   checks = results.convergence(rows)
   if not checks:
     return [], None
   body = [[c['model'], f'{c["train_size"]:,}', f'{c["steps"]:,}', f'{c["steps_x2"]:,}',
            tables.percent(c['test_accuracy']), tables.percent(c['test_accuracy_x2']),
-           f'{100 * c["difference"]:+.1f}'] for c in checks]
-  worst = max(checks, key=lambda c: abs(c['difference']))
-  if abs(worst['difference']) < CONVERGED:
+           f'{100 * c["difference"]:+.1f}',
+           tables.DASH if c['test_std'] is None else f'{100 * c["test_std"]:.1f}']
+          for c in checks]
+  over = [c for c in checks if abs(c['difference']) >= CONVERGED]
+  if not over:
+    worst = max(checks, key=lambda c: abs(c['difference']))
     sentence = (f'Convergence check: twice the budget changes test accuracy by at most '
                 f'{tables.points(worst["difference"])} ({worst["model"]} at '
                 f'{worst["train_size"]:,} images), under the 1-point target: the budget is '
                 'enough.')
   else:
-    sentence = (f'Convergence check: twice the budget changes test accuracy by up to '
-                f'{tables.points(worst["difference"])} ({worst["model"]} at '
-                f'{worst["train_size"]:,} images), over the 1-point target: the budget is too '
-                'small, and the comparisons above may reflect training speed, not data.')
+    named = '; '.join(
+        f'{c["model"]} at {c["train_size"]:,} images: {100 * c["difference"]:+.1f} points' +
+        ('' if c['test_std'] is None else
+         f' (its seeds spread by {100 * c["test_std"]:.1f} points)') for c in over)
+    sentence = (f'Convergence check: twice the budget changes test accuracy by more than the '
+                f'1-point target in {len(over)} of {len(checks)} reruns ({named}): the budget '
+                'is too small there, and the comparisons at those sizes may reflect training '
+                'speed, not data.')
   return ['## Convergence check', '', 'Seed 0 rerun with twice the budget at the smallest and '
-          'largest size (steps trained; early stopping may end either sooner).', '',
+          'largest size (steps trained; early stopping may end either sooner); the last column '
+          'is the spread of that point\'s seeds, the scale of seed noise.', '',
           tables.markdown_table(['model', 'train size', 'steps', 'steps (x2)', 'test (%)',
-                                 'test x2 (%)', 'difference (points)'], body), '',
+                                 'test x2 (%)', 'difference (points)', 'seeds\' sd (points)'],
+                                body), '',
           sentence, ''], sentence
 
 

@@ -129,8 +129,12 @@ def standard_error(point: dict) -> float | None:
 def convergence(rows: list[dict]) -> list[dict]:
   """Every finished twice-the-budget rerun with its study run (same model, size, seed):
   {'model', 'train_size', 'steps', 'steps_x2', 'test_accuracy', 'test_accuracy_x2',
-  'difference'} (x2 minus x1), in row order; reruns whose study run is missing are left out."""
+  'difference'} (x2 minus x1) and 'test_std' (the study point's sample standard deviation over
+  its seeds, None for one seed: the scale of seed noise), in row order; reruns whose study run
+  is missing are left out."""
   study = {(r['model'], r['train_size'], r['seed']): r for r in finished(rows, 'study')}
+  spread = {(label, p['train_size']): p['test_std']
+            for label, curve in curves(rows).items() for p in curve}
   checks = []
   for rerun in finished(rows, 'convergence'):
     base = study.get((rerun['model'], rerun['train_size'], rerun['seed']))
@@ -139,7 +143,8 @@ def convergence(rows: list[dict]) -> list[dict]:
                          steps=base['steps'], steps_x2=rerun['steps'],
                          test_accuracy=base['test_accuracy'],
                          test_accuracy_x2=rerun['test_accuracy'],
-                         difference=rerun['test_accuracy'] - base['test_accuracy']))
+                         difference=rerun['test_accuracy'] - base['test_accuracy'],
+                         test_std=spread[rerun['model'], rerun['train_size']]))
   return checks
 
 
