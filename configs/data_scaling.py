@@ -28,7 +28,7 @@ Presets:
                early stopping. 6 min 29 s on 2 idle CPU cores with --max_parallel=2 (measured
                2026-12-04 from a fresh clone; 9 min 8 s one point at a time).
   smoke        seconds, for the tests.
-  mnist        the CPU study: MNIST (mnist.tar.gz in $VIT_JAX_DATA) at 16 px;
+  mnist        the first CPU study (experiments/data_scaling/mnist): MNIST at 16 px;
                BiT ResNet R14x0.25, a hybrid (R8 stem + 12 layers) and ViT at 12, 24 and 36
                layers (width 32, patch 4) on 200 / 500 / 1,000 / 2,000 / 5,000 / 10,000
                images (50x), 2 seeds (3 up to 1,000 images), an lr x weight-decay grid at 2,000
@@ -38,10 +38,11 @@ Presets:
                ViT-12 53% test accuracy, still rising), 30 epochs reached 93% and 91%; and
                from a first run with a 300-step floor, whose hybrid under-fitted the small
                subsets (500 images: 33-45% test accuracy, training loss still 1.4 at the last
-               step; fewer than 1,000 steps never fitted any subset). About 4-5 hours on 2
-               idle CPU cores with --max_parallel=2 (about 29,000 steps per model, 18,000
-               for the grid; the grid measured 28.6 minutes on 2026-12-04, the rest
-               extrapolated from it).
+               step; fewer than 1,000 steps never fitted any subset). 3 hours 50 minutes
+               on 2 CPU cores with --max_parallel=2 (measured 2026-12-04 over two sittings:
+               the grid 28.6 minutes, the 75 study runs and 10 reruns 3 h 22 min; 162,000
+               steps). Its convergence check failed for three of ten reruns
+               (experiments/data_scaling/mnist): hence mnist_fixed_val.
   mnist_fixed_val  the CPU study's second protocol, after the first's convergence check
                failed (experiments/data_scaling/mnist): the same models, sizes and seeds, but
                early stopping on a fixed validation set of 1,000 training images (100 per
