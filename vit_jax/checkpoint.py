@@ -129,8 +129,8 @@ class CheckpointManager:
           data=ocp.args.JsonRestore())).data['best']
       if 'best_val_accuracy' not in best:
         raise ValueError(f'{self.directory}: the run holds out no validation split '
-                         '(eval.val_fraction and eval.val_size are 0), so it has no best checkpoint; use '
-                         "--step=latest or a step number.")
+                         '(eval.val_fraction and eval.val_size are 0), so it has no best '
+                         "checkpoint; use --step=latest or a step number.")
       step = best['best_step']
     if step not in steps:
       raise FileNotFoundError(f'No checkpoint for step {step} in {self.directory}; there are '
