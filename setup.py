@@ -15,6 +15,9 @@ setup(
         'absl-py>=2.1,<3',
         'etils[epath]>=1.15,<2',    # one path layer for local and gs:// workdirs
         'array-record>=0.8.6,<0.9',  # prepared datasets (vit_jax.data.records)
+        # JAX's compilation-cache size limit, which the sweep sets for its shared cache, needs it
+        # (without it every cache read fails and each point compiles afresh).
+        'filelock>=4.3,<5',
         'flax>=0.12.8,<0.13',
         'grain>=0.2.18,<0.3',       # the streaming input pipeline
         'jax>=0.10.2,<0.11',
