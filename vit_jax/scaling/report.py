@@ -84,11 +84,11 @@ def _grid_section(rows: list[dict]) -> list[str]:
                                  ''], body), '']
 
 
-def _convergence_section(rows: list[dict]) -> tuple[list[str], str | None]:
-  """The twice-the-budget reruns against their study runs, and the sentence for the findings
-  (None without reruns): every rerun over the 1-point target is named, with its point's seed
-  spread for scale (one rerun cannot tell a longer budget from seed noise)."""
-  checks = results.convergence(rows)
+def _convergence_section(checks: list[dict]) -> tuple[list[str], str | None]:
+  """The twice-the-budget reruns against their study runs (`results.convergence`), and the
+  sentence for the findings (None without reruns): every rerun over the 1-point target is
+  named, with its point's seed spread for scale (one rerun cannot tell a longer budget from
+  seed noise)."""
   if not checks:
     return [], None
   body = [[c['model'], f'{c["train_size"]:,}', f'{c["steps"]:,}', f'{c["steps_x2"]:,}',
@@ -126,7 +126,7 @@ _INSIDE = 'analysis/sweep.png'  # written by `python -m vit_jax.analyze --sweep`
 
 def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, list[dict]],
               fits: dict[str, dict], crossings: list[dict], figure_paths: dict[str, str],
-              sentences: list[str], sweep: dict) -> str:
+              sentences: list[str], sweep: dict, convergence: list[str]) -> str:
   lines = [f'# {title}', '', _setup_line(rows, curves), '']
   lines += _budget_section(rows, sweep) + _grid_section(rows)
   if curves:
@@ -150,7 +150,7 @@ def _markdown(sweep_dir: str, title: str, rows: list[dict], curves: dict[str, li
               'high-frequency content of the last block by training-set size '
               '(`python -m vit_jax.analyze --sweep`; numbers in `analysis/sweep.csv`).', '',
               f'![inside the models]({_INSIDE})', '']
-  lines += _convergence_section(rows)[0]
+  lines += convergence
   lines += _failed_section(rows)
   if sentences:
     lines += ['## Findings', '', *(f'- {sentence}' for sentence in sentences), '']
@@ -180,18 +180,19 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
   crossings = powerlaw.crossings(curves, fits)
   figure_paths = figures.write_figures(sweep_dir, title, curves, fits) if curves else {}
   sentences = findings.findings(curves, crossings) if curves else []
-  convergence = _convergence_section(rows)[1]
+  checks = results.convergence(rows, curves)
+  convergence_lines, convergence = _convergence_section(checks)
   if convergence:
     sentences.append(convergence)
   paths = {'report': os.path.join(sweep_dir, 'REPORT.md'),
            'json': os.path.join(sweep_dir, 'report.json')}
   with files.atomic_open(paths['report']) as f:
     f.write(_markdown(sweep_dir, title, rows, curves, fits, crossings, figure_paths, sentences,
-                      sweep))
+                      sweep, convergence_lines))
   failed = [{key: r[key] for key in ('model', 'train_size', 'status', 'error', 'workdir')}
             for r in rows if r['status'] != 'done']
   files.write_json(paths['json'], {'title': title, 'sizes': results.sizes(curves), 'fits': fits,
                                    'crossings': crossings, 'findings': sentences,
-                                   'convergence': results.convergence(rows),
+                                   'convergence': checks,
                                    'failed': failed})
   return {**figure_paths, **paths, 'findings': sentences}

@@ -126,15 +126,15 @@ def standard_error(point: dict) -> float | None:
   return None if point['test_std'] is None else point['test_std'] / np.sqrt(point['seeds'])
 
 
-def convergence(rows: list[dict]) -> list[dict]:
+def convergence(rows: list[dict], curves: dict[str, list[dict]]) -> list[dict]:
   """Every finished twice-the-budget rerun with its study run (same model, size, seed):
   {'model', 'train_size', 'steps', 'steps_x2', 'test_accuracy', 'test_accuracy_x2',
   'difference'} (x2 minus x1) and 'test_std' (the study point's sample standard deviation over
-  its seeds, None for one seed: the scale of seed noise), in row order; reruns whose study run
-  is missing are left out."""
+  its seeds in `curves`, the `curves(rows)`; None for one seed: the scale of seed noise), in row
+  order; reruns whose study run is missing are left out."""
   study = {(r['model'], r['train_size'], r['seed']): r for r in finished(rows, 'study')}
   spread = {(label, p['train_size']): p['test_std']
-            for label, curve in curves(rows).items() for p in curve}
+            for label, curve in curves.items() for p in curve}
   checks = []
   for rerun in finished(rows, 'convergence'):
     base = study.get((rerun['model'], rerun['train_size'], rerun['seed']))
