@@ -96,6 +96,12 @@ class Point:
   role: str = 'study'                 # 'study' | 'convergence' (twice the budget) | 'grid'
 
 
+def _training_images(size: int, evaluation: ml_collections.ConfigDict) -> int:
+  """Images a point of `size` trains on: the subset less its eval.val_fraction hold-out (all of
+  it with eval.val_size, whose validation images lie outside every subset)."""
+  return size - round(size * evaluation.val_fraction)
+
+
 def budget_steps(sweep: ml_collections.ConfigDict, size: int | None) -> int:
   """Training steps of a point with `size` images by the budget rule: budget.epochs passes
   over the training images (the subset less its validation hold-out), clipped to
@@ -103,8 +109,7 @@ def budget_steps(sweep: ml_collections.ConfigDict, size: int | None) -> int:
   epochs = config_lib.sweep_field(sweep, 'budget.epochs')
   if epochs is None:
     return sweep.base.total_steps
-  images = size - round(size * sweep.base.eval.val_fraction)
-  steps = math.ceil(epochs * images / sweep.base.batch_size)
+  steps = math.ceil(epochs * _training_images(size, sweep.base.eval) / sweep.base.batch_size)
   return int(min(max(steps, config_lib.sweep_field(sweep, 'budget.min_steps')),
                  config_lib.sweep_field(sweep, 'budget.max_steps')))
 
@@ -248,8 +253,7 @@ def _row(point: Point) -> dict:
   """One results.csv row from the point's result.json (or its recorded error)."""
   family, depth, width = _family_depth_width(point.config)
   config = point.config
-  images = None if point.train_size is None else (
-      point.train_size - round(point.train_size * config.eval.val_fraction))
+  images = None if point.train_size is None else _training_images(point.train_size, config.eval)
   row = dict(model=point.label, family=family, depth=depth, width=width,
              train_size=point.train_size, seed=point.seed, role=point.role,
              lr=config.optim.lr, weight_decay=config.optim.weight_decay,
