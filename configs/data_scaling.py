@@ -51,10 +51,11 @@ Presets:
                2,000..5,000 steps (the first protocol's twice-the-budget reruns gained 4.9 and
                4.3 points for ViT-12 and ViT-36 at 200 images, 1.9 for ViT-24 at 10,000, whose
                cap of 3,000 steps was 21 epochs); the grid at weight decay 0.05 only (the first
-               grid found 0.05 and 0.3 within its noise for every family). About 6-6.5 hours
-               on 2 idle CPU cores with --max_parallel=2: an estimate from the first protocol's
-               measured run times scaled by steps (about 265,000 steps against 160,000), not yet
-               a measurement.
+               grid found 0.05 and 0.3 within its noise for every family). Stopped after its grid
+               and 38 of 85 study runs (about 2 hours; committed, resumable): budget probes
+               showed its ViTs still gaining 1.5-2 points per doubling of steps at weight
+               decay 0.05 (200 images: 88.6 / 90.6 / 92.6% at 2,000 / 4,000 / 8,000 steps), so
+               its convergence check could not pass (experiments/data_scaling/README.md).
   cifar10      the GPU study: CIFAR-10 (cifar10.tar.gz in $VIT_JAX_DATA);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
