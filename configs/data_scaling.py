@@ -83,9 +83,13 @@ from vit_jax import data
 
 
 def _entry(name: str, lr: float | None = None, **overrides) -> ml_collections.ConfigDict:
-  """One model of the sweep: a registry name with overrides, optionally its own learning rate."""
-  return ml_collections.ConfigDict(dict(model=config_lib.model_config(name, **overrides),
-                                        lr=placeholder(float) if lr is None else lr))
+  """One model of the sweep: a registry name with overrides, optionally its own learning rate;
+  its own weight decay and budget floor (`min_steps`) can be set later (None: the grid's pick
+  or the base's weight decay, and budget.min_steps)."""
+  return ml_collections.ConfigDict(dict(
+      model=config_lib.model_config(name, **overrides),
+      lr=placeholder(float) if lr is None else lr, weight_decay=placeholder(float),
+      min_steps=placeholder(int)))
 
 
 def _digits(steps: int, sizes: tuple, models: dict) -> ml_collections.ConfigDict:

@@ -105,6 +105,9 @@ def sweep_config() -> ml_collections.ConfigDict:
     ('grid.weight_decay', (), 'config.grid.weight_decay=() must be a non-empty tuple'),
     ('base.eval.patience', -1, 'config.base.eval.patience=-1 must be an integer >= 0'),
     ('models.ResNet.weight_decay', -0.1, 'config.models.ResNet.weight_decay=-0.1 must be >= 0'),
+    ('models.ResNet.min_steps', 0, 'config.models.ResNet.min_steps=0 must be a positive integer'),
+    ('models.ResNet.min_steps', 6,
+     'config.models.ResNet.min_steps=6 needs a budget rule: set config.budget.epochs.'),
     ('models.ViT-1.model.num_layers', 0,
      'config.models.ViT-1.model.num_layers=0 must be a positive integer (ViT-Nano_2)'),
 ])
@@ -118,6 +121,14 @@ def test_sweep_fields_are_checked(field, value, message):
     node = node[p]
   node[leaf] = value
   with pytest.raises(ValueError, match=re.escape(message)):
+    config_lib.check_sweep(ml_collections.ConfigDict(tree))
+
+
+def test_a_models_budget_floor_must_not_exceed_the_cap():
+  tree = sweep_config().to_dict()
+  tree['budget']['epochs'], tree['models']['ResNet']['min_steps'] = 1.0, 9
+  with pytest.raises(ValueError, match=re.escape(
+      'config.models.ResNet.min_steps=9 must not exceed config.budget.max_steps=8.')):
     config_lib.check_sweep(ml_collections.ConfigDict(tree))
 
 

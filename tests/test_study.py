@@ -39,6 +39,34 @@ def test_budget_rule_follows_the_training_images_within_floor_and_cap(tmp_path):
   assert sweep.budget_steps(config, 200) == 9
 
 
+def test_a_model_with_its_own_floor_trains_longer_in_the_grid_study_and_reruns(tmp_path):
+  config = smoke(**{'budget.epochs': 3.0, 'budget.min_steps': 5, 'budget.max_steps': 40,
+                    'train_sizes': (60, 2000), 'grid.size': 200, 'convergence_check': True})
+  config.models['ViT-1'].min_steps = 12
+  # Reference: ceil(3 * (size - 10% hold-out) / 64) clipped to [floor, 40]: 3 and 85 images.
+  floor = {'ResNet': 5, 'ViT-1': 12}
+  expected = {(m, n): min(max(math.ceil(3 * (n - round(0.1 * n)) / 64), floor[m]), 40)
+              for m in floor for n in (60, 200, 2000)}
+  assert expected == {('ResNet', 60): 5, ('ResNet', 200): 9, ('ResNet', 2000): 40,
+                      ('ViT-1', 60): 12, ('ViT-1', 200): 12, ('ViT-1', 2000): 40}
+  points = sweep.all_points(config, str(tmp_path))
+  assert {p.role for p in points} == {'grid', 'study', 'convergence'}
+  for p in points:
+    factor = 2 if p.role == 'convergence' else 1
+    assert p.config.total_steps == factor * expected[(p.label, p.train_size)], p.workdir
+
+
+def test_a_model_with_its_own_weight_decay_runs_the_grid_over_learning_rates_only(tmp_path):
+  config = smoke(**{'grid.size': 120, 'grid.lr': (1e-3, 3e-3), 'grid.weight_decay': (0.0, 0.1)})
+  config.models['ViT-1'].weight_decay = 0.3
+  grid = sweep.grid_points(config, str(tmp_path))
+  vit = sorted((os.path.basename(p.workdir), p.config.optim.weight_decay)
+               for p in grid if p.label == 'ViT-1')
+  assert vit == [('ViT-1_n120_lr0.001_wd0.3', 0.3), ('ViT-1_n120_lr0.003_wd0.3', 0.3)]
+  resnet = sorted(p.config.optim.weight_decay for p in grid if p.label == 'ResNet')
+  assert resnet == [0.0, 0.0, 0.1, 0.1]
+
+
 def test_without_a_rule_every_point_keeps_the_base_steps(tmp_path):
   config = smoke()
   assert {p.config.total_steps for p in sweep.expand(config, str(tmp_path))} == {4}
@@ -176,6 +204,21 @@ def test_report_shows_spread_budget_and_convergence(tmp_path):
           'validation set of 1,000 training images outside every subset)'
           ) in (tmp_path / 'REPORT.md').read_text()
   assert (tmp_path / 'accuracy_vs_data.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_report_names_the_models_of_each_budget_when_they_differ(tmp_path):
+  rows = [dict(r, budget_steps=400, steps=390) if r['model'] == 'ViT-12' else r
+          for r in gap_rows(0.002)]
+  files.write_json(str(tmp_path / 'sweep_config.json'), {
+      'name': 'hand', 'base': {'batch_size': 64, 'eval': {}},
+      'budget': {'epochs': 10.0, 'min_steps': 100, 'max_steps': 1000, 'evals': 5},
+      'models': {'ResNet': {'min_steps': None}, 'ViT-12': {'min_steps': 400}}})
+  report.write_report(write_csv(tmp_path, rows))
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert 'at least 100 (ViT-12: 400) and at most 1,000 steps' in text
+  assert '| train size | models | budget (steps) |' in text
+  assert '| 1,000 | ResNet | 100 | 6.4 | 100-100 | 0 of 2 |' in text
+  assert '| 1,000 | ViT-12 | 400 | 6.4 | 390-390 | 2 of 2 |' in text
 
 
 def test_a_results_csv_without_the_seed_columns_still_reads(tmp_path):

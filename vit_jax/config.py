@@ -200,7 +200,7 @@ def _reals(low: float, open_low: bool) -> Field:
 
 # The fields of a sweep config (configs/data_scaling.py) besides `base`, a training config, and
 # `models`, label -> {'model': a model section, 'lr': None or that model's learning rate,
-# 'weight_decay': None or its weight decay}. All but `train_sizes` are optional; `sweep_field`
+# 'weight_decay': None or its weight decay, 'min_steps': None or its budget floor}. All but `train_sizes` are optional; `sweep_field`
 # gives the default of an absent one.
 SWEEP_FIELDS: dict[str, Field] = {
     'name': _TEXT,
@@ -230,7 +230,8 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     'grid.weight_decay': (0.,),
 }
 SWEEP_MODEL_FIELDS: dict[str, Field] = {'lr': _real(0, open_low=True, none=True),
-                                        'weight_decay': _real(0, none=True)}
+                                        'weight_decay': _real(0, none=True),
+                                        'min_steps': _int(none=True)}
 
 
 def sweep_field(sweep: ml_collections.ConfigDict, key: str) -> Any:
@@ -444,6 +445,13 @@ def check_sweep(sweep: ml_collections.ConfigDict) -> None:
     _check_table(_flatten(entry),
                  {**SWEEP_MODEL_FIELDS, **model_table}, f'models.{label}.',
                  f' ({entry.model.name})')
+    floor = entry.get('min_steps')
+    if floor is not None and sweep_field(sweep, 'budget.epochs') is None:
+      raise ValueError(f'config.models.{label}.min_steps={floor} needs a budget rule: set '
+                       'config.budget.epochs.')
+    if floor is not None and floor > sweep_field(sweep, 'budget.max_steps'):
+      raise ValueError(f'config.models.{label}.min_steps={floor} must not exceed '
+                       f'config.budget.max_steps={sweep.budget.max_steps}.')
 
 
 def check_batch(config: ml_collections.ConfigDict, mesh) -> None:

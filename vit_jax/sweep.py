@@ -5,7 +5,8 @@
 
 The study (a sweep config's optional fields, `vit_jax.config.SWEEP_FIELDS`):
 - budget rule: each point trains `budget.epochs` passes over its subset, clipped to
-  [`budget.min_steps`, `budget.max_steps`] steps, evaluated `budget.evals` times; with
+  [`budget.min_steps`, `budget.max_steps`] steps (a model's own `min_steps` replaces the
+  floor for its points), evaluated `budget.evals` times; with
   `base.eval.patience` it stops early on the validation split and reports the best step's test
   accuracy;
 - seeds: every point runs `seeds` times (`small_seeds` up to `small_size` images), varying the
@@ -102,16 +103,18 @@ def _training_images(size: int, evaluation: ml_collections.ConfigDict) -> int:
   return size - round(size * evaluation.val_fraction)
 
 
-def budget_steps(sweep: ml_collections.ConfigDict, size: int | None) -> int:
+def budget_steps(sweep: ml_collections.ConfigDict, size: int | None,
+                 entry: ml_collections.ConfigDict | None = None) -> int:
   """Training steps of a point with `size` images by the budget rule: budget.epochs passes
   over the training images (the subset less its validation hold-out), clipped to
-  [budget.min_steps, budget.max_steps]; base.total_steps without a rule."""
+  [floor, budget.max_steps], the floor being the model entry's min_steps if it has one, else
+  budget.min_steps; base.total_steps without a rule."""
   epochs = config_lib.sweep_field(sweep, 'budget.epochs')
   if epochs is None:
     return sweep.base.total_steps
   steps = math.ceil(epochs * _training_images(size, sweep.base.eval) / sweep.base.batch_size)
-  return int(min(max(steps, config_lib.sweep_field(sweep, 'budget.min_steps')),
-                 config_lib.sweep_field(sweep, 'budget.max_steps')))
+  floor = (entry or {}).get('min_steps') or config_lib.sweep_field(sweep, 'budget.min_steps')
+  return int(min(max(steps, floor), config_lib.sweep_field(sweep, 'budget.max_steps')))
 
 
 def _point_config(sweep: ml_collections.ConfigDict, entry: ml_collections.ConfigDict,
@@ -133,7 +136,7 @@ def _point_config(sweep: ml_collections.ConfigDict, entry: ml_collections.Config
                                else entry.weight_decay)
   budgeted = config_lib.sweep_field(sweep, 'budget.epochs') is not None
   if budgeted or steps_factor != 1:
-    steps = budget_steps(sweep, size) * steps_factor
+    steps = budget_steps(sweep, size, entry) * steps_factor
     evals = (config_lib.sweep_field(sweep, 'budget.evals') if budgeted
              else max(base.total_steps // base.eval_every, 1))
     config.total_steps = steps
@@ -160,7 +163,8 @@ def family(model: ml_collections.ConfigDict) -> str:
 
 def grid_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]:
   """The learning-rate x weight-decay grid at grid.size: one model per family (the first of
-  its family in config order), seed 0; none without grid.size."""
+  its family in config order), seed 0; none without grid.size. A model's own weight decay
+  (or learning rate) replaces that axis of its family's grid."""
   config_lib.check_sweep(sweep)
   size = config_lib.sweep_field(sweep, 'grid.size')
   if size is None:
@@ -170,11 +174,15 @@ def grid_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]
     if family(entry.model) in seen:
       continue
     seen.add(family(entry.model))
+    workdirs = set()
     for lr in config_lib.sweep_field(sweep, 'grid.lr'):
       for wd in config_lib.sweep_field(sweep, 'grid.weight_decay'):
         config = _point_config(sweep, entry, size, 0, hparams=(lr, wd))
-        points.append(Point(label, size, config, os.path.join(
-            sweep_dir, 'grid', _name(label, size, f'_lr{lr:g}_wd{wd:g}')), role='grid'))
+        workdir = os.path.join(sweep_dir, 'grid', _name(
+            label, size, f'_lr{config.optim.lr:g}_wd{config.optim.weight_decay:g}'))
+        if workdir not in workdirs:
+          workdirs.add(workdir)
+          points.append(Point(label, size, config, workdir, role='grid'))
   return points
 
 

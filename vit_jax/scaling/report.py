@@ -32,9 +32,19 @@ def _failed_section(rows: list[dict]) -> list[str]:
 CONVERGED = 0.01  # twice the budget must change test accuracy by less than one point
 
 
+def _own_floors(sweep: dict) -> str:
+  """' (ViT-12, ViT-24: 4,000)': the models whose entries set their own budget floor."""
+  floors = {}
+  for label, entry in (sweep.get('models') or {}).items():
+    if (entry or {}).get('min_steps'):
+      floors.setdefault(entry['min_steps'], []).append(label)
+  return ''.join(f' ({", ".join(labels)}: {floor:,})' for floor, labels in floors.items())
+
+
 def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
   """The budget rule (from the sweep's config) and each size's budget: steps, epochs and the
-  steps the study's runs actually trained (early stopping ends some sooner)."""
+  steps the study's runs actually trained (early stopping ends some sooner); one line per
+  budget, naming its models, where models have budgets of their own."""
   study = [r for r in rows if r['role'] == 'study' and r['budget_steps'] is not None]
   if not study:
     return []
@@ -42,8 +52,9 @@ def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
   evaluation = base.get('eval') or {}
   if budget.get('epochs') is not None:
     rule = (f'Budget rule: {budget["epochs"]:g} epochs over each subset\'s training images, at '
-            f'least {budget.get("min_steps", 1):,} and at most {budget.get("max_steps"):,} steps '
-            f'of batch {base.get("batch_size")}, {budget.get("evals", 1)} evaluations per run')
+            f'least {budget.get("min_steps", 1):,}{_own_floors(sweep)} and at most '
+            f'{budget.get("max_steps"):,} steps of batch {base.get("batch_size")}, '
+            f'{budget.get("evals", 1)} evaluations per run')
   else:
     rule = f'Budget: the same {base.get("total_steps", "?")} steps for every point (no rule)'
   if evaluation.get('patience'):
@@ -53,15 +64,20 @@ def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
     rule += (f'; early stopping after {evaluation["patience"]} evaluations without a better '
              f'validation accuracy ({held_out})')
   rule += '. A point\'s result is the test accuracy at its best validation step.'
+  budgets = sorted({(r['train_size'], r['budget_steps']) for r in study
+                    if r['train_size'] is not None})
+  by_model = len(budgets) > len({size for size, _ in budgets})  # a size has several budgets
   body = []
-  for size in sorted({r['train_size'] for r in study if r['train_size'] is not None}):
-    at = [r for r in study if r['train_size'] == size]
+  for size, steps in budgets:
+    at = [r for r in study if (r['train_size'], r['budget_steps']) == (size, steps)]
     ran = [r['steps'] for r in at if r['steps'] is not None]
-    body.append([f'{size:,}', f'{at[0]["budget_steps"]:,}', tables.number(at[0]['budget_epochs']),
+    models = [', '.join(dict.fromkeys(r['model'] for r in at))] if by_model else []
+    body.append([f'{size:,}', *models, f'{steps:,}', tables.number(at[0]['budget_epochs']),
                  f'{min(ran):,}-{max(ran):,}' if ran else tables.DASH,
-                 f'{sum(s < at[0]["budget_steps"] for s in ran)} of {len(at)}'])
-  return ['## Budget', '', rule, '', tables.markdown_table(
-      ['train size', 'budget (steps)', 'epochs', 'steps trained', 'stopped early'], body), '']
+                 f'{sum(s < steps for s in ran)} of {len(at)}'])
+  header = ['train size', *(['models'] if by_model else []), 'budget (steps)', 'epochs',
+            'steps trained', 'stopped early']
+  return ['## Budget', '', rule, '', tables.markdown_table(header, body), '']
 
 
 def _grid_section(rows: list[dict]) -> list[str]:
