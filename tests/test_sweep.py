@@ -1,6 +1,7 @@
 """The data-scaling sweep: smoke preset end to end, resume, failed points, dry runs."""
 import csv
 import json
+import math
 import os
 import re
 import shlex
@@ -117,17 +118,25 @@ def test_every_preset_expands(preset, tmp_path):
     assert family in ('vit', 'hybrid', 'resnet') and depth > 0 and width > 0
 
 
-def test_mnist_fixed_val_changes_only_the_validation_set_budget_and_grid():
+def test_mnist_fixed_val_changes_only_the_validation_set_budget_grid_and_transformers():
   first, second = (data_scaling.get_config(p) for p in ('mnist', 'mnist_fixed_val'))
   flat = [traverse_util.flatten_dict(c.to_dict(), sep='.') for c in (first, second)]
+  floors = {'ResNet': None, 'Hybrid': 8_000, 'ViT-12': 4_000, 'ViT-24': 4_000, 'ViT-36': 4_000}
   assert {k for k in flat[0] if flat[0][k] != flat[1][k]} == {
       'name', 'budget.min_steps', 'budget.max_steps', 'grid.weight_decay',
-      'base.eval.val_fraction', 'base.eval.val_size'}
+      'base.eval.val_fraction', 'base.eval.val_size',
+      *(f'models.{m}.{field}' for m, f in floors.items() if f
+        for field in ('weight_decay', 'min_steps'))}
   assert (second.base.eval.val_fraction, second.base.eval.val_size) == (0.0, 1_000)
   assert tuple(second.grid.weight_decay) == (0.05,)
-  # 30 epochs of the whole subset (nothing held out of it), clipped to 2,000..5,000 steps.
-  assert [sweep.budget_steps(second, n) for n in second.train_sizes] == [
-      2_000, 2_000, 2_000, 2_000, 2_344, 4_688]
+  # 30 epochs of the whole subset (nothing held out of it), at least 2,000 steps (the
+  # transformers, at weight decay 0.3: their own floor); the cap of 8,000 binds no size.
+  for label, entry in second.models.items():
+    floor = floors[label] or 2_000
+    assert entry.weight_decay == (0.3 if floors[label] else None)
+    assert [sweep.budget_steps(second, n, entry) for n in second.train_sizes] == [
+        max(floor, math.ceil(30 * n / 64)) for n in second.train_sizes]
+  assert sweep.budget_steps(second, 10_000, second.models.ResNet) == 4_688
 
 
 def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
