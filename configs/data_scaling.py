@@ -44,23 +44,23 @@ Presets:
                steps). Its convergence check failed for three of ten reruns
                (experiments/data_scaling/mnist): hence mnist_fixed_val.
   mnist_fixed_val  the CPU study's second protocol, after the first's convergence check
-               failed (experiments/data_scaling/mnist): the same models, sizes and seeds, but
-               early stopping on a fixed validation set of 1,000 training images (100 per
-               class) held out of the split outside every subset, so that it no longer picks
-               on 20-100 held-out images and every subset trains whole; 30 epochs, at least
-               2,000 steps (the cap, 8,000, binds no size; the first protocol's twice-the-budget reruns gained 4.9 and
-               4.3 points for ViT-12 and ViT-36 at 200 images, 1.9 for ViT-24 at 10,000, whose
-               cap of 3,000 steps was 21 epochs); the grid at weight decay 0.05 only (the first
-               grid found 0.05 and 0.3 within its noise for every family). Amended after its
-               grid and 38 runs, for the transformers: weight decay 0.3 and a floor of 4,000
-               steps for the ViTs, 8,000 for the hybrid (their grid reruns with these), after
-               budget probes (seed 0, test %, 200 images unless said): at weight decay 0.05 ViT-12 gains
-               about 2 points per doubling (88.6 / 90.6 / 92.6 at 2,000 / 4,000 / 8,000 steps)
-               and the hybrid 1.9 (91.4 / 93.3 at 2,000 / 4,000); at 0.3 ViT-36 gains 3.7 and
-               then nothing (88.8 / 92.4 / 92.4), ViT-36 on 10,000 images 0.7 (97.8 / 98.5 at
-               4,688 / 9,376), the hybrid 1.1 from 4,000 to 8,000 (93.9 / 95.0). The ResNet
-               keeps its runs (0.05 and 2,000 steps: its rerun on 200 images gained 0.7).
-               Measured time: see experiments/data_scaling/README.md.
+               failed (experiments/data_scaling/mnist): the same models, sizes and seeds, but early
+               stopping on a fixed validation set of 1,000 training images (100 per class) held out
+               of the split outside every subset, so that it no longer picks on 20-100 held-out
+               images and every subset trains whole; 30 epochs, at least 2,000 steps (the cap,
+               8,000, binds no size; the first protocol's twice-the-budget reruns gained 4.9 and 4.3
+               points for ViT-12 and ViT-36 at 200 images, 1.9 for ViT-24 at 10,000, whose cap of
+               3,000 steps was 21 epochs); the grid at weight decay 0.05 only (the first grid found
+               0.05 and 0.3 within its noise for every family). Amended after its grid and 38 runs,
+               for the transformers: weight decay 0.3 and a floor of 4,000 steps for the ViTs, 8,000
+               for the hybrid (their grid reruns with these), after budget probes (seed 0, test %,
+               200 images unless said): at weight decay 0.05 ViT-12 gains about 2 points per
+               doubling (88.6 / 90.6 / 92.6 at 2,000 / 4,000 / 8,000 steps) and the hybrid 1.9 (91.4
+               / 93.3 at 2,000 / 4,000); at 0.3 ViT-36 gains 3.7 and then nothing (88.8 / 92.4 /
+               92.4), ViT-36 on 10,000 images 0.7 (97.8 / 98.5 at 4,688 / 9,376), the hybrid 1.1
+               from 4,000 to 8,000 and nothing from 8,000 to 16,000 (93.9 / 95.0 / 95.0). The ResNet
+               keeps its runs (0.05 and 2,000 steps: its rerun on 200 images gained 0.7). Measured
+               time: see experiments/data_scaling/README.md.
   cifar10      the GPU study: CIFAR-10 (cifar10.tar.gz in $VIT_JAX_DATA);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
