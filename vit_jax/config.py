@@ -200,8 +200,8 @@ def _reals(low: float, open_low: bool) -> Field:
 
 # The fields of a sweep config (configs/data_scaling.py) besides `base`, a training config, and
 # `models`, label -> {'model': a model section, 'lr': None or that model's learning rate,
-# 'weight_decay': None or its weight decay, 'min_steps': None or its budget floor}. All but `train_sizes` are optional; `sweep_field`
-# gives the default of an absent one.
+# 'weight_decay': None or its weight decay, 'min_steps': None or its budget floor}. All but
+# `train_sizes` are optional; `sweep_field` gives the default of an absent one.
 SWEEP_FIELDS: dict[str, Field] = {
     'name': _TEXT,
     'train_sizes': Field((tuple, list), lambda v: len(v) > 0 and all(
