@@ -212,10 +212,11 @@ def test_report_names_the_models_of_each_budget_when_they_differ(tmp_path):
   files.write_json(str(tmp_path / 'sweep_config.json'), {
       'name': 'hand', 'base': {'batch_size': 64, 'eval': {}},
       'budget': {'epochs': 10.0, 'min_steps': 100, 'max_steps': 1000, 'evals': 5},
-      'models': {'ResNet': {'min_steps': None}, 'ViT-12': {'min_steps': 400}}})
+      'models': {'ResNet': {'min_steps': None}, 'ViT-12': {'min_steps': 400},
+                 'ViT-24': {'min_steps': 800}, 'ViT-36': {'min_steps': 400}}})
   report.write_report(write_csv(tmp_path, rows))
   text = (tmp_path / 'REPORT.md').read_text()
-  assert 'at least 100 (ViT-12: 400) and at most 1,000 steps' in text
+  assert 'at least 100 (ViT-12, ViT-36: 400; ViT-24: 800) and at most 1,000 steps' in text
   assert '| train size | models | budget (steps) |' in text
   assert '| 1,000 | ResNet | 100 | 6.4 | 100-100 | 0 of 2 |' in text
   assert '| 1,000 | ViT-12 | 400 | 6.4 | 390-390 | 2 of 2 |' in text

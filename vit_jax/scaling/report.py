@@ -33,12 +33,14 @@ CONVERGED = 0.01  # twice the budget must change test accuracy by less than one 
 
 
 def _own_floors(sweep: dict) -> str:
-  """' (ViT-12, ViT-24: 4,000)': the models whose entries set their own budget floor."""
+  """' (Hybrid: 8,000; ViT-12, ViT-24: 4,000)': the models whose entries set their own budget
+  floor ('' when none does)."""
   floors = {}
   for label, entry in (sweep.get('models') or {}).items():
     if (entry or {}).get('min_steps'):
       floors.setdefault(entry['min_steps'], []).append(label)
-  return ''.join(f' ({", ".join(labels)}: {floor:,})' for floor, labels in floors.items())
+  listed = '; '.join(f'{", ".join(labels)}: {floor:,}' for floor, labels in floors.items())
+  return f' ({listed})' if listed else ''
 
 
 def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
