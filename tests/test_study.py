@@ -222,6 +222,19 @@ def test_report_names_the_models_of_each_budget_when_they_differ(tmp_path):
   assert '| 1,000 | ViT-12 | 400 | 6.4 | 390-390 | 2 of 2 |' in text
 
 
+def test_report_writes_epoch_counts_from_1000_up_as_whole_numbers(tmp_path):
+  # 16,000 steps of batch 64 over each subset less its 10% hold-out.
+  rows = [dict(r, budget_steps=16_000, steps=16_000,
+               budget_epochs=16_000 * 64 / (0.9 * r['train_size'])) for r in gap_rows(0.002)]
+  files.write_json(str(tmp_path / 'sweep_config.json'), {
+      'name': 'hand', 'base': {'batch_size': 64, 'eval': {}},
+      'budget': {'epochs': 10.0, 'min_steps': 16_000, 'max_steps': 20_000, 'evals': 5}})
+  report.write_report(write_csv(tmp_path, rows))
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert '| 1,000 | 16,000 | 1,138 | 16,000-16,000 | 0 of 4 |' in text   # 1,137.8 epochs
+  assert '| 30,000 | 16,000 | 37.9 | 16,000-16,000 | 0 of 4 |' in text
+
+
 def test_a_results_csv_without_the_seed_columns_still_reads(tmp_path):
   old = [c for c in results.COLUMNS if c not in results.OPTIONAL]
   with open(tmp_path / 'results.csv', 'w', newline='') as f:

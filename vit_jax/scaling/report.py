@@ -43,6 +43,11 @@ def _own_floors(sweep: dict) -> str:
   return f' ({listed})' if listed else ''
 
 
+def _epochs(value: float | None) -> str:
+  """An epoch count as a table cell: three significant digits, whole from 1,000 up."""
+  return tables.number(value, ',.0f' if value is not None and value >= 1_000 else '.3g')
+
+
 def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
   """The budget rule (from the sweep's config) and each size's budget: steps, epochs and the
   steps the study's runs actually trained (early stopping ends some sooner); one line per
@@ -74,7 +79,7 @@ def _budget_section(rows: list[dict], sweep: dict) -> list[str]:
     at = [r for r in study if (r['train_size'], r['budget_steps']) == (size, steps)]
     ran = [r['steps'] for r in at if r['steps'] is not None]
     models = [', '.join(dict.fromkeys(r['model'] for r in at))] if by_model else []
-    body.append([f'{size:,}', *models, f'{steps:,}', tables.number(at[0]['budget_epochs']),
+    body.append([f'{size:,}', *models, f'{steps:,}', _epochs(at[0]['budget_epochs']),
                  f'{min(ran):,}-{max(ran):,}' if ran else tables.DASH,
                  f'{sum(s < steps for s in ran)} of {len(at)}'])
   header = ['train size', *(['models'] if by_model else []), 'budget (steps)', 'epochs',
