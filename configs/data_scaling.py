@@ -60,7 +60,11 @@ Presets:
                92.4), ViT-36 on 10,000 images 0.7 (97.8 / 98.5 at 4,688 / 9,376), the hybrid 1.1
                from 4,000 to 8,000 and nothing from 8,000 to 16,000 (93.9 / 95.0 / 95.0). The ResNet
                keeps its runs (0.05 and 2,000 steps: its rerun on 200 images gained 0.7). Measured
-               time: see experiments/data_scaling/README.md.
+               time (2 CPU cores, two runs at once, 2026-12-04/05): 94 runs (9 grid, 75 study,
+               10 convergence reruns), 16.8 hours of run time, about 8.5 hours of wall time;
+               479,000 training steps. Its convergence check fails for ViT-12 and ViT-24 at
+               200 images (+2.0, +2.5 points at 8,000 steps; probes: both converged at 8,000,
+               so a ViT floor of 8,000 would pass it): experiments/data_scaling/mnist_fixed_val.
   cifar10      the GPU study: CIFAR-10 (cifar10.tar.gz in $VIT_JAX_DATA);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
