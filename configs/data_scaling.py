@@ -64,7 +64,7 @@ Presets:
                10 convergence reruns), 16.8 hours of run time, about 8.5 hours of wall time;
                479,000 training steps. Its convergence check fails for ViT-12 and ViT-24 at
                200 images (+2.0, +2.5 points at 8,000 steps; probes: both converged at 8,000,
-               so a ViT floor of 8,000 would pass it): experiments/data_scaling/mnist_fixed_val.
+               ViT-36 not: +2.1 from 8,000 to 16,000): experiments/data_scaling/mnist_fixed_val.
   cifar10      the GPU study: CIFAR-10 (cifar10.tar.gz in $VIT_JAX_DATA);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
