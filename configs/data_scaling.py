@@ -121,8 +121,8 @@ def _study(sweep: ml_collections.ConfigDict, *, epochs: float | None = None,
            min_steps: int = 1, max_steps: int = 10**9, evals: int = 1, patience: int = 0,
            seeds: int = 1, small_seeds: int = 1, small_size: int = 0,
            grid_size: int | None = None, grid_lr: tuple = (1e-3,),
-           grid_weight_decay: tuple = (0.,), convergence_check: bool = False
-           ) -> ml_collections.ConfigDict:
+           grid_weight_decay: tuple = (0.,), convergence_check: bool = False,
+           convergence_seeds: int = 1) -> ml_collections.ConfigDict:
   """Adds the study's fields (budget rule, seeds, grid, convergence check; the defaults keep
   a plain sweep: base.total_steps for every point, one seed, no grid, no check), so every one
   can be overridden on the command line."""
@@ -135,7 +135,7 @@ def _study(sweep: ml_collections.ConfigDict, *, epochs: float | None = None,
   sweep.grid = ml_collections.ConfigDict(dict(
       size=placeholder(int) if grid_size is None else grid_size, lr=grid_lr,
       weight_decay=grid_weight_decay))
-  sweep.convergence_check = convergence_check
+  sweep.convergence_check, sweep.convergence_seeds = convergence_check, convergence_seeds
   return sweep
 
 

@@ -145,8 +145,8 @@ def test_an_unknown_sweep_field_lists_the_sweep_fields():
   tree['dataset'] = 'digits'
   with pytest.raises(ValueError, match=re.escape(
       "Unknown config field(s) ['dataset']; the fields of the config are ['base', 'budget', "
-      "'convergence_check', 'grid', 'models', 'name', 'seeds', 'small_seeds', 'small_size', "
-      "'train_sizes', 'vary_subset']")):
+      "'convergence_check', 'convergence_seeds', 'grid', 'models', 'name', 'seeds', "
+      "'small_seeds', 'small_size', 'train_sizes', 'vary_subset']")):
     config_lib.check_sweep(ml_collections.ConfigDict(tree))
 
 
@@ -162,8 +162,8 @@ def run(module, *flags):
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
                        '--dry_run', '--config.dataset=digits'],
      "Error: --config.dataset: the config has no field 'dataset'; its top-level fields are "
-     "['base', 'budget', 'convergence_check', 'grid', 'models', 'name', 'seeds', 'small_seeds', "
-     "'small_size', 'train_sizes', 'vary_subset']."),
+     "['base', 'budget', 'convergence_check', 'convergence_seeds', 'grid', 'models', 'name', "
+     "'seeds', 'small_seeds', 'small_size', 'train_sizes', 'vary_subset']."),
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--config.optim.b1=1.0'],
      'Error: config.optim.b1=1.0 must be in [0, 1).'),

@@ -103,6 +103,22 @@ def test_convergence_reruns_double_the_budget_at_the_smallest_and_largest_size(t
     assert p.seed == 0 and p.workdir.endswith(f'_n{p.train_size}_x2')
 
 
+def test_convergence_reruns_several_seeds_at_the_smallest_size_only(tmp_path):
+  config = smoke(**{'convergence_check': True, 'convergence_seeds': 2, 'seeds': 2,
+                    'small_seeds': 3, 'small_size': 60, 'train_sizes': (60, 120)})
+  reruns = [p for p in sweep.expand(config, str(tmp_path)) if p.role == 'convergence']
+  assert sorted((p.label, p.train_size, p.seed, os.path.basename(p.workdir)) for p in reruns) == [
+      ('ResNet', 60, 0, 'ResNet_n60_x2'), ('ResNet', 60, 1, 'ResNet_n60_s1_x2'),
+      ('ResNet', 120, 0, 'ResNet_n120_x2'),
+      ('ViT-1', 60, 0, 'ViT-1_n60_x2'), ('ViT-1', 60, 1, 'ViT-1_n60_s1_x2'),
+      ('ViT-1', 120, 0, 'ViT-1_n120_x2')]
+  assert [p.config.seed for p in reruns if p.train_size == 60] == [0, 1, 0, 1]
+  # No more seeds rerun than the point has.
+  config.convergence_seeds = 5
+  reruns = [p for p in sweep.expand(config, str(tmp_path)) if p.role == 'convergence']
+  assert sorted(p.seed for p in reruns if p.label == 'ResNet') == [0, 0, 1, 2]
+
+
 def test_grid_picks_by_validation_accuracy_and_feeds_the_study(tmp_path):
   config = smoke(**{'grid.size': 120, 'grid.lr': (1e-3, 3e-3), 'grid.weight_decay': (0.0, 0.1)})
   grid = sweep.grid_points(config, str(tmp_path))
@@ -189,10 +205,11 @@ def test_report_shows_spread_budget_and_convergence(tmp_path):
   assert 'early stopping after 2 evaluations' in text
   assert '| 1,000 | 100 | 6.4 | 100-100 | 0 of 4 |' in text
   # Seed 0 vs its x2, and the seeds' sample sd: std([0.798, 0.802], ddof=1) = 0.28 points.
-  assert '| ResNet | 1,000 | 100 | 200 | 79.8 | 80.3 | +0.5 | 0.3 |' in text
+  assert '| ResNet | 1,000 | 0 | 100 | 200 | 79.8 | 80.3 | +0.5 | 0.3 |' in text
   # ViT-12 at 30k: seed 0 has 88.8, twice the budget 86.0: 2.8 points, over the target.
-  assert '| ViT-12 | 30,000 | 100 | 200 | 88.8 | 86.0 | -2.8 | 0.3 |' in text
-  assert ('more than the 1-point target in 1 of 2 reruns (ViT-12 at 30,000 images: -2.8 points '
+  assert '| ViT-12 | 30,000 | 0 | 100 | 200 | 88.8 | 86.0 | -2.8 | 0.3 |' in text
+  assert ('more than the 1-point target at 1 of 2 checked points (ViT-12 at 30,000 images: '
+          '-2.8 points '
           '(its seeds spread by 0.3 points)): the budget is too small there'
           ) in result['findings'][-1]
   assert '| ResNet | 130.0M | 80.0 +- 0.3 (2) |' in text   # mean +- std (seeds)
@@ -204,6 +221,33 @@ def test_report_shows_spread_budget_and_convergence(tmp_path):
           'validation set of 1,000 training images outside every subset)'
           ) in (tmp_path / 'REPORT.md').read_text()
   assert (tmp_path / 'accuracy_vs_data.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_convergence_check_judges_the_mean_over_the_seeds_rerun(tmp_path):
+  # ViT-12 at 1,000 images: seeds 73.8 and 74.2; their reruns gain +1.4 and -0.4 points, one
+  # over the target alone, their mean (+0.5) under it.
+  rerun = lambda seed, accuracy: result_row('ViT-12', 'vit', 12, 1_000, accuracy, seed=seed,
+                                            role='convergence', steps=200, budget_steps=200)
+  write_csv(tmp_path, gap_rows(0.002) + [rerun(0, 0.752), rerun(1, 0.738)])
+  result = report.write_report(str(tmp_path))
+  assert ('twice the budget changes test accuracy by at most 0.5 points (ViT-12 at 1,000 '
+          'images, mean of 2 seeds), under the 1-point target') in result['findings'][-1]
+  assert '| ViT-12 | 1,000 | 1 | 100 | 200 | 74.2 | 73.8 | -0.4 | 0.3 |' in (
+      tmp_path / 'REPORT.md').read_text()
+  # +2.2 and +0.2: mean +1.2 over the target, SE std([2.2, 0.2], ddof=1) / sqrt(2) = 1.0.
+  write_csv(tmp_path, gap_rows(0.002) + [rerun(0, 0.760), rerun(1, 0.744)])
+  differences = np.array([0.760 - 0.738, 0.744 - 0.742])
+  se = differences.std(ddof=1) / np.sqrt(2)
+  assert round(100 * se, 1) == 1.0
+  means = results.convergence_means(
+      results.convergence(*(lambda rows: (rows, results.curves(rows)))(
+          results.read_results(str(tmp_path / 'results.csv')))))
+  assert len(means) == 1 and means[0]['reruns'] == 2
+  assert means[0]['difference'] == pytest.approx(differences.mean())
+  assert means[0]['difference_se'] == pytest.approx(se)
+  assert ('more than the 1-point target at 1 of 1 checked points (ViT-12 at 1,000 images: '
+          '+1.2 points (mean of 2 seeds, SE 1.0 points))'
+          ) in report.write_report(str(tmp_path))['findings'][-1]
 
 
 def test_report_names_the_models_of_each_budget_when_they_differ(tmp_path):

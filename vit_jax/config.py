@@ -216,8 +216,9 @@ SWEEP_FIELDS: dict[str, Field] = {
     # small_size run small_seeds times; vary_subset: the subset (data.subset_seed) varies too.
     'seeds': _int(), 'small_seeds': _int(), 'small_size': _int(0),
     'vary_subset': _BOOL,
-    # Convergence check: the smallest and largest sizes rerun with twice the budget.
-    'convergence_check': _BOOL,
+    # Convergence check: the smallest and largest sizes rerun with twice the budget, seed 0; at
+    # the smallest, where seeds vary most, its first convergence_seeds seeds rerun.
+    'convergence_check': _BOOL, 'convergence_seeds': _int(),
     # Learning-rate / weight-decay grid per family at one size (None = no grid), picked by
     # validation accuracy; the study's points use the chosen values.
     'grid.size': _POSITIVE_OR_NONE, 'grid.lr': _reals(0, True),
@@ -226,7 +227,7 @@ SWEEP_FIELDS: dict[str, Field] = {
 SWEEP_DEFAULTS: dict[str, Any] = {
     'name': '', 'budget.epochs': None, 'budget.min_steps': 1, 'budget.max_steps': 10**9,
     'budget.evals': 1, 'seeds': 1, 'small_seeds': 1, 'small_size': 0, 'vary_subset': False,
-    'convergence_check': False, 'grid.size': None, 'grid.lr': (1e-3,),
+    'convergence_check': False, 'convergence_seeds': 1, 'grid.size': None, 'grid.lr': (1e-3,),
     'grid.weight_decay': (0.,),
 }
 SWEEP_MODEL_FIELDS: dict[str, Field] = {'lr': _real(0, open_low=True, none=True),

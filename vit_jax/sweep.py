@@ -15,7 +15,9 @@ The study (a sweep config's optional fields, `vit_jax.config.SWEEP_FIELDS`):
   `grid.weight_decay` at that size; the values with the best validation accuracy (never test)
   are used by the study's points and written to `grid.json`;
 - convergence check: with `convergence_check`, every model reruns the smallest and largest
-  size with twice the budget (`<label>_n<size>_x2`); the report states the difference.
+  size with twice the budget (`<label>_n<size>_x2`), at the smallest over its first
+  `convergence_seeds` seeds (`..._s<seed>_x2`), where one rerun cannot tell the budget from
+  seed noise; the report states the difference (the mean over the seeds rerun).
 
 Each point (model x training-set size x seed) trains in its own process (`--point=<index>`,
 output in `<point>/log.txt`), so a crash costs one point; the points share a JAX compilation
@@ -215,8 +217,9 @@ def _chosen(chosen: dict[str, dict], entry: ml_collections.ConfigDict
 def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
            chosen: dict[str, dict] | None = None) -> list[Point]:
   """Every (model, train size, seed) of the sweep (checked by `config.check_sweep`), models in
-  config order, then sizes, then seeds; then the convergence reruns (twice the budget, seed 0,
-  at the smallest and largest size) if asked for. `chosen` ({family: {'lr', 'weight_decay'}},
+  config order, then sizes, then seeds; then the convergence reruns (twice the budget at the
+  smallest and largest size, seed 0; at the smallest the first `convergence_seeds` seeds) if
+  asked for. `chosen` ({family: {'lr', 'weight_decay'}},
   from `choose_hparams`) replaces the base's learning rate and weight decay."""
   config_lib.check_sweep(sweep)
   chosen = chosen or {}
@@ -236,10 +239,13 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
     for label, entry in sweep.models.items():
       hparams = _chosen(chosen, entry)
       for size in ends:
-        config = _point_config(sweep, entry, size, 0, steps_factor=2, hparams=hparams)
-        points.append(Point(label, size, config,
-                            os.path.join(sweep_dir, _name(label, size, '_x2')), 0,
-                            'convergence'))
+        reruns = config_lib.sweep_field(sweep, 'convergence_seeds') if size == ends[0] else 1
+        for seed in range(min(reruns, seeds_at(sweep, size))):
+          config = _point_config(sweep, entry, size, seed, steps_factor=2, hparams=hparams)
+          suffix = (f'_s{seed}' if seed else '') + '_x2'
+          points.append(Point(label, size, config,
+                              os.path.join(sweep_dir, _name(label, size, suffix)), seed,
+                              'convergence'))
   return points
 
 

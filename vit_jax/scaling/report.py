@@ -109,39 +109,56 @@ def _grid_section(rows: list[dict]) -> list[str]:
 
 def _convergence_section(checks: list[dict]) -> tuple[list[str], str | None]:
   """The twice-the-budget reruns against their study runs (`results.convergence`), and the
-  sentence for the findings (None without reruns): every rerun over the 1-point target is
-  named, with its point's seed spread for scale (one rerun cannot tell a longer budget from
-  seed noise)."""
+  sentence for the findings (None without reruns): every model and size whose difference
+  (the mean over its seeds rerun) reaches the 1-point target is named, with the standard error
+  of that mean, or for a single rerun its point's seed spread for scale (one rerun cannot tell
+  a longer budget from seed noise)."""
   if not checks:
     return [], None
-  body = [[c['model'], f'{c["train_size"]:,}', f'{c["steps"]:,}', f'{c["steps_x2"]:,}',
-           tables.percent(c['test_accuracy']), tables.percent(c['test_accuracy_x2']),
-           f'{100 * c["difference"]:+.1f}',
+  body = [[c['model'], f'{c["train_size"]:,}', str(c['seed']), f'{c["steps"]:,}',
+           f'{c["steps_x2"]:,}', tables.percent(c['test_accuracy']),
+           tables.percent(c['test_accuracy_x2']), f'{100 * c["difference"]:+.1f}',
            tables.DASH if c['test_std'] is None else f'{100 * c["test_std"]:.1f}']
           for c in checks]
-  over = [c for c in checks if abs(c['difference']) >= CONVERGED]
+  means = results.convergence_means(checks)
+  over = [m for m in means if abs(m['difference']) >= CONVERGED]
   if not over:
-    worst = max(checks, key=lambda c: abs(c['difference']))
+    worst = max(means, key=lambda m: abs(m['difference']))
     sentence = (f'Convergence check: twice the budget changes test accuracy by at most '
                 f'{tables.points(worst["difference"])} ({worst["model"]} at '
-                f'{worst["train_size"]:,} images), under the 1-point target: the budget is '
-                'enough.')
+                f'{worst["train_size"]:,} images{_seeds(worst)}), under the 1-point '
+                'target: the budget is enough.')
   else:
     named = '; '.join(
-        f'{c["model"]} at {c["train_size"]:,} images: {100 * c["difference"]:+.1f} points' +
-        ('' if c['test_std'] is None else
-         f' (its seeds spread by {100 * c["test_std"]:.1f} points)') for c in over)
+        f'{m["model"]} at {m["train_size"]:,} images: {100 * m["difference"]:+.1f} points'
+        f'{_scale(m)}' for m in over)
     sentence = (f'Convergence check: twice the budget changes test accuracy by more than the '
-                f'1-point target in {len(over)} of {len(checks)} reruns ({named}): the budget '
-                'is too small there, and the comparisons at those sizes may reflect training '
-                'speed, not data.')
-  return ['## Convergence check', '', 'Seed 0 rerun with twice the budget at the smallest and '
-          'largest size (steps trained; early stopping may end either sooner); the last column '
-          'is the spread of that point\'s seeds, the scale of seed noise.', '',
-          tables.markdown_table(['model', 'train size', 'steps', 'steps (x2)', 'test (%)',
-                                 'test x2 (%)', 'difference (points)', 'seeds\' sd (points)'],
-                                body), '',
+                f'1-point target at {len(over)} of {len(means)} checked points ({named}): the '
+                'budget is too small there, and the comparisons at those sizes may reflect '
+                'training speed, not data.')
+  return ['## Convergence check', '', 'Reruns with twice the budget at the smallest and '
+          'largest size against the study run of the same seed (steps trained; early stopping '
+          'may end either sooner); the last column is the spread of that point\'s seeds, the '
+          'scale of seed noise. Where several seeds reran, their mean difference is judged.',
+          '', tables.markdown_table(['model', 'train size', 'seed', 'steps', 'steps (x2)',
+                                     'test (%)', 'test x2 (%)', 'difference (points)',
+                                     'seeds\' sd (points)'], body), '',
           sentence, ''], sentence
+
+
+def _seeds(mean: dict) -> str:
+  """', mean of 3 seeds' for a point that reran several seeds, else ''."""
+  return '' if mean['reruns'] == 1 else f', mean of {mean["reruns"]} seeds'
+
+
+def _scale(mean: dict) -> str:
+  """The noise scale of a point's difference: ' (mean of 3 seeds, SE 0.4 points)', for one
+  rerun ' (its seeds spread by 1.3 points)', or '' without either."""
+  if mean['difference_se'] is not None:
+    return f' (mean of {mean["reruns"]} seeds, SE {100 * mean["difference_se"]:.1f} points)'
+  if mean['test_std'] is None:
+    return ''
+  return f' (its seeds spread by {100 * mean["test_std"]:.1f} points)'
 
 
 _INSIDE = 'analysis/sweep.png'  # written by `python -m vit_jax.analyze --sweep`

@@ -4,7 +4,8 @@
 (`read_results`; the `OPTIONAL` ones may be missing in older files); `from_result` maps a run's
 `result.json` to them. `curves` groups the finished study rows by model and size (mean and
 spread over seeds); `gaps`, `reference` (the ResNet baseline), `vits_by_depth` and `sizes`
-select from them; `convergence` pairs the twice-the-budget reruns with their study runs.
+select from them; `convergence` pairs the twice-the-budget reruns with their study runs (`convergence_means`: per
+model and size, over the seeds rerun).
 """
 import csv
 import io
@@ -128,7 +129,7 @@ def standard_error(point: dict) -> float | None:
 
 def convergence(rows: list[dict], curves: dict[str, list[dict]]) -> list[dict]:
   """Every finished twice-the-budget rerun with its study run (same model, size, seed):
-  {'model', 'train_size', 'steps', 'steps_x2', 'test_accuracy', 'test_accuracy_x2',
+  {'model', 'train_size', 'seed', 'steps', 'steps_x2', 'test_accuracy', 'test_accuracy_x2',
   'difference'} (x2 minus x1) and 'test_std' (the study point's sample standard deviation over
   its seeds in `curves`, the `curves(rows)`; None for one seed: the scale of seed noise), in row
   order; reruns whose study run is missing are left out."""
@@ -140,12 +141,29 @@ def convergence(rows: list[dict], curves: dict[str, list[dict]]) -> list[dict]:
     base = study.get((rerun['model'], rerun['train_size'], rerun['seed']))
     if base is not None:
       checks.append(dict(model=rerun['model'], train_size=rerun['train_size'],
-                         steps=base['steps'], steps_x2=rerun['steps'],
+                         seed=rerun['seed'], steps=base['steps'], steps_x2=rerun['steps'],
                          test_accuracy=base['test_accuracy'],
                          test_accuracy_x2=rerun['test_accuracy'],
                          difference=rerun['test_accuracy'] - base['test_accuracy'],
                          test_std=spread[rerun['model'], rerun['train_size']]))
   return checks
+
+
+def convergence_means(checks: list[dict]) -> list[dict]:
+  """The `convergence` checks per (model, train size), in order: {'model', 'train_size',
+  'reruns' (how many seeds reran), 'difference' (their mean), 'difference_se' (the differences'
+  sample standard deviation over sqrt(reruns); None for one rerun), 'test_std'}."""
+  groups = {}
+  for check in checks:
+    groups.setdefault((check['model'], check['train_size']), []).append(check)
+  means = []
+  for (model, size), group in groups.items():
+    differences = np.array([c['difference'] for c in group])
+    se = (float(differences.std(ddof=1) / np.sqrt(len(group))) if len(group) > 1 else None)
+    means.append(dict(model=model, train_size=size, reruns=len(group),
+                      difference=float(differences.mean()), difference_se=se,
+                      test_std=group[0]['test_std']))
+  return means
 
 
 def grid(rows: list[dict]) -> list[dict]:
