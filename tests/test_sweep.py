@@ -100,13 +100,15 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
 
 
-@pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val', 'cifar10',
-                                    'cifar10_cpu', 'paper'])
+@pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val',
+                                    'mnist_vit8k', 'cifar10', 'cifar10_cpu', 'paper'])
 def test_every_preset_expands(preset, tmp_path):
   config = data_scaling.get_config(preset)
   points = sweep.all_points(config, str(tmp_path))
   runs = sum(sweep.seeds_at(config, size) for size in config.train_sizes)
-  checks = 2 * config.convergence_check
+  smallest = min(config.train_sizes, key=lambda n: n or math.inf)
+  checks = config.convergence_check * (
+      1 + min(config.convergence_seeds, sweep.seeds_at(config, smallest)))
   grid = (len({sweep.family(e.model) for e in config.models.values()}) * len(config.grid.lr) *
           len(config.grid.weight_decay)) if config.grid.size else 0
   assert len(points) == len(config.models) * (runs + checks) + grid
@@ -137,6 +139,23 @@ def test_mnist_fixed_val_changes_only_the_validation_set_budget_grid_and_transfo
     assert [sweep.budget_steps(second, n, entry) for n in second.train_sizes] == [
         max(floor, math.ceil(30 * n / 64)) for n in second.train_sizes]
   assert sweep.budget_steps(second, 10_000, second.models.ResNet) == 4_688
+
+
+def test_mnist_vit8k_changes_only_the_vits_floor_and_the_seeds_rerun(tmp_path):
+  second, third = (data_scaling.get_config(p) for p in ('mnist_fixed_val', 'mnist_vit8k'))
+  flat = [traverse_util.flatten_dict(c.to_dict(), sep='.') for c in (second, third)]
+  assert {k for k in flat[0] if flat[0][k] != flat[1][k]} == {
+      'name', 'convergence_seeds', *(f'models.ViT-{d}.min_steps' for d in (12, 24, 36))}
+  for label, entry in third.models.items():
+    steps = [sweep.budget_steps(third, n, entry) for n in third.train_sizes]
+    if label.startswith('ViT'):  # 8,000 steps at every size: the floor, also the cap
+      assert steps == [8_000] * 6
+    else:
+      assert steps == [sweep.budget_steps(second, n, entry) for n in second.train_sizes]
+  reruns = [p for p in sweep.expand(third, str(tmp_path)) if p.role == 'convergence']
+  assert sorted((p.train_size, p.seed) for p in reruns if p.label == 'ViT-36') == [
+      (200, 0), (200, 1), (200, 2), (10_000, 0)]
+  assert {p.config.total_steps for p in reruns if p.label == 'ViT-36'} == {16_000}
 
 
 def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
