@@ -190,6 +190,34 @@ def test_gap_shrinks_only_when_the_spread_allows(tmp_path):
   assert 'every ViT gaining on the ResNet as data grows: no' in loose[-1]
 
 
+def test_a_shrinking_gap_says_where_it_stops_shrinking():
+  # ViT-12 - ResNet: -6, -2.0, -1.8, -1.6 points at 1k, 3k, 10k, 30k; every point's seeds
+  # +-0.2 points, so each gap's SE is hypot(0.14, 0.14) = 0.2 and a change of gaps counts
+  # beyond max(0.5, 2 * hypot(0.2, 0.2)) = 0.57 points: 3k -> 30k (0.4) does not.
+  means = {'ResNet': [0.80, 0.85, 0.88, 0.90], 'ViT-12': [0.74, 0.83, 0.862, 0.884]}
+  curves = results.curves(seeded_rows({(m, n): [v - 0.002, v + 0.002]
+                                       for m, vs in means.items() for n, v in zip(SIZES, vs)}))
+  gaps = dict(results.gaps(curves['ViT-12'], curves['ResNet']))
+  errors = results.gap_errors(curves['ViT-12'], curves['ResNet'])
+  change = abs(gaps[3_000]) - abs(gaps[30_000])
+  assert change < findings.threshold(np.hypot(errors[3_000], errors[30_000])) < abs(
+      gaps[1_000]) - abs(gaps[30_000])
+  text = ' '.join(findings.findings(curves, [
+      {'models': ['ViT-12', 'ResNet'], 'size': None, 'reason': 'no crossing'}]))
+  assert ('the gap shrinks as data grows, from 6.0 points to 1.6 points, but from 3,000 '
+          'images on (2.0 points there) not beyond the spread of the seeds') in text
+  # One seed per point: a change counts beyond half a point, so 3k -> 30k (0.4) does not.
+  single = results.curves(seeded_rows({(m, n): [v] for m, vs in means.items()
+                                       for n, v in zip(SIZES, vs)}))
+  assert ('from 6.0 points to 1.6 points, but from 3,000 images on (2.0 points there) by '
+          'under 0.5 points') in ' '.join(findings.findings(single, [
+              {'models': ['ViT-12', 'ResNet'], 'size': None, 'reason': 'no crossing'}]))
+  # A gap that keeps shrinking to the end gets no such clause (gap_rows: 6, 4, 2, 1 points).
+  steady = ' '.join(findings.findings(results.curves(gap_rows(0.002)), [
+      {'models': ['ViT-12', 'ResNet'], 'size': None, 'reason': 'no crossing'}]))
+  assert 'from 6.0 points to 1.0 points.' in steady and 'spread of the seeds' not in steady
+
+
 def test_report_shows_spread_budget_and_convergence(tmp_path):
   rows = gap_rows(0.002) + [
       result_row('ResNet', 'resnet', 26, 1_000, 0.803, seed=0, role='convergence',

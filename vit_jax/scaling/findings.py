@@ -45,21 +45,31 @@ def _best_at(curves: dict[str, list[dict]], size: int, which: str) -> str:
           f'{points(best_acc - second_acc)} ahead of {second} ({percent(second_acc)}%).')
 
 
-def _trend(label: str, ref: str, first: float, last: float, first_error: float | None = None,
-           last_error: float | None = None) -> str:
-  if first < -threshold(first_error) and last > threshold(last_error):
+def _trend(label: str, ref: str, gaps: list[tuple[int, float]],
+           errors: dict[int, float | None]) -> str:
+  """How the gap (`gaps`: (size, accuracy - ref's), by size) moves from the first size to the
+  last; a shrinking gap also says from which size on it no longer shrinks beyond the spread."""
+  (small, first), (large, last) = gaps[0], gaps[-1]
+  if first < -threshold(errors[small]) and last > threshold(errors[large]):
     return f'{label} overtakes {ref} as data grows'
-  if first > threshold(first_error) and last < -threshold(last_error):
+  if first > threshold(errors[small]) and last < -threshold(errors[large]):
     return f'{label} falls behind {ref} as data grows'
   change = abs(last) - abs(first)
-  change_error = None if None in (first_error, last_error) else float(
-      np.hypot(first_error, last_error))
+  change_error = _combined(errors[small], errors[large])
   if abs(change) < threshold(change_error):
     within = '' if change_error is None else ', within the spread of the seeds'
     return (f'the gap stays about the same as data grows ({points(first)} vs {points(last)}'
             f'{within})')
-  return (f'the gap {"shrinks" if change < 0 else "widens"} as data grows, from '
+  text = (f'the gap {"shrinks" if change < 0 else "widens"} as data grows, from '
           f'{points(first)} to {points(last)}')
+  stalled = [(size, gap) for size, gap in gaps[1:-1] if abs(gap) - abs(last) < threshold(
+      _combined(errors[size], errors[large]))]
+  if change < 0 and stalled:
+    (size, gap), error = stalled[0], _combined(errors[stalled[0][0]], errors[large])
+    beyond = (f'by under {points(TIE)}' if error is None else
+              'not beyond the spread of the seeds')
+    text += f', but from {images(size)} on ({points(gap)} there) {beyond}'
+  return text
 
 
 def _against_reference(curves: dict[str, list[dict]], entry: dict) -> str:
@@ -74,7 +84,7 @@ def _against_reference(curves: dict[str, list[dict]], entry: dict) -> str:
   text = f'{_versus(label, ref, first, errors[small])} at {images(small)}'
   if large != small:
     text += (f' and {_versus(label, ref, last, errors[large]).removeprefix(label + " ")} at '
-             f'{images(large)}; {_trend(label, ref, first, last, errors[small], errors[large])}')
+             f'{images(large)}; {_trend(label, ref, gaps, errors)}')
   if entry['size'] is None:
     return f'{text}. Fitted curves: {crossing_text(entry)}.'
   return f'{text}. Their fitted curves cross at {crossing_text(entry)}.'
