@@ -9,7 +9,7 @@ import pytest
 
 from configs import data_scaling
 from vit_jax import files, sweep
-from vit_jax.scaling import findings, powerlaw, report, results
+from vit_jax.scaling import figures, findings, powerlaw, report, results
 
 from test_scaling import result_row, write_csv
 
@@ -216,6 +216,23 @@ def test_a_shrinking_gap_says_where_it_stops_shrinking():
   steady = ' '.join(findings.findings(results.curves(gap_rows(0.002)), [
       {'models': ['ViT-12', 'ResNet'], 'size': None, 'reason': 'no crossing'}]))
   assert 'from 6.0 points to 1.0 points.' in steady and 'spread of the seeds' not in steady
+
+
+def test_figures_draw_error_bars_where_a_point_has_seeds(tmp_path, monkeypatch):
+  # A partial sweep: ViT-12 has one seed at 30k so far, two elsewhere.
+  rows = [r for r in gap_rows(0.002) if not (r['model'] == 'ViT-12' and
+                                             r['train_size'] == 30_000 and r['seed'] == 1)]
+  drawn = {}
+  monkeypatch.setattr(figures, '_draw', lambda path, title, x, y, lines, zero_line=False:
+                      drawn.setdefault(os.path.basename(path), lines))
+  figures.write_figures(str(tmp_path), 't', results.curves(rows), {})
+  bars = {line['label']: line['yerr'] for line in drawn['accuracy_vs_data.png']}
+  # std([a - 0.002, a + 0.002], ddof=1) = 0.28 points; no bar for the single run.
+  np.testing.assert_allclose(bars['ResNet'], [0.2828] * 4, atol=1e-4)
+  np.testing.assert_allclose(bars['ViT-12'], [0.2828] * 3 + [np.nan], atol=1e-4)
+  # The gap's SE: hypot(0.2, 0.2) where both have seeds.
+  (gap_bars,) = [line['yerr'] for line in drawn['gap_vs_data.png']]
+  np.testing.assert_allclose(gap_bars, [0.2828] * 3 + [np.nan], atol=1e-4)
 
 
 def test_report_shows_spread_budget_and_convergence(tmp_path):

@@ -44,6 +44,14 @@ def _draw(path: str, title: str, xlabel: str, ylabel: str, lines: list[dict],
   _save_figure(fig, path)
 
 
+def _bars(spreads: list[float | None]) -> list[float] | None:
+  """Error bars in points from accuracy spreads; NaN (no bar) where a point has one seed,
+  None when no point has more."""
+  if all(s is None for s in spreads):
+    return None
+  return [np.nan if s is None else 100 * s for s in spreads]
+
+
 def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
              fits: dict[str, dict]) -> dict[str, str]:
   """Writes the figures that have something to show; returns {name: path}."""
@@ -53,9 +61,8 @@ def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
     return {'x': x, 'y': y, 'color': colors[model], 'style': style, 'label': label or model,
             'yerr': yerr}
 
-  def std(points):  # error bars: the seeds' standard deviation (none with one seed anywhere)
-    spreads = [p.get('test_std') for p in points]
-    return None if None in spreads else [100 * s for s in spreads]
+  def std(points):  # error bars: the seeds' standard deviation
+    return _bars([p.get('test_std') for p in points])
 
   accuracy = lambda label, points, key: line(label, [p[key] for p in points],
                                              [100 * p['test_accuracy'] for p in points],
@@ -71,8 +78,7 @@ def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
   gap_errors = {label: results.gap_errors(curves[label], curves[ref]) for label in gaps}
 
   def gap_err(label, g):  # error bars: the gap's standard error
-    errors = [gap_errors[label][s] for s, _ in g]
-    return None if None in errors else [100 * e for e in errors]
+    return _bars([gap_errors[label][s] for s, _ in g])
 
   compute = {label: [p for p in c if p['train_flops']] for label, c in curves.items()}
   specs = {
