@@ -62,12 +62,13 @@ def _trend(label: str, ref: str, gaps: list[tuple[int, float]],
             f'{within})')
   text = (f'the gap {"shrinks" if change < 0 else "widens"} as data grows, from '
           f'{points(first)} to {points(last)}')
-  stalled = [(size, gap) for size, gap in gaps[1:-1] if abs(gap) - abs(last) < threshold(
-      _combined(errors[size], errors[large]))]
-  if change < 0 and stalled:
-    (size, gap), error = stalled[0], _combined(errors[stalled[0][0]], errors[large])
-    beyond = (f'by under {points(TIE)}' if error is None else
-              'not beyond the spread of the seeds')
+  if change > 0:
+    return text
+  stalled = [(size, gap, _combined(errors[size], errors[large])) for size, gap in gaps[1:-1]]
+  stalled = [s for s in stalled if abs(s[1]) - abs(last) < threshold(s[2])]
+  if stalled:
+    size, gap, error = stalled[0]
+    beyond = f'by under {points(TIE)}' if error is None else 'not beyond the spread of the seeds'
     text += f', but from {images(size)} on ({points(gap)} there) {beyond}'
   return text
 

@@ -4,8 +4,8 @@
 (`read_results`; the `OPTIONAL` ones may be missing in older files); `from_result` maps a run's
 `result.json` to them. `curves` groups the finished study rows by model and size (mean and
 spread over seeds); `gaps`, `reference` (the ResNet baseline), `vits_by_depth` and `sizes`
-select from them; `convergence` pairs the twice-the-budget reruns with their study runs (`convergence_means`: per
-model and size, over the seeds rerun).
+select from them; `convergence` pairs the twice-the-budget reruns with their study runs
+(`convergence_means`: per model and size, over the seeds rerun).
 """
 import csv
 import io
