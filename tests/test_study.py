@@ -284,9 +284,8 @@ def test_convergence_check_judges_the_mean_over_the_seeds_rerun(tmp_path):
   differences = np.array([0.760 - 0.738, 0.744 - 0.742])
   se = differences.std(ddof=1) / np.sqrt(2)
   assert round(100 * se, 1) == 1.0
-  means = results.convergence_means(
-      results.convergence(*(lambda rows: (rows, results.curves(rows)))(
-          results.read_results(str(tmp_path / 'results.csv')))))
+  rows = results.read_results(str(tmp_path / 'results.csv'))
+  means = results.convergence_means(results.convergence(rows, results.curves(rows)))
   assert len(means) == 1 and means[0]['reruns'] == 2
   assert means[0]['difference'] == pytest.approx(differences.mean())
   assert means[0]['difference_se'] == pytest.approx(se)
