@@ -148,8 +148,10 @@ def _point_config(sweep: ml_collections.ConfigDict, entry: ml_collections.Config
   return config
 
 
-def _name(label: str, size: int | None, suffix: str = '') -> str:
-  return f'{label}_n{"all" if size is None else size}{suffix}'.replace('/', '-')
+def _name(label: str, size: int | None, suffix: str = '', seed: int = 0) -> str:
+  """A point's directory name: '<label>_n<size>', '_s<seed>' for seeds after 0, `suffix`."""
+  seeded = f'_s{seed}' if seed else ''
+  return f'{label}_n{"all" if size is None else size}{seeded}{suffix}'.replace('/', '-')
 
 
 def seeds_at(sweep: ml_collections.ConfigDict, size: int | None) -> int:
@@ -219,8 +221,8 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
   """Every (model, train size, seed) of the sweep (checked by `config.check_sweep`), models in
   config order, then sizes, then seeds; then the convergence reruns (twice the budget at the
   smallest and largest size, seed 0; at the smallest the first `convergence_seeds` seeds) if
-  asked for. `chosen` ({family: {'lr', 'weight_decay'}},
-  from `choose_hparams`) replaces the base's learning rate and weight decay."""
+  asked for. `chosen` ({family: {'lr', 'weight_decay'}}, from `choose_hparams`) replaces the
+  base's learning rate and weight decay."""
   config_lib.check_sweep(sweep)
   chosen = chosen or {}
   points = []
@@ -229,9 +231,8 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
     for size in sweep.train_sizes:
       for seed in range(seeds_at(sweep, size)):
         config = _point_config(sweep, entry, size, seed, hparams=hparams)
-        suffix = f'_s{seed}' if seed else ''
         points.append(Point(label, size, config,
-                            os.path.join(sweep_dir, _name(label, size, suffix)), seed))
+                            os.path.join(sweep_dir, _name(label, size, seed=seed)), seed))
   if config_lib.sweep_field(sweep, 'convergence_check'):
     numbers = [s for s in sweep.train_sizes if s is not None]
     largest = None if None in sweep.train_sizes else max(numbers)
@@ -242,9 +243,8 @@ def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
         reruns = config_lib.sweep_field(sweep, 'convergence_seeds') if size == ends[0] else 1
         for seed in range(min(reruns, seeds_at(sweep, size))):
           config = _point_config(sweep, entry, size, seed, steps_factor=2, hparams=hparams)
-          suffix = (f'_s{seed}' if seed else '') + '_x2'
           points.append(Point(label, size, config,
-                              os.path.join(sweep_dir, _name(label, size, suffix)), seed,
+                              os.path.join(sweep_dir, _name(label, size, '_x2', seed)), seed,
                               'convergence'))
   return points
 

@@ -62,14 +62,11 @@ def _trend(label: str, ref: str, gaps: list[tuple[int, float]],
             f'{within})')
   text = (f'the gap {"shrinks" if change < 0 else "widens"} as data grows, from '
           f'{points(first)} to {points(last)}')
-  if change > 0:
-    return text
-  stalled = [(size, gap, _combined(errors[size], errors[large])) for size, gap in gaps[1:-1]]
-  stalled = [s for s in stalled if abs(s[1]) - abs(last) < threshold(s[2])]
-  if stalled:
-    size, gap, error = stalled[0]
-    beyond = f'by under {points(TIE)}' if error is None else 'not beyond the spread of the seeds'
-    text += f', but from {images(size)} on ({points(gap)} there) {beyond}'
+  for size, gap in gaps[1:-1] if change < 0 else []:  # the first size the gap stalls from
+    error = _combined(errors[size], errors[large])
+    if abs(gap) - abs(last) < threshold(error):
+      beyond = f'by under {points(TIE)}' if error is None else 'not beyond the spread of the seeds'
+      return f'{text}, but from {images(size)} on ({points(gap)} there) {beyond}'
   return text
 
 

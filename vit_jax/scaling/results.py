@@ -159,7 +159,7 @@ def convergence_means(checks: list[dict]) -> list[dict]:
   means = []
   for (model, size), group in groups.items():
     differences = np.array([c['difference'] for c in group])
-    se = (float(differences.std(ddof=1) / np.sqrt(len(group))) if len(group) > 1 else None)
+    se = float(differences.std(ddof=1) / np.sqrt(len(group))) if len(group) > 1 else None
     means.append(dict(model=model, train_size=size, reruns=len(group),
                       difference=float(differences.mean()), difference_se=se,
                       test_std=group[0]['test_std']))
