@@ -101,7 +101,7 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
 
 
 @pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val',
-                                    'mnist_vit8k', 'cifar10', 'cifar10_cpu', 'paper'])
+                                    'mnist_8k', 'cifar10', 'cifar10_cpu', 'paper'])
 def test_every_preset_expands(preset, tmp_path):
   config = data_scaling.get_config(preset)
   points = sweep.all_points(config, str(tmp_path))
@@ -141,21 +141,22 @@ def test_mnist_fixed_val_changes_only_the_validation_set_budget_grid_and_transfo
   assert sweep.budget_steps(second, 10_000, second.models.ResNet) == 4_688
 
 
-def test_mnist_vit8k_changes_only_the_vits_floor_and_the_seeds_rerun(tmp_path):
-  second, third = (data_scaling.get_config(p) for p in ('mnist_fixed_val', 'mnist_vit8k'))
+def test_mnist_8k_changes_only_the_floors_and_the_seeds_rerun(tmp_path):
+  second, third = (data_scaling.get_config(p) for p in ('mnist_fixed_val', 'mnist_8k'))
   flat = [traverse_util.flatten_dict(c.to_dict(), sep='.') for c in (second, third)]
   assert {k for k in flat[0] if flat[0][k] != flat[1][k]} == {
-      'name', 'convergence_seeds', *(f'models.ViT-{d}.min_steps' for d in (12, 24, 36))}
-  for label, entry in third.models.items():
-    steps = [sweep.budget_steps(third, n, entry) for n in third.train_sizes]
-    if label.startswith('ViT'):  # 8,000 steps at every size: the floor, also the cap
-      assert steps == [8_000] * 6
-    else:
-      assert steps == [sweep.budget_steps(second, n, entry) for n in second.train_sizes]
+      'name', 'convergence_seeds', 'models.ResNet.min_steps',
+      *(f'models.ViT-{d}.min_steps' for d in (12, 24, 36))}
+  for entry in third.models.values():  # 8,000 steps for every model at every size: the floor
+    assert [sweep.budget_steps(third, n, entry) for n in third.train_sizes] == [8_000] * 6
+  hybrid = third.models.Hybrid
+  assert ([sweep.budget_steps(third, n, hybrid) for n in third.train_sizes] ==
+          [sweep.budget_steps(second, n, hybrid) for n in second.train_sizes])
+  assert [p.config.total_steps for p in sweep.grid_points(third, str(tmp_path))] == [8_000] * 9
   reruns = [p for p in sweep.expand(third, str(tmp_path)) if p.role == 'convergence']
-  assert sorted((p.train_size, p.seed) for p in reruns if p.label == 'ViT-36') == [
+  assert sorted((p.train_size, p.seed) for p in reruns if p.label == 'ResNet') == [
       (200, 0), (200, 1), (200, 2), (10_000, 0)]
-  assert {p.config.total_steps for p in reruns if p.label == 'ViT-36'} == {16_000}
+  assert {p.config.total_steps for p in reruns} == {16_000}
 
 
 def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
