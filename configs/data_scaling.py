@@ -250,8 +250,8 @@ def get_config(preset: str = 'digits') -> ml_collections.ConfigDict:
                          ('ViT-36', 4_000)):  # the amendment: the transformers converge slower
       sweep.models[label].weight_decay, sweep.models[label].min_steps = 0.3, floor
   if preset == 'mnist_8k':  # the third protocol: every model at least 8,000 steps
-    for label in ('ResNet', 'ViT-12', 'ViT-24', 'ViT-36'):  # the hybrid's floor already is
-      sweep.models[label].min_steps = 8_000
+    for entry in sweep.models.values():
+      entry.min_steps = 8_000
     sweep.convergence_seeds = 3
   sweep.name = preset
   return sweep
