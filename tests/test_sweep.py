@@ -141,14 +141,15 @@ def test_mnist_fixed_val_changes_only_the_validation_set_budget_grid_and_transfo
   assert sweep.budget_steps(second, 10_000, second.models.ResNet) == 4_688
 
 
-def test_mnist_8k_changes_only_the_floors_and_the_seeds_rerun(tmp_path):
+def test_mnist_8k_changes_only_the_budget_and_the_seeds_rerun(tmp_path):
   second, third = (data_scaling.get_config(p) for p in ('mnist_fixed_val', 'mnist_8k'))
   flat = [traverse_util.flatten_dict(c.to_dict(), sep='.') for c in (second, third)]
   assert {k for k in flat[0] if flat[0][k] != flat[1][k]} == {
-      'name', 'convergence_seeds', 'models.ResNet.min_steps',
+      'name', 'convergence_seeds', 'budget.max_steps', 'models.ResNet.min_steps',
       *(f'models.ViT-{d}.min_steps' for d in (12, 24, 36))}
-  for entry in third.models.values():  # 8,000 steps for every model at every size: the floor
-    assert [sweep.budget_steps(third, n, entry) for n in third.train_sizes] == [8_000] * 6
+  for label, entry in third.models.items():  # the floor binds at every size
+    steps = 16_000 if label == 'ViT-36' else 8_000
+    assert [sweep.budget_steps(third, n, entry) for n in third.train_sizes] == [steps] * 6
   hybrid = third.models.Hybrid
   assert ([sweep.budget_steps(third, n, hybrid) for n in third.train_sizes] ==
           [sweep.budget_steps(second, n, hybrid) for n in second.train_sizes])
@@ -156,7 +157,8 @@ def test_mnist_8k_changes_only_the_floors_and_the_seeds_rerun(tmp_path):
   reruns = [p for p in sweep.expand(third, str(tmp_path)) if p.role == 'convergence']
   assert sorted((p.train_size, p.seed) for p in reruns if p.label == 'ResNet') == [
       (200, 0), (200, 1), (200, 2), (10_000, 0)]
-  assert {p.config.total_steps for p in reruns} == {16_000}
+  assert {(p.label == 'ViT-36', p.config.total_steps) for p in reruns} == {
+      (False, 16_000), (True, 32_000)}
 
 
 def test_paper_preset_uses_the_papers_models_and_subsets(tmp_path):
