@@ -79,13 +79,13 @@ Presets:
                probes showed its 2,000-step floor cost it the same 0.5 to 1 point the ViTs had
                lost; amended again when ViT-36's three reruns at 200 images gained 1.7 points
                on average from 8,000 to 16,000 steps (91.9 +- 0.5 -> 93.6 +- 0.1; ViT-12 +0.6
-               on the same check). The hybrid's runs and the ViTs' seed-0 runs at 200 images
-               and their reruns are mnist_fixed_val's runs and probes, ViT-36's study runs at
-               200 images its 16,000-step reruns of the first amendment (the same configs,
-               copied into its workdir; the sweep refuses a copied run whose config differs).
+               on the same check). The hybrid's runs and ViT-12's and ViT-24's seed-0 runs at
+               200 images and their reruns are mnist_fixed_val's runs and probes, ViT-36's study
+               runs at 200 images its 16,000-step reruns from before the second amendment (the
+               same configs, copied or moved; the sweep refuses a run whose config differs).
                At the second amendment about 16 more hours two runs at once on 2 CPU cores
                (ViT-36's 12 study runs at 16,000 steps and 4 reruns at 32,000, the ResNet's
-               11 study runs at 8,000, 11 reruns at 16,000); it resumes over several sittings.
+               11 study runs at 8,000, 10 reruns at 16,000); it resumes over several sittings.
   cifar10      the GPU study: CIFAR-10 (cifar10.tar.gz in $VIT_JAX_DATA);
                BiT ResNet R26x0.5, the R8+ViT-Ti/4 hybrid and ViT-Ti/4 at depth 12, 24, 36 on
                1k..50k images (six sizes), 2 seeds up to 2k, 15 epochs clipped to 300..1,500
