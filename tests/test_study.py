@@ -1,6 +1,7 @@
 """The study protocol without training: the budget rule, seeds, the grid's pick, spreads in the
 report and findings, and the convergence check, on hand-made configs and results."""
 import csv
+import json
 import math
 import os
 
@@ -216,6 +217,68 @@ def test_a_shrinking_gap_says_where_it_stops_shrinking():
   steady = ' '.join(findings.findings(results.curves(gap_rows(0.002)), [
       {'models': ['ViT-12', 'ResNet'], 'size': None, 'reason': 'no crossing'}]))
   assert 'from 6.0 points to 1.0 points.' in steady and 'spread of the seeds' not in steady
+
+
+def law_rows(vit_law, noise):
+  """ResNet err(D) = D^-0.5 + 0.01 and ViT-12 err(D) = a D^-0.5 + c (`vit_law` = (a, c)) at
+  SIZES, two seeds each at the exact accuracy -/+ `noise`: least squares over such pairs fits
+  the exact laws, so the fitted curves cross where the laws do."""
+  laws = {'ResNet': (1., 0.01), 'ViT-12': vit_law}
+  return seeded_rows({(m, n): [1 - a / np.sqrt(n) - c - noise, 1 - a / np.sqrt(n) - c + noise]
+                      for m, (a, c) in laws.items() for n in SIZES})
+
+
+def crossing_row(tmp_path, rows):
+  report.write_report(write_csv(tmp_path, rows))
+  return next(line for line in (tmp_path / 'REPORT.md').read_text().splitlines()
+              if line.startswith('| ViT-12 vs ResNet |'))
+
+
+def test_a_fitted_crossing_is_claimed_only_when_the_spread_allows(tmp_path):
+  # 0.5 D^-0.5 = 0.002 at D = 62,500: the ViT, 1.4 points behind at 1k and 0.1 at 30k,
+  # closes in on the crossing beyond its seeds' spread (+-0.1 points).
+  closing = crossing_row(tmp_path, law_rows((1.5, 0.008), 0.001))
+  assert closing == ('| ViT-12 vs ResNet | about 62,500 images (extrapolated, outside the '
+                     'measured 1,000-30,000) |')
+  # The same curves with seeds 2 points apart: the same fitted crossing, every gap within the
+  # spread (a standard error of 1.4 points), so no crossing is claimed.
+  noisy = crossing_row(tmp_path, law_rows((1.5, 0.008), 0.01))
+  assert noisy == ('| ViT-12 vs ResNet | about 62,500 images (extrapolated, outside the '
+                   'measured 1,000-30,000); not supported by the measured gaps: the two are '
+                   'within the spread at every measured size |')
+  # Nearly parallel curves 0.2-0.4 points apart meet at 0.1 D^-0.5 = 0.005, D = 400, where
+  # nothing was measured: the fit says so, the seeds do not.
+  parallel = crossing_row(tmp_path, law_rows((0.9, 0.015), 0.001))
+  assert parallel.startswith('| ViT-12 vs ResNet | about 400 images (extrapolated')
+  assert 'not supported by the measured gaps: the two are within the spread' in parallel
+  sentence = next(f for f in json.loads((tmp_path / 'report.json').read_text())['findings']
+                  if f.startswith('ViT-12 is about equal to ResNet'))
+  assert sentence.endswith('Their fitted curves cross at about 400 images (extrapolated, '
+                           'outside the measured 1,000-30,000); not supported by the measured '
+                           'gaps: the two are within the spread at every measured size.')
+
+
+def test_crossing_support_needs_the_lead_to_change_or_the_gap_to_close_towards_it():
+  def support(vit_means, size):
+    curves = results.curves(seeded_rows({
+        (m, n): [v - 0.002, v + 0.002] for m, vs in (('ResNet', [0.80, 0.85, 0.88, 0.90]),
+                                                     ('ViT-12', vit_means))
+        for n, v in zip(SIZES, vs)}))
+    return findings.crossing_support(curves, {
+        'models': ['ViT-12', 'ResNet'], 'size': size, 'lo': 1_000, 'hi': 30_000,
+        'extrapolated': size is not None and not 1_000 <= size <= 30_000})
+
+  # Inside the range: behind by 6 points, then level within the spread (+0.2), then ahead by 2.
+  assert support([0.74, 0.83, 0.878, 0.902], 20_000) == (
+      'the lead never changes hands beyond the spread')
+  assert support([0.74, 0.83, 0.878, 0.92], 20_000) is None
+  # Outside it: the gap must close towards the crossing's end (6 -> 1 points: above, not below).
+  shrinking = [0.74, 0.81, 0.86, 0.89]
+  assert support(shrinking, 100_000) is None
+  assert support(shrinking, 300) == 'the measured gap does not narrow towards it beyond the spread'
+  assert support([0.78, 0.83, 0.86, 0.88], 100_000) == (
+      'the measured gap does not narrow towards it beyond the spread')   # 2 points throughout
+  assert support(shrinking, None) is None   # no crossing, nothing to support
 
 
 def test_figures_draw_error_bars_where_a_point_has_seeds(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ paper, and how sure the verdict is).
 A difference counts only when it exceeds both half a point (`TIE`) and, with several seeds,
 `Z` standard errors of the difference of the seeds' means (about 95% confidence for normal
 noise); smaller differences are called "about equal" (or "within the spread"). With one seed
-per point the spread is unknown and the verdict says so.
+per point the spread is unknown and the verdict says so. A crossing of two fitted curves is
+claimed only where the measured gaps back it by the same rule (`crossing_support`).
 """
 import numpy as np
 
@@ -86,6 +87,33 @@ def _against_reference(curves: dict[str, list[dict]], entry: dict) -> str:
   if entry['size'] is None:
     return f'{text}. Fitted curves: {crossing_text(entry)}.'
   return f'{text}. Their fitted curves cross at {crossing_text(entry)}.'
+
+
+def crossing_support(curves: dict[str, list[dict]], entry: dict) -> str | None:
+  """Why the measured gaps do not support a fitted crossing (`entry` from
+  `powerlaw.crossings`), or None when they do or there is no crossing.
+
+  Inside the measured range the lead must change hands beyond the spread (each model ahead by
+  a difference that counts at some size); outside it, the measured gap must narrow towards the
+  crossing beyond the spread (from the far end of the range to the near one). Otherwise the
+  crossing is where two fits that the seeds cannot tell apart happen to meet.
+  """
+  if entry['size'] is None:
+    return None
+  gaps = results.gaps(curves[entry['models'][0]], curves[entry['models'][1]])
+  errors = results.gap_errors(curves[entry['models'][0]], curves[entry['models'][1]])
+  if not gaps:
+    return 'the two share no measured size'
+  leads = {gap > 0 for size, gap in gaps if abs(gap) >= threshold(errors[size])}
+  if not leads:
+    return 'the two are within the spread at every measured size'
+  if not entry['extrapolated']:
+    return None if len(leads) == 2 else 'the lead never changes hands beyond the spread'
+  below = entry['size'] < entry['lo']
+  (near, near_gap), (far, far_gap) = (gaps[0], gaps[-1]) if below else (gaps[-1], gaps[0])
+  if abs(far_gap) - abs(near_gap) >= threshold(_combined(errors[near], errors[far])):
+    return None
+  return 'the measured gap does not narrow towards it beyond the spread'
 
 
 def _depth_finding(curves: dict[str, list[dict]]) -> list[str]:

@@ -201,8 +201,9 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
   """Writes the figures, `REPORT.md` and `report.json` for `<sweep_dir>/results.csv`.
 
   REPORT.md: setup, the budget (rule from `sweep_config.json`, per size), the grid (if any),
-  test accuracy per point (mean +- std over seeds), fits, crossings, figures, the convergence
-  check (if any), failed runs and the findings. The title defaults to the sweep's preset name
+  test accuracy per point (mean +- std over seeds), fits, crossings (one the measured gaps do
+  not back says why: report.json's 'unsupported'), figures, the convergence check (if any),
+  failed runs and the findings. The title defaults to the sweep's preset name
   (from `sweep_config.json`). Returns
   {'report': REPORT.md path, 'json': report.json path, 'findings': [sentences]} plus
   {figure name: png path} for 'accuracy_vs_data', 'gap_vs_data' (not without a ResNet) and
@@ -217,7 +218,8 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
     title = f'Data scaling: {name or os.path.basename(files.absolute(sweep_dir).rstrip("/"))}'
   curves = results.curves(rows)
   fits = powerlaw.fit_curves(curves)
-  crossings = powerlaw.crossings(curves, fits)
+  crossings = [{**entry, 'unsupported': findings.crossing_support(curves, entry)}
+               for entry in powerlaw.crossings(curves, fits)]
   figure_paths = figures.write_figures(sweep_dir, title, curves, fits) if curves else {}
   sentences = findings.findings(curves, crossings) if curves else []
   checks = results.convergence(rows, curves)

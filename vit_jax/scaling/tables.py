@@ -91,8 +91,13 @@ def fit_cells(fits: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def crossing_text(entry: dict) -> str:
+  """'about 6,500 images (measured range)', plus why the measured gaps do not support it where
+  the report found so (entry['unsupported']); or why there is no crossing."""
   if entry['size'] is None:
     return entry['reason']
   where = (f'extrapolated, outside the measured {entry["lo"]:,}-{entry["hi"]:,}'
            if entry['extrapolated'] else 'measured range')
-  return f'about {images(entry["size"])} ({where})'
+  text = f'about {images(entry["size"])} ({where})'
+  if entry.get('unsupported'):
+    return f'{text}; not supported by the measured gaps: {entry["unsupported"]}'
+  return text
