@@ -281,6 +281,36 @@ def test_crossing_support_needs_the_lead_to_change_or_the_gap_to_close_towards_i
   assert support(shrinking, None) is None   # no crossing, nothing to support
 
 
+def grid_report(tmp_path, val):
+  """REPORT.md of a sweep with grid runs {(model, lr, weight decay): val accuracy} at 3,000
+  images and the study runs of gap_rows."""
+  grid = [result_row(model, 'resnet' if model == 'ResNet' else 'vit', 12, 3_000, acc,
+                     role='grid', lr=lr, weight_decay=wd, val_accuracy=acc)
+          for (model, lr, wd), acc in val.items()]
+  report.write_report(write_csv(tmp_path, grid + gap_rows(0.002)))
+  return (tmp_path / 'REPORT.md').read_text()
+
+
+def test_report_says_when_the_grid_picks_at_its_edge(tmp_path):
+  # ResNet: best at the largest of three learning rates (one weight decay: no axis to judge);
+  # ViT-12: best at the middle learning rate and the larger of two weight decays.
+  text = grid_report(tmp_path, {
+      ('ResNet', 1e-3, 0.05): 0.90, ('ResNet', 2e-3, 0.05): 0.91, ('ResNet', 4e-3, 0.05): 0.92,
+      ('ViT-12', 1e-3, 0.1): 0.80, ('ViT-12', 2e-3, 0.1): 0.82, ('ViT-12', 4e-3, 0.1): 0.81,
+      ('ViT-12', 1e-3, 0.3): 0.83, ('ViT-12', 2e-3, 0.3): 0.86, ('ViT-12', 4e-3, 0.3): 0.84})
+  assert '| resnet | ResNet | 0.004 | 0.05 | 92.0 | chosen |' in text
+  assert '| vit | ViT-12 | 0.002 | 0.3 | 86.0 | chosen |' in text
+  assert ('Picked at an edge of the grid (resnet: the largest learning rate tried (0.004); vit: '
+          'the largest weight decay tried (0.3)): a value beyond it may do better') in text
+  # Picks inside every axis of two or more values get no such line.
+  text = grid_report(tmp_path, {
+      ('ResNet', 1e-3, 0.05): 0.90, ('ResNet', 2e-3, 0.05): 0.93, ('ResNet', 4e-3, 0.05): 0.92,
+      ('ViT-12', 1e-3, 0.1): 0.80, ('ViT-12', 2e-3, 0.1): 0.82, ('ViT-12', 4e-3, 0.1): 0.81})
+  assert '| resnet | ResNet | 0.002 | 0.05 | 93.0 | chosen |' in text
+  assert '| vit | ViT-12 | 0.002 | 0.1 | 82.0 | chosen |' in text
+  assert 'edge of the grid' not in text
+
+
 def test_figures_draw_error_bars_where_a_point_has_seeds(tmp_path, monkeypatch):
   # A partial sweep: ViT-12 has one seed at 30k so far, two elsewhere.
   rows = [r for r in gap_rows(0.002) if not (r['model'] == 'ViT-12' and

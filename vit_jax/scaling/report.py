@@ -101,10 +101,29 @@ def _grid_section(rows: list[dict]) -> list[str]:
   body = [[r['family'], r['model'], f'{r["lr"]:g}', f'{r["weight_decay"]:g}',
            tables.percent(r['val_accuracy']), 'chosen' if best.get(r['family']) is r else '']
           for r in grid]
-  return ['## Learning-rate grid', '', f'At {grid[0]["train_size"]:,} images, one model per '
-          'family; picked by validation accuracy (test accuracy is not looked at).', '',
-          tables.markdown_table(['family', 'model', 'lr', 'weight decay', 'val accuracy (%)',
-                                 ''], body), '']
+  lines = ['## Learning-rate grid', '', f'At {grid[0]["train_size"]:,} images, one model per '
+           'family; picked by validation accuracy (test accuracy is not looked at).', '',
+           tables.markdown_table(['family', 'model', 'lr', 'weight decay', 'val accuracy (%)',
+                                  ''], body), '']
+  edges = _grid_edges(grid, best)
+  if edges:
+    lines += [f'Picked at an edge of the grid ({"; ".join(edges)}): a value beyond it may do '
+              'better, which this grid cannot tell (widen `grid.lr` / `grid.weight_decay` to '
+              'see).', '']
+  return lines
+
+
+def _grid_edges(grid: list[dict], best: dict[str, dict]) -> list[str]:
+  """'resnet: the largest learning rate tried (0.004)' for every family whose pick is the
+  largest or smallest of two or more values tried on a grid axis."""
+  edges = []
+  for family, pick in best.items():
+    for key, name in (('lr', 'learning rate'), ('weight_decay', 'weight decay')):
+      tried = sorted({r[key] for r in grid if r['family'] == family})
+      if len(tried) > 1 and pick[key] in (tried[0], tried[-1]):
+        end = 'largest' if pick[key] == tried[-1] else 'smallest'
+        edges.append(f'{family}: the {end} {name} tried ({pick[key]:g})')
+  return edges
 
 
 def _convergence_section(checks: list[dict]) -> tuple[list[str], str | None]:
