@@ -279,6 +279,10 @@ def test_crossing_support_needs_the_lead_to_change_or_the_gap_to_close_towards_i
   assert support([0.78, 0.83, 0.86, 0.88], 100_000) == (
       'the measured gap does not narrow towards it beyond the spread')   # 2 points throughout
   assert support(shrinking, None) is None   # no crossing, nothing to support
+  apart = results.curves(seeded_rows({('ResNet', 1_000): [0.8, 0.8], ('ViT-12', 3_000): [0.9]}))
+  assert findings.crossing_support(apart, {'models': ['ViT-12', 'ResNet'], 'size': 2_000,
+                                           'lo': 1_000, 'hi': 3_000, 'extrapolated': False}) == (
+      'the two share no measured size')
 
 
 def grid_report(tmp_path, val):

@@ -96,7 +96,7 @@ def crossing_support(curves: dict[str, list[dict]], entry: dict) -> str | None:
   Inside the measured range the lead must change hands beyond the spread (each model ahead by
   a difference that counts at some size); outside it, the measured gap must narrow towards the
   crossing beyond the spread (from the far end of the range to the near one). Otherwise the
-  crossing is where two fits that the seeds cannot tell apart happen to meet.
+  report gives the fitted size with this reason and does not claim that the models cross.
   """
   if entry['size'] is None:
     return None
