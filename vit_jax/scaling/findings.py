@@ -100,8 +100,8 @@ def crossing_support(curves: dict[str, list[dict]], entry: dict) -> str | None:
   """
   if entry['size'] is None:
     return None
-  gaps = results.gaps(curves[entry['models'][0]], curves[entry['models'][1]])
-  errors = results.gap_errors(curves[entry['models'][0]], curves[entry['models'][1]])
+  pair = [curves[label] for label in entry['models']]
+  gaps, errors = results.gaps(*pair), results.gap_errors(*pair)
   if not gaps:
     return 'the two share no measured size'
   leads = {gap > 0 for size, gap in gaps if abs(gap) >= threshold(errors[size])}
