@@ -213,6 +213,27 @@ def test_a_model_with_two_points_is_reported_without_a_fit(tmp_path):
   assert any(f.startswith('ViT-36 beats ResNet') for f in result['findings'])
 
 
+def test_a_stopped_sweeps_report_counts_its_unfinished_runs_apart_from_failed_ones(tmp_path):
+  """Rows 'unfinished' (a sweep stopped by a signal or its time limit) are counted in the setup
+  line and report.json, not listed as failures; the failed run is listed with its error."""
+  unfinished = lambda model, depth, size: {
+      **failed_row(model, 'vit', depth, size, ''), 'status': 'unfinished'}
+  rows = (synthetic_rows() + [failed_row('ViT-12', 'vit', 12, 300_000, 'NaN loss at 7')]
+          + [unfinished('ViT-48', 48, d) for d in SIZES[:3]])
+  report.write_report(write_csv(tmp_path, rows))
+  text = (tmp_path / 'REPORT.md').read_text()
+  assert (f'{len(synthetic_rows())} finished points, 1 failed, 3 not finished (the sweep '
+          'stopped before them: rerun it to continue).') in text
+  failed_section = text[text.index('## Failed runs'):].split('\n## ')[0]
+  assert '| ViT-12 | 300,000 | failed | NaN loss at 7 |' in failed_section
+  assert 'ViT-48' not in text
+  saved = json.loads((tmp_path / 'report.json').read_text())
+  assert [r['model'] for r in saved['failed']] == ['ViT-12'] and saved['unfinished'] == 3
+  report.write_report(write_csv(tmp_path, [unfinished('ViT-48', 48, d) for d in SIZES[:2]]))
+  assert ('No point finished: 0 failed, 2 not finished (the sweep stopped before them: rerun '
+          'it to continue).') in (tmp_path / 'REPORT.md').read_text()
+
+
 def test_only_failed_rows_give_a_report_saying_nothing_finished(tmp_path):
   rows = [failed_row('ViT-12', 'vit', 12, d, f'NaN loss at {d}') for d in (100, 1000)]
   result = report.write_report(write_csv(tmp_path, rows))

@@ -1,4 +1,5 @@
-"""The data-scaling sweep: smoke preset end to end, resume, failed points, dry runs."""
+"""The data-scaling sweep: smoke preset end to end, resume, failed points, time limit, dry
+runs."""
 import csv
 import json
 import math
@@ -67,6 +68,20 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   kept = tmp_path / 'ResNet_n60' / 'result.json'
   stamp = kept.stat().st_mtime_ns
   os.remove(finished)
+  # --time_limit: half a second, so the first of them is stopped while it starts (a point
+  # takes seconds to import JAX); results.csv and the report say what finished.
+  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)', '--time_limit=0.5')
+  assert 'Stopped by the time limit; 3 of 6 points finished. Rerun the same command' in out
+  assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed', 'done',
+                                                       'unfinished', 'failed']
+  assert ('3 finished points, 2 failed, 1 not finished (the sweep stopped before them: rerun '
+          'it to continue).') in (tmp_path / 'REPORT.md').read_text()
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
+       f'--workdir={tmp_path}', '--time_limit=0'], cwd=ROOT, capture_output=True, text=True,
+      timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+  assert 'Error: --time_limit=0.0 must be a positive number of seconds.' in proc.stderr
   out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)')
   assert '6 points, 3 already finished, 3 to run' in out
   assert finished.exists() and kept.stat().st_mtime_ns == stamp

@@ -79,7 +79,7 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
     assert f.read() == error + '\n'
   rows = sweep.write_results(points, str(tmp_path / 'results.csv'))
   assert (rows[index]['status'], rows[index]['error']) == ('failed', error)
-  assert (rows[0]['status'], rows[0]['error']) == ('failed', 'not run')
+  assert (rows[0]['status'], rows[0]['error']) == ('unfinished', '')   # not run yet
 
   running = sweep.start_point(index, point, command, sweep.point_env())
   running.proc.wait()

@@ -27,8 +27,10 @@ is mostly single-threaded; on one accelerator they split its memory). A point wh
 `result.json` exists is skipped, so rerunning an interrupted sweep resumes it (a half-trained
 point from its checkpoint); a failed point is recorded with its error in `<point>/error.txt`
 and retried by the next run, and the sweep carries on. SIGTERM or Ctrl-C stops the running
-point at a checkpoint and ends the sweep (rerun to continue); if the sweep process itself dies,
-its running point gets SIGTERM. A point run with a different config than the sweep's now is
+point at a checkpoint and ends the sweep (rerun to continue), as does `--time_limit=<seconds>`
+when that much time has passed (a sitting of a long study, or a machine lent for minutes);
+results.csv and the report of the points finished so far are written then. If the sweep
+process itself dies, its running point gets SIGTERM. A point run with a different config than the sweep's now is
 refused, never mixed into the results. At the end `results.csv` is collected and
 `vit_jax.scaling` writes the figures and `REPORT.md`.
 
@@ -84,10 +86,14 @@ _LAUNCHER = flags.DEFINE_string('launcher', None, 'Shell command template that r
                                 'process per point.')
 _MAX_PARALLEL = flags.DEFINE_integer('max_parallel', 1, 'Points run at once (local processes '
                                      'or launcher jobs).')
+_TIME_LIMIT = flags.DEFINE_float('time_limit', None, 'Seconds after which the sweep stops as on '
+                                 'SIGTERM (running points checkpoint; results.csv and the '
+                                 'report of the finished points are written); rerun to continue.')
 _JOIN = distributed.define_flags()  # --num_processes: processes per point (of --launcher)
 # Flags of the sweep process alone, not passed on to a point.
 _SWEEP_ONLY = ('--dry_run', '--nodry_run', '--point', '--launcher', '--max_parallel',
-               '--num_processes', '--distributed', '--coordinator_address', '--process_id')
+               '--time_limit', '--num_processes', '--distributed', '--coordinator_address',
+               '--process_id')
 
 @dataclasses.dataclass
 class Point:
@@ -264,7 +270,8 @@ def _family_depth_width(config: ml_collections.ConfigDict) -> tuple[str, int, in
 
 
 def _row(point: Point) -> dict:
-  """One results.csv row from the point's result.json (or its recorded error)."""
+  """One results.csv row from the point's result.json; without it status 'failed' (with the
+  error it recorded) or 'unfinished' (not run, or stopped before its end)."""
   family, depth, width = _family_depth_width(point.config)
   config = point.config
   images = None if point.train_size is None else _training_images(point.train_size, config.eval)
@@ -276,10 +283,11 @@ def _row(point: Point) -> dict:
                  config.total_steps * config.batch_size / images, 2),
              workdir=point.workdir)
   result_path = os.path.join(point.workdir, 'result.json')
-  if not files.exists(result_path):
+  if not files.exists(result_path):  # failed (its error recorded), or not run to the end yet
     error_path = os.path.join(point.workdir, 'error.txt')
-    error = files.read_text(error_path).strip() if files.exists(error_path) else 'not run'
-    return dict(row, status='failed', error=error)
+    if files.exists(error_path):
+      return dict(row, status='failed', error=files.read_text(error_path).strip())
+    return dict(row, status='unfinished', error='')
   return dict(row, **results.from_result(files.read_json(result_path)))
 
 
@@ -337,17 +345,22 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def _stop_points(current: list) -> None:
+  """SIGTERM to the process group of every running point (`current`: its child or launcher and
+  what they started), which makes its processes checkpoint and exit."""
+  for proc in current:
+    with contextlib.suppress(ProcessLookupError):
+      os.killpg(proc.pid, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _forward_stop_signals(current: list) -> Iterator[list]:
-  """Inside the block, SIGTERM and SIGINT are recorded in the yielded list and passed on as
-  SIGTERM to the process group of every running point (`current`: its child or launcher and
-  what they started), which makes its processes checkpoint and exit."""
+  """Inside the block, SIGTERM and SIGINT are recorded in the yielded list (as 'signal <n>',
+  the reason the sweep stops) and passed on to the running points (`_stop_points`)."""
   received = []
   def handler(signum, frame):
-    received.append(signum)
-    for proc in current:
-      with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    received.append(f'signal {signum}')
+    _stop_points(current)
   previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield received
@@ -456,24 +469,31 @@ def finish_point(point: Point, running: _Running) -> tuple[str, str]:
 
 def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
               launcher: str | None = None, num_processes: int = 1,
-              max_parallel: int = 1) -> list[dict]:
+              max_parallel: int = 1, time_limit: float | None = None) -> list[dict]:
   """Runs the grid's unfinished points (if the sweep has a grid), then the study's with the
   values the grid chose (up to `max_parallel` points at once, each through `launcher` if
-  given), then writes results.csv and the report.
+  given), then writes results.csv and the report. After `time_limit` seconds (or on SIGTERM
+  or SIGINT) the running points stop at a checkpoint and the sweep returns [] with
+  results.csv written, and in the study's stage the report of the points finished so far
+  (the unfinished ones are counted, not listed).
 
   Raises:
-    ValueError: a bad launcher template or max_parallel, before anything runs.
+    ValueError: a bad launcher template, max_parallel or time_limit, before anything runs.
   """
   if max_parallel < 1:
     raise ValueError(f'--max_parallel={max_parallel} must be at least 1.')
+  if time_limit is not None and not time_limit > 0:
+    raise ValueError(f'--time_limit={time_limit} must be a positive number of seconds.')
+  deadline = None if time_limit is None else time.monotonic() + time_limit
   run = lambda points, indices, title: _run_points(
-      points, indices, argv, sweep_dir, title, launcher, num_processes, max_parallel)
+      points, indices, argv, sweep_dir, title, launcher, num_processes, max_parallel, deadline)
   grid = grid_points(sweep, sweep_dir)
   check_configs(grid)
   files.makedirs(sweep_dir)
   files.write_json(os.path.join(sweep_dir, 'sweep_config.json'), sweep.to_dict())
   if grid:
     if not run(grid, range(len(grid)), 'Grid'):
+      write_results(grid, os.path.join(sweep_dir, 'results.csv'))
       return []
     chosen = choose_hparams(grid)
     files.write_json(os.path.join(sweep_dir, 'grid.json'), chosen)
@@ -482,10 +502,12 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
         for fam, c in chosen.items()), flush=True)
   points = grid + expand(sweep, sweep_dir, choose_hparams(grid))
   check_configs(points)
-  if not run(points, range(len(grid), len(points)), f'Sweep {sweep.get("name", "")}'):
-    return []
+  finished = run(points, range(len(grid), len(points)), f'Sweep {sweep.get("name", "")}')
   rows = write_results(points, os.path.join(sweep_dir, 'results.csv'))
   written = report.write_report(sweep_dir)
+  if not finished:
+    print(f'Report of the points finished so far: {written["report"]}', flush=True)
+    return []
   print(tables.results_table(results.read_results(os.path.join(sweep_dir, 'results.csv'))))
   print('\nResults:', os.path.join(sweep_dir, 'results.csv'))
   for key, path in written.items():
@@ -495,11 +517,11 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
 
 
 def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir: str,
-                title: str, launcher: str | None, num_processes: int, max_parallel: int
-                ) -> bool:
+                title: str, launcher: str | None, num_processes: int, max_parallel: int,
+                deadline: float | None = None) -> bool:
   """Runs the unfinished points among `points[indices]` (each in child processes, by its index
-  in `points`, up to `max_parallel` at once); False when a signal stopped the sweep
-  (results.csv is written then)."""
+  in `points`, up to `max_parallel` at once) until `deadline` (time.monotonic(); None: no
+  limit); False when a signal or the deadline stopped them."""
   commands = {i: point_command(i, points[i], argv, launcher, num_processes) for i in indices}
   env = point_env(1 if launcher else max_parallel)  # launcher jobs may run on other machines
   todo = [i for i in indices
@@ -509,6 +531,9 @@ def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir:
   start, waiting, running, current, finished = time.time(), list(todo), [], [], before
   with _forward_stop_signals(current) as stop:
     while running or waiting and not stop:
+      if deadline is not None and not stop and time.monotonic() >= deadline:
+        stop.append('the time limit')
+        _stop_points(current)
       while waiting and len(running) < max_parallel and not stop:
         index = waiting.pop(0)
         running.append(start_point(index, points[index], commands[index], env))
@@ -519,7 +544,7 @@ def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir:
         point = points[ended.index]
         status, error = finish_point(point, ended)
         if stop:
-          print(f'Stopped by signal {stop[0]} at {point.label} train_size={point.train_size} '
+          print(f'Stopped by {stop[0]} at {point.label} train_size={point.train_size} '
                 f'({status}), seed {point.seed} ({point.role}).', flush=True)
           continue
         finished += 1
@@ -531,9 +556,8 @@ def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir:
               f'{metrics.format_duration(eta)}', flush=True)
       time.sleep(0.2)
   if stop:
-    write_results(points, os.path.join(sweep_dir, 'results.csv'))
     done = sum(files.exists(os.path.join(points[i].workdir, 'result.json')) for i in indices)
-    print(f'Stopped by signal {stop[0]}; {done} of {total} points finished. Rerun the same '
+    print(f'Stopped by {stop[0]}; {done} of {total} points finished. Rerun the same '
           'command to continue.', flush=True)
     return False
   return True
@@ -569,7 +593,7 @@ def main(argv: list[str]) -> None:
       return
     with files.exclusive_lock(_WORKDIR.value, 'sweep'):
       run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv, _LAUNCHER.value,
-                flags.FLAGS.num_processes or 1, _MAX_PARALLEL.value)
+                flags.FLAGS.num_processes or 1, _MAX_PARALLEL.value, _TIME_LIMIT.value)
   except (ValueError, OSError, FloatingPointError, files.LockedError) as e:
     sys.exit(f'Error: {e}')
 

@@ -6,13 +6,16 @@ from vit_jax import files
 from vit_jax.scaling import figures, findings, powerlaw, results, tables
 
 def _setup_line(rows: list[dict], curves: dict[str, list[dict]]) -> str:
-  failed = sum(row['status'] != 'done' for row in rows)
+  failed = sum(row['status'] == 'failed' for row in rows)
+  unfinished = sum(row['status'] == 'unfinished' for row in rows)
+  tally = f'{failed} failed' + (f', {unfinished} not finished (the sweep stopped before them: '
+                                'rerun it to continue)' if unfinished else '')
   if not curves:
-    return f'No point finished: all {failed} runs failed (or did not finish).'
+    return f'No point finished: {tally}.' if unfinished else (
+        f'No point finished: all {failed} runs failed.')
   return (f'Setup: {len(curves)} models ({", ".join(curves)}); training sizes '
           f'{", ".join(f"{s:,}" for s in results.sizes(curves))}; '
-          f'{sum(map(len, curves.values()))} finished points{_seed_note(curves)}, {failed} '
-          'failed.')
+          f'{sum(map(len, curves.values()))} finished points{_seed_note(curves)}, {tally}.')
 
 
 def _seed_note(curves: dict[str, list[dict]]) -> str:
@@ -22,7 +25,7 @@ def _seed_note(curves: dict[str, list[dict]]) -> str:
 
 def _failed_section(rows: list[dict]) -> list[str]:
   failed = [[r['model'], tables.number(r['train_size'], ','), r['status'],
-             r['error'] or tables.DASH] for r in rows if r['status'] != 'done']
+             r['error'] or tables.DASH] for r in rows if r['status'] == 'failed']
   if not failed:
     return []
   return ['## Failed runs', '',
@@ -222,7 +225,8 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
   REPORT.md: setup, the budget (rule from `sweep_config.json`, per size), the grid (if any),
   test accuracy per point (mean +- std over seeds), fits, crossings (one the measured gaps do
   not back says why: report.json's 'unsupported'), figures, the convergence check (if any),
-  failed runs and the findings. The title defaults to the sweep's preset name
+  failed runs and the findings; the runs of a stopped sweep not finished yet are counted in
+  the setup line and report.json's 'unfinished'. The title defaults to the sweep's preset name
   (from `sweep_config.json`). Returns
   {'report': REPORT.md path, 'json': report.json path, 'findings': [sentences]} plus
   {figure name: png path} for 'accuracy_vs_data', 'gap_vs_data' (not without a ResNet) and
@@ -251,9 +255,9 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
     f.write(_markdown(sweep_dir, title, rows, curves, fits, crossings, figure_paths, sentences,
                       sweep, convergence_lines))
   failed = [{key: r[key] for key in ('model', 'train_size', 'status', 'error', 'workdir')}
-            for r in rows if r['status'] != 'done']
+            for r in rows if r['status'] == 'failed']
   files.write_json(paths['json'], {'title': title, 'sizes': results.sizes(curves), 'fits': fits,
                                    'crossings': crossings, 'findings': sentences,
-                                   'convergence': checks,
-                                   'failed': failed})
+                                   'convergence': checks, 'failed': failed,
+                                   'unfinished': sum(r['status'] == 'unfinished' for r in rows)})
   return {**figure_paths, **paths, 'findings': sentences}
