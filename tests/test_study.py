@@ -500,12 +500,19 @@ def test_gpu_study_script_runs_end_to_end_at_smoke_size(tmp_path):
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = tmp_path / 'out'
-  proc = subprocess.run(
+  run = lambda **env: subprocess.run(
       ['experiments/data_scaling/gpu_study.sh', str(out), '--config.train_sizes=(60,)',
        '--config.seeds=2'], cwd=root,
       capture_output=True, text=True, timeout=900,
       env=dict(os.environ, PRESET='smoke', WORK=str(tmp_path / 'work'), PYTHON=sys.executable,
-               JAX_PLATFORMS='cpu'))
+               JAX_PLATFORMS='cpu', **env))
+  # Out of time before any point finished: the results still come back, saying so.
+  proc = run(TIME_LIMIT='0.5')
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert 'Stopped by the time limit; 0 of 4 points finished' in (out / 'sweep.log').read_text()
+  assert {r['status'] for r in results.read_results(str(out / 'results.csv'))} == {'unfinished'}
+  assert 'No point finished: 0 failed, 4 not finished' in (out / 'REPORT.md').read_text()
+  proc = run()   # the default limit (510 s) leaves the smoke study time to finish
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   rows = results.read_results(str(out / 'results.csv'))
   assert len(rows) == 2 * 2 and {r['status'] for r in rows} == {'done'}   # 2 models x 2 seeds

@@ -9,8 +9,12 @@
 # Writes OUT_DIR/results.csv, REPORT.md, the figures, report.json, grid.json (if the preset has
 # a grid), sweep_config.json, sweep.log (the sweep's progress), device.txt (device and
 # versions) and points/<point>/log.txt; checkpoints stay in $WORK (default /tmp/gpu_study),
-# so rerunning with the same WORK resumes. PRESET=smoke runs the same steps in seconds on a CPU
-# (the test of this script). PYTHON picks the interpreter (default python3).
+# so rerunning with the same WORK resumes. TIME_LIMIT (seconds, default 510; empty: none)
+# stops the sweep when the time is up, its running points at a checkpoint, and it still
+# writes results.csv and the report of the points finished so far: on a machine lent for
+# 10-minute calls (a run killed at the call's limit would bring back only its log) it returns
+# what it did. PRESET=smoke runs the same steps in seconds on a CPU (the test of this script).
+# PYTHON picks the interpreter (default python3).
 #
 # On a bare GPU machine without network (Python with jax[cuda], flax, optax, orbax, numpy,
 # scipy, matplotlib, pillow, but no ml-collections, clu or grain):
@@ -30,6 +34,7 @@ shift
 PY="${PYTHON:-python3}"
 PRESET="${PRESET:-cifar10}"
 WORK="${WORK:-/tmp/gpu_study}"
+TIME_LIMIT="${TIME_LIMIT-510}"
 if ! "$PY" -c 'import ml_collections' 2>/dev/null; then
   compgen -G '.whl/*.whl' >/dev/null || { echo 'Error: ml_collections is missing and there' \
     'are no wheels in .whl/ to install it from.' >&2; exit 1; }
@@ -51,7 +56,8 @@ print("devices:", jax.devices()); print("python", platform.python_version(), "ja
 start=$(date +%s)
 status=0
 "$PY" -m vit_jax.sweep --config="configs/data_scaling.py:$PRESET" --workdir="$WORK/sweep" \
-  --config.base.data.cache_dir="$WORK/data_cache" --config.base.checkpoint.keep=1 "$@" \
+  --config.base.data.cache_dir="$WORK/data_cache" --config.base.checkpoint.keep=1 \
+  ${TIME_LIMIT:+--time_limit="$TIME_LIMIT"} "$@" \
   2>&1 | tee -a "$OUT_DIR/sweep.log" || status=$?
 echo "wall time: $(( $(date +%s) - start )) s (exit status $status)" | tee -a "$OUT_DIR/device.txt"
 # The readable results, never the checkpoints.
