@@ -30,9 +30,9 @@ and retried by the next run, and the sweep carries on. SIGTERM or Ctrl-C stops t
 point at a checkpoint and ends the sweep (rerun to continue), as does `--time_limit=<seconds>`
 when that much time has passed (a sitting of a long study, or a machine lent for minutes);
 results.csv and the report of the points finished so far are written then. If the sweep
-process itself dies, its running point gets SIGTERM. A point run with a different config than the sweep's now is
-refused, never mixed into the results. At the end `results.csv` is collected and
-`vit_jax.scaling` writes the figures and `REPORT.md`.
+process itself dies, its running point gets SIGTERM. A point run with a different config than
+the sweep's now is refused, never mixed into the results. At the end `results.csv` is
+collected and `vit_jax.scaling` writes the figures and `REPORT.md`.
 
 Multi-host points: `--launcher=<template>` runs each point through a shell command instead,
 e.g. an `srun ...` or `gcloud compute tpus tpu-vm ssh ... --worker=all --command=...` that
@@ -486,7 +486,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
     raise ValueError(f'--time_limit={time_limit} must be a positive number of seconds.')
   deadline = None if time_limit is None else time.monotonic() + time_limit
   run = lambda points, indices, title: _run_points(
-      points, indices, argv, sweep_dir, title, launcher, num_processes, max_parallel, deadline)
+      points, indices, argv, title, launcher, num_processes, max_parallel, deadline)
   grid = grid_points(sweep, sweep_dir)
   check_configs(grid)
   files.makedirs(sweep_dir)
@@ -516,8 +516,8 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
   return rows
 
 
-def _run_points(points: list[Point], indices: range, argv: list[str], sweep_dir: str,
-                title: str, launcher: str | None, num_processes: int, max_parallel: int,
+def _run_points(points: list[Point], indices: range, argv: list[str], title: str,
+                launcher: str | None, num_processes: int, max_parallel: int,
                 deadline: float | None = None) -> bool:
   """Runs the unfinished points among `points[indices]` (each in child processes, by its index
   in `points`, up to `max_parallel` at once) until `deadline` (time.monotonic(); None: no
