@@ -229,6 +229,11 @@ def test_a_stopped_sweeps_report_counts_its_unfinished_runs_apart_from_failed_on
   assert 'ViT-48' not in text
   saved = json.loads((tmp_path / 'report.json').read_text())
   assert [r['model'] for r in saved['failed']] == ['ViT-12'] and saved['unfinished'] == 3
+  resnet = [r for r in synthetic_rows() if r['model'] == 'ResNet']
+  report.write_report(write_csv(tmp_path, resnet + [unfinished('ViT-48', 48, SIZES[0])]))
+  assert (f'Setup: 1 model (ResNet); training sizes 1,000, 3,000, 10,000, 30,000, 100,000; '
+          f'{len(resnet)} finished points, 0 failed, 1 not finished') in (
+              tmp_path / 'REPORT.md').read_text()
   report.write_report(write_csv(tmp_path, [unfinished('ViT-48', 48, d) for d in SIZES[:2]]))
   assert ('No point finished: 0 failed, 2 not finished (the sweep stopped before them: rerun '
           'it to continue).') in (tmp_path / 'REPORT.md').read_text()

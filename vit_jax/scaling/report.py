@@ -13,7 +13,8 @@ def _setup_line(rows: list[dict], curves: dict[str, list[dict]]) -> str:
   if not curves:
     return f'No point finished: {tally}.' if unfinished else (
         f'No point finished: all {failed} runs failed.')
-  return (f'Setup: {len(curves)} models ({", ".join(curves)}); training sizes '
+  models = f'{len(curves)} model' + ('s' if len(curves) > 1 else '')
+  return (f'Setup: {models} ({", ".join(curves)}); training sizes '
           f'{", ".join(f"{s:,}" for s in results.sizes(curves))}; '
           f'{sum(map(len, curves.values()))} finished points{_seed_note(curves)}, {tally}.')
 
