@@ -283,7 +283,7 @@ def _row(point: Point) -> dict:
                  config.total_steps * config.batch_size / images, 2),
              workdir=point.workdir)
   result_path = os.path.join(point.workdir, 'result.json')
-  if not files.exists(result_path):  # failed (its error recorded), or not run to the end yet
+  if not files.exists(result_path):
     error_path = os.path.join(point.workdir, 'error.txt')
     if files.exists(error_path):
       return dict(row, status='failed', error=files.read_text(error_path).strip())
@@ -518,7 +518,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
 
 def _run_points(points: list[Point], indices: range, argv: list[str], title: str,
                 launcher: str | None, num_processes: int, max_parallel: int,
-                deadline: float | None = None) -> bool:
+                deadline: float | None) -> bool:
   """Runs the unfinished points among `points[indices]` (each in child processes, by its index
   in `points`, up to `max_parallel` at once) until `deadline` (time.monotonic(); None: no
   limit); False when a signal or the deadline stopped them."""
