@@ -15,6 +15,7 @@ import pytest
 from conftest import recounted_test_accuracy
 from configs import finetune, quickstart
 from vit_jax import checkpoint, data, files, flops, metrics, pretrained, train
+from vit_jax import workdir as run_dir
 from vit_jax.models import get_model
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
@@ -414,22 +415,59 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_sigterm_during_setup_stops_after_one_step_with_a_checkpoint(tmp_path):
+def _main_signalled_during_setup(workdir, *signums):
+  """`python -m vit_jax.main` (smoke size) that sends itself `signums` while its data loads."""
   code = ('import os, runpy, signal, sys\n'
           'from vit_jax import data\n'
           'load = data.load_data\n'
-          'def load_and_terminate(config):\n'  # SIGTERM while the data is loading
-          '  os.kill(os.getpid(), signal.SIGTERM)\n'
+          'def load_and_signal(config):\n'
+          f'  for signum in {[int(s) for s in signums]}:\n'
+          '    os.kill(os.getpid(), signum)\n'
           '  return load(config)\n'
-          'data.load_data = load_and_terminate\n'
+          'data.load_data = load_and_signal\n'
           'sys.argv[0] = "vit_jax.main"\n'
           'runpy.run_module("vit_jax.main", run_name="__main__")\n')
-  proc = subprocess.run([sys.executable, '-c', code, '--config=configs/quickstart.py',
-                         f'--workdir={tmp_path}', *SMOKE], cwd=ROOT, capture_output=True,
+  return subprocess.run([sys.executable, '-c', code, '--config=configs/quickstart.py',
+                         f'--workdir={workdir}', *SMOKE], cwd=ROOT, capture_output=True,
                         text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+@pytest.mark.parametrize('signum,name', [(signal.SIGTERM, 'SIGTERM'), (signal.SIGINT, 'Ctrl-C')])
+def test_a_stop_signal_during_setup_stops_after_one_step_with_a_checkpoint(tmp_path, signum,
+                                                                          name):
+  proc = _main_signalled_during_setup(tmp_path, signum)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'Stopped by SIGTERM at step 1 with a checkpoint' in proc.stdout
+  assert f'Stopped by {name} at step 1 with a checkpoint' in proc.stdout
+  assert f'{name}: saved a checkpoint at step 1;' in proc.stderr
   assert os.listdir(tmp_path / 'checkpoints') == ['1'] and not (tmp_path / 'result.json').exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
+  proc = _main_signalled_during_setup(tmp_path, signal.SIGINT, signal.SIGINT)
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr and not proc.stdout
+  assert proc.stderr.splitlines()[-1] == (
+      'Stopped at once by Ctrl-C, without a checkpoint of the current step; rerun the same '
+      'command to continue from the latest checkpoint.')
+  assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
+
+
+def test_stop_flag_names_the_signals_and_a_second_ctrl_c_raises():
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with run_dir.stop_flag() as flag:
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag == ['SIGTERM', 'Ctrl-C']
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a shell script
+  try:
+    with run_dir.stop_flag() as flag:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert flag == [] and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, before[0])
 
 
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

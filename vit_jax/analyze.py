@@ -58,5 +58,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.set_cpu_flag()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -1,10 +1,12 @@
-"""Shared command-line plumbing: flag parsing with readable config errors, quiet logging, and
-the XLA CPU option our commands set."""
+"""Shared command-line plumbing: flag parsing with readable config errors, quiet logging, the
+XLA CPU option our commands set, and `run`, which starts a command with all of them."""
 import logging as std_logging
 import os
 import re
 import sys
+from typing import Callable
 
+from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
@@ -84,3 +86,18 @@ def setup_logging() -> None:
   """INFO progress lines from vit_jax, warnings from everything else."""
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_only_our_info)
+
+
+def run(main: Callable[[list[str]], None],
+        interrupted: str = 'Stopped by Ctrl-C; every file is renamed into place when complete, '
+                           'so none is half-written.') -> None:
+  """Runs a command's `main` with absl: the XLA CPU option set, flags parsed by
+  `parse_flags`. A Ctrl-C that the command does not handle itself (while it starts, or a
+  second one while it stops) ends it with the one line `interrupted` and exit status 130,
+  not a traceback."""
+  set_cpu_flag()
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    print(interrupted, file=sys.stderr, flush=True)
+    sys.exit(130)

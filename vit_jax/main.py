@@ -66,9 +66,9 @@ def main(argv: list[str]) -> None:
     sys.exit(f'Error: {e}')
   if jax.process_index():  # one report, from process 0
     return
-  if result.get('preempted'):
-    print(f'Stopped by SIGTERM at step {result["step"]} with a checkpoint; rerun the same '
-          'command to continue.')
+  if 'stopped_by' in result:
+    print(f'Stopped by {result["stopped_by"]} at step {result["step"]} with a checkpoint; rerun '
+          'the same command to continue.')
     return
   print(f'Final test accuracy {result.get("test_accuracy", float("nan")):.4f} after '
         f'{result["step"]} steps ({result["wall_time_sec"]:.0f} s); results in '
@@ -76,5 +76,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.set_cpu_flag()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, 'Stopped at once by Ctrl-C, without a checkpoint of the current step; rerun the '
+                'same command to continue from the latest checkpoint.')

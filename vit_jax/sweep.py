@@ -599,5 +599,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.set_cpu_flag()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, 'Stopped by Ctrl-C; rerun the same command to continue (finished points are '
+                'kept, stopped ones resume from their checkpoints).')

@@ -6,10 +6,10 @@ initialised directly sharded -> jitted train step (explicit shardings, donated s
 metrics / evaluation / checkpoints (written asynchronously; each holds, besides the state, the
 data order, the metrics averaged so far and the latest results). Rerunning on the same workdir
 resumes from the latest checkpoint and ends with the same parameters and recorded numbers
-(timings aside). SIGTERM saves a checkpoint at the current step (at the next log step in a
-multi-process run, the same on every process) and returns; a non-finite loss or gradient stops
-the run (FloatingPointError) before anything is saved, unless optim.skip_nonfinite skips such
-steps.
+(timings aside). SIGTERM or Ctrl-C saves a checkpoint at the current step (at the next log step
+in a multi-process run, the same on every process) and returns (a second Ctrl-C stops at once:
+KeyboardInterrupt); a non-finite loss or gradient stops the run (FloatingPointError) before
+anything is saved, unless optim.skip_nonfinite skips such steps.
 """
 import functools
 import os
@@ -211,23 +211,24 @@ def _restore_or_init(config, manager, abstract, shardings, init, tx, iterator
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates one run in `workdir`; resumes if it holds checkpoints.
 
-  Returns the final results (also written to `<workdir>/result.json`), or {'preempted': True,
-  'step': s} when SIGTERM arrived (at any time: during setup the run stops after one step)
-  and a checkpoint of step s was written.
+  Returns the final results (also written to `<workdir>/result.json`), or {'stopped_by':
+  'SIGTERM' or 'Ctrl-C', 'step': s} when one arrived (at any time: during setup the run stops
+  after one step) and a checkpoint of step s was written.
 
   Raises:
     ValueError, FileNotFoundError: a bad config or dataset, before anything is written.
     files.LockedError: another run holds the workdir.
     OSError: the workdir cannot be written (full, read-only); nothing already there is lost.
     FloatingPointError: a non-finite loss or gradient (unless optim.skip_nonfinite).
+    KeyboardInterrupt: a second Ctrl-C (no checkpoint of the current step).
   """
-  with run_dir.sigterm_flag() as preempted:
-    return _train_and_evaluate(config, workdir, preempted)
+  with run_dir.stop_flag() as stop_flag:
+    return _train_and_evaluate(config, workdir, stop_flag)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        preempted: list) -> dict[str, Any]:
-  """The body of `train_and_evaluate`; `preempted` becomes non-empty on SIGTERM."""
+                        stop_flag: list) -> dict[str, Any]:
+  """The body of `train_and_evaluate`; `stop_flag` is `workdir.stop_flag`'s list."""
   config_lib.check(config)
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
@@ -317,7 +318,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        '%d evaluations (best at step %d).', step, config.eval.patience,
                        best['best_step'])
           final = True
-      stop = run_dir.stop_agreed(preempted, log)
+      stop = run_dir.stop_agreed(stop_flag, log)
       best_step = best.get('best_step') if val_split is not None else None  # by validation
       if step % config.checkpoint_every == 0 or final or stop or best_step == step:
         check_finite()
@@ -326,11 +327,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    'window': _window(pending), 'results': dict(results)}, best_step)
       last_log += time.time() - pause
       if stop and not final:
-        logging.warning('SIGTERM: saved a checkpoint at step %d; rerun the same command to '
-                        'continue.', step)
+        logging.warning('%s: saved a checkpoint at step %d; rerun the same command to '
+                        'continue.', stop, step)
         manager.wait()
         writer.close()
-        return {'preempted': True, 'step': step}
+        return {'stopped_by': stop, 'step': step}
       if final:
         break
     trace.close()  # a trace still running (an early stop inside its steps)

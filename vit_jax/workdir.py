@@ -1,5 +1,6 @@
-"""A run's workdir: its lock, what a failed write reports, `config.json`, and the SIGTERM flag
-that stops a run at a checkpoint (agreed across the processes of a multi-process run)."""
+"""A run's workdir: its lock, what a failed write reports, `config.json`, and the stop flag
+(SIGTERM or Ctrl-C) that stops a run at a checkpoint (agreed across the processes of a
+multi-process run)."""
 import contextlib
 import errno
 import os
@@ -56,28 +57,44 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     f.write(text)
 
 
+_STOP_REASONS = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}  # what stop_flag records
+
+
 @contextlib.contextmanager
-def sigterm_flag() -> Iterator[list]:
-  """A list that becomes non-empty when SIGTERM arrives inside the block (only the main
-  thread can receive signals: elsewhere the list stays empty)."""
+def stop_flag() -> Iterator[list]:
+  """A list that receives 'SIGTERM' or 'Ctrl-C' when SIGTERM or SIGINT arrives inside the
+  block: the run stops at a checkpoint. A second Ctrl-C raises KeyboardInterrupt (stop at
+  once, without that checkpoint). SIGINT stays ignored where it was (a background job of a
+  shell script). Only the main thread can receive signals: elsewhere the list stays empty."""
   flag = []
   if threading.current_thread() is not threading.main_thread():
     yield flag
     return
-  previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
+  def on_signal(signum, frame):
+    if signum == signal.SIGINT and _STOP_REASONS[signum] in flag:
+      raise KeyboardInterrupt
+    flag.append(_STOP_REASONS[signum])
+  ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  signums = (signal.SIGTERM,) if ignored else (signal.SIGTERM, signal.SIGINT)
+  previous = {s: signal.signal(s, on_signal) for s in signums}
   try:
     yield flag
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, handler in previous.items():
+      signal.signal(s, handler)
 
 
-def stop_agreed(flag: list, sync_point: bool) -> bool:
-  """Whether the run stops (with a checkpoint) at this step: a single process as soon as its
-  SIGTERM `flag` is set; the processes of a multi-process run together, at a `sync_point`
-  (the log steps), when any of them has received SIGTERM (an all-gather of the flags), so
-  that all save the same step."""
+def stop_agreed(flag: list, sync_point: bool) -> str | None:
+  """Why the run stops (with a checkpoint) at this step, 'SIGTERM' or 'Ctrl-C', or None: a
+  single process as soon as its `stop_flag` is set; the processes of a multi-process run
+  together, at a `sync_point` (the log steps), when any of them has received one (an
+  all-gather of the flags; the reason is the lowest such process's), so that all save the
+  same step."""
   if jax.process_count() == 1:
-    return bool(flag)
+    return flag[0] if flag else None
   if not sync_point:
-    return False
-  return bool(np.any(multihost_utils.process_allgather(np.array(bool(flag)))))
+    return None
+  reasons = list(_STOP_REASONS.values())
+  code = reasons.index(flag[0]) + 1 if flag else 0
+  codes = [int(c) for c in np.ravel(multihost_utils.process_allgather(np.array(code))) if c]
+  return reasons[codes[0] - 1] if codes else None
