@@ -158,3 +158,41 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_like_a_fresh_one(tree, tmp_p
     a = records.RecordSource(str(out), split)
     b = records.RecordSource(str(tmp_path / 'fresh'), split)
     assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
+
+
+CTRL_C_AFTER_TWO_SHARDS = """
+import os, signal, tqdm
+update, done = tqdm.tqdm.update, []
+def update_then_ctrl_c(self, n=1):
+  done.append(n)
+  if len(done) == 2:  # as a terminal's Ctrl-C: to every process of the group
+    os.killpg(0, signal.SIGINT)
+  return update(self, n)
+tqdm.tqdm.update = update_then_ctrl_c
+"""
+
+
+def test_ctrl_c_stops_a_parallel_run_with_one_line_and_the_rerun_keeps_its_shards(tree,
+                                                                                tmp_path):
+  """Ctrl-C after two shards (sent to the process group, the two workers included, from a
+  sitecustomize.py the command imports at start): one line, exit status 130, no worker
+  traceback; the rerun writes only the missing shards."""
+  root, _ = tree
+  (tmp_path / 'hook').mkdir()
+  (tmp_path / 'hook' / 'sitecustomize.py').write_text(CTRL_C_AFTER_TWO_SHARDS)
+  out, args = tmp_path / 'out', [f'--src={root}', '--workers=2', '--shard_size=1']
+  env = child_env(1)
+  env['PYTHONPATH'] = os.pathsep.join([str(tmp_path / 'hook'), env['PYTHONPATH']])
+  stopped = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
+                           capture_output=True, text=True, env=env, start_new_session=True)
+  assert stopped.returncode == 130, stopped.stderr[-2000:]
+  assert 'Traceback' not in stopped.stderr and 'KeyboardInterrupt' not in stopped.stderr
+  assert stopped.stderr.splitlines()[-1] == (
+      'Stopped by Ctrl-C; rerun the same command to continue (finished shards are kept).')
+  finished = [n for n in os.listdir(out) if n.endswith('.array_record.json')]  # sidecars last
+  assert 2 <= len(finished) < 21 and not (out / 'metadata.json').exists()
+  resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
+                           capture_output=True, text=True, env=child_env(1))
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'{21 - len(finished)} of 21 shards to write' in resumed.stderr
+

@@ -4,10 +4,12 @@ data.kind='auto' choosing memory or the stream by decoded size."""
 import importlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -34,6 +36,19 @@ def prepared(tmp_path_factory):
 
 def stream_config(prepared, **changes):
   return smoke_config(**{**STREAM, 'dataset': f'records:{prepared}', **changes})
+
+
+def cli_flags(prepared):
+  """`STREAM` as command-line overrides of the quickstart config."""
+  return [f'--config.dataset=records:{prepared}', '--config.image_size=16',
+          '--config.batch_size=8', '--config.eval.batch_size=8', '--config.model.patch_size=4',
+          '--config.augment.flip=True', '--config.augment.crop_scale=(0.25, 1.0)']
+
+
+def cli_env():
+  """The environment of a `python -m vit_jax.main` child (KILLER imports from the root)."""
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
 
 
 @pytest.fixture(scope='module')
@@ -123,12 +138,8 @@ def test_resume_after_sigkill_on_the_stream_matches_an_uninterrupted_run(prepare
   """Killed at four moments in turn (each rerun resumes), finished with two grain worker
   processes instead of none: parameters, losses and results equal an uninterrupted run's."""
   flags = ['--config.total_steps=12', '--config.checkpoint_every=4', '--config.eval_every=6',
-           '--config.log_every=2', f'--config.dataset=records:{prepared}',
-           '--config.image_size=16', '--config.batch_size=8', '--config.eval.batch_size=8',
-           '--config.model.patch_size=4', '--config.augment.flip=True',
-           '--config.augment.crop_scale=(0.25, 1.0)']
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+           '--config.log_every=2', *cli_flags(prepared)]
+  env = cli_env()
   main = lambda workdir, *extra: subprocess.run(
       [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
        f'--workdir={workdir}', *SMOKE, *flags, *extra], cwd=ROOT, env=env, capture_output=True,
@@ -164,6 +175,55 @@ def test_resume_after_sigkill_on_the_stream_matches_an_uninterrupted_run(prepare
   got, want = (files.read_json(f'{d}/result.json') for d in (killed, tmp_path / 'straight'))
   for key in ('test_accuracy', 'test_loss', 'fewshot_1shot', 'fewshot_2shot'):
     assert got[key] == want[key], key
+
+
+# sitecustomize.py for a run's processes: the first grain worker, as it starts (before it has
+# imported the program, for seconds), sends Ctrl-C to the process group, as a terminal would.
+CTRL_C_AS_A_WORKER_STARTS = """
+import os, signal, sys
+if '--multiprocessing-fork' in sys.argv:
+  try:
+    os.close(os.open(os.environ['CTRL_C_ONCE'], os.O_CREAT | os.O_EXCL))
+  except FileExistsError:
+    pass
+  else:
+    os.killpg(0, signal.SIGINT)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('moment', ['while training', 'as a worker starts'])
+def test_ctrl_c_to_a_streamed_run_and_its_grain_workers_stops_at_a_checkpoint(prepared,
+                                                                             tmp_path, moment):
+  """A terminal's Ctrl-C reaches the whole process group, the two grain worker processes
+  included, also while one starts: they ignore it, and the run saves a checkpoint of the
+  current step and says so, with no traceback from anyone."""
+  workdir, env = tmp_path / 'run', cli_env()
+  if moment == 'as a worker starts':
+    (tmp_path / 'hook').mkdir()
+    (tmp_path / 'hook' / 'sitecustomize.py').write_text(CTRL_C_AS_A_WORKER_STARTS)
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / 'hook'), env['PYTHONPATH']]),
+               CTRL_C_ONCE=str(tmp_path / 'sent'))
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
+       f'--workdir={workdir}', *SMOKE, *cli_flags(prepared), '--config.total_steps=100000',
+       '--config.checkpoint_every=100000', '--config.eval_every=100000',
+       '--config.data.workers=2'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, start_new_session=True)
+  if moment == 'while training':
+    deadline = time.time() + 300
+    while not (workdir / 'metrics.jsonl').exists() or not losses(workdir):
+      if time.time() > deadline or proc.poll() is not None:  # a hung child, not a speed check
+        proc.kill()
+        pytest.fail(f'the run wrote no progress line: {proc.communicate()[1][-3000:]}')
+      time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err[-3000:]
+  step = int(re.search(r'Stopped by Ctrl-C at step (\d+) with a checkpoint', out).group(1))
+  assert checkpoint_steps(workdir) == [step] and not (workdir / 'result.json').exists()
+  assert moment == 'while training' or step == 1  # stopped during setup: after one step
 
 
 def test_auto_sizes_a_prepared_split_from_16_records_spread_over_it(prepared, monkeypatch):

@@ -11,7 +11,7 @@ training config), `batches` (the in-memory training stream and evaluation pass),
 (device-side augmentation and evaluation preprocessing); streaming: `records` (prepared
 ArrayRecord datasets), `prepare` (the converter, `python -m vit_jax.data.prepare`), `pipeline`
 (the grain pipeline: host-side decoding and augmentation, resumable training stream, evaluation
-pass).
+pass), `worker_signals` (worker processes of both leave Ctrl-C to their parent).
 
 Shapes: N examples, B global batch, L = B / process_count local batch, H x W images with
 C channels (1 for grayscale, 3 for colour). The host side (`TrainIterator`, `eval_batches`)

@@ -13,6 +13,7 @@ evaluation masks (L,) bool; S = image_size.
 """
 import dataclasses
 import io
+import itertools
 import math
 from typing import Iterator, Protocol
 
@@ -20,6 +21,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from vit_jax.data import worker_signals
 from vit_jax.data.batches import local_batch_size
 
 
@@ -202,7 +204,8 @@ class _EvalBatch:
 
 def _batches(fn, start: int, stop: int, workers: int) -> Iterator:
   """fn(start), fn(start + 1), ... fn(stop - 1), computed ahead by grain: in `workers`
-  processes (each whole batches), or in this process's threads with workers=0."""
+  processes (each whole batches), or in this process's threads with workers=0. Closing the
+  generator stops them."""
   import grain  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():  # grain reads its absl flags (defaults outside app.run)
     flags.FLAGS.mark_as_parsed()
@@ -210,8 +213,16 @@ def _batches(fn, start: int, stop: int, workers: int) -> Iterator:
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
   if workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=2))
-  return iter(ds)
+                                                     per_worker_buffer_size=2),
+                        worker_init_fn=worker_signals.ignore_ctrl_c)
+  with worker_signals.ctrl_c_blocked():  # each worker starts with its first batch
+    it = iter(ds)
+    first = list(itertools.islice(it, workers))
+  try:
+    yield from first
+    yield from it
+  finally:
+    it.close()
 
 
 class StreamIterator:
@@ -258,7 +269,7 @@ class StreamIterator:
 
   def close(self) -> None:
     """Stops the worker processes (also done at garbage collection)."""
-    if self._it is not None and hasattr(self._it, 'close'):
+    if self._it is not None:
       self._it.close()
     self._it = None
 

@@ -30,8 +30,10 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from vit_jax import cli
 from vit_jax import files
 from vit_jax.data import records
+from vit_jax.data import worker_signals
 
 # Where an item's bytes are: ('dir', root) + relative path, or ('tar', archive) + (offset, size).
 Reader = tuple[str, str]
@@ -224,7 +226,9 @@ def _run_jobs(jobs: list, total: int, workers: int, progress: bool) -> None:
     results = map(_write_shard, jobs)
     pool = None
   else:
-    pool = multiprocessing.get_context('spawn').Pool(min(workers, len(jobs)))
+    with worker_signals.ctrl_c_blocked():  # Ctrl-C is this process's to handle (below)
+      pool = multiprocessing.get_context('spawn').Pool(min(workers, len(jobs)),
+                                                       initializer=worker_signals.ignore_ctrl_c)
     results = pool.imap_unordered(_write_shard, jobs)
   try:
     for done, _ in results:
@@ -262,4 +266,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'Stopped by Ctrl-C; rerun the same command to continue (finished shards are '
+                'kept).')
