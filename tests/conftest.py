@@ -2,6 +2,7 @@
 import collections
 import gc
 import os
+import signal
 import tempfile
 import threading
 
@@ -21,6 +22,10 @@ from vit_jax import checkpoint, cli, data
 from vit_jax.models import get_model
 
 cli.set_cpu_flag()  # the tests run with the XLA settings of our commands
+# Child processes get Ctrl-C as from a terminal, even when the suite runs as a shell script's
+# background job, which inherits SIGINT ignored (our commands keep ignoring it then).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = dict(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2, patch_size=4)

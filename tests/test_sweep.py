@@ -307,7 +307,8 @@ def test_stopping_or_killing_the_sweep_stops_its_point_at_a_checkpoint(tmp_path)
     assert not (point / 'result.json').exists()
     if signum != signal.SIGKILL:
       assert proc.returncode == 0
-      assert f'Stopped by signal {signum} at ResNet train_size=60 (stopped)' in out
+      name = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}[signum]
+      assert f'Stopped by {name} at ResNet train_size=60 (stopped)' in out
   log = (point / 'log.txt').read_text()  # appended by both runs: the second resumed
   assert f'Resumed from step {checkpoints(point)[0]} ' in log
   # A changed config is refused rather than mixed with the results already there.

@@ -120,6 +120,24 @@ def test_points_share_a_compilation_cache_and_split_accelerator_memory(tmp_path,
   assert child_sees(2) == [str(tmp_path / 'mine'), '0', '0.9']
 
 
+def test_a_sweep_started_with_sigint_ignored_keeps_ignoring_it():
+  """A shell script's background job inherits SIGINT ignored: the script's Ctrl-C must not
+  stop it. SIGTERM still does."""
+  before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with sweep._forward_stop_signals([]) as stop:
+      assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert stop == ['SIGTERM']
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, before)
+  with sweep._forward_stop_signals([]) as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop == ['Ctrl-C']
+
+
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_point_stopped_by_a_signal_while_starting_is_stopped_not_failed(tmp_path, signum):
   """SIGTERM or SIGINT before a point installed its handler (the sweep was stopped while the

@@ -73,6 +73,7 @@ from ml_collections import config_flags
 
 from vit_jax import cli, distributed, files, metrics, train
 from vit_jax import config as config_lib
+from vit_jax import workdir as run_dir
 from vit_jax.scaling import report, results, tables
 from vit_jax.models import config_fields
 
@@ -355,13 +356,14 @@ def _stop_points(current: list) -> None:
 
 @contextlib.contextmanager
 def _forward_stop_signals(current: list) -> Iterator[list]:
-  """Inside the block, SIGTERM and SIGINT are recorded in the yielded list (as 'signal <n>',
-  the reason the sweep stops) and passed on to the running points (`_stop_points`)."""
+  """Inside the block, the stop signals (`workdir.stop_signals`) are recorded in the yielded
+  list (as 'SIGTERM' or 'Ctrl-C', the reason the sweep stops) and passed on to the running
+  points (`_stop_points`)."""
   received = []
   def handler(signum, frame):
-    received.append(f'signal {signum}')
+    received.append(run_dir.STOP_SIGNAL_NAMES[signum])
     _stop_points(current)
-  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  previous = {s: signal.signal(s, handler) for s in run_dir.stop_signals()}
   try:
     yield received
   finally:

@@ -57,26 +57,33 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     f.write(text)
 
 
-_STOP_REASONS = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}  # what stop_flag records
+# How a stop is named (stop_flag's list, messages).
+STOP_SIGNAL_NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}
+
+
+def stop_signals() -> tuple[int, ...]:
+  """The signals that stop a run or a sweep at a checkpoint: SIGTERM, and SIGINT (Ctrl-C)
+  unless it is ignored (a shell script's background job, which its Ctrl-C must not stop)."""
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    return (signal.SIGTERM,)
+  return (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
 def stop_flag() -> Iterator[list]:
   """A list that receives 'SIGTERM' or 'Ctrl-C' when SIGTERM or SIGINT arrives inside the
-  block: the run stops at a checkpoint. A second Ctrl-C raises KeyboardInterrupt (stop at
-  once, without that checkpoint). SIGINT stays ignored where it was (a background job of a
-  shell script). Only the main thread can receive signals: elsewhere the list stays empty."""
+  block (`stop_signals`): the run stops at a checkpoint. A second Ctrl-C raises
+  KeyboardInterrupt (stop at once, without that checkpoint). Only the main thread can receive
+  signals: elsewhere the list stays empty."""
   flag = []
   if threading.current_thread() is not threading.main_thread():
     yield flag
     return
   def on_signal(signum, frame):
-    if signum == signal.SIGINT and _STOP_REASONS[signum] in flag:
+    if signum == signal.SIGINT and STOP_SIGNAL_NAMES[signum] in flag:
       raise KeyboardInterrupt
-    flag.append(_STOP_REASONS[signum])
-  ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-  signums = (signal.SIGTERM,) if ignored else (signal.SIGTERM, signal.SIGINT)
-  previous = {s: signal.signal(s, on_signal) for s in signums}
+    flag.append(STOP_SIGNAL_NAMES[signum])
+  previous = {s: signal.signal(s, on_signal) for s in stop_signals()}
   try:
     yield flag
   finally:
@@ -94,7 +101,7 @@ def stop_agreed(flag: list, sync_point: bool) -> str | None:
     return flag[0] if flag else None
   if not sync_point:
     return None
-  reasons = list(_STOP_REASONS.values())
+  reasons = list(STOP_SIGNAL_NAMES.values())
   code = reasons.index(flag[0]) + 1 if flag else 0
   codes = [int(c) for c in np.ravel(multihost_utils.process_allgather(np.array(code))) if c]
   return reasons[codes[0] - 1] if codes else None
