@@ -11,6 +11,7 @@ state is the number of examples consumed, as for the in-memory `TrainIterator`.
 Shapes: images (L, S, S, 3) uint8 (grayscale and other modes become RGB), labels (L,) int32,
 evaluation masks (L,) bool; S = image_size.
 """
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -215,7 +216,8 @@ def _batches(fn, start: int, stop: int, workers: int) -> Iterator:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=2),
                         worker_init_fn=worker_signals.ignore_ctrl_c)
-  with worker_signals.ctrl_c_blocked():  # each worker starts with its first batch
+  # Each worker starts with its first batch: draw those with Ctrl-C blocked.
+  with worker_signals.ctrl_c_blocked() if workers else contextlib.nullcontext():
     it = iter(ds)
     first = list(itertools.islice(it, workers))
   try:
