@@ -5,7 +5,7 @@ included; a worker that dies of it (or prints its KeyboardInterrupt) breaks the 
 at a checkpoint. Start workers inside `ctrl_c_blocked()` and give them `ignore_ctrl_c` as their
 initializer: they start with SIGINT blocked (a signal mask is inherited by the threads and
 the processes a thread starts, even across exec) and ignore it once they run their
-initializer, so the signal is never delivered to them; the parent decides and ends them.
+initializer, so the signal never acts on them; the parent decides and ends them.
 """
 import contextlib
 from multiprocessing import resource_tracker
