@@ -73,6 +73,15 @@ def tiny_vit():
 FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
+def with_site_hook(env: dict[str, str], directory, code: str) -> dict[str, str]:
+  """`env` whose Python processes (worker processes included) run `code` at start: it is
+  written as `<directory>/sitecustomize.py`, first on PYTHONPATH."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
+    f.write(code)
+  return dict(env, PYTHONPATH=os.pathsep.join([str(directory), env['PYTHONPATH']]))
+
+
 def child_env(devices: int) -> dict[str, str]:
   """Environment of a child process with `devices` simulated CPU devices that imports this
   checkout (not whatever `vit_jax` the interpreter has installed)."""

@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import child_env
+from conftest import child_env, with_site_hook
 from imagenet_tree import make_tree
 from vit_jax.data import prepare, records
 
@@ -178,11 +178,8 @@ def test_ctrl_c_stops_a_parallel_run_with_one_line_and_the_rerun_keeps_its_shard
   sitecustomize.py the command imports at start): one line, exit status 130, no worker
   traceback; the rerun writes only the missing shards."""
   root, _ = tree
-  (tmp_path / 'hook').mkdir()
-  (tmp_path / 'hook' / 'sitecustomize.py').write_text(CTRL_C_AFTER_TWO_SHARDS)
   out, args = tmp_path / 'out', [f'--src={root}', '--workers=2', '--shard_size=1']
-  env = child_env(1)
-  env['PYTHONPATH'] = os.pathsep.join([str(tmp_path / 'hook'), env['PYTHONPATH']])
+  env = with_site_hook(child_env(1), tmp_path / 'hook', CTRL_C_AFTER_TWO_SHARDS)
   stopped = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
                            capture_output=True, text=True, env=env, start_new_session=True)
   assert stopped.returncode == 130, stopped.stderr[-2000:]

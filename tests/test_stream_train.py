@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TINY_VIT, init, randomize
+from conftest import TINY_VIT, init, randomize, with_site_hook
 from imagenet_tree import make_tree
 from test_train import KILLER, ROOT, SMOKE, checkpoint_steps, losses, smoke_config
 from vit_jax import checkpoint, data, evaluate, files, pretrained, sharding, train
@@ -200,10 +200,8 @@ def test_ctrl_c_to_a_streamed_run_and_its_grain_workers_stops_at_a_checkpoint(pr
   current step and says so, with no traceback from anyone."""
   workdir, env = tmp_path / 'run', cli_env()
   if moment == 'as a worker starts':
-    (tmp_path / 'hook').mkdir()
-    (tmp_path / 'hook' / 'sitecustomize.py').write_text(CTRL_C_AS_A_WORKER_STARTS)
-    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / 'hook'), env['PYTHONPATH']]),
-               CTRL_C_ONCE=str(tmp_path / 'sent'))
+    env = with_site_hook(env, tmp_path / 'hook', CTRL_C_AS_A_WORKER_STARTS)
+    env['CTRL_C_ONCE'] = str(tmp_path / 'sent')
   proc = subprocess.Popen(
       [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
        f'--workdir={workdir}', *SMOKE, *cli_flags(prepared), '--config.total_steps=100000',

@@ -356,19 +356,15 @@ def _stop_points(current: list) -> None:
 
 @contextlib.contextmanager
 def _forward_stop_signals(current: list) -> Iterator[list]:
-  """Inside the block, the stop signals (`workdir.stop_signals`) are recorded in the yielded
-  list (as 'SIGTERM' or 'Ctrl-C', the reason the sweep stops) and passed on to the running
-  points (`_stop_points`)."""
+  """Inside the block, the stop signals (`workdir.on_stop_signals`) are recorded in the
+  yielded list (as 'SIGTERM' or 'Ctrl-C', the reason the sweep stops) and passed on to the
+  running points (`_stop_points`)."""
   received = []
   def handler(signum, frame):
     received.append(run_dir.STOP_SIGNAL_NAMES[signum])
     _stop_points(current)
-  previous = {s: signal.signal(s, handler) for s in run_dir.stop_signals()}
-  try:
+  with run_dir.on_stop_signals(handler):
     yield received
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
 
 
 def _free_port() -> int:

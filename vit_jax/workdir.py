@@ -61,18 +61,26 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 STOP_SIGNAL_NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}
 
 
-def stop_signals() -> tuple[int, ...]:
-  """The signals that stop a run or a sweep at a checkpoint: SIGTERM, and SIGINT (Ctrl-C)
-  unless it is ignored (a shell script's background job, which its Ctrl-C must not stop)."""
-  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-    return (signal.SIGTERM,)
-  return (signal.SIGTERM, signal.SIGINT)
+@contextlib.contextmanager
+def on_stop_signals(handler) -> Iterator[None]:
+  """`handler(signum, frame)` for the signals that stop a run or a sweep at a checkpoint inside
+  the block, the previous handlers after it: SIGTERM, and SIGINT (Ctrl-C) unless it is ignored
+  (a shell script's background job, which its Ctrl-C must not stop)."""
+  signums = [signal.SIGTERM]
+  if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+    signums.append(signal.SIGINT)
+  previous = {s: signal.signal(s, handler) for s in signums}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 @contextlib.contextmanager
 def stop_flag() -> Iterator[list]:
   """A list that receives 'SIGTERM' or 'Ctrl-C' when SIGTERM or SIGINT arrives inside the
-  block (`stop_signals`): the run stops at a checkpoint. A second Ctrl-C raises
+  block (`on_stop_signals`): the run stops at a checkpoint. A second Ctrl-C raises
   KeyboardInterrupt (stop at once, without that checkpoint). Only the main thread can receive
   signals: elsewhere the list stays empty."""
   flag = []
@@ -83,12 +91,8 @@ def stop_flag() -> Iterator[list]:
     if signum == signal.SIGINT and STOP_SIGNAL_NAMES[signum] in flag:
       raise KeyboardInterrupt
     flag.append(STOP_SIGNAL_NAMES[signum])
-  previous = {s: signal.signal(s, on_signal) for s in stop_signals()}
-  try:
+  with on_stop_signals(on_signal):
     yield flag
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
 
 
 def stop_agreed(flag: list, sync_point: bool) -> str | None:
