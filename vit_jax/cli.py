@@ -1,10 +1,12 @@
 """Shared command-line plumbing: flag parsing with readable config errors, quiet logging, the
-XLA CPU option our commands set, and `run`, which starts a command with all of them."""
+XLA CPU option our commands set, Ctrl-C as one line, and `run`, which starts an absl command with
+all of them."""
+import contextlib
 import logging as std_logging
 import os
 import re
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 from absl import app
 from absl import flags
@@ -12,6 +14,7 @@ from absl import logging
 import ml_collections
 
 from vit_jax import config as config_lib
+from vit_jax import starting
 
 # Set by our command-line entry points (not by `import vit_jax`), before JAX starts its backend,
 # which reads XLA_FLAGS once: no YNNPACK fusions, so XLA runs matmuls through its Eigen kernels.
@@ -88,16 +91,27 @@ def setup_logging() -> None:
   logging.get_absl_handler().addFilter(_only_our_info)
 
 
-def run(main: Callable[[list[str]], None],
-        interrupted: str = 'Stopped by Ctrl-C; every file is renamed into place when complete, '
-                           'so none is half-written.') -> None:
-  """Runs a command's `main` with absl: the XLA CPU option set, flags parsed by
-  `parse_flags`. A Ctrl-C that the command does not handle itself (while it starts, or a
-  second one while it stops) ends it with the one line `interrupted` and exit status 130,
-  not a traceback."""
-  set_cpu_flag()
+INTERRUPTED = ('Stopped by Ctrl-C; every file is renamed into place when complete, so none is '
+               'half-written.')
+
+
+@contextlib.contextmanager
+def ends_on_ctrl_c(interrupted: str = INTERRUPTED) -> Iterator[None]:
+  """Runs the body as a command's main work: Ctrl-C gets Python's KeyboardInterrupt again
+  (`vit_jax.starting` hands over), and one the body does not handle itself ends the command
+  with the one line `interrupted` on stderr and exit status 130, not a traceback."""
+  starting.hand_over()
   try:
-    app.run(main, flags_parser=parse_flags)
+    yield
   except KeyboardInterrupt:
     print(interrupted, file=sys.stderr, flush=True)
     sys.exit(130)
+
+
+def run(main: Callable[[list[str]], None], interrupted: str = INTERRUPTED) -> None:
+  """Runs an absl command's `main`: the XLA CPU option set, flags parsed by `parse_flags`, a
+  Ctrl-C it does not handle itself (while it parses its flags and sets up, or a second one
+  while it stops) ending it with `interrupted` (`ends_on_ctrl_c`)."""
+  set_cpu_flag()
+  with ends_on_ctrl_c(interrupted):
+    app.run(main, flags_parser=parse_flags)

@@ -192,4 +192,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  with cli.ends_on_ctrl_c('Stopped by Ctrl-C.'):
+    main(sys.argv[1:])

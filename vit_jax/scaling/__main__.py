@@ -5,7 +5,9 @@
 import os
 import sys
 
+from vit_jax import cli
 from vit_jax.scaling import report, results, tables
+
 
 def main(argv: list[str]) -> None:
   if len(argv) not in (2, 3):
@@ -22,4 +24,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  main(sys.argv)
+  with cli.ends_on_ctrl_c():
+    main(sys.argv)
