@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from vit_jax.scaling import powerlaw, report, results, tables
+from vit_jax.scaling import figures, powerlaw, report, results, tables
 
 SIZES = (1_000, 3_000, 10_000, 30_000, 100_000)
 # True error curves err(D) = a * D^-b + c: the ResNet is better on little data, the ViTs pass it
@@ -252,3 +252,13 @@ def test_only_failed_rows_give_a_report_saying_nothing_finished(tmp_path):
 def test_missing_results_csv_names_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(tmp_path / 'results.csv')):
     report.write_report(str(tmp_path))
+
+
+def test_the_accuracy_figure_title_keys_only_what_is_drawn():
+  point = {'x': [1, 2], 'y': [50.0, 60.0], 'style': 'o-', 'yerr': None}
+  fit, seeds = dict(point, style='--'), dict(point, yerr=[0.5, float('nan')])
+  assert figures.accuracy_title('T', [point]) == 'T: test accuracy vs data'
+  assert figures.accuracy_title('T', [point, fit]) == (
+      'T: test accuracy vs data\n(dashed: power-law fits)')
+  assert figures.accuracy_title('T', [seeds, fit]) == (
+      'T: test accuracy vs data\n(bars: std over seeds; dashed: power-law fits)')

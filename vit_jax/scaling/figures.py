@@ -52,6 +52,14 @@ def _bars(spreads: list[float | None]) -> list[float] | None:
   return [np.nan if s is None else 100 * s for s in spreads]
 
 
+def accuracy_title(title: str, lines: list[dict]) -> str:
+  """The accuracy-vs-data figure's title, with a key for the error bars and the dashed fit
+  lines among `lines` (only those drawn)."""
+  key = (['bars: std over seeds'] * any(l['yerr'] is not None for l in lines) +
+         ['dashed: power-law fits'] * any(l['style'] == '--' for l in lines))
+  return f'{title}: test accuracy vs data' + (f'\n({"; ".join(key)})' if key else '')
+
+
 def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
              fits: dict[str, dict]) -> dict[str, str]:
   """Writes the figures that have something to show; returns {name: path}."""
@@ -82,9 +90,8 @@ def write_figures(sweep_dir: str, title: str, curves: dict[str, list[dict]],
 
   compute = {label: [p for p in c if p['train_flops']] for label, c in curves.items()}
   specs = {
-      'accuracy_vs_data': (f'{title}: test accuracy vs data\n(bars: std over seeds; dashed: '
-                           'power-law fits)',
-                           'Training-set size (images)', 'Test accuracy (%)', data),
+      'accuracy_vs_data': (accuracy_title(title, data), 'Training-set size (images)',
+                           'Test accuracy (%)', data),
       'gap_vs_data': (f'{title}: accuracy gap to {ref}', 'Training-set size (images)',
                       f'Test accuracy minus {ref} (points)',
                       [line(label, [s for s, _ in g], [100 * d for _, d in g], 'o-',
