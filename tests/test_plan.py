@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh
 
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, with_site_hook
 from configs import quickstart
 from vit_jax import flops, optim, sharding, train
 from vit_jax.models import config_overrides, get_model
@@ -104,3 +104,41 @@ def test_plan_flops_extrapolate_depth_to_the_unscanned_model(layers):
   build = functools.partial(train.build_model, config, 10, 3)
   np.testing.assert_allclose(flops.forward_flops(build, (8, 8, 3), layers),
                              flops.xla_forward_flops(unscanned, (8, 8, 3)), rtol=1e-6)
+
+
+# Sends Ctrl-C (SIGINT to this process) as plan mode starts planning: vit_jax.plan.plan is
+# wrapped when the module is first imported.
+CTRL_C_AS_PLANNING_STARTS = '''
+import importlib.machinery, os, signal, sys
+
+class CtrlCInPlan:
+  def find_spec(self, name, path=None, target=None):
+    if name != 'vit_jax.plan':
+      return None
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    load = spec.loader.exec_module
+    def exec_module(module):
+      load(module)
+      original = module.plan
+      def plan(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+      module.plan = plan
+    spec.loader.exec_module = exec_module
+    return spec
+
+sys.meta_path.insert(0, CtrlCInPlan())
+'''
+
+
+def test_ctrl_c_while_planning_is_one_line_about_the_plan(tmp_path):
+  out = tmp_path / 'plan.json'
+  env = with_site_hook(child_env(1), tmp_path / 'hook', CTRL_C_AS_PLANNING_STARTS)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py', '--plan',
+       f'--plan_devices={DEVICES}', f'--plan_json={out}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert proc.stderr.splitlines()[-1] == 'Stopped by Ctrl-C while planning; nothing was written.'
+  assert 'Traceback' not in proc.stderr and 'checkpoint' not in proc.stderr
+  assert not out.exists()

@@ -58,7 +58,8 @@ def main(argv: list[str]) -> None:
   cli.setup_logging()
   try:
     if _PLAN.value:
-      run_plan(_CONFIG.value)
+      with cli.ends_on_ctrl_c('Stopped by Ctrl-C while planning; nothing was written.'):
+        run_plan(_CONFIG.value)
       return
     _JOIN()
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
