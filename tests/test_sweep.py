@@ -71,6 +71,8 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   # --time_limit: half a second, so the first of them is stopped while it starts (a point
   # takes seconds to import JAX); results.csv and the report say what finished.
   out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)', '--time_limit=0.5')
+  assert ('ResNet train_size=5000 seed=0 (study): stopped by the time limit; the rerun '
+          'resumes it.') in out
   assert 'Stopped by the time limit; 3 of 6 points finished. Rerun the same command' in out
   assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed', 'done',
                                                        'unfinished', 'failed']
@@ -308,7 +310,9 @@ def test_stopping_or_killing_the_sweep_stops_its_point_at_a_checkpoint(tmp_path)
     if signum != signal.SIGKILL:
       assert proc.returncode == 0
       name = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}[signum]
-      assert f'Stopped by {name} at ResNet train_size=60 (stopped)' in out
+      assert (f'ResNet train_size=60 seed=0 (study): stopped by {name}; the rerun resumes '
+              'it.') in out
+      assert re.search(rf'Stopped by {name}; 0 of \d+ points finished\. Rerun the same', out)
   log = (point / 'log.txt').read_text()  # appended by both runs: the second resumed
   assert f'Resumed from step {checkpoints(point)[0]} ' in log
   # A changed config is refused rather than mixed with the results already there.

@@ -542,8 +542,10 @@ def _run_points(points: list[Point], indices: range, argv: list[str], title: str
         point = points[ended.index]
         status, error = finish_point(point, ended)
         if stop:
-          print(f'Stopped by {stop[0]} at {point.label} train_size={point.train_size} '
-                f'({status}), seed {point.seed} ({point.role}).', flush=True)
+          outcome = {'done': 'finished as the sweep stopped', 'failed': f'failed ({error})',
+                     'stopped': f'stopped by {stop[0]}; the rerun resumes it'}[status]
+          print(f'{point.label} train_size={point.train_size} seed={point.seed} '
+                f'({point.role}): {outcome}.', flush=True)
           continue
         finished += 1
         per_point = (time.time() - start) / (finished - before)
