@@ -1,8 +1,9 @@
 """Ctrl-C while one of our commands starts: for the first seconds Python imports JAX and the
 rest, before the command's `main` runs and installs its own handling; a KeyboardInterrupt there
 would be a traceback from whichever import it landed in. `vit_jax/__init__` installs `stop` in
-command processes; `vit_jax.cli.run` hands back to Python's default just before `main`. Only
-the standard library is used here (nothing heavy is imported yet).
+command processes; `vit_jax.cli.ends_on_ctrl_c` (which every command's main work runs under)
+hands back to Python's default. Only the standard library is used here (nothing heavy is
+imported yet).
 """
 import os
 import signal
