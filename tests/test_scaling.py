@@ -31,8 +31,8 @@ def dense_crossing(first, second, lo, hi):
 def result_row(model, family, depth, train_size, accuracy, **fields):
   row = dict.fromkeys(results.COLUMNS, '')
   row.update(model=model, family=family, depth=depth, width=192, params=5_000_000 * depth,
-             train_size=train_size, steps=1000, examples_seen=512_000, best_step=900,
-             train_accuracy=min(1., accuracy + 0.1), val_accuracy=accuracy,
+             train_size=train_size, seed=0, role='study', steps=1000, examples_seen=512_000,
+             best_step=900, train_accuracy=min(1., accuracy + 0.1), val_accuracy=accuracy,
              test_accuracy=accuracy, fewshot_accuracy=accuracy / 2,
              train_flops=1e12 * depth * train_size, wall_time_sec=60.,
              status='done', workdir=f'/sweeps/s/{model}_{train_size}')
@@ -42,8 +42,8 @@ def result_row(model, family, depth, train_size, accuracy, **fields):
 
 def failed_row(model, family, depth, train_size, error):
   return {**dict.fromkeys(results.COLUMNS, ''), 'model': model, 'family': family, 'depth': depth,
-          'train_size': train_size, 'status': 'failed', 'error': error,
-          'workdir': f'/sweeps/s/{model}_{train_size}'}
+          'train_size': train_size, 'seed': 0, 'role': 'study', 'status': 'failed',
+          'error': error, 'workdir': f'/sweeps/s/{model}_{train_size}'}
 
 
 def write_csv(directory, rows):
@@ -128,6 +128,9 @@ def test_read_results_converts_numbers_and_names_bad_ones(tmp_path):
   assert (done['train_size'], done['test_accuracy'], done['status']) == (1000, 0.5, 'done')
   assert isinstance(done['params'], int) and isinstance(done['train_flops'], float)
   assert failed['test_accuracy'] is None and failed['error'] == 'boom'
+  write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5, seed='', role='')])
+  empty, = results.read_results(str(tmp_path / 'results.csv'))
+  assert (empty['seed'], empty['role']) == (0, 'study')  # as when the columns are absent
   write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5, steps='lots')])
   with pytest.raises(ValueError, match="line 2: column 'steps' holds 'lots'"):
     results.read_results(str(tmp_path / 'results.csv'))
@@ -218,17 +221,23 @@ def test_a_stopped_sweeps_report_counts_its_unfinished_runs_apart_from_failed_on
   line and report.json, not listed as failures; the failed run is listed with its error."""
   unfinished = lambda model, depth, size: {
       **failed_row(model, 'vit', depth, size, ''), 'status': 'unfinished'}
+  grid_failure = {**failed_row('ResNet', 'resnet', 26, 1_000, 'out of memory'), 'seed': 1,
+                  'role': 'grid', 'lr': 0.003, 'weight_decay': 0.0001}
   rows = (synthetic_rows() + [failed_row('ViT-12', 'vit', 12, 300_000, 'NaN loss at 7')]
-          + [unfinished('ViT-48', 48, d) for d in SIZES[:3]])
+          + [unfinished('ViT-48', 48, d) for d in SIZES[:3]] + [grid_failure])
   report.write_report(write_csv(tmp_path, rows))
   text = (tmp_path / 'REPORT.md').read_text()
-  assert (f'{len(synthetic_rows())} finished points, 1 failed, 3 not finished (the sweep '
+  assert (f'{len(synthetic_rows())} finished points, 2 failed, 3 not finished (the sweep '
           'stopped before them: rerun it to continue).') in text
   failed_section = text[text.index('## Failed runs'):].split('\n## ')[0]
-  assert '| ViT-12 | 300,000 | failed | NaN loss at 7 |' in failed_section
+  assert '| model | train size | run | error |' in failed_section  # each run named, no status
+  assert '| ViT-12 | 300,000 | seed 0, study | NaN loss at 7 |' in failed_section
+  assert ('| ResNet | 1,000 | seed 1, grid (lr 0.003, weight decay 0.0001) | out of memory |'
+          in failed_section)
   assert 'ViT-48' not in text
   saved = json.loads((tmp_path / 'report.json').read_text())
-  assert [r['model'] for r in saved['failed']] == ['ViT-12'] and saved['unfinished'] == 3
+  assert [(r['model'], r['seed'], r['role']) for r in saved['failed']] == [
+      ('ViT-12', 0, 'study'), ('ResNet', 1, 'grid')] and saved['unfinished'] == 3
   resnet = [r for r in synthetic_rows() if r['model'] == 'ResNet']
   report.write_report(write_csv(tmp_path, resnet + [unfinished('ViT-48', 48, SIZES[0])]))
   assert (f'Setup: 1 model (ResNet); training sizes 1,000, 3,000, 10,000, 30,000, 100,000; '

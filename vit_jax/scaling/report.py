@@ -24,13 +24,21 @@ def _seed_note(curves: dict[str, list[dict]]) -> str:
   return '' if max(seeds) == 1 else f' ({sum(seeds)} runs over {min(seeds)}-{max(seeds)} seeds)'
 
 
+def _run_name(row: dict) -> str:
+  """Which run of its (model, size) a row is: 'seed 1, study'; a grid run adds its setting,
+  'seed 0, grid (lr 0.001, weight decay 0.0001)'."""
+  setting = (f' (lr {row["lr"]:g}, weight decay {row["weight_decay"]:g})'
+             if row['role'] == 'grid' else '')
+  return f'seed {row["seed"]}, {row["role"]}{setting}'
+
+
 def _failed_section(rows: list[dict]) -> list[str]:
-  failed = [[r['model'], tables.number(r['train_size'], ','), r['status'],
+  failed = [[r['model'], tables.number(r['train_size'], ','), _run_name(r),
              r['error'] or tables.DASH] for r in rows if r['status'] == 'failed']
   if not failed:
     return []
   return ['## Failed runs', '',
-          tables.markdown_table(['model', 'train size', 'status', 'error'], failed), '']
+          tables.markdown_table(['model', 'train size', 'run', 'error'], failed), '']
 
 
 CONVERGED = 0.01  # twice the budget must change test accuracy by less than one point
@@ -255,7 +263,7 @@ def write_report(sweep_dir: str, title: str | None = None) -> dict:
   with files.atomic_open(paths['report']) as f:
     f.write(_markdown(sweep_dir, title, rows, curves, fits, crossings, figure_paths, sentences,
                       sweep, convergence_lines))
-  failed = [{key: r[key] for key in ('model', 'train_size', 'status', 'error', 'workdir')}
+  failed = [{key: r[key] for key in ('model', 'train_size', 'seed', 'role', 'error', 'workdir')}
             for r in rows if r['status'] == 'failed']
   files.write_json(paths['json'], {'title': title, 'sizes': results.sizes(curves), 'fits': fits,
                                    'crossings': crossings, 'findings': sentences,

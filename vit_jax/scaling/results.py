@@ -18,8 +18,8 @@ COLUMNS = ('model', 'family', 'depth', 'width', 'params', 'train_size', 'seed', 
            'weight_decay', 'budget_steps', 'budget_epochs', 'steps', 'examples_seen',
            'best_step', 'train_accuracy', 'val_accuracy', 'test_accuracy', 'fewshot_accuracy',
            'train_flops', 'wall_time_sec', 'status', 'error', 'workdir')
-# Columns added with seeds, budgets and grids; a results.csv without them reads as seed 0,
-# role 'study'.
+# Columns added with seeds, budgets and grids; a results.csv without them (or a row with them
+# empty) reads as seed 0, role 'study'.
 OPTIONAL = {'seed': '0', 'role': 'study', 'lr': '', 'weight_decay': '', 'budget_steps': '',
             'budget_epochs': ''}
 
@@ -45,7 +45,7 @@ def read_results(path: str) -> list[dict]:
 
 
 def _parse_row(row: dict, where: str) -> dict:
-  parsed = {key: row.get(key, OPTIONAL.get(key)) or '' for key in COLUMNS}
+  parsed = {key: row.get(key) or OPTIONAL.get(key, '') for key in COLUMNS}
   for key, kind in _NUMERIC.items():
     text = parsed[key].strip()
     try:
@@ -86,7 +86,7 @@ def finished(rows: list[dict], role: str) -> list[dict]:
   Raises:
     ValueError: a finished row without its train_size or test_accuracy.
   """
-  done = [r for r in rows if r['status'] == 'done' and (r['role'] or 'study') == role]
+  done = [r for r in rows if r['status'] == 'done' and r['role'] == role]
   for row in done:
     if row['train_size'] is None or row['test_accuracy'] is None:
       raise ValueError(f'Run {row["workdir"]} ({row["model"]}) is marked done but has no '
