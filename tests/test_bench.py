@@ -224,14 +224,20 @@ def test_bad_input_names_the_problem(argv, message):
   assert message in str(e.value)
 
 
-def test_bad_flag_values(capsys):
-  for argv in (['train', '--batch=0'], ['train', '--set=num_layers'], ['data', '--vs=torch'],
-               ['data', '--vs-ref=.']):
-    with pytest.raises(SystemExit):
-      bench.main([*argv, '--model=ViT-Ti_4'])
-  err = capsys.readouterr().err
-  assert '--batch=0 must be positive' in err and 'must be <field>=<value>' in err
-  assert 'the data mode has no reference' in err
+@pytest.mark.parametrize('argv,message', [
+    (['train', '--batch=0'], '--batch=0 must be positive'),
+    (['train', '--set=num_layers'], 'must be <field>=<value>'),
+    (['data', '--vs=torch'], 'the data mode has no reference'),
+    (['data', '--vs-ref=.'], 'the data mode has no reference'),
+    (['infer', '--steps=ten'], "argument --steps: invalid int value: 'ten'"),
+    (['fly'], "argument mode: invalid choice: 'fly'"),
+])
+def test_bad_flag_values_end_in_one_error_line(capsys, argv, message):
+  with pytest.raises(SystemExit) as e:
+    bench.main([*argv, '--model=ViT-Ti_4'])
+  first, *rest = str(e.value).splitlines()
+  assert first.startswith('Error: ') and message in first
+  assert rest == ['Pass --help for the options.'] and not capsys.readouterr().err  # no usage
 
 
 def test_pipeline_stages_are_timed_in_blocks_and_summarized():

@@ -167,12 +167,25 @@ def run(module, *flags):
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--config.optim.b1=1.0'],
      'Error: config.optim.b1=1.0 must be in [0, 1).'),
+    ('vit_jax.main', ['--config=configs/quickstart.py:tiny', '--workdir=/tmp/unused'],
+     'Error: --config=configs/quickstart.py:tiny: configs/quickstart.py has no presets; use '
+     '--config=configs/quickstart.py.'),
+    # Usage errors: one line and a pointer to the flags, not absl's usage text.
+    ('vit_jax.main', ['--config=configs/quickstart.py'], 'Error: --workdir is required.'),
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused', 'extra'],
+     "Error: Unexpected arguments: ['extra']"),
+    ('vit_jax.analyze', ['--workdir=/tmp/unused'],
+     'Error: --workdir and --out (one run) or --sweep (a sweep) are required.'),
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke'],
+     'Error: --config and --workdir are required.'),
+    ('vit_jax.data.prepare', ['--src=digits'], 'Error: --src and --out are required.'),
 ])
 def test_config_errors_are_one_error_line(tmp_path, module, flags, message):
   proc = run(module, *[f.replace('/tmp/unused', str(tmp_path / 'run')) for f in flags])
   assert proc.returncode != 0 and 'Traceback' not in proc.stderr
   errors = [l for l in proc.stderr.splitlines() if 'Error' in l]
   assert len(errors) == 1 and errors[0].startswith(message), proc.stderr
+  assert len(proc.stderr.splitlines()) <= 2, proc.stderr  # at most a pointer to the flags
   assert not (tmp_path / 'run').exists()
 
 

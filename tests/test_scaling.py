@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from vit_jax.scaling import __main__ as scaling_command
 from vit_jax.scaling import figures, powerlaw, report, results, tables
 
 SIZES = (1_000, 3_000, 10_000, 30_000, 100_000)
@@ -261,6 +262,18 @@ def test_only_failed_rows_give_a_report_saying_nothing_finished(tmp_path):
 def test_missing_results_csv_names_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(tmp_path / 'results.csv')):
     report.write_report(str(tmp_path))
+
+
+@pytest.mark.parametrize('argv,message', [
+    ([], 'Error: expected a sweep workdir and an optional title, got [].'),
+    (['a', 'b', 'c'], "Error: expected a sweep workdir and an optional title, got ['a', 'b', "),
+    (['{}'], 'Error: Sweep results not found: {}/results.csv'),
+])
+def test_the_report_command_ends_bad_input_in_one_error_line(tmp_path, argv, message):
+  argv = [a.format(tmp_path) for a in argv]
+  with pytest.raises(SystemExit) as e:
+    scaling_command.main(['python -m vit_jax.scaling', *argv])
+  assert str(e.value).splitlines()[0].startswith(message.format(tmp_path))
 
 
 def test_the_accuracy_figure_title_keys_only_what_is_drawn():

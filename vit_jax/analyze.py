@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not (_WORKDIR.value and _OUT.value) and not _SWEEP.value:
-    raise app.UsageError('Pass --workdir and --out, or --sweep.')
+    raise app.UsageError('--workdir and --out (one run) or --sweep (a sweep) are required.')
   cli.setup_logging()
   try:
     if _SWEEP.value:

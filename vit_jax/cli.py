@@ -1,7 +1,8 @@
-"""Shared command-line plumbing: flag parsing with readable config errors, quiet logging, the
-XLA CPU option our commands set, Ctrl-C as one line, and `run`, which starts an absl command with
-all of them."""
+"""Shared command-line plumbing: flag parsing with readable config errors, usage errors and
+Ctrl-C as one line each, quiet logging, the XLA CPU option our commands set, and `run`, which
+starts an absl command with all of them."""
 import contextlib
+import functools
 import logging as std_logging
 import os
 import re
@@ -62,6 +63,9 @@ def _message(error: Exception, argv: list[str]) -> str:
   if 'Error whilst parsing config file' in text:
     flag = text.split(': Error whilst parsing config file')[0].removeprefix('flag ')
     cause = [line for line in text.splitlines() if line.strip()][-1]
+    if 'get_config() takes 0 positional arguments' in cause:  # a preset for a file without
+      name, file = flag.split('=', 1)[0], flag.split('=', 1)[1].rsplit(':', 1)[0]
+      return f'{flag}: {file} has no presets; use {name}={file}.'
     return f'{flag}: {re.sub(r"^[A-Za-z]*(Error|Exception): ", "", cause)}'
   if isinstance(error, flags.Error):
     return f'{text}\nPass --helpshort for the flags.'
@@ -108,10 +112,24 @@ def ends_on_ctrl_c(interrupted: str = INTERRUPTED) -> Iterator[None]:
     sys.exit(130)
 
 
+def _usage_error_as_one_line(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """`main` with its `app.UsageError` (a required flag missing, stray arguments) ending the
+  command with one `Error:` line, not absl's usage text (the module docstring and every flag)
+  with the error last."""
+  @functools.wraps(main)
+  def checked(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except app.UsageError as e:
+      sys.exit(f'Error: {e}\nPass --helpshort for the flags.')
+  return checked
+
+
 def run(main: Callable[[list[str]], None], interrupted: str = INTERRUPTED) -> None:
   """Runs an absl command's `main`: the XLA CPU option set, flags parsed by `parse_flags`, a
-  Ctrl-C it does not handle itself (while it parses its flags and sets up, or a second one
-  while it stops) ending it with `interrupted` (`ends_on_ctrl_c`)."""
+  usage error as one `Error:` line, a Ctrl-C it does not handle itself (while it parses its
+  flags and sets up, or a second one while it stops) ending it with `interrupted`
+  (`ends_on_ctrl_c`)."""
   set_cpu_flag()
   with ends_on_ctrl_c(interrupted):
-    app.run(main, flags_parser=parse_flags)
+    app.run(_usage_error_as_one_line(main), flags_parser=parse_flags)

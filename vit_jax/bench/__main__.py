@@ -38,9 +38,17 @@ MODES = ('train', 'infer', 'data')
 DTYPES = ('float32', 'bfloat16')
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with a bad argument ending the command in one `Error:` line, as our other
+  commands do, not the usage text with 'error:' last."""
+
+  def error(self, message: str):
+    sys.exit(f'Error: {message}\nPass --help for the options.')
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m vit_jax.bench', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(prog='python -m vit_jax.bench', description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('mode', choices=MODES)
   parser.add_argument('--model', required=True, help='registry name, e.g. ViT-B/16, ViT-Ti_4')
   parser.add_argument('--batch', type=int, default=32, help='global batch size')

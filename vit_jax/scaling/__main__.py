@@ -11,7 +11,8 @@ from vit_jax.scaling import report, results, tables
 
 def main(argv: list[str]) -> None:
   if len(argv) not in (2, 3):
-    sys.exit(f'Usage: python -m vit_jax.scaling <sweep workdir> [title]; got {argv[1:]}')
+    sys.exit(f'Error: expected a sweep workdir and an optional title, got {argv[1:]}.\n'
+             'Usage: python -m vit_jax.scaling <sweep workdir> [title]')
   try:
     table = tables.results_table(results.read_results(os.path.join(argv[1], 'results.csv')))
     result = report.write_report(*argv[1:])
