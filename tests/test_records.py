@@ -1,6 +1,7 @@
 """Prepared record datasets: the converter (directories and archives, parallel, resumable,
 corrupt images) and `RecordSource` random access, on real image files and ArrayRecord shards."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,16 @@ def test_record_source_errors_name_the_split_and_the_file(tree, tmp_path):
     records.RecordSource(str(out), 'train')
   with pytest.raises(FileNotFoundError, match='does not exist'):
     records.RecordSource(str(tmp_path / 'nowhere'), 'train')
+
+
+def test_prepare_names_a_missing_source_and_the_path_a_config_prefix_hides(tree, tmp_path):
+  root, _ = tree
+  with pytest.raises(FileNotFoundError, match=re.escape(f'--src={root}/no does not exist.')):
+    prepare.prepare(f'{root}/no', str(tmp_path / 'out'), workers=1, progress=False)
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f'--src=folder:{root} does not exist (--src takes the path alone: --src={root}).')):
+    prepare.prepare(f'folder:{root}', str(tmp_path / 'out'), workers=1, progress=False)
+  assert not (tmp_path / 'out').exists()
 
 
 KILL_AFTER_TWO_SHARDS = '''

@@ -60,8 +60,6 @@ def _list_source(src: str, out: str) -> tuple[Reader, dict[str, tuple]]:
         name = n if rel == '.' else f'{rel}/{n}'
         found[name] = (name,)
     return ('dir', src), found
-  if not os.path.isfile(src):
-    raise FileNotFoundError(f'--src={src} does not exist.')
   tar_path = src
   try:
     with open(src, 'rb') as f:
@@ -178,6 +176,10 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
   if os.path.isfile(os.path.join(out, records.METADATA)):
     logging.info('%s is already prepared; nothing to do.', out)
     return records.read_metadata(out)
+  if not os.path.isdir(src) and not os.path.isfile(src):  # refused before `out` is made
+    plain = src.removeprefix('folder:')  # config.dataset's form of the same path
+    hint = f' (--src takes the path alone: --src={plain})' if plain != src else ''
+    raise FileNotFoundError(f'--src={src} does not exist{hint}.')
   with files.exclusive_lock(out, 'prepare run'):
     reader, found = _list_source(src, out)
     class_names, plan = plan_splits(src, list(found))
@@ -243,7 +245,7 @@ def _run_jobs(jobs: list, total: int, workers: int, progress: bool) -> None:
 FLAGS = flags.FLAGS
 flags.DEFINE_string('src', None, 'Image-folder directory, .tar or .tar.gz archive.')
 flags.DEFINE_string('out', None, 'Directory to write the prepared dataset into.')
-flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per CPU).')
+flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per CPU).', lower_bound=0)
 flags.DEFINE_integer('shard_size', 1024, 'Images per ArrayRecord shard.')
 flags.DEFINE_enum('corrupt_images', 'error', ['error', 'skip'],
                   'A file that is not a decodable image: stop with an error, or leave it out.')
