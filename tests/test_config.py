@@ -179,6 +179,12 @@ def run(module, *flags):
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke'],
      'Error: --config and --workdir are required.'),
     ('vit_jax.data.prepare', ['--src=digits'], 'Error: --src and --out are required.'),
+    # Counts out of range.
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
+                       '--point=4'],
+     'Error: --point=4: the sweep has 4 points, 0 to 3 (--dry_run lists them).'),
+    ('vit_jax.analyze', ['--sweep=/tmp/unused', '--images=0'],
+     'Error: flag --images=0: 0 is not a positive integer'),
 ])
 def test_config_errors_are_one_error_line(tmp_path, module, flags, message):
   proc = run(module, *[f.replace('/tmp/unused', str(tmp_path / 'run')) for f in flags])

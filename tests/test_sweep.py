@@ -235,6 +235,10 @@ def test_a_launcher_template_is_filled_in_with_the_points_flags(tmp_path):
       '--point=0']
   with pytest.raises(ValueError, match=r'--launcher=.*\{nodes\}.*placeholders are'):
     sweep.point_command(0, points[0], argv, 'srun -N {nodes} {point_flags}', 2)
+  for bad in ('srun -N {nodes} {point_flags}', 'srun {point_flags'):  # refused, nothing written
+    with pytest.raises(ValueError, match='cannot be filled in'):
+      sweep.run_sweep(data_scaling.get_config('smoke'), sweep_dir, argv, bad, 2)
+    assert not os.path.exists(sweep_dir)
 
 
 # Every point as one job of two processes of 4 CPU devices each (gloo collectives).

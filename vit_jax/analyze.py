@@ -30,8 +30,9 @@ _OUT = flags.DEFINE_string('out', None, 'Directory for the figures and analysis.
 _ONLY = flags.DEFINE_list('only', None,
                           f'Analyses to run (default: all that apply): {run.ANALYSES}.')
 _IMAGES = flags.DEFINE_integer('images', 64, 'Evaluation-split images for the attention and '
-                               'Fourier analyses.')
-_HESSIAN_BATCHES = flags.DEFINE_integer('hessian_batches', 4, 'Mini-batches for the Hessian.')
+                               'Fourier analyses.', lower_bound=1)
+_HESSIAN_BATCHES = flags.DEFINE_integer('hessian_batches', 4, 'Mini-batches for the Hessian.',
+                                        lower_bound=1)
 
 
 def main(argv: list[str]) -> None:

@@ -35,7 +35,7 @@ _PLAN = flags.DEFINE_bool('plan', False, 'Compile the train step on --plan_devic
                           'CPU devices and print memory, FLOPs and shardings; do not train.')
 _PLAN_DEVICES = flags.DEFINE_integer('plan_devices', 8, 'Simulated devices for --plan.')
 _PLAN_CLASSES = flags.DEFINE_integer('plan_num_classes', 1000, 'Head size for --plan (no '
-                                     'data is loaded).')
+                                     'data is loaded).', lower_bound=1)
 _PLAN_JSON = flags.DEFINE_string('plan_json', None, 'Also write the --plan result here (JSON).')
 
 

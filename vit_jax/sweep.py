@@ -81,7 +81,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config (configs
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory: one subfolder per point.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the points and their configs; run nothing.')
 _POINT = flags.DEFINE_integer('point', None, 'Train this point in this process (what the '
-                               'sweep and its launcher jobs run).')
+                               'sweep and its launcher jobs run).', lower_bound=0)
 _LAUNCHER = flags.DEFINE_string('launcher', None, 'Shell command template that runs one point '
                                 '(placeholders: see the module docstring); default: one local '
                                 'process per point.')
@@ -376,19 +376,26 @@ def _free_port() -> int:
 def point_command(index: int, point: Point, argv: list[str], launcher: str | None,
                   num_processes: int) -> list[str] | str:
   """The command that trains `point`: `python -m vit_jax.sweep <the sweep's flags> --point=i`,
-  or without a launcher, the launcher template filled in (a shell command).
+  or with a launcher, its template filled in (a shell command; `fill_launcher`)."""
+  point_flags = [a for a in argv[1:] if not a.startswith(_SWEEP_ONLY)] + [f'--point={index}']
+  if not launcher:
+    return [sys.executable, '-m', 'vit_jax.sweep', *point_flags]
+  return fill_launcher(launcher, point_flags=shlex.join(point_flags),
+                       workdir=shlex.quote(point.workdir), index=index,
+                       num_processes=num_processes, python=shlex.quote(sys.executable),
+                       coordinator=f'127.0.0.1:{_free_port()}')
+
+
+def fill_launcher(launcher: str, *, point_flags: str, workdir: str, index: int,
+                  num_processes: int, python: str, coordinator: str) -> str:
+  """The `--launcher` template with its placeholders filled in.
 
   Raises:
     ValueError: the template names an unknown placeholder or is malformed.
   """
-  point_flags = [a for a in argv[1:] if not a.startswith(_SWEEP_ONLY)] + [f'--point={index}']
-  if not launcher:
-    return [sys.executable, '-m', 'vit_jax.sweep', *point_flags]
   try:
-    return launcher.format(point_flags=shlex.join(point_flags), workdir=shlex.quote(point.workdir),
-                           index=index, num_processes=num_processes,
-                           python=shlex.quote(sys.executable),
-                           coordinator=f'127.0.0.1:{_free_port()}')
+    return launcher.format(point_flags=point_flags, workdir=workdir, index=index,
+                           num_processes=num_processes, python=python, coordinator=coordinator)
   except (KeyError, IndexError, ValueError) as e:
     raise ValueError(f'--launcher={launcher!r} cannot be filled in ({type(e).__name__}: {e}); '
                      'its placeholders are {point_flags}, {workdir}, {index}, '
@@ -482,6 +489,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
     raise ValueError(f'--max_parallel={max_parallel} must be at least 1.')
   if time_limit is not None and not time_limit > 0:
     raise ValueError(f'--time_limit={time_limit} must be a positive number of seconds.')
+  if launcher:  # a template that cannot be filled in is refused before the sweep folder is made
+    fill_launcher(launcher, point_flags='', workdir='', index=0, num_processes=num_processes,
+                  python='', coordinator='')
   deadline = None if time_limit is None else time.monotonic() + time_limit
   run = lambda points, indices, title: _run_points(
       points, indices, argv, title, launcher, num_processes, max_parallel, deadline)
@@ -588,6 +598,9 @@ def main(argv: list[str]) -> None:
     if _POINT.value is not None:  # child process: one training run
       cli.setup_logging()
       _JOIN()
+      if _POINT.value >= len(points):
+        raise ValueError(f'--point={_POINT.value}: the sweep has {len(points)} points, 0 to '
+                         f'{len(points) - 1} (--dry_run lists them).')
       point = points[_POINT.value]
       train.train_and_evaluate(point.config, point.workdir)
       return
