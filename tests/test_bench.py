@@ -229,6 +229,8 @@ def test_bad_input_names_the_problem(argv, message):
     (['train', '--set=num_layers'], 'must be <field>=<value>'),
     (['data', '--vs=torch'], 'the data mode has no reference'),
     (['data', '--vs-ref=.'], 'the data mode has no reference'),
+    (['train', '--dataset=digits'], "--dataset and --workers choose the data mode's input"),
+    (['infer', '--workers=2'], "--dataset and --workers choose the data mode's input"),
     (['infer', '--steps=ten'], "argument --steps: invalid int value: 'ten'"),
     (['fly'], "argument mode: invalid choice: 'fly'"),
 ])

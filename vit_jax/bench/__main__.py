@@ -76,6 +76,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
       parser.error(f'--{flag.replace("_", "-")}={getattr(args, flag)} must be positive.')
   if args.mode == 'data' and (args.vs or args.vs_ref):
     parser.error('--vs compares train or infer steps; the data mode has no reference.')
+  if args.mode != 'data' and (args.dataset or args.workers):
+    parser.error(f'--dataset and --workers choose the data mode\'s input; the {args.mode} mode '
+                 'times the step on synthetic images.')
   args.overrides = {}
   for item in args.set:
     key, sep, value = item.partition('=')
