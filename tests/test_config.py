@@ -170,6 +170,10 @@ def run(module, *flags):
     ('vit_jax.main', ['--config=configs/quickstart.py:tiny', '--workdir=/tmp/unused'],
      'Error: --config=configs/quickstart.py:tiny: configs/quickstart.py has no presets; use '
      '--config=configs/quickstart.py.'),
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--config.model=ViT-B_16'],
+     'Error: --config.model is a section of the config, not a value: set its fields, '
+     '--config.model.<field>=<value>.'),
     # Usage errors: one line and a pointer to the flags, not absl's usage text.
     ('vit_jax.main', ['--config=configs/quickstart.py'], 'Error: --workdir is required.'),
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused', 'extra'],

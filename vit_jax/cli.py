@@ -56,7 +56,8 @@ def _unknown_override(argv: list[str]) -> str | None:
 
 def _message(error: Exception, argv: list[str]) -> str:
   """One line for a flag or config error: an unknown override field, the exception a config
-  file raised (config_flags appends its traceback), or the error itself."""
+  file raised (config_flags appends its traceback), a value given to a whole section
+  (--config.model=ViT-B_16), or the error itself."""
   if unknown := _unknown_override(argv):
     return unknown
   text = str(error)
@@ -67,6 +68,9 @@ def _message(error: Exception, argv: list[str]) -> str:
       name, file = flag.split('=', 1)[0], flag.split('=', 1)[1].rsplit(':', 1)[0]
       return f'{flag}: {file} has no presets; use {name}={file}.'
     return f'{flag}: {re.sub(r"^[A-Za-z]*(Error|Exception): ", "", cause)}'
+  if section := re.match(r'flag (--config\.[\w.]+)=.*as a ConfigDict', text):
+    return (f'{section[1]} is a section of the config, not a value: set its fields, '
+            f'{section[1]}.<field>=<value>.')
   if isinstance(error, flags.Error):
     return f'{text}\nPass --helpshort for the flags.'
   return f'in --config or a --config.<field> override: {text}'
