@@ -569,8 +569,12 @@ def test_an_unwritable_workdir_is_reported_before_training(tmp_path, monkeypatch
     train.train_and_evaluate(smoke_config(), str(finished_run))
   blocked = tmp_path / 'a-file'
   blocked.write_text('not a directory')
-  with pytest.raises(OSError, match=rf'{blocked}/run.*Not a directory'):
+  with pytest.raises(FileExistsError, match=rf'^{blocked}/run cannot be made a folder: '
+                     rf'{blocked} is a file\.$'):
     train.train_and_evaluate(smoke_config(), str(blocked / 'run'))
+  with pytest.raises(FileExistsError, match=rf'^{blocked} is a file, not a folder\.$'):
+    train.train_and_evaluate(smoke_config(), str(blocked))
+  assert blocked.read_text() == 'not a directory'
 
 
 def test_the_python_api_refuses_a_workdir_in_use(tmp_path):

@@ -52,7 +52,19 @@ def isdir(path: str | os.PathLike) -> bool:
 
 
 def makedirs(path: str | os.PathLike) -> None:
-  epath.Path(path).mkdir(parents=True, exist_ok=True)
+  """Creates the folder `path` and any missing parents (local or object store).
+
+  Raises:
+    FileExistsError: a file stands where `path` or one of its parents must be a folder.
+  """
+  folder = epath.Path(path)
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError) as e:
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+    raise FileExistsError(f'{os.fspath(path)} is a file, not a folder.' if file == folder else
+                          f'{os.fspath(path)} cannot be made a folder: {os.fspath(file)} is a '
+                          'file.') from e
 
 
 def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -132,7 +144,7 @@ def exclusive_lock(directory: str, what: str) -> Iterator[None]:
     with _object_lock(os.fspath(directory), what):
       yield
     return
-  os.makedirs(directory, exist_ok=True)
+  makedirs(directory)
   with open(os.path.join(directory, '.lock'), 'a+') as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
