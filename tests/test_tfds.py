@@ -1,6 +1,7 @@
 """TFDS through `tfds.data_source`: a tiny dataset prepared here (ArrayRecord, real JPEG and PNG
 bytes of varying sizes; preparing from encoded bytes needs no TensorFlow), read as a record
 source with TFDS split expressions, streamed into training, decoded whole in memory."""
+import re
 import sys
 import textwrap
 
@@ -113,6 +114,15 @@ def test_unknown_splits_and_datasets_are_named(tiny):
     data.open_split(_config('tfds:tiny0'), 'test')
   with pytest.raises(FileNotFoundError, match="'tfds:nosuch'"):
     data.open_split(_config('tfds:nosuch'), 'train')
+
+
+def test_a_dataset_not_prepared_in_tfds_dir_says_how_to_prepare_it(tiny, tmp_path):
+  config = _config('tfds:tiny0', tfds_dir=str(tmp_path / 'elsewhere'))
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"config.dataset='tfds:tiny0' has no ArrayRecord build in {tmp_path}/elsewhere (random "
+      'access reads only that format): prepare it with `tfds build tiny0 '
+      '--file_format=array_record`, or set data.tfds_dir to where it is.')):
+    data.open_split(config, 'train')
 
 
 def test_streamed_batches_decode_the_records(tiny):

@@ -61,6 +61,12 @@ class TfdsSource:
     except (AssertionError, FileNotFoundError) as e:  # not prepared
       raise FileNotFoundError(f"config.dataset='tfds:{self.name}' is not prepared in "
                               f"{self.data_dir or 'the TFDS data directory'}: {e}") from None
+    except NotImplementedError:  # not prepared, or prepared as TFRecord files only
+      raise FileNotFoundError(
+          f"config.dataset='tfds:{self.name}' has no ArrayRecord build in "
+          f"{self.data_dir or 'the TFDS data directory'} (random access reads only that "
+          f'format): prepare it with `tfds build {self.name} --file_format=array_record`, or '
+          'set data.tfds_dir to where it is.') from None
 
   def _labels(self) -> np.ndarray:
     """(N,) int32 from the cache file, else from one pass over the records (then cached)."""
