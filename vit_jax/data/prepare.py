@@ -151,7 +151,7 @@ def _write_shard(job: tuple) -> tuple[int, int]:
   return len(items), index
 
 
-def _digest(items: list) -> str:
+def _digest(items: list[Item]) -> str:
   return hashlib.sha256(repr([(n, l) for n, l, _ in items]).encode()).hexdigest()
 
 
