@@ -1,7 +1,6 @@
 """Ctrl-C while a command starts (`vit_jax.starting`): one line and exit status 130 instead of a
 traceback from an import; the command's own handling takes over before its main work
 (`vit_jax.cli.ends_on_ctrl_c`); an ignored SIGINT stays ignored."""
-import os
 import signal
 import subprocess
 import sys
