@@ -92,6 +92,11 @@ def sweep_config() -> ml_collections.ConfigDict:
 @pytest.mark.parametrize('field,value,message', [
     ('train_sizes', (), "config.train_sizes=() must be a non-empty tuple"),
     ('train_sizes', (60, 0), 'config.train_sizes=(60, 0) must be'),
+    ('train_sizes', (60, 120, 60),  # one workdir per point: a repeated size would share them
+     'config.train_sizes=(60, 120, 60) must be a non-empty tuple of distinct positive integers'),
+    ('models.ViT-1', {'name': 'ViT-Ti_4'},
+     "config.models.ViT-1={'name': 'ViT-Ti_4'} needs model.name, e.g. {'model': {'name': "),
+    ('models.ViT-1', 3, 'config.models.ViT-1=3 needs model.name'),
     ('name', 3, 'config.name=3 must be a string'),
     ('base.optim.b2', 1.0, 'config.base.optim.b2=1.0 must be in [0, 1)'),
     ('models.ResNet.lr', -1.0, 'config.models.ResNet.lr=-1.0 must be > 0'),
@@ -101,7 +106,9 @@ def sweep_config() -> ml_collections.ConfigDict:
      'config.budget.min_steps=4 must not exceed config.budget.max_steps=2'),
     ('seeds', 0, 'config.seeds=0 must be a positive integer'),
     ('grid.lr', (1e-3, 0.0),
-     'config.grid.lr=(0.001, 0.0) must be a non-empty tuple of numbers > 0'),
+     'config.grid.lr=(0.001, 0.0) must be a non-empty tuple of distinct numbers > 0'),
+    ('grid.weight_decay', (0.1, 0.1),
+     'config.grid.weight_decay=(0.1, 0.1) must be a non-empty tuple of distinct numbers >= 0'),
     ('grid.weight_decay', (), 'config.grid.weight_decay=() must be a non-empty tuple'),
     ('base.eval.patience', -1, 'config.base.eval.patience=-1 must be an integer >= 0'),
     ('models.ResNet.weight_decay', -0.1, 'config.models.ResNet.weight_decay=-0.1 must be >= 0'),

@@ -190,12 +190,16 @@ TRAIN_FIELDS: dict[str, Field] = {
     'data.eval_split': Field((str,), _split_expression, _SPLIT_RULE, none=True),
 }
 
+def _distinct(values) -> bool:
+  return len(set(values)) == len(values)
+
+
 def _reals(low: float, open_low: bool) -> Field:
-  """A non-empty tuple of numbers above `low` (`open_low`: `low` itself excluded)."""
+  """A non-empty tuple of distinct numbers above `low` (`open_low`: `low` itself excluded)."""
   above = lambda x: x > low if open_low else x >= low
-  return Field((tuple, list), lambda v: len(v) > 0 and all(
+  return Field((tuple, list), lambda v: len(v) > 0 and _distinct(v) and all(
       isinstance(x, (int, float)) and not isinstance(x, bool) and above(x) for x in v),
-               f'a non-empty tuple of numbers {">" if open_low else ">="} {low}')
+               f'a non-empty tuple of distinct numbers {">" if open_low else ">="} {low}')
 
 
 # The fields of a sweep config (configs/data_scaling.py) besides `base`, a training config, and
@@ -204,9 +208,9 @@ def _reals(low: float, open_low: bool) -> Field:
 # `train_sizes` are optional; `sweep_field` gives the default of an absent one.
 SWEEP_FIELDS: dict[str, Field] = {
     'name': _TEXT,
-    'train_sizes': Field((tuple, list), lambda v: len(v) > 0 and all(
+    'train_sizes': Field((tuple, list), lambda v: len(v) > 0 and _distinct(v) and all(
         s is None or _is_int(s, 1) for s in v),
-                         'a non-empty tuple of positive integers or None (all)'),
+                         'a non-empty tuple of distinct positive integers or None (all)'),
     # Budget rule: a point trains budget.epochs passes over its training subset, at least
     # min_steps and at most max_steps; None = every point runs base.total_steps.
     'budget.epochs': _real(0, open_low=True, none=True),
@@ -443,6 +447,11 @@ def check_sweep(sweep: ml_collections.ConfigDict) -> None:
     raise ValueError('The sweep needs at least one entry in `models`.')
   model_table = {k: f for k, f in TRAIN_FIELDS.items() if k.startswith('model.')}
   for label, entry in sweep.models.items():
+    if not isinstance(entry, ml_collections.ConfigDict) or 'name' not in entry.get('model', {}):
+      shown = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry
+      raise ValueError(f"config.models.{label}={shown!r} needs model.name, e.g. "
+                       "{'model': {'name': 'ViT-Ti_4'}} (and optionally lr, weight_decay, "
+                       'min_steps).')
     _check_table(_flatten(entry),
                  {**SWEEP_MODEL_FIELDS, **model_table}, f'models.{label}.',
                  f' ({entry.model.name})')
