@@ -200,8 +200,8 @@ def grid_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]
 def choose_hparams(points: list[Point]) -> dict[str, dict]:
   """{family: {'lr', 'weight_decay', 'val_accuracy', 'model'}}: the finished grid point of
   every family with the highest validation accuracy (never test accuracy); families with no
-  finished grid point are absent."""
-  chosen = {}
+  finished grid point are absent (`results.grid_picks`, the rule the report marks too)."""
+  runs = []
   for point in points:
     path = os.path.join(point.workdir, 'result.json')
     if not files.exists(path):
@@ -210,11 +210,11 @@ def choose_hparams(points: list[Point]) -> dict[str, dict]:
     if val is None:
       raise ValueError(f'{point.workdir}: the grid picks by validation accuracy; set '
                        'base.eval.val_fraction or base.eval.val_size > 0.')
-    fam = family(point.config.model)
-    if fam not in chosen or val > chosen[fam]['val_accuracy']:
-      chosen[fam] = dict(lr=point.config.optim.lr, weight_decay=point.config.optim.weight_decay,
-                         val_accuracy=val, model=point.label)
-  return chosen
+    runs.append(dict(family=family(point.config.model), lr=point.config.optim.lr,
+                     weight_decay=point.config.optim.weight_decay, val_accuracy=val,
+                     model=point.label))
+  return {fam: {key: run[key] for key in ('lr', 'weight_decay', 'val_accuracy', 'model')}
+          for fam, run in results.grid_picks(runs).items()}
 
 
 def _chosen(chosen: dict[str, dict], entry: ml_collections.ConfigDict

@@ -105,11 +105,7 @@ def _grid_section(rows: list[dict]) -> list[str]:
   grid = results.grid(rows)
   if not grid:
     return []
-  best = {}
-  for r in grid:
-    if r['val_accuracy'] is not None and (
-        r['family'] not in best or r['val_accuracy'] > best[r['family']]['val_accuracy']):
-      best[r['family']] = r
+  best = results.grid_picks(grid)
   body = [[r['family'], r['model'], f'{r["lr"]:g}', f'{r["weight_decay"]:g}',
            tables.percent(r['val_accuracy']), 'chosen' if best.get(r['family']) is r else '']
           for r in grid]

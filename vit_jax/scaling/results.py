@@ -171,6 +171,18 @@ def grid(rows: list[dict]) -> list[dict]:
   return finished(rows, 'grid')
 
 
+def grid_picks(runs: list[dict]) -> dict[str, dict]:
+  """{family: the run with the highest 'val_accuracy' (never test accuracy; the first of equal
+  ones)} of finished grid runs (dicts with 'family' and 'val_accuracy'; None is passed over):
+  the rule by which the sweep picks its learning rate and weight decay."""
+  best = {}
+  for run in runs:
+    if run['val_accuracy'] is not None and (
+        run['family'] not in best or run['val_accuracy'] > best[run['family']]['val_accuracy']):
+      best[run['family']] = run
+  return best
+
+
 def accuracies(curve: list[dict]) -> dict[int, float]:
   return {p['train_size']: p['test_accuracy'] for p in curve}
 
