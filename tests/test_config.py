@@ -207,6 +207,27 @@ def test_config_errors_are_one_error_line(tmp_path, module, flags, message):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('source,message', [
+    (None, 'no such file.'),
+    ('def get_config(:\n', 'the file failed to load at line 1: SyntaxError: '),
+    ('import os\nimport no_such_module\n', 'the file failed to load at line 2: '
+     "ModuleNotFoundError: No module named 'no_such_module'."),
+    ('X = 1\n', 'the file defines no get_config().'),
+    ('def get_config():\n  return 3\n',
+     'get_config() returned int, not an ml_collections.ConfigDict.'),
+])
+def test_a_config_file_that_cannot_be_loaded_is_one_error_line(tmp_path, source, message):
+  path = tmp_path / 'my_config.py'
+  if source is not None:
+    path.write_text(source)
+  proc = run('vit_jax.main', f'--config={path}', f'--workdir={tmp_path / "run"}')
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+  [line] = proc.stderr.splitlines()
+  assert line.startswith(f'Error: --config={path}: {message}'), line
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
 def test_importing_the_library_leaves_xla_flags_alone():
   code = ('import os; os.environ["XLA_FLAGS"] = "--mine"; import vit_jax, vit_jax.train; '
           'print(os.environ["XLA_FLAGS"])')

@@ -7,6 +7,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import traceback
 from typing import Callable, Iterator
 
 from absl import app
@@ -31,12 +32,16 @@ def set_cpu_flag() -> None:
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --{CPU_FLAG}='.strip()
 
 
+def _config_spec(argv: list[str]) -> str:
+  """The value of the last `--config=` in `argv` ('' without one)."""
+  return ([a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')] or [''])[-1]
+
+
 def _unknown_override(argv: list[str]) -> str | None:
   """The message for the first `--config.<field>=` override of `argv` that names no field of
   the loaded config (the field and its section's fields), or None."""
-  files = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
   try:  # the flags are not set after a failed parse: load the config file again
-    config = config_lib.load_file(files[-1])
+    config = config_lib.load_file(_config_spec(argv))
   except Exception:  # pylint: disable=broad-except (the parse error is reported instead)
     return None
   for arg in argv[1:]:
@@ -55,12 +60,15 @@ def _unknown_override(argv: list[str]) -> str | None:
 
 
 def _message(error: Exception, argv: list[str]) -> str:
-  """One line for a flag or config error: an unknown override field, the exception a config
-  file raised (config_flags appends its traceback), a value given to a whole section
+  """One line for a flag or config error: an unknown override field, a config file without
+  get_config(), the exception a config file's get_config() raised (config_flags appends its
+  traceback; a preset for a file without presets), a value given to a whole section
   (--config.model=ViT-B_16), or the error itself."""
   if unknown := _unknown_override(argv):
     return unknown
   text = str(error)
+  if "has no attribute 'get_config'" in text:
+    return f'--config={_config_spec(argv)}: the file defines no get_config().'
   if 'Error whilst parsing config file' in text:
     flag = text.split(': Error whilst parsing config file')[0].removeprefix('flag ')
     cause = [line for line in text.splitlines() if line.strip()][-1]
@@ -76,14 +84,43 @@ def _message(error: Exception, argv: list[str]) -> str:
   return f'in --config or a --config.<field> override: {text}'
 
 
+def _broken_file(error: Exception, argv: list[str]) -> str:
+  """One line for a config file that cannot be loaded (missing, or raising as it is
+  imported, a SyntaxError included): the --config value, the error and the file's line."""
+  spec = _config_spec(argv)
+  path = spec.split(':', 1)[0]
+  if not os.path.isfile(path):
+    return f'--config={spec}: no such file.'
+  if isinstance(error, SyntaxError):
+    line = error.lineno
+  else:
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    line = frames[-1].lineno if frames else None
+  where = f' at line {line}' if line else ''
+  return (f'--config={spec}: the file failed to load{where}: {type(error).__name__}: '
+          f'{getattr(error, "msg", None) or error}.')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns config errors (unknown fields, bad overrides, errors raised
-  inside a config file) into one `Error:` line instead of a traceback. Pass as
-  `app.run(main, flags_parser=parse_flags)`."""
+  inside a config file, a config file that is missing or fails to import) into one `Error:`
+  line instead of a traceback. Pass as `app.run(main, flags_parser=parse_flags)`."""
   try:
-    return flags.FLAGS(argv)
+    args = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     sys.exit(f'Error: {_message(e, argv)}')
+  except Exception as e:  # pylint: disable=broad-except (a config file is code: anything)
+    sys.exit(f'Error: {_broken_file(e, argv)}')
+  config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+  try:  # a file config_flags could not open leaves a value that raises OSError when used
+    getattr(config, 'keys', None)
+  except OSError as e:
+    sys.exit(f'Error: {_broken_file(e, argv)}')
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    sys.exit(f'Error: --config={_config_spec(argv)}: get_config() returned '
+             f'{type(config).__name__}, not an ml_collections.ConfigDict.')
+  return args
 
 
 def _only_our_info(record: std_logging.LogRecord) -> bool:
