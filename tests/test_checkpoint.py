@@ -1,5 +1,6 @@
 """npz checkpoints: round trips in both naming generations, resize, head, errors."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,17 @@ def test_missing_and_corrupt_files_are_named(tmp_path, tiny_vit):
   (tmp_path / 'bad.npz').write_bytes(b'not a zip file')
   with pytest.raises(ValueError, match='bad.npz is not a readable .npz file'):
     checkpoint.load_pretrained(str(tmp_path / 'bad.npz'), params)
+
+
+@pytest.mark.parametrize('text,message', [
+    ('{"model": {"name": "ViT-Ti_4"', 'config.json is not readable JSON: '),  # cut short
+    ('{"model": 3}', 'config.json names no model (model.name): not the config.json of a '
+     'training run.'),
+])
+def test_a_damaged_run_config_is_named(tmp_path, text, message):
+  (tmp_path / 'config.json').write_text(text)
+  with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/{message}')):
+    checkpoint.load_run(str(tmp_path))
 
 
 def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):

@@ -241,7 +241,12 @@ def load_run(workdir: str, step: Step = None) -> tuple[Any, Any, Params]:
   """(config, model, params) of a run's checkpoint `step` ('latest' or None, 'best', a
   number): the resolved config from `<workdir>/config.json`, the model it names and its
   parameters as NumPy arrays."""
-  config = ml_collections.ConfigDict(files.read_json(_run_config_path(workdir)))
+  path = _run_config_path(workdir)
+  config = ml_collections.ConfigDict(files.read_json(path))
+  if not isinstance(config.get('model'), ml_collections.ConfigDict) or not isinstance(
+      config.model.get('name'), str):
+    raise ValueError(f'{path} names no model (model.name): not the config.json of a '
+                     'training run.')
   params = read_params(workdir, step)
   if 'head' not in params:
     raise ValueError(f'{workdir} has no classification head (a masked patch prediction '

@@ -226,7 +226,15 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-  return json.loads(read_text(path))
+  """The JSON value in `path`.
+
+  Raises:
+    ValueError: naming `path`, when it is not valid JSON (e.g. a damaged file).
+  """
+  try:
+    return json.loads(read_text(path))
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not readable JSON: {e}') from e
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
