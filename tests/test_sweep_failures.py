@@ -32,6 +32,25 @@ def test_a_long_error_line_is_cut():
   assert sweep._error_message('Error: ' + 'x' * 1000, 1) == ('Error: ' + 'x' * 1000)[:500]
 
 
+@pytest.mark.parametrize('text,problem', [
+    ('{"num_params": 5', 'not readable JSON: '),       # cut short
+    ('[1, 2]', 'not a JSON object'),
+    ('{"best_val_accuracy": 0.5}', "no field 'num_params'"),
+])
+def test_a_damaged_result_json_is_named_and_nothing_is_written(tmp_path, text, problem):
+  points = sweep.expand(data_scaling.get_config('smoke'), str(tmp_path))
+  os.makedirs(points[0].workdir)
+  result = os.path.join(points[0].workdir, 'result.json')
+  with open(result, 'w') as f:
+    f.write(text)
+  with pytest.raises(ValueError) as e:
+    sweep.write_results(points, str(tmp_path / 'results.csv'))
+  assert str(e.value).startswith(f'{result} is damaged ({problem}')
+  assert str(e.value).endswith(f'; delete {points[0].workdir} and rerun the sweep to run that '
+                               'point again.')
+  assert not (tmp_path / 'results.csv').exists()
+
+
 @pytest.mark.slow
 def test_dry_run_lists_the_points_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'sweep'

@@ -272,7 +272,12 @@ def _family_depth_width(config: ml_collections.ConfigDict) -> tuple[str, int, in
 
 def _row(point: Point) -> dict:
   """One results.csv row from the point's result.json; without it status 'failed' (with the
-  error it recorded) or 'unfinished' (not run, or stopped before its end)."""
+  error it recorded) or 'unfinished' (not run, or stopped before its end).
+
+  Raises:
+    ValueError: the result.json is damaged (not JSON, or lacking a field); the message says
+      to delete the point's folder, which reruns it.
+  """
   family, depth, width = _family_depth_width(point.config)
   config = point.config
   images = None if point.train_size is None else _training_images(point.train_size, config.eval)
@@ -289,7 +294,16 @@ def _row(point: Point) -> dict:
     if files.exists(error_path):
       return dict(row, status='failed', error=files.read_text(error_path).strip())
     return dict(row, status='unfinished', error='')
-  return dict(row, **results.from_result(files.read_json(result_path)))
+  try:
+    result = files.read_json(result_path)
+    if not isinstance(result, dict):
+      raise ValueError(f'{result_path} is not a JSON object')
+    return dict(row, **results.from_result(result))
+  except (ValueError, KeyError) as e:
+    problem = f'no field {e}' if isinstance(e, KeyError) else str(e).removeprefix(
+        f'{result_path} is ')
+    raise ValueError(f'{result_path} is damaged ({problem}); delete {point.workdir} and rerun '
+                     'the sweep to run that point again.') from e
 
 
 def write_results(points: list[Point], path: str) -> list[dict]:
