@@ -51,6 +51,25 @@ def test_the_lock_object_refuses_a_second_holder_and_is_released(gcs_bucket):
     pass
 
 
+def test_a_missing_bucket_or_missing_credentials_is_one_error_line(gcs_bucket, tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'^gs://no-such-bucket/run: the bucket '
+                     r'no-such-bucket does not exist\.$'):
+    with files.exclusive_lock('gs://no-such-bucket/run', 'training run'):
+      pass
+  # No emulator and no credentials anywhere (the metadata server pointed at a closed port).
+  env = {k: v for k, v in child_env(1).items()
+         if k not in ('STORAGE_EMULATOR_HOST', 'GOOGLE_APPLICATION_CREDENTIALS')}
+  env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path), GCE_METADATA_HOST='127.0.0.1:9',
+             GCE_METADATA_IP='127.0.0.1:9')
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
+                         '--workdir=gs://some-bucket/run'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert proc.stderr.splitlines()[-1] == (
+      'Error: gs://some-bucket/run: no Google Cloud credentials found on this machine (gcloud '
+      'auth application-default login, or set GOOGLE_APPLICATION_CREDENTIALS).')
+
+
 def test_a_lock_left_by_a_killed_process_is_taken_over(gcs_bucket):
   directory = f'{gcs_bucket}/stale'
   script = ('import os, signal\nfrom vit_jax import files\n'

@@ -181,15 +181,32 @@ def _stale(holder: dict) -> bool:
 
 @contextlib.contextmanager
 def _object_lock(directory: str, what: str) -> Iterator[None]:
-  """`exclusive_lock` on a `gs://` directory (google-cloud-storage, for its preconditions)."""
+  """`exclusive_lock` on a `gs://` directory (google-cloud-storage, for its preconditions).
+
+  Raises:
+    PermissionError: no Google Cloud credentials, or the account may not write there.
+    FileNotFoundError: the bucket does not exist.
+  """
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
   from google.cloud import storage  # pylint: disable=g-import-not-at-top
   bucket, _, prefix = directory.removeprefix('gs://').partition('/')
-  blob = storage.Client().bucket(bucket).blob(f'{prefix.rstrip("/")}/.lock'.lstrip('/'))
+  try:
+    client = storage.Client()
+  except auth_exceptions.DefaultCredentialsError as e:
+    raise PermissionError(f'{directory}: no Google Cloud credentials found on this machine '
+                          '(gcloud auth application-default login, or set '
+                          'GOOGLE_APPLICATION_CREDENTIALS).') from e
+  blob = client.bucket(bucket).blob(f'{prefix.rstrip("/")}/.lock'.lstrip('/'))
   upload = lambda generation: blob.upload_from_string(json.dumps(_holder()),
                                                       if_generation_match=generation)
   try:
     upload(0)
+  except exceptions.NotFound as e:
+    raise FileNotFoundError(f'{directory}: the bucket {bucket} does not exist.') from e
+  except exceptions.Forbidden as e:
+    raise PermissionError(f'{directory}: this account may not write to the bucket {bucket} '
+                          f'({e.message}).') from e
   except exceptions.PreconditionFailed:
     blob.reload()
     generation = blob.generation
