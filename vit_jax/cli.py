@@ -98,8 +98,8 @@ def _broken_file(error: Exception, argv: list[str]) -> str:
               if os.path.abspath(f.filename) == os.path.abspath(path)]
     line = frames[-1].lineno if frames else None
   where = f' at line {line}' if line else ''
-  return (f'--config={spec}: the file failed to load{where}: {type(error).__name__}: '
-          f'{getattr(error, "msg", None) or error}.')
+  detail = str(getattr(error, 'msg', None) or error).strip().splitlines() or ['']
+  return f'--config={spec}: the file failed to load{where}: {type(error).__name__}: {detail[-1]}.'
 
 
 def parse_flags(argv: list[str]) -> list[str]:
