@@ -167,7 +167,8 @@ def bad_tree(tmp_path, problem):
     ('no class folders', ValueError, r'bad/test has no class folders'),
     ('empty class folder', ValueError, r'Class folder .*bad/test/cat is empty'),
     ('differing classes', ValueError, r"only in test: \['bird'\], only in train: \['dog'\]"),
-    ('undecodable image', ValueError, r'Cannot decode the image .*bad/test/cat/broken.png'),
+    ('undecodable image', ValueError, r'Cannot decode the image .*bad/test/cat/broken.png: not an '
+     r"image format Pillow can identify; set data.corrupt_images='skip'"),
     ('mixed sizes', ValueError, r'bad/test/dog/0.png is 5x6 \(HxW\) with 3 channel\(s\) but .*6x6'),
     ('mixed modes', ValueError, r'dog/0.png is 6x6 \(HxW\) with 1 channel\(s\) but .* with 3'),
     ('not an archive', ValueError, r'images.tar.gz is neither a directory nor a readable'),

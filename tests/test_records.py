@@ -61,7 +61,8 @@ def test_corrupt_images_stop_the_run_or_are_left_out_and_listed(tree, tmp_path):
   shutil.copytree(root, src)
   bad = src / 'train' / 'n00000001' / 'broken.JPEG'
   bad.write_bytes(b'not an image')
-  with pytest.raises(ValueError, match='broken.JPEG.*corrupt_images=skip'):
+  with pytest.raises(ValueError, match='broken.JPEG of .*: not an image format Pillow can '
+                     'identify; pass --corrupt_images=skip'):
     prepare.prepare(str(src), str(tmp_path / 'out'), workers=1, progress=False)
   assert not os.path.exists(tmp_path / 'out' / 'metadata.json')
   with pytest.raises(FileNotFoundError, match='metadata.json is missing'):

@@ -16,7 +16,7 @@ from typing import Callable
 from absl import logging
 from etils import epath
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vit_jax import files
 from vit_jax.data.split import SPLITS, Split
@@ -187,6 +187,14 @@ def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   return paths, labels, tuple(classes)
 
 
+def pillow_error(error: Exception) -> str:
+  """What Pillow's error for a broken file says, without the address of the in-memory file
+  ('cannot identify image file <_io.BytesIO object at 0x7f...>')."""
+  if isinstance(error, UnidentifiedImageError):
+    return 'not an image format Pillow can identify'
+  return str(error)
+
+
 def decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
                   skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
   """Decodes `paths` with Pillow into (N', H, W, C) uint8, all of one size and mode, and a
@@ -200,8 +208,9 @@ def decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
       if skip_corrupt:
         kept[i] = False
         continue
-      raise ValueError(f'Cannot decode the image {os.path.join(path, name)}: {e}; set '
-                       "data.corrupt_images='skip' to leave such files out.") from e
+      raise ValueError(f'Cannot decode the image {os.path.join(path, name)}: '
+                       f"{pillow_error(e)}; set data.corrupt_images='skip' to leave such files "
+                       'out.') from e
     image = image.reshape(*image.shape[:2], -1)
     if images and image.shape != images[0].shape:
       describe = lambda s: f'{s[0]}x{s[1]} (HxW) with {s[2]} channel(s)'

@@ -32,7 +32,7 @@ from PIL import Image
 
 from vit_jax import cli
 from vit_jax import files
-from vit_jax.data import records
+from vit_jax.data import folder, records
 from vit_jax.data import worker_signals
 
 # Where an item's bytes are: ('dir', root) + relative path, or ('tar', archive) + (offset, size).
@@ -138,7 +138,8 @@ def _write_shard(job: tuple) -> tuple[int, int]:
         _check_image(data)
       except (OSError, SyntaxError, ValueError) as e:  # what Pillow raises for broken files
         if not skip_corrupt:
-          raise ValueError(f'Cannot decode the image {name} of {reader[1]}: {e}; pass '
+          raise ValueError(f'Cannot decode the image {name} of {reader[1]}: '
+                           f'{folder.pillow_error(e)}; pass '
                            '--corrupt_images=skip to leave such files out.') from None
         skipped.append(name)
         continue
