@@ -11,10 +11,11 @@ Layout of a prepared directory (written by `python -m vit_jax.data.prepare`):
 `metadata.json` is written last, so a directory without it is not a finished dataset. The
 labels file gives the per-class record indices that subsets need without reading any image.
 """
-import json
 import os
 
 import numpy as np
+
+from vit_jax import files
 
 FORMAT = 'vit_jax.records/1'
 METADATA = 'metadata.json'
@@ -40,9 +41,8 @@ def read_metadata(directory: str) -> dict:
         'prepare run leaves it out): run python -m vit_jax.data.prepare --src=<images> '
         f'--out={directory} (again: it resumes).')
   try:
-    with open(path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
+    meta = files.read_json(path)  # ValueError naming the file when it is not JSON
+  except OSError as e:
     raise ValueError(f'{path} is not readable JSON: {e}') from e
   if not isinstance(meta, dict) or meta.get('format') != FORMAT:
     raise ValueError(f'{path} is not a {FORMAT} metadata file.')
