@@ -1,12 +1,14 @@
 """gs:// paths against a local Cloud Storage emulator: atomic file I/O, the workdir lock object
-and image-folder datasets with their cache; a sweep and its analyses, and a run killed and
-resumed, exported and fine-tuned from, on gs:// (slow)."""
+(taken over mid-run too) and image-folder datasets with their cache; a sweep and its analyses,
+and a run killed and resumed, exported and fine-tuned from, on gs:// (slow); a store that does
+not answer (a closed port) as one error line."""
 import csv
 import io
 import os
 import signal
 import subprocess
 import sys
+import time
 
 from etils import epath
 import jax
@@ -14,7 +16,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, with_site_hook
 from vit_jax import config as config_lib
 from vit_jax import data, files
 
@@ -68,6 +70,52 @@ def test_a_missing_bucket_or_missing_credentials_is_one_error_line(gcs_bucket, t
   assert proc.stderr.splitlines()[-1] == (
       'Error: gs://some-bucket/run: no Google Cloud credentials found on this machine (gcloud '
       'auth application-default login, or set GOOGLE_APPLICATION_CREDENTIALS).')
+
+
+def test_an_unreachable_store_is_one_error_line(monkeypatch):
+  monkeypatch.setenv('STORAGE_EMULATOR_HOST', 'http://127.0.0.1:9')  # a closed port
+  monkeypatch.setattr(files, 'STORE_TIMEOUT', 1.)
+  with pytest.raises(ConnectionError, match=r"^gs://some-bucket/run: Cloud Storage did not "
+                     r"answer within 1 s \(.*port=9.*\); check the network\.$"):
+    with files.exclusive_lock('gs://some-bucket/run', 'training run'):
+      pass
+
+
+# gcsfs waits 1, 2, 4, 8 and 16 s between its retries of a request; this hook skips the waits.
+NO_RETRY_WAITS = """
+import asyncio, types
+import gcsfs.retry
+async def _no_wait(seconds):
+  pass
+gcsfs.retry.asyncio = types.SimpleNamespace(sleep=_no_wait)
+"""
+
+
+def test_data_on_an_unreachable_store_is_one_error_line(tmp_path):
+  env = with_site_hook(dict(child_env(1), STORAGE_EMULATOR_HOST='http://127.0.0.1:9'),
+                       tmp_path / 'hook', NO_RETRY_WAITS)
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
+                         '--config.dataset=folder:gs://some-bucket/images',
+                         f'--workdir={tmp_path / "run"}'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert proc.stderr.splitlines()[-1].startswith('Error: Cannot connect to host 127.0.0.1:9')
+
+
+def test_a_lock_taken_over_mid_run_is_logged_and_left_to_its_new_holder(gcs_bucket, caplog,
+                                                                        monkeypatch):
+  directory = f'{gcs_bucket}/taken'
+  monkeypatch.setattr(files, 'LOCK_LEASE', 0.4)  # refreshed every 0.1 s
+  with files.exclusive_lock(directory, 'training run'):
+    time.sleep(0.3)
+    assert not caplog.records  # refreshed without trouble
+    files.write_json(f'{directory}/.lock', {'host': 'other', 'pid': 1, 'time': time.time()})
+    time.sleep(0.5)
+  assert [r.levelname for r in caplog.records] == ['ERROR']
+  assert caplog.records[0].getMessage() == (
+      f'Another process took over the lock of {directory} (not refreshed for 0.4 s): two '
+      'processes may now write there.')
+  assert files.read_json(f'{directory}/.lock')['host'] == 'other'  # not deleted on exit
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(gcs_bucket):

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import io
 import json
+import logging as std_logging
 import os
 import socket
 import tempfile
@@ -20,6 +21,7 @@ import time
 import zipfile
 from typing import Any, Iterator, TextIO
 
+from absl import logging
 from etils import epath
 import fsspec
 import numpy as np
@@ -28,9 +30,14 @@ import numpy as np
 # have written since.
 for _protocol in ('gs', 'gcs'):
   fsspec.config.conf.setdefault(_protocol, {}).setdefault('use_listings_cache', False)
+# gcsfs logs each request error it gives up on, traceback included, and then raises it; the
+# raised error reaches the command, which reports it in one `Error:` line.
+std_logging.getLogger('gcsfs').addFilter(lambda record: record.funcName != 'retry_request')
 
 # Seconds after which an object-store lock that its holder stopped refreshing counts as stale.
 LOCK_LEASE = 120.
+# Seconds a request for the lock object is retried while Cloud Storage does not answer.
+STORE_TIMEOUT = 120.
 
 
 def is_local(path: str | os.PathLike) -> bool:
@@ -162,8 +169,11 @@ def exclusive_lock(directory: str, what: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _holder() -> dict:
-  return {'host': socket.gethostname(), 'pid': os.getpid(), 'time': time.time()}
+def _write_holder(blob, generation: int, retry) -> None:
+  """Uploads this process (host, pid, time) as the holder in the lock object `blob` if the
+  object's generation is `generation` (0: only if there is none)."""
+  holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'time': time.time()}
+  blob.upload_from_string(json.dumps(holder), if_generation_match=generation, retry=retry)
 
 
 def _stale(holder: dict) -> bool:
@@ -182,10 +192,13 @@ def _stale(holder: dict) -> bool:
 @contextlib.contextmanager
 def _object_lock(directory: str, what: str) -> Iterator[None]:
   """`exclusive_lock` on a `gs://` directory (google-cloud-storage, for its preconditions).
+  A refresh that fails is logged and tried again; a lock taken over by another process (this
+  one did not refresh it for LOCK_LEASE seconds) is logged as an error and left to it.
 
   Raises:
     PermissionError: no Google Cloud credentials, or the account may not write there.
     FileNotFoundError: the bucket does not exist.
+    ConnectionError: Cloud Storage did not answer for STORE_TIMEOUT seconds.
   """
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
@@ -198,33 +211,26 @@ def _object_lock(directory: str, what: str) -> Iterator[None]:
                           '(gcloud auth application-default login, or set '
                           'GOOGLE_APPLICATION_CREDENTIALS).') from e
   blob = client.bucket(bucket).blob(f'{prefix.rstrip("/")}/.lock'.lstrip('/'))
-  upload = lambda generation: blob.upload_from_string(json.dumps(_holder()),
-                                                      if_generation_match=generation)
+  retry = storage.retry.DEFAULT_RETRY.with_timeout(STORE_TIMEOUT)
   try:
-    upload(0)
-  except exceptions.NotFound as e:
-    raise FileNotFoundError(f'{directory}: the bucket {bucket} does not exist.') from e
-  except exceptions.Forbidden as e:
-    raise PermissionError(f'{directory}: this account may not write to the bucket {bucket} '
-                          f'({e.message}).') from e
-  except exceptions.PreconditionFailed:
-    blob.reload()
-    generation = blob.generation
-    holder = json.loads(blob.download_as_bytes(if_generation_match=generation))
-    if not _stale(holder):
-      raise LockedError(f'Another {what} is running in {directory} (host {holder.get("host")}, '
-                        f'pid {holder.get("pid")}); wait for it to finish or use another '
-                        'directory.') from None
-    try:
-      upload(generation)
-    except exceptions.PreconditionFailed:
-      raise LockedError(f'Another {what} took the lock of {directory} just now; wait for it '
-                        'to finish or use another directory.') from None
-  stop = threading.Event()
+    _take(blob, retry, directory, what)
+  except exceptions.RetryError as e:
+    raise ConnectionError(f'{directory}: Cloud Storage did not answer within '
+                          f'{STORE_TIMEOUT:g} s ({e.cause}); check the network.') from e
+  stop, lost = threading.Event(), threading.Event()
 
   def refresh():
     while not stop.wait(LOCK_LEASE / 4):
-      upload(blob.generation)
+      try:
+        _write_holder(blob, blob.generation, retry)
+      except exceptions.PreconditionFailed:
+        logging.error('Another process took over the lock of %s (not refreshed for %g s): two '
+                      'processes may now write there.', directory, LOCK_LEASE)
+        lost.set()
+        return
+      except (exceptions.GoogleAPIError, OSError) as e:
+        logging.warning('Could not refresh the lock of %s (%s); trying again in %g s.',
+                        directory, e, LOCK_LEASE / 4)
 
   thread = threading.Thread(target=refresh, daemon=True)
   thread.start()
@@ -233,7 +239,46 @@ def _object_lock(directory: str, what: str) -> Iterator[None]:
   finally:
     stop.set()
     thread.join()
-    blob.delete(if_generation_match=blob.generation)
+    try:
+      if not lost.is_set():  # a lock taken over is the new holder's
+        blob.delete(if_generation_match=blob.generation, retry=retry)
+    except exceptions.PreconditionFailed:
+      pass  # taken over since the last refresh
+    except (exceptions.GoogleAPIError, OSError) as e:
+      logging.warning('Could not delete the lock object of %s (%s); the next run there takes '
+                      'it over (at once from this host, after %g s from another).', directory,
+                      e, LOCK_LEASE)
+
+
+def _take(blob, retry, directory: str, what: str) -> None:
+  """Creates the lock object `blob`, or takes it over from a stale holder.
+
+  Raises:
+    FileNotFoundError, PermissionError, LockedError: as `_object_lock`.
+  """
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  try:
+    _write_holder(blob, 0, retry)
+    return
+  except exceptions.NotFound as e:
+    raise FileNotFoundError(f'{directory}: the bucket {blob.bucket.name} does not exist.') from e
+  except exceptions.Forbidden as e:
+    raise PermissionError(f'{directory}: this account may not write to the bucket '
+                          f'{blob.bucket.name} ({e.message}).') from e
+  except exceptions.PreconditionFailed:
+    pass
+  blob.reload(retry=retry)
+  generation = blob.generation
+  holder = json.loads(blob.download_as_bytes(if_generation_match=generation, retry=retry))
+  if not _stale(holder):
+    raise LockedError(f'Another {what} is running in {directory} (host {holder.get("host")}, '
+                      f'pid {holder.get("pid")}); wait for it to finish or use another '
+                      'directory.')
+  try:
+    _write_holder(blob, generation, retry)
+  except exceptions.PreconditionFailed:
+    raise LockedError(f'Another {what} took the lock of {directory} just now; wait for it '
+                      'to finish or use another directory.') from None
 
 
 def write_json(path: str, obj: Any) -> None:
