@@ -193,6 +193,19 @@ def test_unknown_preset_is_named():
     data_scaling.get_config('huge')
 
 
+def test_labels_that_would_share_folders_are_refused_before_anything_is_written(tmp_path):
+  config = data_scaling.get_config('smoke')
+  config.models['ViT/1'] = config.models['ViT-1']
+  message = ("config.models: the labels 'ViT-1' and 'ViT/1' would train in the same folders "
+             "(ViT-1_n...: '/' is written '-'); rename one.")
+  with pytest.raises(ValueError, match=re.escape(message)):
+    sweep.expand(config, str(tmp_path))
+  config.grid.size = 60
+  with pytest.raises(ValueError, match=re.escape(message)):
+    sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
+  assert not (tmp_path / 'sweep').exists()
+
+
 def test_config_check_compares_a_folder_dataset_by_name_not_directory(tmp_path):
   """A committed study resumes where its archive lies elsewhere; another archive is refused."""
   point = sweep.expand(data_scaling.get_config('smoke'), str(tmp_path))[0]

@@ -155,10 +155,30 @@ def _point_config(sweep: ml_collections.ConfigDict, entry: ml_collections.Config
   return config
 
 
+def _folder(label: str) -> str:
+  """A model label as it appears in directory names: '/' written '-'."""
+  return label.replace('/', '-')
+
+
 def _name(label: str, size: int | None, suffix: str = '', seed: int = 0) -> str:
   """A point's directory name: '<label>_n<size>', '_s<seed>' for seeds after 0, `suffix`."""
   seeded = f'_s{seed}' if seed else ''
-  return f'{label}_n{"all" if size is None else size}{seeded}{suffix}'.replace('/', '-')
+  return f'{_folder(label)}_n{"all" if size is None else size}{seeded}{suffix}'
+
+
+def _check(sweep: ml_collections.ConfigDict) -> None:
+  """`config.check_sweep`, and model labels that give distinct directory names.
+
+  Raises:
+    ValueError: naming the field, or the two labels.
+  """
+  config_lib.check_sweep(sweep)
+  folders = {}
+  for label in sweep.models:
+    if (other := folders.setdefault(_folder(label), label)) != label:
+      raise ValueError(f'config.models: the labels {other!r} and {label!r} would train in the '
+                       f'same folders ({_folder(label)}_n...: \'/\' is written \'-\'); rename '
+                       'one.')
 
 
 def seeds_at(sweep: ml_collections.ConfigDict, size: int | None) -> int:
@@ -176,7 +196,7 @@ def grid_points(sweep: ml_collections.ConfigDict, sweep_dir: str) -> list[Point]
   """The learning-rate x weight-decay grid at grid.size: one model per family (the first of
   its family in config order), seed 0; none without grid.size. A model's own weight decay
   (or learning rate) replaces that axis of its family's grid."""
-  config_lib.check_sweep(sweep)
+  _check(sweep)
   size = config_lib.sweep_field(sweep, 'grid.size')
   if size is None:
     return []
@@ -225,12 +245,12 @@ def _chosen(chosen: dict[str, dict], entry: ml_collections.ConfigDict
 
 def expand(sweep: ml_collections.ConfigDict, sweep_dir: str,
            chosen: dict[str, dict] | None = None) -> list[Point]:
-  """Every (model, train size, seed) of the sweep (checked by `config.check_sweep`), models in
-  config order, then sizes, then seeds; then the convergence reruns (twice the budget at the
-  smallest and largest size, seed 0; at the smallest the first `convergence_seeds` seeds) if
-  asked for. `chosen` ({family: {'lr', 'weight_decay'}}, from `choose_hparams`) replaces the
-  base's learning rate and weight decay."""
-  config_lib.check_sweep(sweep)
+  """Every (model, train size, seed) of the sweep (checked by `_check`), models in config
+  order, then sizes, then seeds; then the convergence reruns (twice the budget at the smallest
+  and largest size, seed 0; at the smallest the first `convergence_seeds` seeds) if asked for.
+  `chosen` ({family: {'lr', 'weight_decay'}}, from `choose_hparams`) replaces the base's
+  learning rate and weight decay."""
+  _check(sweep)
   chosen = chosen or {}
   points = []
   for label, entry in sweep.models.items():
