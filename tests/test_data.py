@@ -85,7 +85,8 @@ def make_archive(tree, path, top='mini'):
 @pytest.mark.parametrize('packed', [False, True], ids=['directory', 'tar.gz'])
 def test_folder_loads_pixels_labels_and_class_names(tmp_path, shape, packed):
   expected = make_tree(tmp_path / 'tree', shape=shape)
-  (tmp_path / 'tree' / 'train' / 'cat' / '._0.png').write_bytes(b'macOS metadata, skipped')
+  for name, folder in [('._0.png', 'cat'), ('Thumbs.db', 'cat'), ('desktop.ini', 'dog')]:
+    (tmp_path / 'tree' / 'train' / folder / name).write_bytes(b'file-manager data, left out')
   path = tmp_path / 'tree'
   if packed:
     path = make_archive(path, tmp_path / 'mini.tar.gz')

@@ -1,5 +1,6 @@
 """Prepared record datasets: the converter (directories and archives, parallel, resumable,
 corrupt images) and `RecordSource` random access, on real image files and ArrayRecord shards."""
+import io
 import os
 import re
 import shutil
@@ -48,6 +49,10 @@ def test_a_tar_gz_with_a_top_folder_gives_the_same_records(tree, tmp_path):
   archive = tmp_path / 'tree.tar.gz'
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(root, arcname='imagenet')
+    for name in ('train/Thumbs.db', 'train/n00000000/desktop.ini', 'val/n00000001/._0.JPEG'):
+      member = tarfile.TarInfo(f'imagenet/{name}')  # file managers' files, left out
+      member.size = 4
+      tar.addfile(member, io.BytesIO(b'meta'))
   prepare.prepare(str(archive), str(tmp_path / 'out'), workers=1, progress=False)
   assert not os.path.exists(tmp_path / 'out' / '.source.tar')
   source = records.RecordSource(str(tmp_path / 'out'), 'train')

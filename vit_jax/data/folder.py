@@ -144,6 +144,18 @@ def list_archive(path: str, split: str) -> Listing:
   return dirs, file_names, blobs.__getitem__
 
 
+# What file managers leave beside images (besides hidden files: macOS '._*' and '.DS_Store'):
+# Windows' thumbnail caches and folder settings.
+_MANAGER_FILES = ('thumbs.db', 'ehthumbs.db', 'desktop.ini')
+
+
+def is_metadata(name: str) -> bool:
+  """Whether the file `name` (a path) is a file manager's, not an image: a hidden file or one
+  of _MANAGER_FILES (any case). Image-folder datasets leave such files out."""
+  base = posixpath.basename(name)
+  return base.startswith('.') or base.lower() in _MANAGER_FILES
+
+
 def _subfolders(dirs: set[str], parent: str) -> list[str]:
   """Sorted names of the folders directly inside `parent` ('' for the top level)."""
   prefix = parent + '/' if parent else ''
@@ -174,9 +186,8 @@ def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
         f'{sorted(set(theirs) - set(classes))}.')
   by_folder = collections.defaultdict(list)
   for name in file_names:
-    folder, base = posixpath.split(name)
-    if not base.startswith('.'):  # hidden files, e.g. macOS '._*' metadata
-      by_folder[folder].append(name)
+    if not is_metadata(name):
+      by_folder[posixpath.dirname(name)].append(name)
   paths, labels = [], []
   for label, name in enumerate(classes):
     images = sorted(by_folder[posixpath.join(split_dir, name)])

@@ -84,8 +84,9 @@ def _list_source(src: str, out: str) -> tuple[Reader, dict[str, tuple]]:
 
 def plan_splits(src: str, names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, list]]:
   """(class names, {split: [(file name, label), ...] sorted by class then name}) from the
-  files' paths `[<root>/]<split>/<class>/<image>` (hidden files are ignored)."""
-  names = [n for n in names if not posixpath.basename(n).startswith('.')]
+  files' paths `[<root>/]<split>/<class>/<image>` (file managers' files are left out:
+  `folder.is_metadata`)."""
+  names = [n for n in names if not folder.is_metadata(n)]
   depths = {n.count('/') for n in names}
   roots = {n.split('/')[0] for n in names}
   if depths == {2}:
