@@ -2,6 +2,7 @@
 from synthetic results.csv files."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -135,6 +136,31 @@ def test_read_results_converts_numbers_and_names_bad_ones(tmp_path):
   write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5, steps='lots')])
   with pytest.raises(ValueError, match="line 2: column 'steps' holds 'lots'"):
     results.read_results(str(tmp_path / 'results.csv'))
+  write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5, status='')])
+  with pytest.raises(ValueError, match="line 2: column 'status' holds '', not one of done, "):
+    results.read_results(str(tmp_path / 'results.csv'))
+
+
+def test_read_results_refuses_a_damaged_file(tmp_path):
+  path = write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5),
+                              result_row('ViT-24', 'vit', 24, 1000, 0.6)]) + '/results.csv'
+  text = open(path).read()
+  with open(path, 'w') as f:  # cut in the middle of the last row
+    f.write(text[:text.rindex('\n', 0, -1) + 40])
+  with pytest.raises(ValueError, match=re.escape(
+      f'{path} line 3 does not have one cell per column of the header (the file is damaged or '
+      'cut short).')):
+    results.read_results(path)
+  with open(path, 'w') as f:  # a row with a cell too many
+    f.write(text.rstrip('\r\n') + ',extra\r\n')
+  with pytest.raises(ValueError, match='line 3 does not have one cell per column'):
+    results.read_results(path)
+  with open(path, 'w') as f:
+    f.write('model,train_size\nViT-12,1000\n')
+  with pytest.raises(ValueError, match=r"lacks the columns \['family', 'depth'"):
+    results.read_results(path)
+  with pytest.raises(FileNotFoundError, match='Sweep results not found: '):
+    results.read_results(str(tmp_path / 'elsewhere.csv'))
 
 
 def test_write_report_on_a_sweep_where_vit_catches_up(tmp_path):

@@ -44,8 +44,17 @@ def read_results(path: str) -> list[dict]:
     return [_parse_row(row, f'{path} line {reader.line_num}') for row in reader]
 
 
+STATUSES = ('done', 'failed', 'unfinished')
+
+
 def _parse_row(row: dict, where: str) -> dict:
+  if None in row or None in row.values():  # csv.DictReader's marks of extra / missing cells
+    raise ValueError(f'{where} does not have one cell per column of the header (the file is '
+                     'damaged or cut short).')
   parsed = {key: row.get(key) or OPTIONAL.get(key, '') for key in COLUMNS}
+  if parsed['status'] not in STATUSES:
+    raise ValueError(f"{where}: column 'status' holds {parsed['status']!r}, not one of "
+                     f'{", ".join(STATUSES)}.')
   for key, kind in _NUMERIC.items():
     text = parsed[key].strip()
     try:
