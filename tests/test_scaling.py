@@ -291,15 +291,27 @@ def test_missing_results_csv_names_the_path(tmp_path):
 
 
 @pytest.mark.parametrize('argv,message', [
-    ([], 'Error: expected a sweep workdir and an optional title, got [].'),
-    (['a', 'b', 'c'], "Error: expected a sweep workdir and an optional title, got ['a', 'b', "),
+    ([], 'Error: the following arguments are required: workdir'),
+    (['a', 'b', 'c'], 'Error: unrecognized arguments: c'),
+    (['{}', '--title=x'], 'Error: unrecognized arguments: --title=x'),  # not taken as the title
     (['{}'], 'Error: Sweep results not found: {}/results.csv'),
 ])
 def test_the_report_command_ends_bad_input_in_one_error_line(tmp_path, argv, message):
   argv = [a.format(tmp_path) for a in argv]
   with pytest.raises(SystemExit) as e:
     scaling_command.main(['python -m vit_jax.scaling', *argv])
-  assert str(e.value).splitlines()[0].startswith(message.format(tmp_path))
+  assert str(e.value).splitlines()[0] == message.format(tmp_path)
+  assert not (tmp_path / 'REPORT.md').exists()
+
+
+def test_the_report_command_answers_help_without_reading_a_folder(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    scaling_command.main(['python -m vit_jax.scaling', '--help'])
+  assert e.value.code == 0
+  assert capsys.readouterr().out.startswith('usage: python -m vit_jax.scaling [-h] workdir '
+                                            '[title]')
+  assert not list(tmp_path.iterdir())
 
 
 def test_the_accuracy_figure_title_keys_only_what_is_drawn():

@@ -1,6 +1,8 @@
 """Shared command-line plumbing: flag parsing with readable config errors, usage errors and
 Ctrl-C as one line each, quiet logging, the XLA CPU option our commands set, and `run`, which
-starts an absl command with all of them."""
+starts an absl command with all of them; `ArgumentParser` for the commands that take
+positional arguments (argparse)."""
+import argparse
 import contextlib
 import functools
 import logging as std_logging
@@ -151,6 +153,14 @@ def ends_on_ctrl_c(interrupted: str = INTERRUPTED) -> Iterator[None]:
   except KeyboardInterrupt:
     print(interrupted, file=sys.stderr, flush=True)
     sys.exit(130)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with a bad argument ending the command in one `Error:` line, as the absl commands
+  do (`run`), not the usage text with 'error:' last."""
+
+  def error(self, message: str):
+    sys.exit(f'Error: {message}\nPass --help for the options.')
 
 
 def _usage_error_as_one_line(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:

@@ -38,16 +38,8 @@ MODES = ('train', 'infer', 'data')
 DTYPES = ('float32', 'bfloat16')
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse with a bad argument ending the command in one `Error:` line, as our other
-  commands do, not the usage text with 'error:' last."""
-
-  def error(self, message: str):
-    sys.exit(f'Error: {message}\nPass --help for the options.')
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = _Parser(prog='python -m vit_jax.bench', description=__doc__,
+  parser = cli.ArgumentParser(prog='python -m vit_jax.bench', description=__doc__,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('mode', choices=MODES)
   parser.add_argument('--model', required=True, help='registry name, e.g. ViT-B/16, ViT-Ti_4')

@@ -1,7 +1,11 @@
 """Writes a data-scaling sweep's report from its `results.csv`:
 
   python -m vit_jax.scaling <sweep workdir> [title]
+
+Prints the results table and writes the figures, REPORT.md and report.json into the sweep
+workdir (the title defaults to the sweep's preset name).
 """
+import argparse
 import os
 import sys
 
@@ -10,12 +14,15 @@ from vit_jax.scaling import report, results, tables
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) not in (2, 3):
-    sys.exit(f'Error: expected a sweep workdir and an optional title, got {argv[1:]}.\n'
-             'Usage: python -m vit_jax.scaling <sweep workdir> [title]')
+  parser = cli.ArgumentParser(prog='python -m vit_jax.scaling', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('workdir', help='the sweep workdir (holds results.csv)')
+  parser.add_argument('title', nargs='?', help="the report's title")
+  args = parser.parse_args(argv[1:])
   try:
-    table = tables.results_table(results.read_results(os.path.join(argv[1], 'results.csv')))
-    result = report.write_report(*argv[1:])
+    table = tables.results_table(results.read_results(os.path.join(args.workdir,
+                                                                   'results.csv')))
+    result = report.write_report(args.workdir, args.title)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'Error: {e}')
   print(table)
