@@ -187,6 +187,9 @@ def run(module, *flags):
      "Error: Unexpected arguments: ['extra']"),
     ('vit_jax.analyze', ['--workdir=/tmp/unused'],
      'Error: --workdir and --out (one run) or --sweep (a sweep) are required.'),
+    ('vit_jax.analyze', ['--sweep=/tmp/unused', '--out=/tmp/unused/figures', '--step=best'],
+     "Error: --out, --step: for one run, not with --sweep (which analyses every point's "
+     'reported step into <sweep>/analysis/).'),
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke'],
      'Error: --config and --workdir are required.'),
     ('vit_jax.data.prepare', ['--src=digits'], 'Error: --src and --out are required.'),

@@ -8,9 +8,10 @@ rollout, Fourier analysis of feature maps, Hessian eigenvalues.
 Writes `<name>.png` and the numbers behind it into `<out>/analysis.json`. Analyses that do not
 apply to the run's model family (attention for a ResNet, filters for a hybrid) are reported as
 skipped; asking for them by name with --only is an error. With --sweep, the cheap analyses
-(`vit_jax.analysis.run.SWEEP_ANALYSES`) run on every finished point into
-`<sweep>/analysis/<point>/`, and `<sweep>/analysis/sweep.png` + `sweep.csv` show how they
-change with training-set size and depth; the sweep's REPORT.md then includes that figure.
+(`vit_jax.analysis.run.SWEEP_ANALYSES`) run on every finished point, at the step its result
+reports, into `<sweep>/analysis/<point>/`, and `<sweep>/analysis/sweep.png` + `sweep.csv` show
+how they change with training-set size and depth; the sweep's REPORT.md then includes that
+figure.
 """
 from absl import app
 from absl import flags
@@ -40,6 +41,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not (_WORKDIR.value and _OUT.value) and not _SWEEP.value:
     raise app.UsageError('--workdir and --out (one run) or --sweep (a sweep) are required.')
+  if _SWEEP.value and (one_run := [f'--{name}' for name in ('workdir', 'out', 'step')
+                                   if flags.FLAGS[name].present]):
+    raise app.UsageError(f'{", ".join(one_run)}: for one run, not with --sweep (which '
+                         "analyses every point's reported step into <sweep>/analysis/).")
   cli.setup_logging()
   try:
     if _SWEEP.value:
