@@ -4,8 +4,12 @@
 # 1k..50k images; budget rule, early stopping, 2 seeds up to 2k images), sized for about 9
 # minutes of wall time on one H200 (an estimate until it has run there).
 #
-#   experiments/data_scaling/gpu_study.sh OUT_DIR [--config.<field>=<value> ...]
+#   experiments/data_scaling/gpu_study.sh OUT_DIR [--config.<field>=<value> ...] [--max_parallel=K]
 #
+# Arguments after OUT_DIR go to `python -m vit_jax.sweep`: config overrides, or --max_parallel=K
+# to train K points at once on the one GPU (each preallocates 1/K of JAX's share of its memory;
+# these models are small for an H200, but whether K > 1 finishes more points in the time has not
+# been measured).
 # Writes OUT_DIR/results.csv, REPORT.md, the figures, report.json, grid.json (if the preset has
 # a grid), sweep_config.json, sweep.log (the sweep's progress), device.txt (device and
 # versions) and points/<point>/log.txt; checkpoints stay in $WORK (default /tmp/gpu_study),
@@ -28,7 +32,7 @@
 #      and uses the project through PYTHONPATH=$PWD (never `pip install -e .` offline).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT_DIR="$(mkdir -p "${1:?usage: gpu_study.sh OUT_DIR [--config.<field>=<value> ...]}" \
+OUT_DIR="$(mkdir -p "${1:?usage: gpu_study.sh OUT_DIR [sweep flags ...]}" \
   && cd "$1" && pwd)"
 shift
 PY="${PYTHON:-python3}"
