@@ -8,6 +8,7 @@ import sys
 import ml_collections
 import pytest
 
+from conftest import child_env, with_site_hook
 from vit_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,6 +207,42 @@ def test_config_errors_are_one_error_line(tmp_path, module, flags, message):
   errors = [l for l in proc.stderr.splitlines() if 'Error' in l]
   assert len(errors) == 1 and errors[0].startswith(message), proc.stderr
   assert len(proc.stderr.splitlines()) <= 2, proc.stderr  # at most a pointer to the flags
+  assert not (tmp_path / 'run').exists()
+
+
+GCS_EXTRA = ('gs:// paths need the [gcs] extra (gcsfs, google-cloud-storage): pip install -e '
+             '".[gcs]"')
+# The base install (`pip install -e .`) has neither the [gcs] nor the [tfds] extra.
+WITHOUT_EXTRAS = ("import sys\nsys.modules.update(dict.fromkeys(['gcsfs', 'google.api_core', "
+                  "'google.cloud.storage', 'tensorflow_datasets']))\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('module,flags,message', [
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=gs://b/run'],
+     f"Error: gs://b/run: {GCS_EXTRA} (import of google.api_core halted; None in sys.modules)."),
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--config.dataset=folder:gs://b/images'], f'Error: {GCS_EXTRA}.'),
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--config.dataset=tfds:mnist'],
+     'Error: config.dataset=\'tfds:<name>\' needs TensorFlow Datasets: pip install -e ".[tfds]"'),
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=gs://b/sweep'],
+     f'Error: gs://b/sweep: {GCS_EXTRA} ('),
+    ('vit_jax.analyze', ['--sweep=gs://b/sweep'], f'Error: {GCS_EXTRA}.'),
+    ('vit_jax.export', ['--workdir=gs://b/run', '--format=npz', '--out=/tmp/unused'],
+     f'Error: {GCS_EXTRA}.'),
+    ('vit_jax.scaling', ['gs://b/sweep'], f'Error: {GCS_EXTRA}.'),
+    ('vit_jax.bench', ['data', '--model=ViT-Ti_4', '--batch=2', '--image-size=8',
+                       '--dataset=folder:gs://b/images'], f'Error: {GCS_EXTRA}.'),
+])
+def test_a_missing_extra_is_one_error_line_that_says_what_to_install(tmp_path, module, flags,
+                                                                     message):
+  env = with_site_hook(child_env(1), tmp_path / 'hook', WITHOUT_EXTRAS)
+  proc = subprocess.run([sys.executable, '-m', module,
+                         *[f.replace('/tmp/unused', str(tmp_path / 'run')) for f in flags]],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert proc.stderr.splitlines()[-1].startswith(message), proc.stderr[-3000:]
   assert not (tmp_path / 'run').exists()
 
 

@@ -210,7 +210,7 @@ def test_bad_source_or_split(source, split, message):
 
 def test_tfds_without_tensorflow_says_what_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # import fails: not installed
-  with pytest.raises(ImportError, match=r'pip install tensorflow tensorflow-datasets.*folder:'):
+  with pytest.raises(ImportError, match=r'pip install -e "\.\[tfds\]".*folder:'):
     data.load_split('tfds:cifar10', 'train')
 
 

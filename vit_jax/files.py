@@ -26,10 +26,15 @@ from etils import epath
 import fsspec
 import numpy as np
 
+# What a gs:// path needs that the base install lacks.
+GCS_EXTRA = ('gs:// paths need the [gcs] extra (gcsfs, google-cloud-storage): pip install -e '
+             '".[gcs]"')
 # Object-store listings are not cached: another process (a sweep's point, another host) may
-# have written since.
+# have written since. Without gcsfs, fsspec's ImportError says what to install.
 for _protocol in ('gs', 'gcs'):
   fsspec.config.conf.setdefault(_protocol, {}).setdefault('use_listings_cache', False)
+  fsspec.register_implementation(_protocol, 'gcsfs.GCSFileSystem', clobber=True,
+                                 errtxt=f'{GCS_EXTRA}.')
 # gcsfs logs each request error it gives up on, traceback included, and then raises it; the
 # raised error reaches the command, which reports it in one `Error:` line.
 std_logging.getLogger('gcsfs').addFilter(lambda record: record.funcName != 'retry_request')
@@ -199,10 +204,15 @@ def _object_lock(directory: str, what: str) -> Iterator[None]:
     PermissionError: no Google Cloud credentials, or the account may not write there.
     FileNotFoundError: the bucket does not exist.
     ConnectionError: Cloud Storage did not answer for STORE_TIMEOUT seconds.
+    ImportError: the [gcs] extra is not installed.
   """
-  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
-  from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
-  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  try:
+    # pylint: disable=g-import-not-at-top
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+    from google.cloud import storage
+  except ImportError as e:
+    raise ImportError(f'{directory}: {GCS_EXTRA} ({e}).') from e
   bucket, _, prefix = directory.removeprefix('gs://').partition('/')
   try:
     client = storage.Client()

@@ -17,10 +17,10 @@ def _tfds():
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("config.dataset='tfds:<name>' needs TensorFlow Datasets: pip install "
-                      'tensorflow tensorflow-datasets (TensorFlow only to prepare the data; '
-                      "reading needs only tensorflow-datasets), or use a 'folder:<directory or "
-                      ".tar.gz>' or 'records:<directory>' dataset instead.") from e
+    raise ImportError("config.dataset='tfds:<name>' needs TensorFlow Datasets: pip install -e "
+                      '".[tfds]" (reading needs no TensorFlow; many catalog builders need it to '
+                      "prepare), or use a 'folder:<directory or .tar.gz>' or 'records:<directory>'"
+                      ' dataset instead.') from e
   return tfds
 
 

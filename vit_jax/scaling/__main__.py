@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     table = tables.results_table(results.read_results(os.path.join(args.workdir,
                                                                    'results.csv')))
     result = report.write_report(args.workdir, args.title)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError, ImportError) as e:
     sys.exit(f'Error: {e}')
   print(table)
   for key, path in result.items():
