@@ -194,6 +194,15 @@ def run(module, *flags):
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke'],
      'Error: --config and --workdir are required.'),
     ('vit_jax.data.prepare', ['--src=digits'], 'Error: --src and --out are required.'),
+    # Local only: ArrayRecord shards are local files.
+    ('vit_jax.data.prepare', ['--src=gs://b/images', '--out=/tmp/unused'],
+     'Error: --src=gs://b/images: prepare reads and writes local folders'),
+    ('vit_jax.data.prepare', ['--src=/tmp', '--out=gs://b/prepared'],
+     'Error: --out=gs://b/prepared: prepare reads and writes local folders'),
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--config.dataset=records:gs://b/prepared'],
+     "Error: config.dataset='records:gs://b/prepared': prepared datasets are read from a local "
+     'folder'),
     # Counts out of range.
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
                        '--point=4'],

@@ -11,7 +11,8 @@ encoded bytes (any size, JPEG, PNG, ...); each is decoded once here to refuse (o
 Shards are written in parallel worker processes, each to a temporary file renamed when
 complete, and `metadata.json` last: a killed run leaves no file that looks finished, and
 rerunning the same command keeps the shards already done. A `.tar.gz` is first decompressed to
-`<out>/.source.tar` (random access for the workers), removed at the end.
+`<out>/.source.tar` (random access for the workers), removed at the end. Both paths are local
+(or a mounted bucket): ArrayRecord shards are local files.
 """
 import gzip
 import hashlib
@@ -175,6 +176,12 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
     raise ValueError(f"--corrupt_images={corrupt_images!r} must be 'error' or 'skip'.")
   if shard_size < 1:
     raise ValueError(f'--shard_size={shard_size} must be positive.')
+  for flag, path in (('--src', src), ('--out', out)):
+    if not files.is_local(path):
+      raise ValueError(f'{flag}={path}: prepare reads and writes local folders (ArrayRecord '
+                       'shards are written and read as local files); prepare on a local disk '
+                       'and copy the result where the hosts read it, or use a mounted bucket '
+                       '(gcsfuse) path.')
   if os.path.isfile(os.path.join(out, records.METADATA)):
     logging.info('%s is already prepared; nothing to do.', out)
     return records.read_metadata(out)

@@ -10,6 +10,7 @@ Layout of a prepared directory (written by `python -m vit_jax.data.prepare`):
 
 `metadata.json` is written last, so a directory without it is not a finished dataset. The
 labels file gives the per-class record indices that subsets need without reading any image.
+The directory is a local folder (or a mounted bucket): the shards are opened as local files.
 """
 import os
 
@@ -32,6 +33,10 @@ def shard_name(split: str, index: int, count: int) -> str:
 def read_metadata(directory: str) -> dict:
   """The metadata of a prepared directory; errors name the directory and what is wrong."""
   path = os.path.join(directory, METADATA)
+  if not files.is_local(directory):
+    raise ValueError(f"config.dataset='records:{directory}': prepared datasets are read from "
+                     'a local folder (ArrayRecord shards are opened as local files); copy it to '
+                     'the disk of each host, or give the path of a mounted bucket (gcsfuse).')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"config.dataset='records:{directory}': {directory} does not "
                             'exist.')
