@@ -194,6 +194,10 @@ def run(module, *flags):
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke'],
      'Error: --config and --workdir are required.'),
     ('vit_jax.data.prepare', ['--src=digits'], 'Error: --src and --out are required.'),
+    # The few-shot probe's dataset is named by its own field.
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--config.eval.fewshot_dataset=folder:/no/such/dir'],
+     "Error: config.eval.fewshot_dataset='folder:/no/such/dir': /no/such/dir does not exist."),
     # Local only: ArrayRecord shards are local files.
     ('vit_jax.data.prepare', ['--src=gs://b/images', '--out=/tmp/unused'],
      'Error: --src=gs://b/images: prepare reads and writes local folders'),

@@ -178,8 +178,14 @@ def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
   probe = copy.deepcopy(config)
   probe.dataset = config.eval.fewshot_dataset
   probe.data.train_split, probe.data.eval_split = 'train', None
-  probe = resolve_kind(probe)
-  return open_split(probe, 'train'), open_split(probe, eval_split_name(probe))
+  try:
+    probe = resolve_kind(probe)
+    return open_split(probe, 'train'), open_split(probe, eval_split_name(probe))
+  except (ValueError, OSError, ImportError) as e:
+    if 'config.dataset=' not in str(e):
+      raise
+    # The messages name the field the dataset came from: here eval.fewshot_dataset.
+    raise type(e)(str(e).replace('config.dataset=', 'config.eval.fewshot_dataset=')) from e
 
 
 def train_iterator(split: Split | pipeline.RecordSplit, config: ml_collections.ConfigDict,
