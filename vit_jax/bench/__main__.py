@@ -40,7 +40,7 @@ DTYPES = ('float32', 'bfloat16')
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = cli.ArgumentParser(prog='python -m vit_jax.bench', description=__doc__,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('mode', choices=MODES)
   parser.add_argument('--model', required=True, help='registry name, e.g. ViT-B/16, ViT-Ti_4')
   parser.add_argument('--batch', type=int, default=32, help='global batch size')

@@ -20,12 +20,11 @@ def main(argv: list[str]) -> None:
   parser.add_argument('title', nargs='?', help="the report's title")
   args = parser.parse_args(argv[1:])
   try:
-    table = tables.results_table(results.read_results(os.path.join(args.workdir,
-                                                                   'results.csv')))
+    rows = results.read_results(os.path.join(args.workdir, 'results.csv'))
     result = report.write_report(args.workdir, args.title)
   except (ValueError, OSError, ImportError) as e:
     sys.exit(f'Error: {e}')
-  print(table)
+  print(tables.results_table(rows))
   for key, path in result.items():
     if key != 'findings':
       print(f'Wrote {path}')
