@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
       return
     results = run.analyze(_WORKDIR.value, _OUT.value, _ONLY.value, _IMAGES.value,
                           _HESSIAN_BATCHES.value, checkpoint.parse_step(_STEP.value))
-  except (ValueError, OSError, ImportError) as e:
+  except cli.COMMAND_ERRORS as e:
     raise SystemExit(f'Error: {e}') from None
   done = [a for a in run.ANALYSES if a in results]
   print(f'{results["model"]} ({results["family"]}): {", ".join(done)} written to {_OUT.value}'

@@ -18,6 +18,7 @@ from absl import logging
 import ml_collections
 
 from vit_jax import config as config_lib
+from vit_jax import files
 from vit_jax import starting
 
 # Set by our command-line entry points (not by `import vit_jax`), before JAX starts its backend,
@@ -25,6 +26,10 @@ from vit_jax import starting
 # On a 2-core AVX-512 machine this takes 8% less CPU time for a ViT train step and 17-19% less
 # for the forward pass (BENCHMARKS.md). GPUs ignore it.
 CPU_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+
+# What a command ends with one `Error:` line, not a traceback: bad input, a missing file or
+# [extra], a run that diverged, a directory another process is using.
+COMMAND_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, files.LockedError)
 
 
 def set_cpu_flag() -> None:

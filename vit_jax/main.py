@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
       return
     _JOIN()
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, OSError, ImportError, FloatingPointError, files.LockedError) as e:
+  except cli.COMMAND_ERRORS as e:
     sys.exit(f'Error: {e}')
   if jax.process_index():  # one report, from process 0
     return

@@ -64,7 +64,6 @@ class MetricsWriter:
       f.writelines(self._lines)
     local = files.is_local(workdir)
     self._file = open(self.path, 'a') if local else None
-    self._workdir = workdir
     if not local:
       self._events = tempfile.TemporaryDirectory(prefix='vit_jax-events-')
     self._tb = summary_writer(workdir if local else self._events.name,
@@ -74,7 +73,7 @@ class MetricsWriter:
     """Copies the local event file to the object-store workdir, whole."""
     for name in os.listdir(self._events.name):
       with open(os.path.join(self._events.name, name), 'rb') as source, files.atomic_open(
-          os.path.join(self._workdir, name), 'wb') as target:
+          os.path.join(os.path.dirname(self.path), name), 'wb') as target:
         target.write(source.read())
 
   def write(self, step: int, metrics: dict[str, float]) -> None:

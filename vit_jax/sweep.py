@@ -641,7 +641,7 @@ def main(argv: list[str]) -> None:
     with files.exclusive_lock(_WORKDIR.value, 'sweep'):
       run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv, _LAUNCHER.value,
                 flags.FLAGS.num_processes or 1, _MAX_PARALLEL.value, _TIME_LIMIT.value)
-  except (ValueError, OSError, ImportError, FloatingPointError, files.LockedError) as e:
+  except cli.COMMAND_ERRORS as e:
     sys.exit(f'Error: {e}')
 
 

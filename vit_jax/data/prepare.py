@@ -269,7 +269,7 @@ def main(argv: list[str]) -> None:
   try:
     meta = prepare(FLAGS.src, FLAGS.out, workers=FLAGS.workers, shard_size=FLAGS.shard_size,
                    corrupt_images=FLAGS.corrupt_images)
-  except (ValueError, OSError, files.LockedError) as e:
+  except cli.COMMAND_ERRORS as e:
     sys.exit(f'Error: {e}')
   print(f'{FLAGS.out}: ' + ', '.join(f'{s} {v["num_examples"]} images'
                                      for s, v in meta['splits'].items())

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
   try:
     manifest = export.export(_WORKDIR.value, _FORMAT.value, _OUT.value,
                              checkpoint.parse_step(_STEP.value))
-  except (ValueError, OSError, ImportError, export.VerificationError) as e:
+  except (*cli.COMMAND_ERRORS, export.VerificationError) as e:
     raise SystemExit(f'Error: {e}') from None
   check = manifest['verification']
   print(f'Exported {manifest["model"]} (step {manifest["step"]}) as {_FORMAT.value} to '

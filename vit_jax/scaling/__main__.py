@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
   try:
     rows = results.read_results(os.path.join(args.workdir, 'results.csv'))
     result = report.write_report(args.workdir, args.title)
-  except (ValueError, OSError, ImportError) as e:
+  except cli.COMMAND_ERRORS as e:
     sys.exit(f'Error: {e}')
   print(tables.results_table(rows))
   for key, path in result.items():
