@@ -164,6 +164,28 @@ def test_metrics_and_tensorboard_scalars_on_gcs(gcs_bucket, monkeypatch, tmp_pat
   assert not os.listdir(tmp_path)  # the local event folder is removed
 
 
+def test_the_local_event_folder_of_a_killed_run_is_removed_by_the_next(gcs_bucket, monkeypatch,
+                                                                       tmp_path):
+  workdir = f'{gcs_bucket}/killed-metrics'
+  script = ('import os, signal\nfrom vit_jax import metrics\n'
+            f'writer = metrics.MetricsWriter({workdir!r})\n'
+            'writer.write(10, {"loss": 0.7})\n'
+            'os.kill(os.getpid(), signal.SIGKILL)\n')
+  proc = subprocess.run([sys.executable, '-c', script], env=dict(child_env(1), TMPDIR=str(
+      tmp_path)), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  [left] = os.listdir(tmp_path)  # the killed run's event folder, its file uploaded at step 10
+  assert [p.name for p in (tmp_path / left).iterdir()] == [
+      p.name for p in epath.Path(workdir).iterdir() if p.name.startswith('events.out.')]
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+  writer = metrics.MetricsWriter(workdir, resume_step=10)
+  writer.write(20, {'loss': 0.3})
+  writer.close()
+  assert not os.listdir(tmp_path)
+  assert metrics.read_jsonl(f'{workdir}/metrics.jsonl') == [
+      {'step': 10, 'loss': 0.7}, {'step': 20, 'loss': 0.3}]
+
+
 # A child process with its own emulator, stopped between two metrics writes.
 STORE_STOPS = """
 import collections, threading

@@ -1,10 +1,13 @@
 """Run outputs: `metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow), the
 progress line and the profiler trace."""
+import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any
+import weakref
 
 from absl import logging
 import jax
@@ -40,6 +43,17 @@ def summary_writer(workdir: str, purge_step: int | None) -> Any:
   return tensorboardX.SummaryWriter(workdir, purge_step=purge_step)
 
 
+def _local_events_folder(workdir: str) -> str:
+  """An empty local folder for the TensorBoard event file of a run whose `workdir` is on an
+  object store: one per workdir on each host (the workdir's lock keeps a second run out), so a
+  run killed without cleanup leaves its folder to the next run there, which empties it."""
+  digest = hashlib.sha256(workdir.encode()).hexdigest()[:16]
+  folder = os.path.join(tempfile.gettempdir(), f'vit_jax-events-{digest}')
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  return folder
+
+
 class MetricsWriter:
   """Appends {'step': s, **metrics} to `<workdir>/metrics.jsonl` and TensorBoard scalars.
 
@@ -47,7 +61,7 @@ class MetricsWriter:
   after its last checkpoint) are dropped, so the file describes exactly one trajectory.
   Only the writing process (process 0) creates files. An object store cannot append, so there
   each write uploads the whole file again (one small file, written at log steps only), and
-  the TensorBoard event file is written to a local temporary folder and uploaded whole with it
+  the TensorBoard event file is written to a local folder and uploaded whole with it
   (through `files`, so a store that stops answering is one error of the run's, not uploads
   that tensorboardX retries when the process exits).
   """
@@ -65,14 +79,16 @@ class MetricsWriter:
     local = files.is_local(workdir)
     self._file = open(self.path, 'a') if local else None
     if not local:
-      self._events = tempfile.TemporaryDirectory(prefix='vit_jax-events-')
-    self._tb = summary_writer(workdir if local else self._events.name,
+      self._events = _local_events_folder(workdir)
+      # removed by close(), or when the writer is collected or the process exits (an error)
+      self._remove_events = weakref.finalize(self, shutil.rmtree, self._events, True)
+    self._tb = summary_writer(workdir if local else self._events,
                               purge_step=resume_step + 1 if resume_step else None)
 
   def _upload_events(self) -> None:
     """Copies the local event file to the object-store workdir, whole."""
-    for name in os.listdir(self._events.name):
-      with open(os.path.join(self._events.name, name), 'rb') as source, files.atomic_open(
+    for name in os.listdir(self._events):
+      with open(os.path.join(self._events, name), 'rb') as source, files.atomic_open(
           os.path.join(os.path.dirname(self.path), name), 'wb') as target:
         target.write(source.read())
 
@@ -100,7 +116,7 @@ class MetricsWriter:
       self._tb.close()
     if self._events:
       self._upload_events()
-      self._events.cleanup()
+      self._remove_events()
       self._events = None
 
 
