@@ -192,6 +192,12 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
   assert os.listdir(tmp_path) == ['r.json']  # no temporary file left
 
 
+def test_a_file_that_cannot_be_written_is_named_in_the_error():
+  with pytest.raises(FileNotFoundError) as e:  # /proc takes no new files
+    files.write_json('/proc/vit_jax-result.json', {'a': 1})
+  assert str(e.value) == "[Errno 2] No such file or directory: '/proc/vit_jax-result.json'"
+
+
 def test_save_is_atomic_and_keeps_the_old_file_on_failure(tiny_vit, tmp_path):
   _, params, _ = tiny_vit
   path, _ = _saved(tmp_path, params)

@@ -116,8 +116,11 @@ def atomic_open(path: str, mode: str = 'w') -> Iterator[TextIO]:
     return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
-                             suffix='.tmp')
+  try:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
+                               suffix='.tmp')
+  except OSError as e:  # named by the file asked for, not the temporary one
+    raise type(e)(e.errno, e.strerror, path) from None
   try:
     umask = os.umask(0)
     os.umask(umask)
