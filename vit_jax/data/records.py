@@ -45,10 +45,7 @@ def read_metadata(directory: str) -> dict:
         f'{directory} is not a prepared dataset ({METADATA} is missing; an interrupted '
         'prepare run leaves it out): run python -m vit_jax.data.prepare --src=<images> '
         f'--out={directory} (again: it resumes).')
-  try:
-    meta = files.read_json(path)  # ValueError naming the file when it is not JSON
-  except OSError as e:
-    raise ValueError(f'{path} is not readable JSON: {e}') from e
+  meta = files.read_json(path)  # ValueError naming the file when it is not JSON
   if not isinstance(meta, dict) or meta.get('format') != FORMAT:
     raise ValueError(f'{path} is not a {FORMAT} metadata file.')
   return meta
