@@ -533,25 +533,27 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
   check_configs(grid)
   files.makedirs(sweep_dir)
   files.write_json(os.path.join(sweep_dir, 'sweep_config.json'), sweep.to_dict())
+  csv_path = os.path.join(sweep_dir, 'results.csv')
+  chosen = {}
   if grid:
     if not run(grid, range(len(grid)), 'Grid'):
-      write_results(grid, os.path.join(sweep_dir, 'results.csv'))
+      write_results(grid, csv_path)
       return []
     chosen = choose_hparams(grid)
     files.write_json(os.path.join(sweep_dir, 'grid.json'), chosen)
     print('Chosen by validation accuracy: ' + ', '.join(
         f'{fam}: lr {c["lr"]:g}, weight decay {c["weight_decay"]:g}'
         for fam, c in chosen.items()), flush=True)
-  points = grid + expand(sweep, sweep_dir, choose_hparams(grid))
+  points = grid + expand(sweep, sweep_dir, chosen)
   check_configs(points)
   finished = run(points, range(len(grid), len(points)), f'Sweep {sweep.get("name", "")}')
-  rows = write_results(points, os.path.join(sweep_dir, 'results.csv'))
+  rows = write_results(points, csv_path)
   written = report.write_report(sweep_dir)
   if not finished:
     print(f'Report of the points finished so far: {written["report"]}', flush=True)
     return []
-  print(tables.results_table(results.read_results(os.path.join(sweep_dir, 'results.csv'))))
-  print('\nResults:', os.path.join(sweep_dir, 'results.csv'))
+  print(tables.results_table(results.read_results(csv_path)))
+  print('\nResults:', csv_path)
   for key, path in written.items():
     if isinstance(path, str) and files.exists(path):
       print(f'{key}: {path}')
