@@ -3,6 +3,7 @@
 and a run killed and resumed, exported and fine-tuned from, on gs:// (slow); a store that does
 not answer (a closed port) as one error line."""
 import csv
+import gc
 import io
 import os
 import signal
@@ -184,6 +185,22 @@ def test_the_local_event_folder_of_a_killed_run_is_removed_by_the_next(gcs_bucke
   assert not os.listdir(tmp_path)
   assert metrics.read_jsonl(f'{workdir}/metrics.jsonl') == [
       {'step': 10, 'loss': 0.7}, {'step': 20, 'loss': 0.3}]
+
+
+def test_a_failed_runs_writer_collected_late_leaves_the_next_runs_folder(gcs_bucket, monkeypatch,
+                                                                         tmp_path):
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+  workdir = f'{gcs_bucket}/failed-metrics'
+  failed = metrics.MetricsWriter(workdir)  # a run that ended in an error: never closed
+  failed.write(10, {'loss': 0.7})
+  writer = metrics.MetricsWriter(workdir, resume_step=10)  # the rerun, in the same process
+  del failed
+  gc.collect()  # the failed writer's clean-up runs while the rerun writes
+  writer.write(20, {'loss': 0.3})
+  writer.close()
+  assert not os.listdir(tmp_path)
+  events = sorted(p for p in epath.Path(workdir).iterdir() if p.name.startswith('events.out.'))
+  assert [s[:2] for s in scalars_of(events[-1].read_bytes())] == [(20, 'loss')]
 
 
 # A child process with its own emulator, stopped between two metrics writes.

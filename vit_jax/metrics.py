@@ -1,5 +1,6 @@
 """Run outputs: `metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow), the
 progress line and the profiler trace."""
+import glob
 import hashlib
 import json
 import os
@@ -44,14 +45,14 @@ def summary_writer(workdir: str, purge_step: int | None) -> Any:
 
 
 def _local_events_folder(workdir: str) -> str:
-  """An empty local folder for the TensorBoard event file of a run whose `workdir` is on an
-  object store: one per workdir on each host (the workdir's lock keeps a second run out), so a
-  run killed without cleanup leaves its folder to the next run there, which empties it."""
-  digest = hashlib.sha256(workdir.encode()).hexdigest()[:16]
-  folder = os.path.join(tempfile.gettempdir(), f'vit_jax-events-{digest}')
-  shutil.rmtree(folder, ignore_errors=True)
-  os.makedirs(folder)
-  return folder
+  """A new local folder for the TensorBoard event file of a run whose `workdir` is on an
+  object store, named after the workdir: it first removes the folders of earlier runs there
+  (on this host), which a run killed without cleanup leaves; the workdir's lock keeps a second
+  run out while one is running."""
+  prefix = f'vit_jax-events-{hashlib.sha256(workdir.encode()).hexdigest()[:16]}-'
+  for folder in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), prefix + '*')):
+    shutil.rmtree(folder, ignore_errors=True)
+  return tempfile.mkdtemp(prefix=prefix)
 
 
 class MetricsWriter:
