@@ -7,7 +7,6 @@ import gc
 import io
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from PIL import Image
 import pytest
 
 from conftest import ROOT, child_env, with_site_hook
+from test_metrics import scalars_of
 from vit_jax import config as config_lib
 from vit_jax import data, files, metrics
 
@@ -134,32 +134,20 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(gcs_bucket):
     assert f'"pid": {os.getpid()}' in files.read_text(f'{directory}/.lock')
 
 
-def scalars_of(event_file: bytes) -> list[tuple[int, str, float]]:
-  """(step, tag, value) of every scalar in a TensorBoard event file, read with the Event
-  protocol buffer tensorboardX ships; records are framed as length (8 bytes), its CRC (4), the
-  record, its CRC (4)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  scalars, start = [], 0
-  while start < len(event_file):
-    (length,) = struct.unpack('<Q', event_file[start:start + 8])
-    event = event_pb2.Event.FromString(event_file[start + 12:start + 12 + length])
-    scalars += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
-    start += 12 + length + 4
-  return scalars
-
-
 def test_metrics_and_tensorboard_scalars_on_gcs(gcs_bucket, monkeypatch, tmp_path):
   monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # where the local event folder goes
   workdir = f'{gcs_bucket}/metrics'
   writer = metrics.MetricsWriter(workdir)
   logged = {10: {'loss': 0.7, 'accuracy': 0.25}, 20: {'loss': 0.3, 'accuracy': 0.5}}
+  expected = []
   for step, values in logged.items():
     writer.write(step, values)
+    expected += [(step, tag, pytest.approx(value, rel=1e-7))  # float32 in the event file
+                 for tag, value in values.items()]
+    [events] = [p for p in epath.Path(workdir).iterdir() if p.name.startswith('events.out.')]
+    assert scalars_of(events.read_bytes()) == expected  # uploaded with this log step's scalars
   writer.close()
-  [events] = [p for p in epath.Path(workdir).iterdir() if p.name.startswith('events.out.')]
-  assert scalars_of(events.read_bytes()) == [
-      (step, tag, pytest.approx(value, rel=1e-7))  # float32 in the event file
-      for step, values in logged.items() for tag, value in values.items()]
+  assert scalars_of(events.read_bytes()) == expected
   assert metrics.read_jsonl(f'{workdir}/metrics.jsonl') == [
       {'step': step, **values} for step, values in logged.items()]
   assert not os.listdir(tmp_path)  # the local event folder is removed

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Any
 import weakref
 
@@ -29,19 +30,55 @@ def read_jsonl(path: str) -> list[dict]:
   return records
 
 
-def summary_writer(workdir: str, purge_step: int | None) -> Any:
-  """tensorboardX's SummaryWriter for `workdir`, tensorboardX imported without PyTorch: where
-  torch is installed, tensorboardX imports it only to accept torch tensors (we log floats),
-  which costs every training process about a second and a few hundred MB."""
+def _tensorboardx() -> Any:
+  """tensorboardX's event-file writer, protocol buffers and summaries, imported without
+  PyTorch: where torch is installed, tensorboardX imports it only to accept torch tensors (we
+  log floats), which costs every training process about a second and a few hundred MB."""
   hidden = 'torch' not in sys.modules
   if hidden:
     sys.modules['torch'] = None  # `import torch` raises ImportError, as if not installed
   try:
-    import tensorboardX  # pylint: disable=g-import-not-at-top
+    import tensorboardX.event_file_writer  # pylint: disable=g-import-not-at-top
+    import tensorboardX.proto.event_pb2  # pylint: disable=g-import-not-at-top
+    import tensorboardX.summary  # pylint: disable=g-import-not-at-top
   finally:
     if hidden:
       del sys.modules['torch']
-  return tensorboardX.SummaryWriter(workdir, purge_step=purge_step)
+  return tensorboardX
+
+
+class EventFile:
+  """A TensorBoard event file, `<folder>/events.out.tfevents.<seconds>.<host>.<nanoseconds>`,
+  written in the caller's thread: tensorboardX's SummaryWriter writes from a thread of its
+  own, and its flush() does not wait for the scalars just added, so a copy made after it
+  (the upload to an object store) would lack the last log step. The nanoseconds give a run
+  resumed within the same second on the same host a file of its own that sorts after the
+  first (TensorBoard reads a folder's files in name order).
+
+  The file starts with a SessionLog.START event at the run's `first_step`: TensorBoard takes
+  the first START it reads as the start and each later one as a restart, dropping the events
+  of earlier files from that step on (those an interrupted run wrote after its last
+  checkpoint)."""
+
+  def __init__(self, folder: str, first_step: int):
+    tensorboardx = _tensorboardx()
+    self._pb, self._scalar = tensorboardx.proto.event_pb2, tensorboardx.summary.scalar
+    self._writer = tensorboardx.event_file_writer.EventsWriter(
+        os.path.join(folder, 'events'), f'.{time.time_ns()}')
+    self._writer.write_event(self._pb.Event(
+        wall_time=time.time(), step=first_step,
+        session_log=self._pb.SessionLog(status=self._pb.SessionLog.START)))
+    self._writer.flush()
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    """Appends `scalars` {tag: value} at `step` and flushes the file."""
+    for tag, value in scalars.items():
+      self._writer.write_event(self._pb.Event(wall_time=time.time(), step=step,
+                                              summary=self._scalar(tag, value)))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 def _local_events_folder(workdir: str) -> str:
@@ -83,8 +120,7 @@ class MetricsWriter:
       self._events = _local_events_folder(workdir)
       # removed by close(), or when the writer is collected or the process exits (an error)
       self._remove_events = weakref.finalize(self, shutil.rmtree, self._events, True)
-    self._tb = summary_writer(workdir if local else self._events,
-                              purge_step=resume_step + 1 if resume_step else None)
+    self._event_file = EventFile(workdir if local else self._events, resume_step + 1)
 
   def _upload_events(self) -> None:
     """Copies the local event file to the object-store workdir, whole."""
@@ -104,9 +140,7 @@ class MetricsWriter:
       self._lines.append(line)
       with files.atomic_open(self.path) as f:
         f.writelines(self._lines)
-    for key, value in metrics.items():
-      self._tb.add_scalar(key, value, step)
-    self._tb.flush()
+    self._event_file.write(step, metrics)
     if self._events:
       self._upload_events()
 
@@ -114,7 +148,7 @@ class MetricsWriter:
     if self._file:
       self._file.close()
     if self.active:
-      self._tb.close()
+      self._event_file.close()
     if self._events:
       self._upload_events()
       self._remove_events()
