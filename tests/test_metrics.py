@@ -69,11 +69,13 @@ def test_a_run_resumed_in_the_same_second_has_its_own_file_and_drops_the_lost_st
       {'step': 10, 'loss': 0.7}, {'step': 20, 'loss': 0.4}]
 
 
-def test_a_run_restarted_before_its_first_checkpoint_drops_all_earlier_steps(tmp_path):
+def test_a_run_restarted_before_its_first_checkpoint_drops_all_earlier_steps(tmp_path,
+                                                                             monkeypatch):
+  monkeypatch.setattr(time, 'time', lambda: 1_800_000_000.5)
   lost = metrics.MetricsWriter(str(tmp_path))
   lost.write(10, {'loss': 0.7})
   lost.close()
-  time.sleep(1.1)  # the next second: files sort by their start time
+  monkeypatch.setattr(time, 'time', lambda: 1_800_000_001.5)  # the restart, a second later
   restarted = metrics.MetricsWriter(str(tmp_path))
   restarted.write(10, {'loss': 0.6})
   restarted.close()
