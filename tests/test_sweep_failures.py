@@ -168,3 +168,30 @@ def test_a_point_stopped_by_a_signal_while_starting_is_stopped_not_failed(tmp_pa
   running.proc.wait()
   assert sweep.finish_point(point, running) == ('stopped', '')
   assert not os.path.exists(os.path.join(point.workdir, 'error.txt'))
+
+
+@pytest.mark.parametrize('field,dataset,message', [
+    ('dataset', 'folder:{tmp}/mnist.tar.gz',
+     "config.dataset='folder:{tmp}/mnist.tar.gz': {tmp}/mnist.tar.gz does not exist."),
+    ('fewshot_dataset', 'records:{tmp}/prepared',
+     "config.eval.fewshot_dataset='records:{tmp}/prepared': {tmp}/prepared does not exist."),
+])
+def test_a_missing_dataset_fails_the_sweep_before_any_point_runs(tmp_path, field, dataset,
+                                                                  message):
+  config = data_scaling.get_config('smoke')
+  section = config.base if field == 'dataset' else config.base.eval
+  section[field] = dataset.format(tmp=tmp_path)
+  with pytest.raises(FileNotFoundError) as e:
+    sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
+  assert str(e.value) == message.format(tmp=tmp_path)
+  assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
+
+
+def test_with_a_launcher_the_data_is_left_to_the_points_hosts(tmp_path, capsys):
+  config = data_scaling.get_config('smoke')
+  config.base.dataset = f'folder:{tmp_path}/on-the-pod-hosts-only.tar.gz'
+  launcher = '{python} -c "import sys; sys.exit(3)" {index}'  # each point's job, failing
+  sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[], launcher=launcher)
+  out = capsys.readouterr().out
+  assert out.count('(study): failed (exited with status 3)') == len(
+      sweep.expand(config, str(tmp_path / 'sweep')))

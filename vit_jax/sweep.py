@@ -71,7 +71,7 @@ from flax import traverse_util
 import ml_collections
 from ml_collections import config_flags
 
-from vit_jax import cli, distributed, files, metrics, train
+from vit_jax import cli, data, distributed, files, metrics, train
 from vit_jax import config as config_lib
 from vit_jax import workdir as run_dir
 from vit_jax.scaling import report, results, tables
@@ -373,6 +373,15 @@ def check_configs(points: list[Point]) -> None:
           '); use a new --workdir, or delete that point to rerun it.')
 
 
+def check_data(points: list[Point]) -> None:
+  """`data.check_present` for each distinct dataset of `points` (paths only, no image read):
+  a path that is not there fails the sweep in one line before any point runs, not every point
+  in turn."""
+  for config in {(p.config.dataset, p.config.eval.fewshot_dataset): p.config
+                 for p in points}.values():
+    data.check_present(config)
+
+
 def _die_with_parent() -> None:
   """In the child: ask Linux for SIGTERM when the sweep process dies (prctl PR_SET_PDEATHSIG),
   so an orphaned point checkpoints and stops instead of training on unsupervised."""
@@ -518,6 +527,8 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
 
   Raises:
     ValueError: a bad launcher template, max_parallel or time_limit, before anything runs.
+    FileNotFoundError, ValueError: without a launcher, a dataset path that is not there
+      (`check_data`), before anything runs.
   """
   if max_parallel < 1:
     raise ValueError(f'--max_parallel={max_parallel} must be at least 1.')
@@ -531,6 +542,8 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
       points, indices, argv, title, launcher, num_processes, max_parallel, deadline)
   grid = grid_points(sweep, sweep_dir)
   check_configs(grid)
+  if not launcher:  # a launcher's jobs may run on hosts that hold data this one lacks
+    check_data(grid + expand(sweep, sweep_dir))
   files.makedirs(sweep_dir)
   files.write_json(os.path.join(sweep_dir, 'sweep_config.json'), sweep.to_dict())
   csv_path = os.path.join(sweep_dir, 'results.csv')

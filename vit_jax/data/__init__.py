@@ -2,16 +2,17 @@
 size, `loader.resolve_kind`), deterministic batching, augmentation.
 
 Modules: `loader` (the one interface over both kinds of split: `resolve_kind`, `open_split`,
-`train_iterator`, `split_eval_batches`), `footprint` (a split's decoded size, what
-data.kind='auto' decides by), `sources` (`load_split` for 'digits', 'folder:<path>',
-'tfds:<name>'; `decode_records` for any record split), `folder` (image-folder trees and .tar.gz
-archives with a decoded-array cache), `split` (the in-memory `Split`), `subsets` (nested
-class-balanced subsets, the validation hold-out, the evaluation sample, `load_data` of a
-training config), `batches` (the in-memory training stream and evaluation pass), `transforms`
-(device-side augmentation and evaluation preprocessing); streaming: `records` (prepared
-ArrayRecord datasets), `prepare` (the converter, `python -m vit_jax.data.prepare`), `pipeline`
-(the grain pipeline: host-side decoding and augmentation, resumable training stream, evaluation
-pass), `worker_signals` (worker processes of both leave Ctrl-C to their parent).
+`train_iterator`, `split_eval_batches`; `check_present`, a dataset's path checked without
+reading it), `footprint` (a split's decoded size, what data.kind='auto' decides by), `sources`
+(`load_split` for 'digits', 'folder:<path>', 'tfds:<name>'; `decode_records` for any record
+split), `folder` (image-folder trees and .tar.gz archives with a decoded-array cache), `split`
+(the in-memory `Split`), `subsets` (nested class-balanced subsets, the validation hold-out, the
+evaluation sample, `load_data` of a training config), `batches` (the in-memory training stream
+and evaluation pass), `transforms` (device-side augmentation and evaluation preprocessing);
+streaming: `records` (prepared ArrayRecord datasets), `prepare` (the converter, `python -m
+vit_jax.data.prepare`), `pipeline` (the grain pipeline: host-side decoding and augmentation,
+resumable training stream, evaluation pass), `worker_signals` (worker processes of both leave
+Ctrl-C to their parent).
 
 Shapes: N examples, B global batch, L = B / process_count local batch, H x W images with
 C channels (1 for grayscale, 3 for colour). The host side (`TrainIterator`, `eval_batches`)
@@ -19,9 +20,9 @@ yields uint8 images and int32 labels; `augment` and `preprocess_eval` turn them 
 in [-1, 1] on the device, inside the jitted step.
 """
 from vit_jax.data.batches import TrainIterator, eval_batches
-from vit_jax.data.loader import (KINDS, MEMORY_LIMIT_GB, choose_kind, eval_split_name,
-                                 is_streamed, open_split, probe_splits, resolve_kind,
-                                 split_eval_batches, train_iterator)
+from vit_jax.data.loader import (KINDS, MEMORY_LIMIT_GB, check_present, choose_kind,
+                                 eval_split_name, is_streamed, open_split, probe_splits,
+                                 resolve_kind, split_eval_batches, train_iterator)
 from vit_jax.data.pipeline import RecordSplit, StreamIterator
 from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, dataset_file, load_split
 from vit_jax.data.split import SPLITS, Split
@@ -29,10 +30,10 @@ from vit_jax.data.subsets import evenly_spaced, hold_out, load_data, nested_subs
 
 __all__ = ['CORRUPT_IMAGES', 'KINDS', 'MEMORY_LIMIT_GB', 'RecordSplit', 'SOURCES', 'SPLITS',
            'Split', 'StreamIterator', 'TrainIterator', 'augment', 'augment_from_config',
-           'choose_kind', 'dataset_file', 'eval_batches', 'eval_split_name', 'evenly_spaced',
-           'hold_out', 'is_streamed', 'load_data', 'load_split', 'nested_subset', 'normalize',
-           'open_split', 'preprocess_eval', 'probe_splits', 'resolve_kind', 'split_eval_batches',
-           'train_iterator']
+           'check_present', 'choose_kind', 'dataset_file', 'eval_batches', 'eval_split_name',
+           'evenly_spaced', 'hold_out', 'is_streamed', 'load_data', 'load_split',
+           'nested_subset', 'normalize', 'open_split', 'preprocess_eval', 'probe_splits',
+           'resolve_kind', 'split_eval_batches', 'train_iterator']
 
 _DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval')
 

@@ -27,10 +27,15 @@ GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')  # decoded as 'L' (one channel);
 Listing = tuple[set[str], set[str], Callable[[str], bytes]]
 
 
-def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> Split:
-  """An image-folder directory or `.tar.gz`, from the cache when it is there."""
+def require(path: str) -> None:
+  """Raises FileNotFoundError naming config.dataset when `path` does not exist."""
   if not files.exists(path):
     raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
+
+
+def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> Split:
+  """An image-folder directory or `.tar.gz`, from the cache when it is there."""
+  require(path)
   cache_file = _cache_file(path, split, cache_dir, skip_corrupt)
   try:
     arrays = files.read_npz(cache_file)

@@ -16,8 +16,7 @@ class FolderSource:
   once and kept in memory."""
 
   def __init__(self, path: str, split: str):
-    if not files.exists(path):
-      raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
+    folder.require(path)
     self.directory, self.split = path, split
     if files.isdir(path):
       dirs, names, _ = folder.list_folder(path)

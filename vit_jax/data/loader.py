@@ -15,6 +15,7 @@ stored image size), takes at most `data.memory_limit_gb` and its images have one
 mode, and streams it otherwise ('digits' is always in memory). `resolve_kind` decides once
 for a run and logs the decision in one line.
 """
+import contextlib
 import copy
 import re
 from typing import Iterator
@@ -170,6 +171,18 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipelin
                             tfds_dir=config.data.tfds_dir)
 
 
+@contextlib.contextmanager
+def _as_fewshot_dataset() -> Iterator[None]:
+  """The sources' messages name config.dataset=; inside, they name the field a few-shot
+  dataset comes from, config.eval.fewshot_dataset= (same exception type)."""
+  try:
+    yield
+  except (ValueError, OSError, ImportError) as e:
+    if 'config.dataset=' not in str(e):
+      raise
+    raise type(e)(str(e).replace('config.dataset=', 'config.eval.fewshot_dataset=')) from e
+
+
 def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
   """(train, evaluation) splits of eval.fewshot_dataset for the few-shot probe, opened like
   the run's own dataset (same data.* settings, default splits); None without one."""
@@ -178,14 +191,28 @@ def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
   probe = copy.deepcopy(config)
   probe.dataset = config.eval.fewshot_dataset
   probe.data.train_split, probe.data.eval_split = 'train', None
-  try:
+  with _as_fewshot_dataset():
     probe = resolve_kind(probe)
     return open_split(probe, 'train'), open_split(probe, eval_split_name(probe))
-  except (ValueError, OSError, ImportError) as e:
-    if 'config.dataset=' not in str(e):
-      raise
-    # The messages name the field the dataset came from: here eval.fewshot_dataset.
-    raise type(e)(str(e).replace('config.dataset=', 'config.eval.fewshot_dataset=')) from e
+
+
+def _check_present(dataset: str) -> None:
+  kind, _, arg = dataset.partition(':')
+  if kind == 'folder':
+    folder.require(arg)
+  elif kind == 'records':
+    records.read_metadata(arg)
+
+
+def check_present(config: ml_collections.ConfigDict) -> None:
+  """Raises FileNotFoundError or ValueError, naming the field, when config.dataset or
+  eval.fewshot_dataset is a 'folder:' path that does not exist or a 'records:' directory that
+  is not a prepared dataset. Reads no image (a sweep checks its points before running any);
+  'digits' and 'tfds:' datasets are checked when a run opens them."""
+  _check_present(config.dataset)
+  if config.eval.fewshot_dataset:
+    with _as_fewshot_dataset():
+      _check_present(config.eval.fewshot_dataset)
 
 
 def train_iterator(split: Split | pipeline.RecordSplit, config: ml_collections.ConfigDict,
