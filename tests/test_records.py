@@ -189,24 +189,64 @@ tqdm.tqdm.update = update_then_ctrl_c
 """
 
 
+# In a worker process, every image takes 0.5 s to check (a shard of one image is being written
+# for that long); with `die`, a worker kills itself at its second image.
+SLOW_WORKERS = """
+import multiprocessing, os, signal, time
+import PIL.ImageFile
+load, checked = PIL.ImageFile.ImageFile.load, []
+def slow_load(self):
+  if multiprocessing.parent_process() is not None:
+    checked.append(1)
+    if DIE and len(checked) == 2:
+      os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.5)
+  return load(self)
+PIL.ImageFile.ImageFile.load = slow_load
+"""
+
+
 def test_ctrl_c_stops_a_parallel_run_with_one_line_and_the_rerun_keeps_its_shards(tree,
                                                                                 tmp_path):
   """Ctrl-C after two shards (sent to the process group, the two workers included, from a
-  sitecustomize.py the command imports at start): one line, exit status 130, no worker
-  traceback; the rerun writes only the missing shards."""
+  sitecustomize.py the command imports at start) while the workers write the next ones: one
+  line, exit status 130, no worker traceback, the shards being written finished, not cut off;
+  the rerun writes only the missing shards."""
   root, _ = tree
   out, args = tmp_path / 'out', [f'--src={root}', '--workers=2', '--shard_size=1']
-  env = with_site_hook(child_env(1), tmp_path / 'hook', CTRL_C_AFTER_TWO_SHARDS)
+  env = with_site_hook(child_env(1), tmp_path / 'hook',
+                       CTRL_C_AFTER_TWO_SHARDS + 'DIE = False\n' + SLOW_WORKERS)
   stopped = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
-                           capture_output=True, text=True, env=env, start_new_session=True)
+                           capture_output=True, text=True, env=env, start_new_session=True,
+                           timeout=300)
   assert stopped.returncode == 130, stopped.stderr[-2000:]
   assert 'Traceback' not in stopped.stderr and 'KeyboardInterrupt' not in stopped.stderr
   assert stopped.stderr.splitlines()[-1] == (
       'Stopped by Ctrl-C; rerun the same command to continue (finished shards are kept).')
   finished = [n for n in os.listdir(out) if n.endswith('.array_record.json')]  # sidecars last
-  assert 2 <= len(finished) < 21 and not (out / 'metadata.json').exists()
+  assert 3 <= len(finished) < 21 and not (out / 'metadata.json').exists()
+  assert not [n for n in os.listdir(out) if n.endswith('.tmp')]  # no shard cut off
   resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
-                           capture_output=True, text=True, env=child_env(1))
+                           capture_output=True, text=True, env=child_env(1), timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'{21 - len(finished)} of 21 shards to write' in resumed.stderr
+
+
+def test_a_worker_that_dies_ends_the_run_with_one_line_and_keeps_the_finished_shards(tree,
+                                                                                    tmp_path):
+  root, _ = tree
+  out, args = tmp_path / 'out', [f'--src={root}', '--workers=2', '--shard_size=1']
+  env = with_site_hook(child_env(1), tmp_path / 'hook', 'DIE = True\n' + SLOW_WORKERS)
+  died = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
+                        capture_output=True, text=True, env=env, timeout=300)
+  assert died.returncode == 1 and 'Traceback' not in died.stderr, died.stderr[-2000:]
+  assert died.stderr.splitlines()[-1] == (
+      'Error: A worker process died while writing shards (killed, or out of memory: try fewer '
+      '--workers); the finished shards are kept, rerun the same command to continue.')
+  finished = [n for n in os.listdir(out) if n.endswith('.array_record.json')]
+  assert 1 <= len(finished) < 21
+  resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
+                           capture_output=True, text=True, env=child_env(1), timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'{21 - len(finished)} of 21 shards to write' in resumed.stderr
 

@@ -14,6 +14,7 @@ rerunning the same command keeps the shards already done. A `.tar.gz` is first d
 `<out>/.source.tar` (random access for the workers), removed at the end. Both paths are local
 (or a mounted bucket): ArrayRecord shards are local files.
 """
+import concurrent.futures
 import gzip
 import hashlib
 import io
@@ -230,25 +231,34 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
 
 
 def _run_jobs(jobs: list, total: int, workers: int, progress: bool) -> None:
-  """Runs `_write_shard` over `jobs` in `workers` processes, with a progress bar."""
+  """Runs `_write_shard` over `jobs` in `workers` processes, with a progress bar. On an error
+  or Ctrl-C the shards not started are cancelled and the ones being written finish (stopping
+  workers mid-write could leave a lock of the result queue held by a dead process and hang
+  the stop). A worker that dies (killed, out of memory) ends the run with an OSError; the
+  finished shards are kept."""
   import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm.tqdm(total=total, unit='img', disable=not progress, file=sys.stderr)
+  executor = None
   if workers == 1 or len(jobs) <= 1:
     results = map(_write_shard, jobs)
-    pool = None
   else:
     with worker_signals.ctrl_c_blocked():  # Ctrl-C is this process's to handle (below)
-      pool = multiprocessing.get_context('spawn').Pool(min(workers, len(jobs)),
-                                                       initializer=worker_signals.ignore_ctrl_c)
-    results = pool.imap_unordered(_write_shard, jobs)
+      executor = concurrent.futures.ProcessPoolExecutor(
+          min(workers, len(jobs)), mp_context=multiprocessing.get_context('spawn'),
+          initializer=worker_signals.ignore_ctrl_c)
+      futures = [executor.submit(_write_shard, job) for job in jobs]  # workers start here
+    results = (future.result() for future in concurrent.futures.as_completed(futures))
   try:
     for done, _ in results:
       bar.update(done)
+  except concurrent.futures.BrokenExecutor:  # a worker died
+    raise OSError('A worker process died while writing shards (killed, or out of memory: '
+                  'try fewer --workers); the finished shards are kept, rerun the same '
+                  'command to continue.') from None
   finally:
     bar.close()
-    if pool is not None:
-      pool.terminate()
-      pool.join()
+    if executor is not None:
+      executor.shutdown(cancel_futures=True)
 
 
 FLAGS = flags.FLAGS
