@@ -21,10 +21,13 @@ def events_of(event_file: bytes) -> list:
   return events
 
 
+def _scalars(event) -> list[tuple[int, str, float]]:
+  return [(event.step, value.tag, value.simple_value) for value in event.summary.value]
+
+
 def scalars_of(event_file: bytes) -> list[tuple[int, str, float]]:
   """(step, tag, value) of every scalar in a TensorBoard event file."""
-  return [(event.step, value.tag, value.simple_value) for event in events_of(event_file)
-          for value in event.summary.value]
+  return [scalar for event in events_of(event_file) for scalar in _scalars(event)]
 
 
 def as_tensorboard_shows(folder) -> list[tuple[int, str, float]]:
@@ -39,7 +42,7 @@ def as_tensorboard_shows(folder) -> list[tuple[int, str, float]]:
         if started:
           kept = [scalar for scalar in kept if scalar[0] < event.step]
         started = True
-      kept += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
+      kept += _scalars(event)
   return kept
 
 

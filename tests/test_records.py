@@ -22,6 +22,14 @@ def tree(tmp_path_factory):
   return root, make_tree(root, classes=3, per_class={'train': 5, 'val': 2})
 
 
+def run_prepare(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+  """`python -m vit_jax.data.prepare <args>` in a child process, its output captured (at most
+  300 s: a hang fails the test)."""
+  return subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args],
+                        capture_output=True, text=True, env=env or child_env(1), timeout=300,
+                        **kwargs)
+
+
 def _file_bytes(root, rel):
   with open(os.path.join(root, rel), 'rb') as f:
     return f.read()
@@ -106,13 +114,11 @@ def test_the_command_line_reports_errors_in_one_line(tree, tmp_path):
   src = tmp_path / 'src'
   shutil.copytree(root, src)
   shutil.rmtree(src / 'val' / 'n00000001')
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args],
-                                     capture_output=True, text=True, env=child_env(1))
-  result = run(f'--src={src}', f'--out={tmp_path / "out"}')
+  result = run_prepare(f'--src={src}', f'--out={tmp_path / "out"}')
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(
       'Error: The class folders of') and 'n00000001' in result.stderr
-  result = run(f'--src={root}', f'--out={tmp_path / "out2"}', '--workers=1')
+  result = run_prepare(f'--src={root}', f'--out={tmp_path / "out2"}', '--workers=1')
   assert result.returncode == 0, result.stderr
   assert 'train 15 images, val 6 images, 3 classes' in result.stdout
 
@@ -165,8 +171,7 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_like_a_fresh_one(tree, tmp_p
   shards = sorted(n for n in os.listdir(out) if n.endswith('.array_record'))
   assert len(shards) == 2 and not (out / 'metadata.json').exists()
   stamps = {n: os.stat(out / n).st_mtime_ns for n in shards}
-  resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
-                           capture_output=True, text=True, env=child_env(1))
+  resumed = run_prepare(*args, f'--out={out}')
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert '4 of 6 shards to write' in resumed.stderr
   assert {n: os.stat(out / n).st_mtime_ns for n in shards} == stamps
@@ -190,7 +195,7 @@ tqdm.tqdm.update = update_then_ctrl_c
 
 
 # In a worker process, every image takes 0.5 s to check (a shard of one image is being written
-# for that long); with `die`, a worker kills itself at its second image.
+# for that long); with DIE, a worker kills itself at its second image.
 SLOW_WORKERS = """
 import multiprocessing, os, signal, time
 import PIL.ImageFile
@@ -216,9 +221,7 @@ def test_ctrl_c_stops_a_parallel_run_with_one_line_and_the_rerun_keeps_its_shard
   out, args = tmp_path / 'out', [f'--src={root}', '--workers=2', '--shard_size=1']
   env = with_site_hook(child_env(1), tmp_path / 'hook',
                        CTRL_C_AFTER_TWO_SHARDS + 'DIE = False\n' + SLOW_WORKERS)
-  stopped = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
-                           capture_output=True, text=True, env=env, start_new_session=True,
-                           timeout=300)
+  stopped = run_prepare(*args, f'--out={out}', env=env, start_new_session=True)
   assert stopped.returncode == 130, stopped.stderr[-2000:]
   assert 'Traceback' not in stopped.stderr and 'KeyboardInterrupt' not in stopped.stderr
   assert stopped.stderr.splitlines()[-1] == (
@@ -226,8 +229,7 @@ def test_ctrl_c_stops_a_parallel_run_with_one_line_and_the_rerun_keeps_its_shard
   finished = [n for n in os.listdir(out) if n.endswith('.array_record.json')]  # sidecars last
   assert 3 <= len(finished) < 21 and not (out / 'metadata.json').exists()
   assert not [n for n in os.listdir(out) if n.endswith('.tmp')]  # no shard cut off
-  resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
-                           capture_output=True, text=True, env=child_env(1), timeout=300)
+  resumed = run_prepare(*args, f'--out={out}')
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'{21 - len(finished)} of 21 shards to write' in resumed.stderr
 
@@ -237,16 +239,14 @@ def test_a_worker_that_dies_ends_the_run_with_one_line_and_keeps_the_finished_sh
   root, _ = tree
   out, args = tmp_path / 'out', [f'--src={root}', '--workers=2', '--shard_size=1']
   env = with_site_hook(child_env(1), tmp_path / 'hook', 'DIE = True\n' + SLOW_WORKERS)
-  died = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
-                        capture_output=True, text=True, env=env, timeout=300)
+  died = run_prepare(*args, f'--out={out}', env=env)
   assert died.returncode == 1 and 'Traceback' not in died.stderr, died.stderr[-2000:]
   assert died.stderr.splitlines()[-1] == (
       'Error: A worker process died while writing shards (killed, or out of memory: try fewer '
       '--workers); the finished shards are kept, rerun the same command to continue.')
   finished = [n for n in os.listdir(out) if n.endswith('.array_record.json')]
   assert 1 <= len(finished) < 21
-  resumed = subprocess.run([sys.executable, '-m', 'vit_jax.data.prepare', *args, f'--out={out}'],
-                           capture_output=True, text=True, env=child_env(1), timeout=300)
+  resumed = run_prepare(*args, f'--out={out}')
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'{21 - len(finished)} of 21 shards to write' in resumed.stderr
 
