@@ -158,6 +158,42 @@ def test_an_unknown_sweep_field_lists_the_sweep_fields():
     config_lib.check_sweep(ml_collections.ConfigDict(tree))
 
 
+@pytest.mark.parametrize('package', [True, False])
+def test_a_config_file_imports_its_neighbours_from_any_directory(tmp_path, monkeypatch, package):
+  # A researcher's own configs outside this repository, loaded from another working directory:
+  # in a package (lab/studies_of_test/tiny.py imports studies_of_test.common) or a plain folder
+  # (lab/tiny.py imports the common_of_test module beside it).
+  folder = tmp_path / 'lab' / ('studies_of_test' if package else '')
+  folder.mkdir(parents=True)
+  neighbour = 'studies_of_test.common' if package else 'common_of_test'
+  if package:
+    (folder / '__init__.py').write_text('')
+  (folder / f'{neighbour.rsplit(".", 1)[-1]}.py').write_text('STEPS = 7\n')
+  (folder / 'tiny.py').write_text(
+      f'from vit_jax import config\nimport {neighbour} as common\n\n\ndef get_config():\n'
+      '  c = config.defaults()\n  c.total_steps = common.STEPS\n  return c\n')
+  monkeypatch.chdir(tmp_path)
+  path_before = list(sys.path)
+  try:
+    assert config_lib.load_file(str(folder / 'tiny.py')).total_steps == 7
+    assert sys.path == path_before  # the folder is on the import path only while it loads
+  finally:
+    for name in [n for n in sys.modules if n.split('.')[0] in ('studies_of_test', 'common_of_test')]:
+      del sys.modules[name]
+
+
+@pytest.mark.slow
+def test_the_presets_load_from_any_directory(tmp_path):
+  # configs/data_scaling.py imports configs.cifar10: the command finds it from elsewhere too.
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.sweep', '--dry_run',
+                         f'--config={os.path.join(ROOT, "configs", "data_scaling.py")}:smoke',
+                         f'--workdir={tmp_path / "sweep"}'], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300, env=dict(env, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'workdir={tmp_path / "sweep" / "ViT-1_n120"}' in proc.stdout, proc.stdout
+
+
 def run(module, *flags):
   return subprocess.run([sys.executable, '-m', module, *flags], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))

@@ -112,9 +112,11 @@ def _broken_file(error: Exception, argv: list[str]) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns config errors (unknown fields, bad overrides, errors raised
   inside a config file, a config file that is missing or fails to import) into one `Error:`
-  line instead of a traceback. Pass as `app.run(main, flags_parser=parse_flags)`."""
+  line instead of a traceback; the config file can import its neighbours
+  (`config.importable`). Pass as `app.run(main, flags_parser=parse_flags)`."""
   try:
-    args = flags.FLAGS(argv)
+    with config_lib.importable(_config_spec(argv)):
+      args = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     sys.exit(f'Error: {_message(e, argv)}')
   except Exception as e:  # pylint: disable=broad-except (a config file is code: anything)

@@ -8,10 +8,13 @@ of range is a ValueError naming it before anything runs. Every field can be over
 command line, e.g. `--config.model.num_layers=24 --config.mesh="(('data', -1),)"`. Model
 fields left at None keep the value the registry gives the named model.
 """
+import contextlib
 import dataclasses
 import importlib.util
 import math
-from typing import Any, Callable
+import os
+import sys
+from typing import Any, Callable, Iterator
 
 from flax import traverse_util
 import ml_collections
@@ -255,16 +258,36 @@ def registry_model_fields() -> set[str]:
   return set().union(*(model_fields(f) for f in families)) - {'masked_patch_prediction'}
 
 
+@contextlib.contextmanager
+def importable(spec: str) -> Iterator[None]:
+  """While the body loads the config file of `spec` ('<file>.py[:<preset>]'), the file can
+  import its neighbours from any working directory: the folder above its package
+  (`configs/data_scaling.py` imports `configs.cifar10`), or the file's own folder when that is
+  no package, goes first on sys.path, and is taken off again after. No `spec`: no change."""
+  if not spec:
+    yield
+    return
+  folder = os.path.dirname(os.path.abspath(spec.split(':', 1)[0]))
+  while os.path.isfile(os.path.join(folder, '__init__.py')) and folder != os.path.dirname(folder):
+    folder = os.path.dirname(folder)
+  sys.path.insert(0, folder)
+  try:
+    yield
+  finally:
+    sys.path.remove(folder)
+
+
 def load_file(spec: str) -> ml_collections.ConfigDict:
   """The config of a `--config` value, '<file>.py[:<preset>]': the file's `get_config()` or
-  `get_config(<preset>)`, loaded by path as `ml_collections.config_flags` does."""
+  `get_config(<preset>)`, loaded by path as `ml_collections.config_flags` does (`importable`)."""
   path, *preset = spec.split(':', 1)
   module_spec = importlib.util.spec_from_file_location('config_file', path)
   if module_spec is None:
     raise FileNotFoundError(f'--config={spec}: {path} is not a Python file.')
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(*preset)
+  with importable(spec):
+    module_spec.loader.exec_module(module)
+    return module.get_config(*preset)
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
