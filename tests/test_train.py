@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -514,6 +515,27 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   got = pretrained.flatten(checkpoint.read_params(str(tmp_path)))
   for key in want:  # resumed from step 3 and reached the same step 6
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize('field,value,example', [
+    ('image_size', 16, 'params/Transformer/posembed_input/pos_embedding is (1, 17, 64) there '
+     'and (1, 65, 64) here'),
+    ('model.num_layers', 2, 'params/Transformer/encoderblock_1/LayerNorm_0/bias is absent there '
+     'and (64,) here'),
+    ('optim.name', 'sgd', 'opt_state/1/0/count is () there and absent here'),
+])
+def test_a_checkpoint_of_another_config_is_an_error_that_changes_nothing(tmp_path, field, value,
+                                                                         example):
+  # Not damage: the checkpoint stays where it is, as do the run's config and result.
+  train.train_and_evaluate(smoke_config(total_steps=3), str(tmp_path))
+  before = {name: (tmp_path / name).read_bytes() for name in ('config.json', 'result.json')}
+  with pytest.raises(ValueError, match=re.escape(
+      f'Checkpoint 3 in {tmp_path / "checkpoints"} does not fit this config: ') +
+      r'\d+ arrays differ, e\.g\. ' + re.escape(example)):
+    train.train_and_evaluate(smoke_config(total_steps=6, **{field: value}), str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['3']
+  assert {name: (tmp_path / name).read_bytes() for name in before} == before
+  assert train.train_and_evaluate(smoke_config(total_steps=6), str(tmp_path))['step'] == 6
 
 
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_continues(

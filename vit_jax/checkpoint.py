@@ -38,6 +38,14 @@ def parse_step(text: str) -> Step:
   return int(text)
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params/Transformer/.../kernel': shape} of every array of a train state, of its abstract
+  version, or of orbax's metadata of a saved one (the same names for all three)."""
+  name = lambda key: str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, 'shape'))
+  return {'/'.join(map(name, path)): tuple(leaf.shape) for path, leaf in leaves}
+
+
 @dataclasses.dataclass
 class _LatestAndBest:
   """Orbax preservation policy: the last `keep` checkpoints and the one of step `best`."""
@@ -142,10 +150,12 @@ class CheckpointManager:
 
     Without `step`, the latest readable checkpoint: one that cannot be read (damaged after it
     was written) is moved aside to `corrupt-<step>` by process 0, with a warning, and every
-    process uses the previous one once it has been moved (a barrier).
+    process uses the previous one once it has been moved (a barrier). A checkpoint of other
+    arrays or shapes (a run of another model or optimizer) is a ValueError; nothing is moved.
     """
     candidates = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
     for candidate in candidates:
+      self._check_fits(candidate, abstract_state)
       try:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -162,6 +172,26 @@ class CheckpointManager:
         multihost_utils.sync_global_devices(f'checkpoint {candidate} moved aside')
         self._manager.reload()
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
+
+  def _check_fits(self, step: int, abstract_state: Any) -> None:
+    """Raises ValueError, touching nothing, when checkpoint `step` holds arrays of other names
+    or shapes than `abstract_state` (the workdir holds a run of another model or optimizer:
+    not damage). Metadata that cannot be read is left to `restore` (damage)."""
+    try:
+      stored = _shapes(self._manager.item_metadata(step)['state'])
+    except Exception:  # pylint: disable=broad-except (orbax raises many types for damaged files)
+      return
+    wanted = _shapes(abstract_state)
+    differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if differ:
+      example = next((k for k in differ if k.startswith('params/')), differ[0])
+      shape = lambda shapes: shapes.get(example, 'absent')
+      raise ValueError(
+          f'Checkpoint {step} in {self.directory} does not fit this config: {len(differ)} '
+          f'arrays differ, e.g. {example} is {shape(stored)} there and {shape(wanted)} here. '
+          'The workdir holds a run of another model or optimizer; use a new --workdir (with '
+          '--config.checkpoint.init_from=<this workdir> to start from its parameters). '
+          'Nothing was changed.')
 
   def restore_params(self, step: Step = None) -> Params:
     """The parameters alone of checkpoint `step` (see `resolve`), as host NumPy arrays (for
