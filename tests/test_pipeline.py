@@ -1,6 +1,10 @@
 """The streaming pipeline: host-side crops against direct NumPy / Pillow computations, the
 training stream's determinism (worker count, resume, processes) and the evaluation pass."""
 import io
+import multiprocessing
+import os
+import re
+import signal
 
 import numpy as np
 import pytest
@@ -126,6 +130,25 @@ def test_worker_processes_do_not_change_the_data(prepared):
     _assert_same(_take(workers, 5), inline)
   finally:
     workers.close()
+
+
+@pytest.mark.slow
+def test_a_worker_process_that_dies_is_an_os_error_saying_so(prepared):
+  split = pipeline.RecordSplit(records.RecordSource(prepared, 'train'))
+  stream = pipeline.StreamIterator(split, 4, 3, transform=pipeline.TrainTransform(image_size=16),
+                                   workers=1)
+  others = set(multiprocessing.active_children())
+  try:
+    next(stream)
+    [worker] = set(multiprocessing.active_children()) - others
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(OSError, match=re.escape(
+        'A data worker process died (killed by SIGKILL, as the out-of-memory killer does). The '
+        'checkpoints are intact: rerun the same command')):
+      for _ in range(100):  # the batches already made come first
+        next(stream)
+  finally:
+    stream.close()
 
 
 def test_processes_read_disjoint_rows_whose_union_is_the_global_batch(prepared):

@@ -16,6 +16,8 @@ import dataclasses
 import io
 import itertools
 import math
+import re
+import signal
 from typing import Iterator, Protocol
 
 from absl import flags
@@ -203,10 +205,31 @@ class _EvalBatch:
     return np.stack(images), np.asarray(labels, np.int32), mask
 
 
+# grain's RuntimeError when a worker process dies (e.g. killed for memory).
+_WORKER_DIED = re.compile(r'Worker process was terminated unexpectedly with exit code (-?\d+)')
+
+
+@contextlib.contextmanager
+def _worker_death_as_os_error() -> Iterator[None]:
+  """grain's error for a worker process that died, as an OSError saying what happened and
+  what to do (a command's one `Error:` line)."""
+  try:
+    yield
+  except RuntimeError as e:
+    if not (died := _WORKER_DIED.match(str(e))):
+      raise
+    code = int(died[1])
+    how = (f'killed by {signal.Signals(-code).name}, as the out-of-memory killer does'
+           if code < 0 else f'exit status {code}')
+    raise OSError(f'A data worker process died ({how}). The checkpoints are intact: rerun the '
+                  'same command to continue from the last one (with fewer data.workers if '
+                  'memory is short).') from None
+
+
 def _batches(fn, start: int, stop: int, workers: int) -> Iterator:
   """fn(start), fn(start + 1), ... fn(stop - 1), computed ahead by grain: in `workers`
   processes (each whole batches), or in this process's threads with workers=0. Closing the
-  generator stops them."""
+  generator stops them; a worker that dies is an OSError."""
   import grain  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():  # grain reads its absl flags (defaults outside app.run)
     flags.FLAGS.mark_as_parsed()
@@ -216,15 +239,16 @@ def _batches(fn, start: int, stop: int, workers: int) -> Iterator:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=2),
                         worker_init_fn=worker_signals.ignore_ctrl_c)
-  # Each worker starts with its first batch: draw those with Ctrl-C blocked.
-  with worker_signals.ctrl_c_blocked() if workers else contextlib.nullcontext():
-    it = iter(ds)
-    first = list(itertools.islice(it, workers))
-  try:
-    yield from first
-    yield from it
-  finally:
-    it.close()
+  with _worker_death_as_os_error():
+    # Each worker starts with its first batch: draw those with Ctrl-C blocked.
+    with worker_signals.ctrl_c_blocked() if workers else contextlib.nullcontext():
+      it = iter(ds)
+      first = list(itertools.islice(it, workers))
+    try:
+      yield from first
+      yield from it
+    finally:
+      it.close()
 
 
 class StreamIterator:
