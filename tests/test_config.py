@@ -178,7 +178,8 @@ def test_a_config_file_imports_its_neighbours_from_any_directory(tmp_path, monke
     assert config_lib.load_file(str(folder / 'tiny.py')).total_steps == 7
     assert sys.path == path_before  # the folder is on the import path only while it loads
   finally:
-    for name in [n for n in sys.modules if n.split('.')[0] in ('studies_of_test', 'common_of_test')]:
+    for name in [n for n in sys.modules
+                 if n.split('.')[0] in ('studies_of_test', 'common_of_test')]:
       del sys.modules[name]
 
 

@@ -136,6 +136,32 @@ def test_record_source_errors_name_the_split_and_the_file(tree, tmp_path):
     records.RecordSource(str(tmp_path / 'nowhere'), 'train')
 
 
+def test_a_damaged_or_truncated_shard_is_an_error_naming_it(tree, tmp_path):
+  root, written = tree
+  out = tmp_path / 'out'
+  prepare.prepare(str(root), str(out), workers=1, shard_size=4, progress=False)
+  flipped, cut = (out / f'train-0000{i}-of-00004.array_record' for i in (1, 3))
+  with open(flipped, 'r+b') as f:  # bytes inside the shard's first chunk (records 4 to 7)
+    f.seek(100)
+    f.write(b'\xff' * 100)
+  source = records.RecordSource(str(out), 'train')
+  failed = []
+  for i, (rel, label) in enumerate(written['train'][:12]):
+    try:
+      assert source[i] == (_file_bytes(root, rel), label)
+    except OSError as e:
+      failed.append(i)
+      assert str(e).startswith(f'Cannot read record {i} of the train split in {flipped} ('), e
+      assert str(e).endswith('the shard is damaged or was cut short in a copy. Copy the prepared '
+                             'dataset again, or prepare it again into a new folder (python -m '
+                             'vit_jax.data.prepare).'), e
+  assert failed and set(failed) <= {4, 5, 6, 7}, failed
+  with open(cut, 'r+b') as f:  # a copy cut short
+    f.truncate(1000)
+  with pytest.raises(OSError, match=re.escape(f'Cannot read {cut} (') + '.*the shard is damaged'):
+    records.RecordSource(str(out), 'train')[0]
+
+
 def test_prepare_names_a_missing_source_and_the_path_a_config_prefix_hides(tree, tmp_path):
   root, _ = tree
   with pytest.raises(FileNotFoundError, match=re.escape(f'--src={root}/no does not exist.')):

@@ -81,14 +81,46 @@ class RecordSource:
 
   def __getitem__(self, index: int) -> tuple[bytes, int]:
     if self._reader is None:
-      from grain import sources  # imported where records are read
+      self._reader = self._open()
+    try:
+      data = self._reader[int(index)]
+    except RuntimeError as e:  # array_record's error for bytes that fail their checksum
+      raise self._damaged(e, int(index)) from None
+    return data, int(self.labels[index])
+
+  def _open(self):
+    """The reader of all shards (grain's ArrayRecordDataSource), checked against the labels."""
+    from grain import sources  # imported where records are read
+    try:
       reader = sources.ArrayRecordDataSource(self.paths)
-      if len(reader) != len(self.labels):
-        raise ValueError(f'The {self.split} shards of {self.directory} hold {len(reader)} '
-                         f'records but {labels_file(self.directory, self.split)} has '
-                         f'{len(self.labels)} labels.')
-      self._reader = reader
-    return self._reader[int(index)], int(self.labels[index])
+    except RuntimeError as e:  # array_record's error for a shard it cannot open
+      raise self._damaged(e) from None
+    if len(reader) != len(self.labels):
+      raise ValueError(f'The {self.split} shards of {self.directory} hold {len(reader)} '
+                       f'records but {labels_file(self.directory, self.split)} has '
+                       f'{len(self.labels)} labels.')
+    return reader
+
+  def _damaged(self, error: RuntimeError, index: int | None = None) -> OSError:
+    """The error for shards array_record cannot read, naming the shard: the first that does
+    not open alone, else the one holding record `index` (found by counting each shard's
+    records; only on this error path)."""
+    from grain import sources  # pylint: disable=g-import-not-at-top
+    start, shard = 0, None
+    for path in self.paths:
+      try:
+        count = len(sources.ArrayRecordDataSource([path]))
+      except RuntimeError:
+        shard = path
+        break
+      if index is not None and start <= index < start + count:
+        shard = path
+        break
+      start += count
+    what = f'record {index} of the {self.split} split in ' if index is not None else ''
+    return OSError(f'Cannot read {what}{shard} ({error}): the shard is damaged or was cut '
+                   'short in a copy. Copy the prepared dataset again, or prepare it again into '
+                   'a new folder (python -m vit_jax.data.prepare).')
 
   def _load_labels(self) -> np.ndarray:
     """(N,) int32, memory-mapped (worker processes share the pages)."""
