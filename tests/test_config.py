@@ -184,11 +184,13 @@ def test_a_config_file_imports_its_neighbours_from_any_directory(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_the_presets_load_from_any_directory(tmp_path):
+@pytest.mark.parametrize('space', [False, True])  # --config=<spec> or --config <spec>
+def test_the_presets_load_from_any_directory(tmp_path, space):
   # configs/data_scaling.py imports configs.cifar10: the command finds it from elsewhere too.
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  proc = subprocess.run([sys.executable, '-m', 'vit_jax.sweep', '--dry_run',
-                         f'--config={os.path.join(ROOT, "configs", "data_scaling.py")}:smoke',
+  spec = f'{os.path.join(ROOT, "configs", "data_scaling.py")}:smoke'
+  config = ['--config', spec] if space else [f'--config={spec}']
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.sweep', '--dry_run', *config,
                          f'--workdir={tmp_path / "sweep"}'], cwd=tmp_path, capture_output=True,
                         text=True, timeout=300, env=dict(env, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -215,6 +217,13 @@ def run(module, *flags):
     ('vit_jax.main', ['--config=configs/quickstart.py:tiny', '--workdir=/tmp/unused'],
      'Error: --config=configs/quickstart.py:tiny: configs/quickstart.py has no presets; use '
      '--config=configs/quickstart.py.'),
+    # absl's `--flag value` form too.
+    ('vit_jax.main', ['--config', 'configs/quickstart.py', '--workdir', '/tmp/unused',
+                      '--config.optim.nofield', '1'],
+     "Error: --config.optim.nofield: the config has no field 'optim.nofield'; its fields of "
+     "optim are ['b1', 'b2', "),
+    ('vit_jax.main', ['--config', 'configs/nowhere.py', '--workdir', '/tmp/unused'],
+     'Error: --config=configs/nowhere.py: no such file.'),
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--config.model=ViT-B_16'],
      'Error: --config.model is a section of the config, not a value: set its fields, '

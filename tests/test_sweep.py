@@ -246,6 +246,11 @@ def test_a_launcher_template_is_filled_in_with_the_points_flags(tmp_path):
   assert re.fullmatch(r'127\.0\.0\.1:\d+', words[-1])
   assert sweep.point_command(0, points[0], argv, None, 1)[3:] == argv[1:3] + argv[-1:] + [
       '--point=0']
+  spaced = ['vit_jax.sweep', '--config', 'configs/data_scaling.py:smoke', '--workdir', sweep_dir,
+            '--launcher', 'ignored', '--max_parallel', '3', '--nodry_run', '--time_limit', '60',
+            '--config.train_sizes', '(60,)']  # absl's `--flag value` form
+  assert sweep.point_command(0, points[0], spaced, None, 1)[3:] == [
+      *spaced[1:5], *spaced[-2:], '--point=0']
   with pytest.raises(ValueError, match=r'--launcher=.*\{nodes\}.*placeholders are'):
     sweep.point_command(0, points[0], argv, 'srun -N {nodes} {point_flags}', 2)
   for bad in ('srun -N {nodes} {point_flags}', 'srun {point_flags'):  # refused, nothing written

@@ -40,8 +40,15 @@ def set_cpu_flag() -> None:
 
 
 def _config_spec(argv: list[str]) -> str:
-  """The value of the last `--config=` in `argv` ('' without one)."""
-  return ([a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')] or [''])[-1]
+  """The value of the last `--config=<spec>` or `--config <spec>` in `argv` ('' without
+  one)."""
+  spec = ''
+  for arg, after in zip(argv[1:], [*argv[2:], '']):
+    if arg.startswith('--config='):
+      spec = arg.split('=', 1)[1]
+    elif arg == '--config':
+      spec = after
+  return spec
 
 
 def _unknown_override(argv: list[str]) -> str | None:

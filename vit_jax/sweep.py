@@ -420,7 +420,15 @@ def point_command(index: int, point: Point, argv: list[str], launcher: str | Non
                   num_processes: int) -> list[str] | str:
   """The command that trains `point`: `python -m vit_jax.sweep <the sweep's flags> --point=i`,
   or with a launcher, its template filled in (a shell command; `fill_launcher`)."""
-  point_flags = [a for a in argv[1:] if not a.startswith(_SWEEP_ONLY)] + [f'--point={index}']
+  point_flags, value_next = [], False
+  for arg in argv[1:]:  # the sweep's own flags left out, as --flag=value or --flag value
+    if value_next:
+      value_next = False
+    elif arg.startswith(_SWEEP_ONLY):
+      value_next = '=' not in arg and arg not in ('--dry_run', '--nodry_run')
+    else:
+      point_flags.append(arg)
+  point_flags.append(f'--point={index}')
   if not launcher:
     return [sys.executable, '-m', 'vit_jax.sweep', *point_flags]
   return fill_launcher(launcher, point_flags=shlex.join(point_flags),
