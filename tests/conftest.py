@@ -4,6 +4,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 
 # One JAX compilation cache for the session, its child processes and pytest-xdist's workers (set
 # before JAX is imported, which reads these): the suite compiles the same small programs in
@@ -79,6 +80,51 @@ def with_site_hook(env: dict[str, str], directory, code: str) -> dict[str, str]:
   with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
     f.write(code)
   return dict(env, PYTHONPATH=os.pathsep.join([str(directory), env['PYTHONPATH']]))
+
+
+def _stat(pid: int) -> list[str] | None:
+  """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), None if gone."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()
+  except (FileNotFoundError, ProcessLookupError, IndexError):
+    return None
+
+
+def _cmdline(pid: int) -> bytes:
+  try:
+    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+      return f.read()
+  except (FileNotFoundError, ProcessLookupError):
+    return b''
+
+
+def running(pid: int) -> bool:
+  """Whether process `pid` exists and is not a zombie."""
+  fields = _stat(pid)
+  return fields is not None and fields[0] not in ('Z', 'X')
+
+
+def worker_pids(parent: int, count: int) -> list[int]:
+  """The pids of `count` multiprocessing workers (started by spawn) of process `parent`, once
+  they all run (at most 120 s)."""
+  deadline = time.monotonic() + 120
+  while time.monotonic() < deadline:
+    pids = [int(n) for n in os.listdir('/proc')
+            if n.isdigit() and (_stat(int(n)) or [None] * 2)[1] == str(parent)
+            and b'spawn_main' in _cmdline(int(n))]
+    if len(pids) >= count:
+      return pids
+    time.sleep(0.1)
+  raise AssertionError(f'process {parent} did not start {count} workers in 120 s')
+
+
+def left_running(workers: list[int]) -> list[int]:
+  """Those of `workers` still running once all have ended or 60 s have passed."""
+  deadline = time.monotonic() + 60
+  while any(map(running, workers)) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return [pid for pid in workers if running(pid)]
 
 
 def child_env(devices: int) -> dict[str, str]:

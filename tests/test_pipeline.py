@@ -5,11 +5,14 @@ import multiprocessing
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import child_env, left_running, worker_pids
 from imagenet_tree import make_tree
 from vit_jax.data import pipeline, prepare, records
 
@@ -149,6 +152,26 @@ def test_a_worker_process_that_dies_is_an_os_error_saying_so(prepared):
         next(stream)
   finally:
     stream.close()
+
+
+@pytest.mark.slow
+def test_worker_processes_end_when_their_parent_is_killed(prepared):
+  # SIGKILL (the out-of-memory killer) gives the parent no chance to stop its workers itself;
+  # here they are running (they made a batch). test_records kills a run while they start.
+  code = ('import time\nfrom vit_jax.data import pipeline, records\n'
+          f'split = pipeline.RecordSplit(records.RecordSource({prepared!r}, "train"))\n'
+          'stream = pipeline.StreamIterator(split, 4, 3, workers=2,\n'
+          '                                 transform=pipeline.TrainTransform(image_size=16))\n'
+          'next(stream)\nprint("running", flush=True)\ntime.sleep(600)\n')
+  parent = subprocess.Popen([sys.executable, '-c', code], env=child_env(1), stdout=subprocess.PIPE,
+                            text=True)
+  try:
+    assert parent.stdout.readline() == 'running\n'
+    workers = worker_pids(parent.pid, 2)
+  finally:
+    parent.kill()
+    parent.wait()
+  assert not left_running(workers)
 
 
 def test_processes_read_disjoint_rows_whose_union_is_the_global_batch(prepared):

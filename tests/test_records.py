@@ -11,7 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import child_env, with_site_hook
+from conftest import child_env, left_running, with_site_hook, worker_pids
 from imagenet_tree import make_tree
 from vit_jax.data import prepare, records
 
@@ -258,6 +258,22 @@ def test_ctrl_c_stops_a_parallel_run_with_one_line_and_the_rerun_keeps_its_shard
   resumed = run_prepare(*args, f'--out={out}')
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f'{21 - len(finished)} of 21 shards to write' in resumed.stderr
+
+
+def test_the_workers_end_when_the_run_is_killed(tree, tmp_path):
+  # SIGKILL (the out-of-memory killer) gives the run no chance to stop its workers itself;
+  # here while they start (test_pipeline kills a parent whose workers run).
+  root, _ = tree
+  env = with_site_hook(child_env(1), tmp_path / 'hook', 'DIE = False\n' + SLOW_WORKERS)
+  run = subprocess.Popen([sys.executable, '-m', 'vit_jax.data.prepare', f'--src={root}',
+                          f'--out={tmp_path / "out"}', '--workers=2', '--shard_size=1'],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    workers = worker_pids(run.pid, 2)
+  finally:
+    run.kill()
+    run.wait()
+  assert not left_running(workers)
 
 
 def test_a_worker_that_dies_ends_the_run_with_one_line_and_keeps_the_finished_shards(tree,

@@ -13,9 +13,11 @@ evaluation masks (L,) bool; S = image_size.
 """
 import contextlib
 import dataclasses
+import functools
 import io
 import itertools
 import math
+import os
 import re
 import signal
 from typing import Iterator, Protocol
@@ -236,9 +238,10 @@ def _batches(fn, start: int, stop: int, workers: int) -> Iterator:
   ds = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
   if workers:
+    init = functools.partial(worker_signals.init_worker, os.getpid())
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=2),
-                        worker_init_fn=worker_signals.ignore_ctrl_c)
+                        worker_init_fn=init)
   with _worker_death_as_os_error():
     # Each worker starts with its first batch: draw those with Ctrl-C blocked.
     with worker_signals.ctrl_c_blocked() if workers else contextlib.nullcontext():

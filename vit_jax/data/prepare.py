@@ -245,7 +245,7 @@ def _run_jobs(jobs: list, total: int, workers: int, progress: bool) -> None:
     with worker_signals.ctrl_c_blocked():  # Ctrl-C is this process's to handle (below)
       executor = concurrent.futures.ProcessPoolExecutor(
           min(workers, len(jobs)), mp_context=multiprocessing.get_context('spawn'),
-          initializer=worker_signals.ignore_ctrl_c)
+          initializer=worker_signals.init_worker, initargs=(os.getpid(),))
       futures = [executor.submit(_write_shard, job) for job in jobs]  # workers start here
     results = (future.result() for future in concurrent.futures.as_completed(futures))
   try:
