@@ -2,6 +2,7 @@
 bytes of varying sizes; preparing from encoded bytes needs no TensorFlow), read as a record
 source with TFDS split expressions, streamed into training, decoded whole in memory."""
 import re
+import shutil
 import sys
 import textwrap
 
@@ -123,6 +124,29 @@ def test_a_dataset_not_prepared_in_tfds_dir_says_how_to_prepare_it(tiny, tmp_pat
       'access reads only that format): prepare it with `tfds build tiny0 '
       '--file_format=array_record`, or set data.tfds_dir to where it is.')):
     data.open_split(config, 'train')
+
+
+def test_damaged_or_truncated_files_are_an_error_naming_the_dataset(tiny, tmp_path):
+  copy = tmp_path / 'tfds'
+  shutil.copytree(TFDS_DIR[0], copy)
+  source = tfds_source.TfdsSource('tiny0', 'train', str(copy))  # its labels read and cached
+  [shard] = (copy / 'tiny0' / '1.0.0').glob('tiny0-train.array_record-*')
+  with open(shard, 'r+b') as f:  # bytes of the first chunk
+    f.seek(100)
+    f.write(b'\xff' * 100)
+  where = f"of config.dataset='tfds:tiny0' (train in {copy}): "
+  advice = re.escape('The files are damaged or were cut short in a copy: copy them again, or '
+                     'prepare again (tfds build tiny0 --file_format=array_record).')
+  with pytest.raises(OSError, match=re.escape(f'Cannot read record 0 {where}') + '.*' + advice):
+    source[0]
+  shutil.rmtree(tmp_path / 'cache')  # the labels are read again
+  damaged = re.escape(f'Cannot read records 0 to 11 {where}') + '.*' + advice
+  with pytest.raises(OSError, match=damaged):
+    tfds_source.TfdsSource('tiny0', 'train', str(copy))
+  with open(shard, 'r+b') as f:  # a copy cut short
+    f.truncate(1000)
+  with pytest.raises(OSError, match=damaged):
+    tfds_source.TfdsSource('tiny0', 'train', str(copy))
 
 
 def test_streamed_batches_decode_the_records(tiny):

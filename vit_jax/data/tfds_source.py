@@ -79,7 +79,11 @@ class TfdsSource:
                  self.name, self.split)
     labels = np.empty(len(source), np.int32)
     for start in range(0, len(source), 1024):
-      chunk = source.__getitems__(range(start, min(start + 1024, len(source))))
+      stop = min(start + 1024, len(source))
+      try:
+        chunk = source.__getitems__(range(start, stop))
+      except RuntimeError as e:  # array_record's error for a damaged or truncated file
+        raise self._damaged(f'records {start} to {stop - 1}', e) from None
       labels[start:start + len(chunk)] = [int(r['label']) for r in chunk]
     from vit_jax import files  # pylint: disable=g-import-not-at-top
     try:
@@ -95,8 +99,18 @@ class TfdsSource:
   def __getitem__(self, index: int) -> tuple[bytes, int]:
     if getattr(self, '_source', None) is None:
       self._source = self._open()
-    record = self._source[int(index)]
+    try:
+      record = self._source[int(index)]
+    except RuntimeError as e:  # array_record's error for a damaged or truncated file
+      raise self._damaged(f'record {index}', e) from None
     return record['image'], int(record['label'])
+
+  def _damaged(self, what: str, error: RuntimeError) -> OSError:
+    """The error for prepared files array_record cannot read (`what` of them)."""
+    return OSError(f"Cannot read {what} of config.dataset='tfds:{self.name}' ({self.split} in "
+                   f"{self.data_dir or 'the TFDS data directory'}): {error}. The files are "
+                   'damaged or were cut short in a copy: copy them again, or prepare again '
+                   f'(tfds build {self.name} --file_format=array_record).')
 
   def __getstate__(self) -> dict:  # workers reopen the data source
     return {**self.__dict__, '_source': None}
