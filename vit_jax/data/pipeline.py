@@ -221,8 +221,12 @@ def _worker_death_as_os_error() -> Iterator[None]:
     if not (died := _WORKER_DIED.match(str(e))):
       raise
     code = int(died[1])
-    how = (f'killed by {signal.Signals(-code).name}, as the out-of-memory killer does'
-           if code < 0 else f'exit status {code}')
+    if code >= 0:
+      how = f'exit status {code}'
+    elif code == -signal.SIGKILL:
+      how = 'killed by SIGKILL, as the out-of-memory killer does'
+    else:
+      how = 'killed by ' + next((s.name for s in signal.Signals if s == -code), f'signal {-code}')
     raise OSError(f'A data worker process died ({how}). The checkpoints are intact: rerun the '
                   'same command to continue from the last one (with fewer data.workers if '
                   'memory is short).') from None

@@ -117,6 +117,7 @@ class RecordSource:
         shard = path
         break
       start += count
+    shard = shard or f'the {self.split} shards of {self.directory}'
     what = f'record {index} of the {self.split} split in ' if index is not None else ''
     return OSError(f'Cannot read {what}{shard} ({error}): the shard is damaged or was cut '
                    'short in a copy. Copy the prepared dataset again, or prepare it again into '
