@@ -645,6 +645,8 @@ def describe(points: list[Point]) -> str:
 
 
 def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value or _CONFIG.value is None:
     raise app.UsageError('--config and --workdir are required.')
   try:
