@@ -119,8 +119,14 @@ def worker_pids(parent: int, count: int) -> list[int]:
   raise AssertionError(f'process {parent} did not start {count} workers in 120 s')
 
 
-def left_running(workers: list[int]) -> list[int]:
-  """Those of `workers` still running once all have ended or 60 s have passed."""
+def orphans_after_kill(parent, count: int) -> list[int]:
+  """Kills the process `parent` (a Popen) with SIGKILL once its `count` workers run (at most
+  120 s), and returns those of them still running once all have ended or 60 s have passed."""
+  try:
+    workers = worker_pids(parent.pid, count)
+  finally:
+    parent.kill()
+    parent.wait()
   deadline = time.monotonic() + 60
   while any(map(running, workers)) and time.monotonic() < deadline:
     time.sleep(0.1)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import child_env, left_running, worker_pids
+from conftest import child_env, orphans_after_kill
 from imagenet_tree import make_tree
 from vit_jax.data import pipeline, prepare, records
 
@@ -165,13 +165,8 @@ def test_worker_processes_end_when_their_parent_is_killed(prepared):
           'next(stream)\nprint("running", flush=True)\ntime.sleep(600)\n')
   parent = subprocess.Popen([sys.executable, '-c', code], env=child_env(1), stdout=subprocess.PIPE,
                             text=True)
-  try:
-    assert parent.stdout.readline() == 'running\n'
-    workers = worker_pids(parent.pid, 2)
-  finally:
-    parent.kill()
-    parent.wait()
-  assert not left_running(workers)
+  assert parent.stdout.readline() == 'running\n'  # else it has exited (end of its output)
+  assert not orphans_after_kill(parent, 2)
 
 
 def test_processes_read_disjoint_rows_whose_union_is_the_global_batch(prepared):

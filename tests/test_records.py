@@ -11,7 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import child_env, left_running, with_site_hook, worker_pids
+from conftest import child_env, orphans_after_kill, with_site_hook
 from imagenet_tree import make_tree
 from vit_jax.data import prepare, records
 
@@ -268,12 +268,7 @@ def test_the_workers_end_when_the_run_is_killed(tree, tmp_path):
   run = subprocess.Popen([sys.executable, '-m', 'vit_jax.data.prepare', f'--src={root}',
                           f'--out={tmp_path / "out"}', '--workers=2', '--shard_size=1'],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    workers = worker_pids(run.pid, 2)
-  finally:
-    run.kill()
-    run.wait()
-  assert not left_running(workers)
+  assert not orphans_after_kill(run, 2)
 
 
 def test_a_worker_that_dies_ends_the_run_with_one_line_and_keeps_the_finished_shards(tree,

@@ -154,8 +154,9 @@ class CheckpointManager:
     arrays or shapes (a run of another model or optimizer) is a ValueError; nothing is moved.
     """
     candidates = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+    wanted = _shapes(abstract_state)
     for candidate in candidates:
-      self._check_fits(candidate, abstract_state)
+      self._check_fits(candidate, wanted)
       try:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -173,15 +174,15 @@ class CheckpointManager:
         self._manager.reload()
     raise FileNotFoundError(f'No readable checkpoint in {self.directory}.')
 
-  def _check_fits(self, step: int, abstract_state: Any) -> None:
+  def _check_fits(self, step: int, wanted: dict[str, tuple[int, ...]]) -> None:
     """Raises ValueError, touching nothing, when checkpoint `step` holds arrays of other names
-    or shapes than `abstract_state` (the workdir holds a run of another model or optimizer:
-    not damage). Metadata that cannot be read is left to `restore` (damage)."""
+    or shapes than `wanted` (`_shapes` of the state to restore; the workdir holds a run of
+    another model or optimizer: not damage). Metadata that cannot be read is left to
+    `restore` (damage)."""
     try:
       stored = _shapes(self._manager.item_metadata(step)['state'])
     except Exception:  # pylint: disable=broad-except (orbax raises many types for damaged files)
       return
-    wanted = _shapes(abstract_state)
     differ = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
     if differ:
       example = next((k for k in differ if k.startswith('params/')), differ[0])
