@@ -211,3 +211,27 @@ def test_fixed_position_embeddings_skip_the_posemb_analysis(trained_runs, tmp_pa
   assert results['skipped'] == ['posemb'] and 'distance' in results
   with pytest.raises(ValueError, match=r"\['posemb'\] do not apply"):
     run.analyze(trained_runs['sincos'], str(tmp_path), only=['posemb'])
+
+
+def test_a_later_call_on_the_same_checkpoint_adds_to_analysis_json(trained_runs, tmp_path):
+  first = run.analyze(trained_runs['resnet'], str(tmp_path), only=['fourier'], num_images=4)
+  before = (tmp_path / 'fourier.png').read_bytes()
+  second = run.analyze(trained_runs['resnet'], str(tmp_path), only=['noise'])
+  saved = json.loads((tmp_path / 'analysis.json').read_text())
+  assert saved == json.loads(json.dumps(second))  # both, the first one's numbers and figure kept
+  assert saved['fourier'] == first['fourier'] and 'noise' in saved
+  assert (tmp_path / 'fourier.png').read_bytes() == before
+  # A run without --only leaves nothing earlier behind, and records what does not apply.
+  assert run.analyze(trained_runs['resnet'], str(tmp_path), num_images=4,
+                     hessian_batches=1)['skipped'] == ['filters', 'posemb', 'distance', 'rollout']
+  third = run.analyze(trained_runs['resnet'], str(tmp_path), only=['hessian'],
+                      hessian_batches=1)
+  assert third['skipped'] == ['filters', 'posemb', 'distance', 'rollout']
+  # Another checkpoint's analyses in the same folder are refused, and nothing is changed.
+  saved = (tmp_path / 'analysis.json').read_bytes()
+  with pytest.raises(ValueError, match=rf"{tmp_path} holds the analyses of "
+                     rf"{trained_runs['resnet']} step 3, not of {trained_runs['vit']} step 3; "
+                     'choose another output folder'):
+    run.analyze(trained_runs['vit'], str(tmp_path), only=['distance'], num_images=4)
+  assert (tmp_path / 'analysis.json').read_bytes() == saved
+  assert not (tmp_path / 'distance.png').exists()

@@ -92,6 +92,15 @@ def test_analyze_and_export_a_run_on_prepared_records(prepared, records_run, tmp
   # On a batch of the training stream, augmented on the host.
   hessian_top = np.array(saved['hessian']['top_eigenvalues'])
   assert hessian_top.shape == (1, 5) and np.all(np.isfinite(hessian_top))
+  # One more analysis of the same checkpoint into the same folder adds to what is there.
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.analyze', f'--workdir={workdir}',
+                         f'--out={tmp_path / "analysis"}', '--only=fourier', '--images=4'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (f'fourier written to {tmp_path / "analysis"}; kept from before: distance, noise, '
+          'hessian') in proc.stdout
+  added = files.read_json(str(tmp_path / 'analysis' / 'analysis.json'))
+  assert {k: added[k] for k in saved} == saved and 'fourier' in added
 
   from vit_jax import export  # pylint: disable=g-import-not-at-top
   from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top

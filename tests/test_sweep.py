@@ -18,6 +18,7 @@ import pytest
 from conftest import child_env, recounted_test_accuracy
 from configs import data_scaling
 from vit_jax import files, sweep
+from vit_jax.analysis import run as analysis_run
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
@@ -115,6 +116,12 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   report_text = (tmp_path / 'REPORT.md').read_text()
   assert report_text.startswith('# Data scaling: smoke')
   assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
+  # Adding the Hessian later keeps the other analyses' columns.
+  analysis_run.analyze_sweep(str(tmp_path), ['hessian'], num_images=8, hessian_batches=1)
+  with open(tmp_path / 'analysis' / 'sweep.csv') as f:
+    added = list(csv.DictReader(f))
+  for before, after in zip(rows, added, strict=True):
+    assert after == dict(before, hessian_top=after['hessian_top']) and after['hessian_top']
 
 
 @pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val',

@@ -7,7 +7,9 @@ rollout, Fourier analysis of feature maps, Hessian eigenvalues.
 
 Writes `<name>.png` and the numbers behind it into `<out>/analysis.json`. Analyses that do not
 apply to the run's model family (attention for a ResNet, filters for a hybrid) are reported as
-skipped; asking for them by name with --only is an error. With --sweep, the cheap analyses
+skipped; asking for them by name with --only is an error. A later call with --only on the same
+checkpoint and --out adds to analysis.json (the analyses not run again are kept); an --out that
+holds another checkpoint's analyses is refused. With --sweep, the cheap analyses
 (`vit_jax.analysis.run.SWEEP_ANALYSES`) run on every finished point, at the step its result
 reports, into `<sweep>/analysis/<point>/`, and `<sweep>/analysis/sweep.png` + `sweep.csv` show
 how they change with training-set size and depth; the sweep's REPORT.md then includes that
@@ -58,8 +60,11 @@ def main(argv: list[str]) -> None:
                           _HESSIAN_BATCHES.value, checkpoint.parse_step(_STEP.value))
   except cli.COMMAND_ERRORS as e:
     raise SystemExit(f'Error: {e}') from None
-  done = [a for a in run.ANALYSES if a in results]
-  print(f'{results["model"]} ({results["family"]}): {", ".join(done)} written to {_OUT.value}'
+  done = [a for a in run.ANALYSES if a in results and a in (_ONLY.value or run.ANALYSES)]
+  kept = [a for a in run.ANALYSES if a in results and a not in done]
+  print(f'{results["model"]} ({results["family"]}) step {results["step"]}: {", ".join(done)} '
+        f'written to {_OUT.value}'
+        + (f'; kept from before: {", ".join(kept)}' if kept else '')
         + (f'; not applicable: {results["skipped"]}' if results['skipped'] else ''))
 
 

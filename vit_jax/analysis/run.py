@@ -108,6 +108,10 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   results = {'model': config.model.name, 'family': kind, 'workdir': files.absolute(workdir),
              'step': step, 'skipped': bad}
   wanted = [a for a in wanted if a not in bad]
+  saved = os.path.join(out, 'analysis.json')
+  earlier = _earlier(saved, results['workdir'], step)
+  results.update({a: earlier[a] for a in ANALYSES if a in earlier and a not in wanted})
+  results['skipped'] = [a for a in ANALYSES if a in bad or a in earlier.get('skipped', ())]
   files.makedirs(out)
   figure = lambda name: os.path.join(out, f'{name}.png')
 
@@ -152,8 +156,25 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     values = hessian_eigenvalues(config, model, params, train_split, hessian_batches)
     plots.hessian_spectrum(values, figure('hessian'))
     results['hessian'] = {'top_eigenvalues': values.tolist()}
-  files.write_json(os.path.join(out, 'analysis.json'), results)
+  files.write_json(saved, results)
   return results
+
+
+def _earlier(path: str, workdir: str, step: int) -> dict:
+  """What an earlier call wrote to `path` (analysis.json) for the same checkpoint, so that the
+  analyses not run again are kept beside those run now; {} if there is none.
+
+  Raises:
+    ValueError: `path` holds the analyses of another checkpoint (its figures lie beside it).
+  """
+  if not files.exists(path):
+    return {}
+  earlier = files.read_json(path)
+  if (earlier.get('workdir'), earlier.get('step')) != (workdir, step):
+    raise ValueError(f'{os.path.dirname(path)} holds the analyses of {earlier.get("workdir")} '
+                     f'step {earlier.get("step")}, not of {workdir} step {step}; choose another '
+                     'output folder (or remove that one).')
+  return earlier
 
 
 SWEEP_COLUMNS = ('model', 'family', 'depth', 'train_size', 'distance_first_layer',
