@@ -171,8 +171,8 @@ def _done(path: str, digest: str) -> dict | None:
 def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
             corrupt_images: str = 'error', progress: bool = True) -> dict:
   """Writes the prepared dataset of `src` into `out` (see the module docstring); returns its
-  metadata. A finished `out` is left as it is; an interrupted one is completed. workers=0:
-  one per CPU."""
+  metadata. A finished `out` of the same `src` is left as it is (of another one: ValueError);
+  an interrupted one is completed. workers=0: one per CPU."""
   if corrupt_images not in ('error', 'skip'):
     raise ValueError(f"--corrupt_images={corrupt_images!r} must be 'error' or 'skip'.")
   if shard_size < 1:
@@ -183,9 +183,16 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
                        'shards are written and read as local files); prepare on a local disk '
                        'and copy the result where the hosts read it, or use a mounted bucket '
                        '(gcsfuse) path.')
+  source = os.path.realpath(src)
   if os.path.isfile(os.path.join(out, records.METADATA)):
-    logging.info('%s is already prepared; nothing to do.', out)
-    return records.read_metadata(out)
+    meta = records.read_metadata(out)
+    if meta.get('source', source) != source:  # (no 'source': prepared before it was recorded)
+      raise ValueError(f'--out={out} holds the dataset prepared from {meta["source"]}, not from '
+                       f'--src={src}; choose another --out (or remove {out} to prepare it '
+                       'again).')
+    logging.info('%s is already prepared from %s; nothing to do (remove it to prepare it again '
+                 'after the images changed).', out, src)
+    return meta
   if not os.path.isdir(src) and not os.path.isfile(src):  # refused before `out` is made
     plain = src.removeprefix('folder:')  # config.dataset's form of the same path
     hint = f' (--src takes the path alone: --src={plain})' if plain != src else ''
@@ -208,7 +215,8 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
                  sum(map(len, plan.values())), {s: len(e) for s, e in plan.items()}, len(todo),
                  len(jobs))
     _run_jobs(todo, total, workers or os.cpu_count() or 1, progress)
-    meta = {'format': records.FORMAT, 'class_names': list(class_names), 'splits': {}}
+    meta = {'format': records.FORMAT, 'source': source, 'class_names': list(class_names),
+            'splits': {}}
     for split in plan:
       shards = [records.shard_name(split, i, sizes[split]) for i in range(sizes[split])]
       sides = [files.read_json(os.path.join(out, s) + '.json') for s in shards]

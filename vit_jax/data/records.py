@@ -2,8 +2,9 @@
 
 Layout of a prepared directory (written by `python -m vit_jax.data.prepare`):
 
-  metadata.json               {'format': FORMAT, 'class_names': [...], 'splits': {split:
-                              {'num_examples': n, 'shards': [file, ...], 'skipped': [...]}}}
+  metadata.json               {'format': FORMAT, 'source': the --src it was prepared from,
+                              'class_names': [...], 'splits': {split: {'num_examples': n,
+                              'shards': [file, ...], 'skipped': [...]}}}
   <split>-labels.npy          (n,) int32 label of every record, in record order
   <split>-SSSSS-of-TTTTT.array_record   the encoded image bytes (JPEG, PNG, ...), one record
                               per image, in class order
