@@ -1,6 +1,7 @@
 """The sweep's failure branches: a point killed by a signal, the error line picked from a failed
 point's output, error.txt removed by a later success, --dry_run, and the environment of
 a point's processes."""
+import csv
 import os
 import signal
 import subprocess
@@ -92,7 +93,7 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
   assert running.proc.poll() is None
   running.proc.send_signal(signal.SIGKILL)
   running.proc.wait()
-  status, error = sweep.finish_point(point, running)
+  status, error = sweep.finish_point(point, running, stopping=False)
   assert status == 'failed' and error.startswith('exited with status -9'), error
   with open(error_path) as f:
     assert f.read() == error + '\n'
@@ -102,7 +103,7 @@ def test_a_killed_point_is_recorded_and_a_later_success_clears_its_error(tmp_pat
 
   running = sweep.start_point(index, point, command, sweep.point_env())
   running.proc.wait()
-  status, error = sweep.finish_point(point, running)
+  status, error = sweep.finish_point(point, running, stopping=False)
   assert (status, error) == ('done', '')
   assert not os.path.exists(error_path)
   assert os.path.exists(os.path.join(point.workdir, 'result.json'))
@@ -166,8 +167,37 @@ def test_a_point_stopped_by_a_signal_while_starting_is_stopped_not_failed(tmp_pa
                               sweep.point_env())
   running.proc.send_signal(signum)
   running.proc.wait()
-  assert sweep.finish_point(point, running) == ('stopped', '')
+  assert sweep.finish_point(point, running, stopping=True) == ('stopped', '')
   assert not os.path.exists(os.path.join(point.workdir, 'error.txt'))
+
+
+@pytest.mark.slow
+def test_a_launcher_that_exits_without_running_the_point_fails_it(tmp_path):
+  """A launcher that returns at once with status 0 (an asynchronous submit, such as sbatch)
+  never runs the point: the sweep records that as the point's error, not as a stop."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
+       f'--workdir={tmp_path}', '--config.train_sizes=(60,)', '--launcher=true {point_flags}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  error = ('the command exited 0 without running the point (no config.json in '
+           f'{tmp_path}/ViT-1_n60); a --launcher command must run it and wait for its end '
+           '(srun, not sbatch)')
+  assert f'[2/2] ViT-1 train_size=60 seed=0 (study): failed ({error})' in proc.stdout
+  assert (tmp_path / 'ViT-1_n60' / 'error.txt').read_text() == error + '\n'
+  with open(tmp_path / 'results.csv') as f:
+    assert [(r['status'], r['error']) for r in csv.DictReader(f)] == [
+        ('failed', error.replace('ViT-1', 'ResNet')), ('failed', error)]
+
+
+def test_an_exit_without_config_json_is_a_stop_while_the_sweep_stops(tmp_path):
+  point = sweep.Point('ResNet', 60, data_scaling.get_config('smoke').base, str(tmp_path / 'p'))
+  for stopping, want in ((True, 'stopped'), (False, 'failed')):
+    running = sweep.start_point(0, point, [sys.executable, '-c', 'pass'], sweep.point_env())
+    running.proc.wait()
+    assert sweep.finish_point(point, running, stopping)[0] == want
+  assert (tmp_path / 'p' / 'error.txt').read_text().startswith('the command exited 0 without')
 
 
 @pytest.mark.parametrize('field,dataset,message', [

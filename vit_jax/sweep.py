@@ -495,11 +495,13 @@ def start_point(index: int, point: Point, command: list[str] | str,
   return _Running(index, proc, log, start)
 
 
-def finish_point(point: Point, running: _Running) -> tuple[str, str]:
+def finish_point(point: Point, running: _Running, stopping: bool) -> tuple[str, str]:
   """(status, error) of an ended point from its workdir's files and exit status: 'done'
   (`result.json` exists), 'stopped' (exit 0 without it: a signal, at a checkpoint; or ended by
   SIGTERM or SIGINT before its handler was installed, while starting) or 'failed' (recorded
-  in `<point>/error.txt` with the informative line of its output)."""
+  in `<point>/error.txt` with the informative line of its output; also exit 0 without a
+  `config.json` while the sweep was not `stopping`: the command never ran the point, as an
+  asynchronous launcher such as sbatch does)."""
   log, returncode = running.log, running.proc.returncode
   log.seek(running.start)
   output = log.read()
@@ -510,14 +512,18 @@ def finish_point(point: Point, running: _Running) -> tuple[str, str]:
     with files.atomic_open(log_path) as f:
       f.write(earlier + output)
   error_path = os.path.join(point.workdir, 'error.txt')
-  if returncode == 0:
+  started = files.exists(os.path.join(point.workdir, 'config.json'))
+  if returncode == 0 and (started or stopping):
     if files.exists(error_path):
       epath.Path(error_path).unlink()
     finished = files.exists(os.path.join(point.workdir, 'result.json'))
     return ('done' if finished else 'stopped'), ''
   if returncode in (-signal.SIGTERM, -signal.SIGINT):
     return 'stopped', ''
-  error = _error_message(output[-20_000:], returncode)
+  error = (_error_message(output[-20_000:], returncode) if returncode else
+           f'the command exited 0 without running the point (no config.json in '
+           f'{point.workdir}); a --launcher command must run it and wait for its end (srun, '
+           'not sbatch)')
   with files.atomic_open(error_path) as f:
     f.write(error + '\n')
   return 'failed', error
@@ -607,7 +613,7 @@ def _run_points(points: list[Point], indices: range, argv: list[str], title: str
         running.remove(ended)
         current.remove(ended.proc)
         point = points[ended.index]
-        status, error = finish_point(point, ended)
+        status, error = finish_point(point, ended, bool(stop))
         if stop:
           outcome = {'done': 'finished as the sweep stopped', 'failed': f'failed ({error})',
                      'stopped': f'stopped by {stop[0]}; the rerun resumes it'}[status]
