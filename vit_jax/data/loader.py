@@ -143,13 +143,17 @@ def parse_split(expression: str) -> tuple[str, tuple[int | None, int | None, boo
 def _select(source, expression: str) -> pipeline.RecordSplit:
   """The records of `expression`: a slice selects from the split's records in a fixed
   pseudo-random order (the same for every run), so slices mix all classes, as TFDS's shuffled
-  files do; percentages are rounded to records."""
+  files do; percentages are rounded to records. A bound past the end (more than 100% or the
+  record count) is an error, as in TFDS, not cut to the end."""
   split = pipeline.RecordSplit(source, skipped=source.skipped)
   bounds = parse_split(expression)[1]
   if bounds is None:
     return split
   n = len(source)
   start, stop, percent = bounds
+  if past := [v for v in (start, stop) if v is not None and v > (100 if percent else n)]:
+    raise ValueError(f'Split {expression!r} reaches past the end of its split: {past[0]}'
+                     + ('% is more than 100%.' if percent else f' is more than its {n} records.'))
   scale = lambda v: None if v is None else (round(v * n / 100) if percent else v)
   chosen = np.random.default_rng(0).permutation(n)[scale(start):scale(stop)]
   if not len(chosen):
