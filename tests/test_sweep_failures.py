@@ -52,14 +52,18 @@ def test_a_damaged_result_json_is_named_and_nothing_is_written(tmp_path, text, p
   assert not (tmp_path / 'results.csv').exists()
 
 
+def smoke_sweep(workdir, *flags: str) -> subprocess.CompletedProcess:
+  """`python -m vit_jax.sweep` on the smoke preset in `workdir`, with `flags`."""
+  return subprocess.run(
+      [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
+       f'--workdir={workdir}', *flags], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
 @pytest.mark.slow
 def test_dry_run_lists_the_points_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'sweep'
-  proc = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
-       f'--workdir={workdir}', '--dry_run', '--config.train_sizes=(60, 90, 120)'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = smoke_sweep(workdir, '--dry_run', '--config.train_sizes=(60, 90, 120)')
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   points = [l for l in lines if l.startswith('[')]
@@ -175,11 +179,7 @@ def test_a_point_stopped_by_a_signal_while_starting_is_stopped_not_failed(tmp_pa
 def test_a_launcher_that_exits_without_running_the_point_fails_it(tmp_path):
   """A launcher that returns at once with status 0 (an asynchronous submit, such as sbatch)
   never runs the point: the sweep records that as the point's error, not as a stop."""
-  proc = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.sweep', '--config=configs/data_scaling.py:smoke',
-       f'--workdir={tmp_path}', '--config.train_sizes=(60,)', '--launcher=true {point_flags}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = smoke_sweep(tmp_path, '--config.train_sizes=(60,)', '--launcher=true {point_flags}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   error = ('the command exited 0 without running the point (no config.json in '
            f'{tmp_path}/ViT-1_n60); a --launcher command must run it and wait for its end '
