@@ -1,6 +1,7 @@
 """Every config preset builds a valid config and model; the CIFAR-10 preset runs at smoke size."""
 import importlib
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 from conftest import recounted_test_accuracy
 from configs import cifar10
 from vit_jax import config as config_lib
-from vit_jax import optim, train
+from vit_jax import data, optim, train
 from vit_jax.models import config_overrides, get_model
 
 PRESETS = [('quickstart', None)] + [
@@ -81,9 +82,21 @@ def test_real_data_presets_read_from_vit_jax_data(tmp_path, monkeypatch):
   try:
     assert presets[0].get_config('vit').dataset == f'folder:{tmp_path}/cifar10.tar.gz'
     assert presets[1].get_config('mnist').base.dataset == f'folder:{tmp_path}/mnist.tar.gz'
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        f'{tmp_path}/mnist.tar.gz does not exist (the presets read mnist.tar.gz from '
+        f'$VIT_JAX_DATA={tmp_path}; set VIT_JAX_DATA to the folder that holds it).')):
+      data.check_present(presets[1].get_config('mnist').base)
     monkeypatch.delenv('VIT_JAX_DATA')
     monkeypatch.chdir(tmp_path)
     assert importlib.reload(presets[0]).CIFAR10 == str(tmp_path / 'datasets' / 'cifar10.tar.gz')
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        'cifar10.tar.gz does not exist (the presets read cifar10.tar.gz from $VIT_JAX_DATA, not '
+        'set: datasets/ under the working directory; set VIT_JAX_DATA')):
+      data.check_present(presets[0].get_config('vit'))
+    other = presets[0].get_config('vit')  # a path of the user's own: no word on the presets
+    other.dataset = f'folder:{tmp_path}/cifar10.tar.gz'
+    with pytest.raises(FileNotFoundError, match=r'cifar10.tar.gz does not exist\.$'):
+      data.check_present(other)
   finally:
     monkeypatch.undo()
     for preset in presets:

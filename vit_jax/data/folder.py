@@ -27,10 +27,25 @@ GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')  # decoded as 'L' (one channel);
 Listing = tuple[set[str], set[str], Callable[[str], bytes]]
 
 
+def dataset_file(name: str) -> str:
+  """The absolute path of a real dataset file the presets name (e.g. 'cifar10.tar.gz'): in the
+  directory $VIT_JAX_DATA, by default `datasets/` under the current directory (the repository
+  root, where the commands run)."""
+  return os.path.abspath(os.path.join(os.environ.get('VIT_JAX_DATA', 'datasets'), name))
+
+
 def require(path: str) -> None:
-  """Raises FileNotFoundError naming config.dataset when `path` does not exist."""
-  if not files.exists(path):
-    raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist.")
+  """Raises FileNotFoundError naming config.dataset when `path` does not exist (for a file a
+  preset names, `dataset_file`, saying where $VIT_JAX_DATA points)."""
+  if files.exists(path):
+    return
+  hint = ''
+  if path == dataset_file(name := os.path.basename(path)):
+    where = (f'$VIT_JAX_DATA={os.environ["VIT_JAX_DATA"]}' if 'VIT_JAX_DATA' in os.environ else
+             '$VIT_JAX_DATA, not set: datasets/ under the working directory')
+    hint = (f' (the presets read {name} from {where}; set VIT_JAX_DATA to the folder that holds '
+            'it)')
+  raise FileNotFoundError(f"config.dataset='folder:{path}': {path} does not exist{hint}.")
 
 
 def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> Split:

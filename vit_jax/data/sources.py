@@ -11,11 +11,9 @@
 `decode_records` decodes any record split (a prepared 'records:' directory, a TFDS split
 expression) into memory the same way.
 """
-import os
-
 import numpy as np
 
-from vit_jax.data.folder import decode_images, load_folder
+from vit_jax.data.folder import dataset_file, decode_images, load_folder
 from vit_jax.data.pipeline import RecordSplit
 from vit_jax.data.split import SPLITS, Split
 from vit_jax.data.tfds_source import TfdsSource
@@ -23,13 +21,6 @@ from vit_jax.data.tfds_source import TfdsSource
 SOURCES = ("'digits', 'folder:<directory or .tar.gz>', 'tfds:<name>' or 'records:<prepared "
            "directory>'")
 CORRUPT_IMAGES = ('error', 'skip')  # what `data.corrupt_images` may say to do with a broken file
-
-
-def dataset_file(name: str) -> str:
-  """The absolute path of a real dataset file the presets name (e.g. 'cifar10.tar.gz'): in the
-  directory $VIT_JAX_DATA, by default `datasets/` under the current directory (the repository
-  root, where the commands run)."""
-  return os.path.abspath(os.path.join(os.environ.get('VIT_JAX_DATA', 'datasets'), name))
 
 
 def load_split(source: str, split: str, *, cache_dir: str | None = None,
