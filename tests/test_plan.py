@@ -43,7 +43,11 @@ def run_plan(tmp_path, mesh: str) -> dict:
       cwd=ROOT, env=child_env(1), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'per device: peak' in proc.stdout and 'parameter shardings:' in proc.stdout
-  return json.loads(out.read_text())
+  result = json.loads(out.read_text())
+  assert proc.stdout.startswith(f'ViT-Nano_2: {result["num_params"]:,} parameters (10-class head: '
+                                '--plan_num_classes), batch')
+  assert result['num_classes'] == 10
+  return result
 
 
 @pytest.fixture(scope='module')

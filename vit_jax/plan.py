@@ -44,9 +44,9 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
          ) -> dict[str, Any]:
   """Compiles `config`'s train step on the current devices (abstract inputs only).
 
-  Returns {'model', 'mesh', 'devices', 'batch_size', 'num_params', 'memory' (bytes per device:
-  arguments, outputs, aliased, temporaries, peak = arguments + outputs - aliased +
-  temporaries), 'flops_per_step' (3 x forward FLOPs x batch: forward, backward and no
+  Returns {'model', 'num_classes', 'mesh', 'devices', 'batch_size', 'num_params', 'memory'
+  (bytes per device: arguments, outputs, aliased, temporaries, peak = arguments + outputs -
+  aliased + temporaries), 'flops_per_step' (3 x forward FLOPs x batch: forward, backward and no
   rematerialisation), 'compile_seconds', 'params' (path, shape, PartitionSpec of every
   parameter), 'fsdp_replicated' (paths of the large parameters the `fsdp` axis cannot split,
   `sharding.fsdp_replicated`), 'fsdp_replicated_bytes' (their bytes on every device, optimizer
@@ -76,7 +76,8 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
                                                   channels), image_shape,
                                 fields.get('num_layers'))
   return {
-      'model': config.model.name, 'mesh': dict(mesh.shape), 'devices': mesh.size,
+      'model': config.model.name, 'num_classes': num_classes, 'mesh': dict(mesh.shape),
+      'devices': mesh.size,
       'batch_size': config.batch_size, 'image_size': config.image_size,
       'scan': bool(config.model.scan), 'remat_policy': config.model.remat_policy or 'none',
       'num_params': sum(int(a.size) for a in jax.tree_util.tree_leaves(abstract.params)),
@@ -93,8 +94,9 @@ def summary(result: dict[str, Any]) -> str:
   """The plan as text: header lines, then one line per parameter."""
   m = result['memory']
   lines = [
-      f'{result["model"]}: {result["num_params"]:,} parameters, batch {result["batch_size"]} '
-      f'at {result["image_size"]} px, mesh {result["mesh"]} ({result["devices"]} devices)',
+      f'{result["model"]}: {result["num_params"]:,} parameters ({result["num_classes"]:,}-class '
+      f'head: --plan_num_classes), batch {result["batch_size"]} at {result["image_size"]} px, '
+      f'mesh {result["mesh"]} ({result["devices"]} devices)',
       f'per device: peak {m["peak"] / GB:.2f} GB = arguments {m["arguments"] / GB:.2f} + outputs '
       f'{m["outputs"] / GB:.2f} - aliased (donated) {m["aliased"] / GB:.2f} + temporaries '
       f'{m["temporaries"] / GB:.2f}',
