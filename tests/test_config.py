@@ -1,5 +1,7 @@
 """The config table: every field is checked by type and range, the model fields are the
-registry's, and config errors on the command line are one `Error:` line."""
+registry's, config errors on the command line are one `Error:` line, and a run's changed
+config is kept with its changes named."""
+import json
 import os
 import re
 import subprocess
@@ -10,6 +12,7 @@ import pytest
 
 from conftest import child_env, with_site_hook
 from vit_jax import config as config_lib
+from vit_jax import workdir as run_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -337,3 +340,22 @@ def test_importing_the_library_leaves_xla_flags_alone():
                         timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == '--mine'
+
+
+def test_a_changed_config_is_kept_with_a_timestamp_and_its_changes_named(tmp_path, caplog):
+  first = config_lib.defaults()
+  run_dir.write_config(first, str(tmp_path))
+  text = (tmp_path / 'config.json').read_text()
+  run_dir.write_config(first, str(tmp_path))  # the same config: nothing kept, nothing said
+  assert os.listdir(tmp_path) == ['config.json'] and not caplog.records
+  second = config_lib.defaults()
+  second.total_steps, second.optim.lr, second.eval.fewshot_shots = 20, 0.5, (2,)
+  run_dir.write_config(second, str(tmp_path))
+  backup, = (name for name in os.listdir(tmp_path) if name != 'config.json')
+  assert re.fullmatch(r'config\.json\.\d{8}-\d{6}', backup)
+  assert (tmp_path / backup).read_text() == text
+  assert json.loads((tmp_path / 'config.json').read_text())['optim']['lr'] == 0.5
+  assert caplog.messages == [
+      'The config differs from the one of the last run in this workdir (eval.fewshot_shots: '
+      f'{list(first.eval.fewshot_shots)} -> [2], optim.lr: {first.optim.lr} -> 0.5, '
+      f'total_steps: {first.total_steps} -> 20); the old one is kept as {tmp_path / backup}.']

@@ -3,6 +3,7 @@
 multi-process run)."""
 import contextlib
 import errno
+import json
 import os
 import signal
 import threading
@@ -10,6 +11,7 @@ import time
 from typing import Iterator
 
 from absl import logging
+from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -45,14 +47,19 @@ def hold(workdir: str) -> Iterator[None]:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config; a different one already there is kept with a timestamp."""
+  """Writes the resolved config; a different one already there is kept with a timestamp, and
+  the warning names the fields that changed."""
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
-  if files.exists(path) and files.read_text(path) != text:
+  if files.exists(path) and (earlier := files.read_text(path)) != text:
     backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
     files.rename(path, backup)
-    logging.warning('The config differs from the one this workdir was started with; the old '
-                    'one is kept as %s.', backup)
+    then, now = (traverse_util.flatten_dict(json.loads(t), sep='.') for t in (earlier, text))
+    changed = [f'{k}: {then.get(k, "absent")} -> {now.get(k, "absent")}'
+               for k in sorted(then.keys() | now.keys()) if then.get(k) != now.get(k)]
+    logging.warning('The config differs from the one of the last run in this workdir (%s); the '
+                    'old one is kept as %s.', ', '.join(changed[:8]) + (
+                        f' and {len(changed) - 8} more' if len(changed) > 8 else ''), backup)
   with files.atomic_open(path) as f:
     f.write(text)
 
