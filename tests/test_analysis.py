@@ -1,6 +1,8 @@
 """Analyses against independent computations, and the analyze command end to end."""
 import json
 import os
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +188,13 @@ def test_analyze_a_resnet_run_and_the_errors(trained_runs, tmp_path):
     run.analyze(trained_runs['resnet'], str(tmp_path), only=['saliency'])
   with pytest.raises(FileNotFoundError, match='not a training run directory'):
     run.analyze(str(tmp_path), str(tmp_path / 'x'))
+  pruned = tmp_path / 'pruned'  # a run whose checkpoints were deleted
+  pruned.mkdir()
+  shutil.copy(os.path.join(trained_runs['resnet'], 'config.json'), pruned)
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f'{pruned} is a training run without checkpoints/ (deleted, or the run stopped before its '
+      'first checkpoint).')):
+    run.analyze(str(pruned), str(tmp_path / 'x'))
 
 
 def test_band_noise_stays_in_its_band_and_has_the_asked_std():

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,11 +118,24 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert report_text.startswith('# Data scaling: smoke')
   assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
   # Adding the Hessian later keeps the other analyses' columns.
-  analysis_run.analyze_sweep(str(tmp_path), ['hessian'], num_images=8, hessian_batches=1)
+  assert analysis_run.analyze_sweep(str(tmp_path), ['hessian'], num_images=8,
+                                    hessian_batches=1)[1] == []
   with open(tmp_path / 'analysis' / 'sweep.csv') as f:
     added = list(csv.DictReader(f))
   for before, after in zip(rows, added, strict=True):
     assert after == dict(before, hessian_top=after['hessian_top']) and after['hessian_top']
+  # Checkpoints deleted after the sweep: a point analysed before keeps its numbers, one never
+  # analysed is left out (an empty row), and the others are analysed as before.
+  for point in ('ViT-1_n60', 'ViT-1_n120'):
+    shutil.rmtree(tmp_path / point / 'checkpoints')
+  shutil.rmtree(tmp_path / 'analysis' / 'ViT-1_n120')
+  summaries, left_out = analysis_run.analyze_sweep(str(tmp_path), num_images=8)
+  assert left_out == ['ViT-1_n120']
+  with open(tmp_path / 'analysis' / 'sweep.csv') as f:
+    pruned = list(csv.DictReader(f))
+  assert pruned[:3] == added[:3] and len(summaries) == 4
+  assert pruned[3] == dict.fromkeys(added[3], '') | {k: added[3][k] for k in (
+      'model', 'family', 'depth', 'train_size')}
 
 
 @pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val',

@@ -50,11 +50,14 @@ def main(argv: list[str]) -> None:
   cli.setup_logging()
   try:
     if _SWEEP.value:
-      summaries = run.analyze_sweep(_SWEEP.value, _ONLY.value, _IMAGES.value,
-                                    _HESSIAN_BATCHES.value)
+      summaries, left_out = run.analyze_sweep(_SWEEP.value, _ONLY.value, _IMAGES.value,
+                                              _HESSIAN_BATCHES.value)
       report.write_report(_SWEEP.value)
-      print(f'Analysed {len(summaries)} points; {_SWEEP.value}/analysis/sweep.png and sweep.csv '
-            f'written, {_SWEEP.value}/REPORT.md updated.')
+      print(f'Analysed {len(summaries) - len(left_out)} points'
+            + (f' (left out, their checkpoints/ deleted: {", ".join(left_out)})'
+               if left_out else '')
+            + f'; {_SWEEP.value}/analysis/sweep.png and sweep.csv written, {_SWEEP.value}/'
+            'REPORT.md updated.')
       return
     results = run.analyze(_WORKDIR.value, _OUT.value, _ONLY.value, _IMAGES.value,
                           _HESSIAN_BATCHES.value, checkpoint.parse_step(_STEP.value))

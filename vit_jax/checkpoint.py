@@ -232,6 +232,9 @@ def _run_checkpoints(workdir: str) -> Iterator[CheckpointManager]:
   """The checkpoint manager of a run workdir, for reading (FileNotFoundError if none)."""
   directory = os.path.join(workdir, 'checkpoints')
   if not files.isdir(directory):
+    if files.exists(os.path.join(workdir, 'config.json')):
+      raise FileNotFoundError(f'{workdir} is a training run without checkpoints/ (deleted, or '
+                              'the run stopped before its first checkpoint).')
     raise FileNotFoundError(f'{workdir} is neither a .npz file nor a run workdir with '
                             'checkpoints/.')
   manager = CheckpointManager(directory)

@@ -198,21 +198,31 @@ def _summary(row: dict, results: dict) -> dict:
 
 
 def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int = 64,
-                  hessian_batches: int = 2) -> list[dict]:
+                  hessian_batches: int = 2) -> tuple[list[dict], list[str]]:
   """Runs `only` (default SWEEP_ANALYSES, those that apply) on every finished study point of a
   sweep (not its grid or convergence reruns); writes `<sweep>/analysis/<point>/`, `sweep.csv`
-  and `sweep.png`; returns the summary rows."""
+  and `sweep.png`; returns the summary rows and the names of the points left out because their
+  checkpoints/ was deleted before any analysis of theirs (their rows have no analysis values;
+  a point analysed before keeps its earlier numbers)."""
   rows = sweep_results.finished(
       sweep_results.read_results(os.path.join(sweep_dir, 'results.csv')), 'study')
   if not rows:
     raise ValueError(f'No finished point in {sweep_dir}/results.csv to analyse.')
   out = os.path.join(sweep_dir, 'analysis')
-  summaries = []
+  summaries, without_checkpoints = [], []
   for n, row in enumerate(rows, 1):
     kinds = [a for a in (only or SWEEP_ANALYSES) if row['family'] in _FAMILIES[a]]
     name = os.path.basename(os.path.normpath(row['workdir']))
-    results = analyze(row['workdir'], os.path.join(out, name), kinds, num_images,
-                      hessian_batches, row.get('best_step')) if kinds else {}  # reported step
+    if files.isdir(os.path.join(row['workdir'], 'checkpoints')):
+      results = analyze(row['workdir'], os.path.join(out, name), kinds, num_images,
+                        hessian_batches, row.get('best_step')) if kinds else {}  # reported step
+    else:  # checkpoints deleted (a finished sweep pruned): what an earlier call found, if any
+      saved = os.path.join(out, name, 'analysis.json')
+      results = files.read_json(saved) if files.exists(saved) else {}
+      logging.warning('%s has no checkpoints/ (deleted?): %s.', row['workdir'],
+                      'its earlier analyses are kept' if results else 'left out of the analyses')
+      if not results:
+        without_checkpoints.append(name)
     summaries.append(_summary(row, results))
     logging.info('Analysed %d/%d: %s', n, len(rows), name)
   with files.atomic_open(os.path.join(out, 'sweep.csv')) as f:
@@ -220,4 +230,4 @@ def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int
     writer.writeheader()
     writer.writerows(summaries)
   plots.sweep(summaries, os.path.join(out, 'sweep.png'))
-  return summaries
+  return summaries, without_checkpoints
