@@ -259,6 +259,10 @@ def run(module, *flags):
                       '--config.dataset=records:gs://b/prepared'],
      "Error: config.dataset='records:gs://b/prepared': prepared datasets are read from a local "
      'folder'),
+    # Multi-process settings JAX itself would fail on with a traceback.
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--coordinator_address=node1', '--num_processes=2', '--process_id=0'],
+     "Error: --coordinator_address='node1' must be host:port"),
     # Counts out of range.
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
                        '--point=4'],

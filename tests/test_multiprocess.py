@@ -4,6 +4,7 @@ collectives), form one 8-device mesh through `jax.distributed` and train exactly
 processes are restored by the two processes and by a single process; SIGTERM to one process
 stops both at the same step."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,3 +185,15 @@ def test_when_a_process_joins_a_multi_process_run(mode, flags, environ, expected
 def test_contradictory_distributed_flags_are_refused():
   with pytest.raises(ValueError, match='--distributed=off contradicts'):
     distributed.should_initialize('off', 'localhost:1', 2, 0, environ={})
+
+
+def test_a_coordinator_address_without_a_port_is_refused_before_jax_sees_it():
+  with pytest.raises(ValueError, match=re.escape(
+      "--coordinator_address='node1' must be host:port: process 0's address and a free port, "
+      'e.g. 10.130.0.2:8476.')):
+    distributed.should_initialize('auto', 'node1', 2, 0, environ={})
+  with pytest.raises(ValueError, match=r"^\$JAX_COORDINATOR_ADDRESS='node1:' must be"):
+    distributed.should_initialize('on', None, None, None,
+                                  environ={'JAX_COORDINATOR_ADDRESS': 'node1:'})
+  for address in ('node1:8476', '[::1]:8476', '10.130.0.2:8476'):
+    assert distributed.should_initialize('auto', address, 2, 0, environ={})

@@ -14,6 +14,7 @@ than one task; a single process never initialises. A multi-host Cloud TPU slice 
 recognised through its metadata server, so pod launches pass `--distributed=on`.
 """
 import os
+import re
 from typing import Callable, Mapping
 
 from absl import flags
@@ -44,7 +45,8 @@ def should_initialize(mode: str, coordinator_address: str | None, num_processes:
   """Whether this process joins a multi-process run (see the module docstring).
 
   Raises:
-    ValueError: an unknown mode, or mode 'off' with process settings given.
+    ValueError: an unknown mode, mode 'off' with process settings given, or a coordinator
+      address (flag or $JAX_COORDINATOR_ADDRESS) that is not host:port.
   """
   if mode not in MODES:
     raise ValueError(f'--distributed={mode!r} must be one of {MODES}.')
@@ -54,8 +56,14 @@ def should_initialize(mode: str, coordinator_address: str | None, num_processes:
       raise ValueError('--distributed=off contradicts --coordinator_address/--num_processes/'
                        '--process_id; drop one or the other.')
     return False
-  return (mode == 'on' or given or 'JAX_COORDINATOR_ADDRESS' in environ
+  join = (mode == 'on' or given or 'JAX_COORDINATOR_ADDRESS' in environ
           or detected_cluster(environ) is not None)
+  address = coordinator_address or environ.get('JAX_COORDINATOR_ADDRESS')
+  if join and address is not None and not re.fullmatch(r'.+:\d+', address):
+    where = '--coordinator_address' if coordinator_address else '$JAX_COORDINATOR_ADDRESS'
+    raise ValueError(f"{where}={address!r} must be host:port: process 0's address and a free "
+                     'port, e.g. 10.130.0.2:8476.')
+  return join
 
 
 def initialize(mode: str = 'auto', coordinator_address: str | None = None,
