@@ -3,6 +3,7 @@ import functools
 import glob
 import json
 import os
+import re
 import sys
 import tarfile
 
@@ -179,6 +180,24 @@ def test_folder_errors_name_the_problem(tmp_path, problem, error, message):
     data.load_split(bad_tree(tmp_path, problem), 'test')
 
 
+def test_a_tree_with_a_val_folder_evaluates_on_it_when_asked(tmp_path):
+  """ImageNet's layout (train/, val/): 'val' is a split like 'test'; asking for the missing
+  'test' says which field picks 'val'; the classes of val are checked against train's."""
+  images = {split: write_images(tmp_path / 'tree' / split / 'cat', seed=s)
+            for s, split in enumerate(('train', 'val'))}
+  val = data.load_split(f'folder:{tmp_path / "tree"}', 'val', cache_dir=str(tmp_path / 'cache'))
+  np.testing.assert_array_equal(val.images, np.stack(images['val']))
+  assert val.class_names == ('cat',)
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"{tmp_path / 'tree'} has no 'test' folder; it holds ['train', 'val']; set "
+      "data.eval_split='val' to evaluate on it.")):
+    data.load_split(f'folder:{tmp_path / "tree"}', 'test')
+  write_images(tmp_path / 'tree' / 'val' / 'dog')
+  with pytest.raises(ValueError, match=re.escape(
+      "differ between train and val: only in val: ['dog'], only in train: []")):
+    data.load_split(f'folder:{tmp_path / "tree"}', 'val', cache_dir=str(tmp_path / 'cache'))
+
+
 def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):
   """data.corrupt_images='skip' leaves broken files out, names and counts them (also when the
   split comes from the cache) and keeps the labels of the others aligned."""
@@ -201,7 +220,8 @@ def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):
 @pytest.mark.parametrize('source,split,message', [
     ('imagenet', 'train', r"config.dataset='imagenet' is not one of 'digits', 'folder:"),
     ('folder:', 'train', r"config.dataset='folder:' is not one of"),
-    ('digits', 'validation', r"split='validation' must be 'train' or 'test'"),
+    ('digits', 'validation', r"The digits have no 'validation' split; they have 'train' and "
+     r"'test'\."),
 ])
 def test_bad_source_or_split(source, split, message):
   with pytest.raises(ValueError, match=message):

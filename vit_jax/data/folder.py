@@ -192,8 +192,10 @@ def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   split_dir = posixpath.join(root, split)
   where = os.path.normpath(os.path.join(path, root))
   if split_dir not in dirs:
-    raise FileNotFoundError(f"{where} has no '{split}' folder; it holds "
-                            f'{_subfolders(dirs, root)}.')
+    held = _subfolders(dirs, root)
+    hint = next((f"; set data.eval_split='{n}' to evaluate on it" for n in ('validation', 'val')
+                 if n in held and split == 'test'), '')
+    raise FileNotFoundError(f"{where} has no '{split}' folder; it holds {held}{hint}.")
   classes = _subfolders(dirs, split_dir)
   if not classes:
     raise ValueError(f'{os.path.join(path, split_dir)} has no class folders.')
@@ -201,7 +203,8 @@ def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   theirs = _subfolders(dirs, posixpath.join(root, other))
   if theirs and theirs != classes:
     raise ValueError(
-        f'The class folders of {where} differ between train and test: only in {split}: '
+        f'The class folders of {where} differ between train and '
+        f'{split if other == "train" else other}: only in {split}: '
         f'{sorted(set(classes) - set(theirs))}, only in {other}: '
         f'{sorted(set(theirs) - set(classes))}.')
   by_folder = collections.defaultdict(list)

@@ -25,7 +25,8 @@ CORRUPT_IMAGES = ('error', 'skip')  # what `data.corrupt_images` may say to do w
 
 def load_split(source: str, split: str, *, cache_dir: str | None = None,
                corrupt_images: str = 'error', tfds_dir: str | None = None) -> Split:
-  """Loads split 'train' or 'test' of `source` (see the module docstring) into memory.
+  """Loads split `split` of `source` (see the module docstring) into memory: 'train' or
+  'test' of the digits, any split folder of an image-folder tree (e.g. ImageNet's 'val').
 
   'folder:' sources are decoded once and cached in `cache_dir` (default: $VIT_JAX_CACHE or
   ~/.cache/vit_jax) as `.npz` files keyed by the absolute path, the archive's size and mtime
@@ -33,8 +34,8 @@ def load_split(source: str, split: str, *, cache_dir: str | None = None,
   cache file is decoded again. An image file that cannot be decoded is an error, or with
   corrupt_images='skip' left out, logged and listed in `Split.skipped`.
   """
-  if split not in SPLITS:
-    raise ValueError(f"split={split!r} must be 'train' or 'test'.")
+  if source == 'digits' and split not in SPLITS:
+    raise ValueError(f"The digits have no {split!r} split; they have 'train' and 'test'.")
   if corrupt_images not in CORRUPT_IMAGES:
     raise ValueError(f'data.corrupt_images={corrupt_images!r} must be one of {CORRUPT_IMAGES}.')
   kind, _, arg = source.partition(':')
