@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import onnxruntime
+from PIL import Image
 import pytest
 from safetensors import numpy as safetensors_numpy
 import timm as timm_lib
@@ -379,6 +380,31 @@ def test_cli_exports_a_trained_run_and_hf_carries_its_labels(digits_run, tmp_pat
                                                              image_size=8), train=False)
   with torch.no_grad():
     np.testing.assert_allclose(model(pixel_values=pixels).logits.numpy(), want, atol=1e-4)
+
+
+def test_a_run_exported_where_its_data_is_not_keeps_its_class_names(tmp_path):
+  """A run's class_names.json gives the export its labels when the dataset cannot be read
+  (trained elsewhere, or the data since moved); the check then runs on the embedded digits."""
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for name in ('cat', 'dog', 'eel'):
+      os.makedirs(tmp_path / 'tree' / split / name)
+      for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (8, 8), np.uint8)).save(
+            tmp_path / 'tree' / split / name / f'{i}.png')
+  config = quickstart.get_config()
+  config.dataset, config.model.num_layers = f'folder:{tmp_path / "tree"}', 1
+  config.total_steps = config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.batch_size, config.eval.fewshot_shots = 4, ()
+  config.data.cache_dir = str(tmp_path / 'cache')
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert json.loads((tmp_path / 'run' / 'class_names.json').read_text()) == ['cat', 'dog', 'eel']
+  os.rename(tmp_path / 'tree', tmp_path / 'moved')
+  export.export(str(tmp_path / 'run'), 'npz', str(tmp_path / 'npz'))
+  manifest = json.loads((tmp_path / 'npz' / 'export.json').read_text())
+  assert manifest['class_names'] == ['cat', 'dog', 'eel']
+  assert ("8 images of the embedded digits (the run's dataset is not readable here)" in
+          manifest['verification']['max_abs_diff'])
 
 
 @pytest.fixture(scope='module')

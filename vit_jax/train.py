@@ -252,6 +252,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best, skipped = saved['best'], saved['skipped']
     if is_writer:
       run_dir.write_config(config, workdir)
+      files.write_json(os.path.join(workdir, 'class_names.json'), list(train_split.class_names))
     start_step = int(state.step)
     result_path = os.path.join(workdir, 'result.json')
     stopped = lambda step: evaluate.patience_spent(best, step, config.eval_every,

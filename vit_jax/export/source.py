@@ -8,6 +8,7 @@ unrolled NumPy arrays, so every format sees one `encoderblock_{i}` subtree per l
 """
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 from absl import logging
@@ -126,11 +127,14 @@ class Source:
 
   @classmethod
   def from_run(cls, workdir: str, step: checkpoint.Step = None) -> 'Source':
-    """A run's checkpoint `step` ('latest' or None, 'best', a number), with its dataset's
-    class names and images of its evaluation split (any kind of dataset: `sample_images`)."""
+    """A run's checkpoint `step` ('latest' or None, 'best', a number), with its class names
+    (`<workdir>/class_names.json`, written by the run; else its dataset's) and images of its
+    evaluation split (any kind of dataset: `sample_images`)."""
     step = checkpoint.resolve_step(workdir, step)
     config, model, params = checkpoint.load_run(workdir, step)
+    names = os.path.join(workdir, 'class_names.json')
     return cls.from_model(config.model.name, model, params, image_size=config.image_size,
+                          class_names=files.read_json(names) if files.exists(names) else None,
                           config=config, workdir=files.absolute(workdir), step=step)
 
 
