@@ -194,7 +194,7 @@ def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   if split_dir not in dirs:
     held = _subfolders(dirs, root)
     hint = next((f"; set data.eval_split='{n}' to evaluate on it" for n in ('validation', 'val')
-                 if n in held and split == 'test'), '')
+                 if n in held), '') if split == 'test' else ''
     raise FileNotFoundError(f"{where} has no '{split}' folder; it holds {held}{hint}.")
   classes = _subfolders(dirs, split_dir)
   if not classes:
