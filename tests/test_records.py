@@ -127,6 +127,15 @@ def test_a_finished_out_is_kept_and_refused_for_another_source(tree, tmp_path):
                              progress=False)['class_names']) == 4
 
 
+def test_an_out_inside_the_source_tree_is_not_read_as_images(tree, tmp_path):
+  root, _ = tree
+  src = tmp_path / 'src'
+  shutil.copytree(root, src)
+  meta = prepare.prepare(str(src), str(src / 'records'), workers=1, progress=False)
+  os.remove(src / 'records' / 'metadata.json')  # as if stopped before its end: a rerun lists src
+  assert prepare.prepare(str(src), str(src / 'records'), workers=1, progress=False) == meta
+
+
 def test_the_command_line_reports_errors_in_one_line(tree, tmp_path):
   root, _ = tree
   src = tmp_path / 'src'

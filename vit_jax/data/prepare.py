@@ -53,10 +53,13 @@ def _read(reader: Reader, location: tuple) -> bytes:
 
 
 def _list_source(src: str, out: str) -> tuple[Reader, dict[str, tuple]]:
-  """(reader, {relative file name: location}) of a directory or (decompressed) tar archive."""
+  """(reader, {relative file name: location}) of a directory (without `out`, should it lie
+  inside: a rerun must not read its own shards as images) or (decompressed) tar archive."""
   if os.path.isdir(src):
-    found = {}
-    for folder, _, names in os.walk(src):
+    found, inside = {}, os.path.realpath(out)
+    for folder, subfolders, names in os.walk(src):
+      subfolders[:] = [d for d in subfolders
+                       if os.path.realpath(os.path.join(folder, d)) != inside]
       rel = os.path.relpath(folder, src).replace(os.sep, '/')
       for n in names:
         name = n if rel == '.' else f'{rel}/{n}'
