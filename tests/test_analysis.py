@@ -236,11 +236,15 @@ def test_a_later_call_on_the_same_checkpoint_adds_to_analysis_json(trained_runs,
   third = run.analyze(trained_runs['resnet'], str(tmp_path), only=['hessian'],
                       hessian_batches=1)
   assert third['skipped'] == ['filters', 'posemb', 'distance', 'rollout']
+  # The same run moved elsewhere (a sweep copied from a pod) is the same checkpoint.
+  moved = tmp_path.parent / f'{tmp_path.name}_moved_run'
+  shutil.copytree(trained_runs['resnet'], moved)
+  fourth = run.analyze(str(moved), str(tmp_path), only=['noise'])
+  assert fourth['workdir'] == str(moved) and fourth['hessian'] == third['hessian']
   # Another checkpoint's analyses in the same folder are refused, and nothing is changed.
   saved = (tmp_path / 'analysis.json').read_bytes()
-  with pytest.raises(ValueError, match=rf"{tmp_path} holds the analyses of "
-                     rf"{trained_runs['resnet']} step 3, not of {trained_runs['vit']} step 3; "
-                     'choose another output folder'):
+  with pytest.raises(ValueError, match=rf"{tmp_path} holds the analyses of {moved} step 3, "
+                     rf"not of {trained_runs['vit']} step 3; choose another output folder"):
     run.analyze(trained_runs['vit'], str(tmp_path), only=['distance'], num_images=4)
   assert (tmp_path / 'analysis.json').read_bytes() == saved
   assert not (tmp_path / 'distance.png').exists()

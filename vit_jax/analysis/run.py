@@ -7,6 +7,7 @@ checkpoint of the step its results report, `best_step`) into
 `<sweep>/analysis/<point>/` and writes `sweep.csv` and `sweep.png`.
 """
 import csv
+import hashlib
 import os
 
 from absl import logging
@@ -105,11 +106,13 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   bad = [a for a in wanted if kind not in _FAMILIES[a] or (a == 'posemb' and not learned_posemb)]
   if only and bad:
     raise ValueError(f'{bad} do not apply to {config.model.name} ({kind}).')
+  config_text = files.read_text(os.path.join(workdir, 'config.json'))
   results = {'model': config.model.name, 'family': kind, 'workdir': files.absolute(workdir),
-             'step': step, 'skipped': bad}
+             'config_sha256': hashlib.sha256(config_text.encode()).hexdigest(), 'step': step,
+             'skipped': bad}
   wanted = [a for a in wanted if a not in bad]
   saved = os.path.join(out, 'analysis.json')
-  earlier = _earlier(saved, results['workdir'], step)
+  earlier = _earlier(saved, results)
   results.update({a: earlier[a] for a in ANALYSES if a in earlier and a not in wanted})
   results['skipped'] = [a for a in ANALYSES if a in bad or a in earlier.get('skipped', ())]
   files.makedirs(out)
@@ -160,9 +163,11 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   return results
 
 
-def _earlier(path: str, workdir: str, step: int) -> dict:
-  """What an earlier call wrote to `path` (analysis.json) for the same checkpoint, so that the
-  analyses not run again are kept beside those run now; {} if there is none.
+def _earlier(path: str, run: dict) -> dict:
+  """What an earlier call wrote to `path` (analysis.json) for the same checkpoint as `run`'s
+  ('config_sha256', the digest of the run's config.json, and 'step': the same even after the
+  run or its sweep moved to another folder or machine), so that the analyses not run again are
+  kept beside those run now; {} if there is none.
 
   Raises:
     ValueError: `path` holds the analyses of another checkpoint (its figures lie beside it).
@@ -170,10 +175,11 @@ def _earlier(path: str, workdir: str, step: int) -> dict:
   if not files.exists(path):
     return {}
   earlier = files.read_json(path)
-  if (earlier.get('workdir'), earlier.get('step')) != (workdir, step):
+  key = 'config_sha256' if 'config_sha256' in earlier else 'workdir'  # older files: by path
+  if (earlier.get(key), earlier.get('step')) != (run[key], run['step']):
     raise ValueError(f'{os.path.dirname(path)} holds the analyses of {earlier.get("workdir")} '
-                     f'step {earlier.get("step")}, not of {workdir} step {step}; choose another '
-                     'output folder (or remove that one).')
+                     f'step {earlier.get("step")}, not of {run["workdir"]} step {run["step"]}; '
+                     'choose another output folder (or remove that one).')
   return earlier
 
 
