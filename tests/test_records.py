@@ -109,19 +109,25 @@ def test_a_rerun_after_a_failure_keeps_the_finished_shards(tree, tmp_path):
     assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
 
 
-def test_a_finished_out_is_kept_and_refused_for_another_source(tree, tmp_path):
+def test_a_finished_out_is_kept_and_names_the_source_it_came_from(tree, tmp_path):
+  """A finished --out is never prepared again; given another --src (one class more here) it
+  says so, in a warning and in the command's last line, rather than pass the old dataset off
+  as the new one."""
   root, _ = tree
   out, other = tmp_path / 'out', tmp_path / 'other'
   meta = prepare.prepare(str(root), str(out), workers=1, progress=False)
   assert meta['source'] == os.path.realpath(root)
   stamps = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
-  shutil.copytree(root, other)  # the same tree with one class more: another dataset
+  shutil.copytree(root, other)
   shutil.copytree(other / 'train' / 'n00000002', other / 'train' / 'n00000003')
   shutil.copytree(other / 'val' / 'n00000002', other / 'val' / 'n00000003')
-  with pytest.raises(ValueError, match=rf'--out={out} holds the dataset prepared from {root}, '
-                     rf'not from --src={other}; choose another --out \(or remove {out}'):
-    prepare.prepare(str(other), str(out), workers=1, progress=False)
-  assert prepare.prepare(str(root), str(out), workers=1, progress=False) == meta  # as it is
+  result = run_prepare(f'--src={other}', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (f'{out} holds the dataset prepared from {root}, not from --src={other}; it is left as '
+          f'it is (remove it to prepare {other}).') in result.stderr
+  assert result.stdout == (f'{out}: train 15 images, val 6 images, 3 classes, prepared from '
+                           f'{root}.\n')
+  assert prepare.prepare(str(root), str(out), workers=1, progress=False) == meta
   assert {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)} == stamps
   assert len(prepare.prepare(str(other), str(tmp_path / 'out2'), workers=1,
                              progress=False)['class_names']) == 4

@@ -174,8 +174,8 @@ def _done(path: str, digest: str) -> dict | None:
 def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
             corrupt_images: str = 'error', progress: bool = True) -> dict:
   """Writes the prepared dataset of `src` into `out` (see the module docstring); returns its
-  metadata. A finished `out` of the same `src` is left as it is (of another one: ValueError);
-  an interrupted one is completed. workers=0: one per CPU."""
+  metadata. A finished `out` is left as it is (with a warning if it was prepared from another
+  `src`); an interrupted one is completed. workers=0: one per CPU."""
   if corrupt_images not in ('error', 'skip'):
     raise ValueError(f"--corrupt_images={corrupt_images!r} must be 'error' or 'skip'.")
   if shard_size < 1:
@@ -190,11 +190,12 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
   if os.path.isfile(os.path.join(out, records.METADATA)):
     meta = records.read_metadata(out)
     if meta.get('source', source) != source:  # (no 'source': prepared before it was recorded)
-      raise ValueError(f'--out={out} holds the dataset prepared from {meta["source"]}, not from '
-                       f'--src={src}; choose another --out (or remove {out} to prepare it '
-                       'again).')
-    logging.info('%s is already prepared from %s; nothing to do (remove it to prepare it again '
-                 'after the images changed).', out, src)
+      # Not an error: a copy made on another host, or a job script that always prepares first.
+      logging.warning('%s holds the dataset prepared from %s, not from --src=%s; it is left as '
+                      'it is (remove it to prepare %s).', out, meta['source'], src, src)
+    else:
+      logging.info('%s is already prepared from %s; nothing to do (remove it to prepare it '
+                   'again after the images changed).', out, src)
     return meta
   if not os.path.isdir(src) and not os.path.isfile(src):  # refused before `out` is made
     plain = src.removeprefix('folder:')  # config.dataset's form of the same path
@@ -294,7 +295,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f'Error: {e}')
   print(f'{FLAGS.out}: ' + ', '.join(f'{s} {v["num_examples"]} images'
                                      for s, v in meta['splits'].items())
-        + f', {len(meta["class_names"])} classes.')
+        + f', {len(meta["class_names"])} classes'
+        + (f', prepared from {meta["source"]}.' if 'source' in meta else '.'))
 
 
 if __name__ == '__main__':
