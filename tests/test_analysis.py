@@ -186,8 +186,14 @@ def test_analyze_a_resnet_run_and_the_errors(trained_runs, tmp_path):
     run.analyze(trained_runs['resnet'], str(tmp_path), only=['distance'])
   with pytest.raises(ValueError, match=r"Unknown analyses \['saliency'\]"):
     run.analyze(trained_runs['resnet'], str(tmp_path), only=['saliency'])
-  with pytest.raises(FileNotFoundError, match='not a training run directory'):
+  with pytest.raises(FileNotFoundError,
+                     match=r'not a training run directory \(no config.json\)\.$'):
     run.analyze(str(tmp_path), str(tmp_path / 'x'))
+  (tmp_path / 'sweep').mkdir()  # a sweep's folder given for one of its points
+  (tmp_path / 'sweep' / 'results.csv').write_text('model\n')
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      "(no config.json); it is a sweep's: give one of its point folders.")):
+    run.analyze(str(tmp_path / 'sweep'), str(tmp_path / 'x'))
   pruned = tmp_path / 'pruned'  # a run whose checkpoints were deleted
   pruned.mkdir()
   shutil.copy(os.path.join(trained_runs['resnet'], 'config.json'), pruned)

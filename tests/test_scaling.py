@@ -159,8 +159,13 @@ def test_read_results_refuses_a_damaged_file(tmp_path):
     f.write('model,train_size\nViT-12,1000\n')
   with pytest.raises(ValueError, match=r"lacks the columns \['family', 'depth'"):
     results.read_results(path)
-  with pytest.raises(FileNotFoundError, match='Sweep results not found: '):
+  with pytest.raises(FileNotFoundError, match=r'Sweep results not found: \S+elsewhere.csv$'):
     results.read_results(str(tmp_path / 'elsewhere.csv'))
+  (tmp_path / 'run').mkdir()  # a training run's folder given for a sweep's
+  (tmp_path / 'run' / 'config.json').write_text('{}')
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"{tmp_path / 'run' / 'results.csv'} (that folder is one training run, not a sweep)")):
+    results.read_results(str(tmp_path / 'run' / 'results.csv'))
 
 
 def test_write_report_on_a_sweep_where_vit_catches_up(tmp_path):

@@ -248,7 +248,9 @@ def _run_config_path(workdir: str) -> str:
   """`<workdir>/config.json` (FileNotFoundError if `workdir` is not a training run)."""
   path = os.path.join(workdir, 'config.json')
   if not files.exists(path):
-    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json).')
+    sweep = files.exists(os.path.join(workdir, 'results.csv'))
+    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json)' + (
+        "; it is a sweep's: give one of its point folders" if sweep else '') + '.')
   return path
 
 

@@ -9,6 +9,7 @@ select from them; `convergence` pairs the twice-the-budget reruns with their stu
 """
 import csv
 import io
+import os
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def read_results(path: str) -> list[dict]:
   """Rows of a sweep's `results.csv` as dicts; numeric columns become int or float (None when
   empty), the others stay strings."""
   if not files.exists(path):
-    raise FileNotFoundError(f'Sweep results not found: {path}')
+    run = files.exists(os.path.join(os.path.dirname(path), 'config.json'))
+    raise FileNotFoundError(f'Sweep results not found: {path}' + (
+        ' (that folder is one training run, not a sweep)' if run else ''))
   with io.StringIO(files.read_text(path)) as f:
     reader = csv.DictReader(f)
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL]
