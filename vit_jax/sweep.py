@@ -512,8 +512,7 @@ def finish_point(point: Point, running: _Running, stopping: bool) -> tuple[str, 
     with files.atomic_open(log_path) as f:
       f.write(earlier + output)
   error_path = os.path.join(point.workdir, 'error.txt')
-  started = files.exists(os.path.join(point.workdir, 'config.json'))
-  if returncode == 0 and (started or stopping):
+  if returncode == 0 and (stopping or files.exists(os.path.join(point.workdir, 'config.json'))):
     if files.exists(error_path):
       epath.Path(error_path).unlink()
     finished = files.exists(os.path.join(point.workdir, 'result.json'))
