@@ -71,6 +71,10 @@ def test_dry_run_lists_the_points_and_writes_nothing(tmp_path):
       '[0] ResNet', '[1] ResNet', '[2] ResNet', '[3] ViT-1', '[4] ViT-1', '[5] ViT-1']
   assert 'train_size=90 seed=0 role=study steps=4 eval_every=1 batch=64' in points[1]
   assert f'    workdir={workdir / "ViT-1_n120"}' in lines
+  # With --point, that point alone, as the launcher's child would run it.
+  one = smoke_sweep(workdir, '--dry_run', '--point=4', '--config.train_sizes=(60, 90, 120)')
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert one.stdout.splitlines() == lines[8:10]
   assert not workdir.exists()
 
 

@@ -635,11 +635,13 @@ def _run_points(points: list[Point], indices: range, argv: list[str], title: str
   return True
 
 
-def describe(points: list[Point]) -> str:
-  """The dry-run listing: every point with its model, data, seed, role, budget and mesh
-  (before the grid has run, the study's points show the base's learning rate)."""
+def describe(points: list[Point], indices: list[int] | None = None) -> str:
+  """The dry-run listing: each point of `indices` (default all) with its model, data, seed,
+  role, budget and mesh (before the grid has run, the study's points show the base's learning
+  rate)."""
   lines = []
-  for i, p in enumerate(points):
+  for i in range(len(points)) if indices is None else indices:
+    p = points[i]
     c = p.config
     model = {k: v for k, v in c.model.items() if v is not None}
     lines.append(f'[{i}] {p.label}: train_size={p.train_size} seed={p.seed} role={p.role} '
@@ -656,15 +658,15 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('--config and --workdir are required.')
   try:
     points = all_points(_CONFIG.value, _WORKDIR.value)
+    if _POINT.value is not None and _POINT.value >= len(points):
+      raise ValueError(f'--point={_POINT.value}: the sweep has {len(points)} points, 0 to '
+                       f'{len(points) - 1} (--dry_run lists them).')
     if _DRY_RUN.value:
-      print(describe(points))
+      print(describe(points, None if _POINT.value is None else [_POINT.value]))
       return
     if _POINT.value is not None:  # child process: one training run
       cli.setup_logging()
       _JOIN()
-      if _POINT.value >= len(points):
-        raise ValueError(f'--point={_POINT.value}: the sweep has {len(points)} points, 0 to '
-                         f'{len(points) - 1} (--dry_run lists them).')
       point = points[_POINT.value]
       train.train_and_evaluate(point.config, point.workdir)
       return
