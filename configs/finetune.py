@@ -17,16 +17,15 @@ layer is dropped.
 Expected (paper, Table 5 / B.1.1): ViT-B/16 pre-trained on ImageNet-21k reaches about 98.9% on
 CIFAR-10; needs a GPU or TPU (10k steps of batch 512 at 384 px).
 """
-import os
-
 from configs import cifar10
 from vit_jax import config as config_lib
+from vit_jax.data import records
 
 # dataset -> (source, steps, image size)
 DATASETS = {
     'cifar10': (f'folder:{cifar10.CIFAR10}', 10_000, 384),
     'cifar100': ('tfds:cifar100', 10_000, 384),
-    'i1k': ('records:' + os.environ.get('VIT_JAX_I1K', '/data/imagenet2012'), 20_000, 384),
+    'i1k': ('records:' + records.preset_dir('VIT_JAX_I1K'), 20_000, 384),
     'digits': ('digits', 500, 32),
 }
 

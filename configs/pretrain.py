@@ -18,19 +18,15 @@ gradient clipping at global norm 1, 224 px, Inception crop + flip, a tanh pre-lo
 These runs need a TPU/GPU pod (the paper: TPUv3 core-days in the thousands); nothing here is
 sized for one machine.
 """
-import os
-
 from vit_jax import config as config_lib
+from vit_jax.data import records
 from vit_jax.models import registry
 
 # dataset -> (source, train images, epochs, lr, weight decay, dropout)
 DATASETS = {
-    'i1k': ('records:' + os.environ.get('VIT_JAX_I1K', '/data/imagenet2012'), 1_281_167, 300,
-            3e-3, 0.3, 0.1),
-    'i21k': ('records:' + os.environ.get('VIT_JAX_I21K', '/data/imagenet21k'), 14_197_122, 90,
-             1e-3, 0.03, 0.0),
-    'jft': ('records:' + os.environ.get('VIT_JAX_JFT', '/data/jft300m'), 303_000_000, 7,
-            None, 0.1, 0.0),
+    'i1k': ('records:' + records.preset_dir('VIT_JAX_I1K'), 1_281_167, 300, 3e-3, 0.3, 0.1),
+    'i21k': ('records:' + records.preset_dir('VIT_JAX_I21K'), 14_197_122, 90, 1e-3, 0.03, 0.0),
+    'jft': ('records:' + records.preset_dir('VIT_JAX_JFT'), 303_000_000, 7, None, 0.1, 0.0),
 }
 # dataset -> (training split, evaluation split) where not ('train', its labelled validation)
 SPLITS = {'i21k': ('train[102400:]', 'train[:102400]')}

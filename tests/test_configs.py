@@ -11,6 +11,7 @@ from conftest import recounted_test_accuracy
 from configs import cifar10
 from vit_jax import config as config_lib
 from vit_jax import data, optim, train
+from vit_jax.data import records
 from vit_jax.models import config_overrides, get_model
 
 PRESETS = [('quickstart', None)] + [
@@ -96,6 +97,37 @@ def test_real_data_presets_read_from_vit_jax_data(tmp_path, monkeypatch):
     other = presets[0].get_config('vit')  # a path of the user's own: no word on the presets
     other.dataset = f'folder:{tmp_path}/cifar10.tar.gz'
     with pytest.raises(FileNotFoundError, match=r'cifar10.tar.gz does not exist\.$'):
+      data.check_present(other)
+  finally:
+    monkeypatch.undo()
+    for preset in presets:
+      importlib.reload(preset)
+
+
+def test_record_presets_read_from_their_variables(tmp_path, monkeypatch):
+  """The ImageNet presets read $VIT_JAX_I1K / $VIT_JAX_I21K; a missing folder's error says
+  where the variable pointed and how to prepare it."""
+  monkeypatch.setenv('VIT_JAX_I21K', str(tmp_path / 'i21k'))
+  monkeypatch.delenv('VIT_JAX_I1K', raising=False)
+  monkeypatch.setitem(records.PRESET_DIRS, 'VIT_JAX_I1K', str(tmp_path / 'default'))
+  presets = [importlib.reload(importlib.import_module(f'configs.{m}'))
+             for m in ('pretrain', 'finetune')]
+  try:
+    i21k = presets[0].get_config('Ti_16,i21k')
+    assert i21k.dataset == f'records:{tmp_path}/i21k'
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        f'{tmp_path}/i21k does not exist (the presets read it from $VIT_JAX_I21K={tmp_path}/i21k;'
+        f' prepare it with python -m vit_jax.data.prepare --src=<images> --out={tmp_path}/i21k, '
+        'or set VIT_JAX_I21K to the prepared folder).')):
+      data.check_present(i21k)
+    i1k = presets[1].get_config('B_16,i1k')
+    assert i1k.dataset == f'records:{tmp_path}/default'
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        f'(the presets read it from $VIT_JAX_I1K, not set: {tmp_path}/default; prepare it')):
+      data.check_present(i1k)
+    other = presets[0].get_config('Ti_16,i21k')  # a path of the user's own: no word on presets
+    other.dataset = f'records:{tmp_path}/mine'
+    with pytest.raises(FileNotFoundError, match=r'/mine does not exist\.$'):
       data.check_present(other)
   finally:
     monkeypatch.undo()

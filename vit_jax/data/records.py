@@ -21,6 +21,15 @@ from vit_jax import files
 
 FORMAT = 'vit_jax.records/1'
 METADATA = 'metadata.json'
+# The prepared directories the presets read: environment variable -> its default.
+PRESET_DIRS = {'VIT_JAX_I1K': '/data/imagenet2012', 'VIT_JAX_I21K': '/data/imagenet21k',
+               'VIT_JAX_JFT': '/data/jft300m'}
+
+
+def preset_dir(variable: str) -> str:
+  """The prepared directory a preset reads: $<variable> (a key of PRESET_DIRS), by default
+  its PRESET_DIRS value."""
+  return os.environ.get(variable, PRESET_DIRS[variable])
 
 
 def labels_file(directory: str, split: str) -> str:
@@ -40,7 +49,7 @@ def read_metadata(directory: str) -> dict:
                      'the disk of each host, or give the path of a mounted bucket (gcsfuse).')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"config.dataset='records:{directory}': {directory} does not "
-                            'exist.')
+                            f'exist{_preset_hint(directory)}.')
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f'{directory} is not a prepared dataset ({METADATA} is missing; an interrupted '
@@ -50,6 +59,18 @@ def read_metadata(directory: str) -> dict:
   if not isinstance(meta, dict) or meta.get('format') != FORMAT:
     raise ValueError(f'{path} is not a {FORMAT} metadata file.')
   return meta
+
+
+def _preset_hint(directory: str) -> str:
+  """For a directory a preset names (`preset_dir`), where its variable pointed; else ''."""
+  for variable in PRESET_DIRS:
+    if directory == preset_dir(variable):
+      where = (f'${variable}={os.environ[variable]}' if variable in os.environ else
+               f'${variable}, not set: {PRESET_DIRS[variable]}')
+      return (f' (the presets read it from {where}; prepare it with python -m '
+              f'vit_jax.data.prepare --src=<images> --out={directory}, or set {variable} to '
+              'the prepared folder)')
+  return ''
 
 
 class RecordSource:
