@@ -100,6 +100,26 @@ def test_validation_is_a_class_balanced_hold_out_of_the_training_subset():
     config_lib.check(config)
 
 
+def test_a_subset_missing_classes_is_named(caplog):
+  """A train_size below the class count, or a hold-out that takes a small subset's only
+  examples of some classes, trains on fewer classes than the head has: a warning counts them
+  (recounted here from the labels)."""
+  config = quickstart.get_config()
+  warnings = lambda: [m for m in caplog.messages if 'hold no example' in m]
+  for size, fraction in ((5, 0.), (12, 0.1)):
+    caplog.clear()
+    config.train_size, config.eval.val_fraction = size, fraction
+    train_split = data.load_data(config)[0]
+    unseen = 10 - len(np.unique(train_split.labels))
+    assert unseen > 0 and warnings() == [
+        f'The {len(train_split.labels)} training images hold no example of {unseen} of the 10 '
+        f'classes (train_size={size}, eval.val_fraction={fraction}): the model never sees '
+        'those classes.']
+  caplog.clear()
+  config.train_size, config.eval.val_fraction = 30, 0.
+  assert len(np.unique(data.load_data(config)[0].labels)) == 10 and not warnings()
+
+
 def test_a_fixed_validation_set_lies_outside_every_nested_subset():
   """eval.val_size: one class-balanced validation set, the same for every train_size, held out
   of the whole split before the nested subsets are drawn."""

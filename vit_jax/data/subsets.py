@@ -1,5 +1,6 @@
 """Subsets of a labelled split: nested class-balanced subsets, the validation hold-out, the
 evenly spaced evaluation sample, and a training config's (train, validation, test) splits."""
+from absl import logging
 import numpy as np
 
 from vit_jax.data import loader
@@ -74,7 +75,16 @@ def load_data(config) -> tuple[AnySplit, AnySplit | None, AnySplit]:
   if config.eval.val_size:
     train, val = _split_off(train, config.eval.val_size, seed + 1,
                             f'eval.val_size={config.eval.val_size}')
-    return train.take(nested_subset(train.labels, config.train_size, seed)), val, test
-  train = train.take(nested_subset(train.labels, config.train_size, seed))
-  train, val = hold_out(train, config.eval.val_fraction, seed + 1)
+    train = train.take(nested_subset(train.labels, config.train_size, seed))
+  else:
+    train = train.take(nested_subset(train.labels, config.train_size, seed))
+    train, val = hold_out(train, config.eval.val_fraction, seed + 1)
+  unseen = np.count_nonzero(np.bincount(train.labels, minlength=len(train.class_names)) == 0)
+  if unseen:
+    held_out = (f'eval.val_size={config.eval.val_size}' if config.eval.val_size else
+                f'eval.val_fraction={config.eval.val_fraction}')
+    logging.warning('The %d training images hold no example of %d of the %d classes '
+                    '(train_size=%s, %s): the model never sees those classes.',
+                    len(train.labels), unseen, len(train.class_names), config.train_size,
+                    held_out)
   return train, val, test
