@@ -77,20 +77,21 @@ def make_tree(root, classes=('dog', 'cat', 'bird'), shape=(6, 6, 3)):
 
 
 def make_archive(tree, path, top='mini'):
-  with tarfile.open(path, 'w:gz') as tar:
+  """`tree` packed under `top/` into `path`, gzipped when it ends in .gz."""
+  with tarfile.open(path, 'w:gz' if str(path).endswith('.gz') else 'w') as tar:
     tar.add(tree, arcname=top)
   return path
 
 
 @pytest.mark.parametrize('shape', [(6, 6, 3), (6, 6, 1)], ids=['rgb', 'gray'])
-@pytest.mark.parametrize('packed', [False, True], ids=['directory', 'tar.gz'])
+@pytest.mark.parametrize('packed', [None, 'tar.gz', 'tar'])
 def test_folder_loads_pixels_labels_and_class_names(tmp_path, shape, packed):
   expected = make_tree(tmp_path / 'tree', shape=shape)
   for name, folder in [('._0.png', 'cat'), ('Thumbs.db', 'cat'), ('desktop.ini', 'dog')]:
     (tmp_path / 'tree' / 'train' / folder / name).write_bytes(b'file-manager data, left out')
   path = tmp_path / 'tree'
   if packed:
-    path = make_archive(path, tmp_path / 'mini.tar.gz')
+    path = make_archive(path, tmp_path / f'mini.{packed}')
   for split, (images, labels) in expected.items():
     got = data.load_split(f'folder:{path}', split)
     assert got.class_names == ('bird', 'cat', 'dog')

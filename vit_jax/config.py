@@ -113,7 +113,7 @@ def _split_expression(v: str) -> bool:
   return True
 
 
-_DATASET_RULE = ("'digits', 'folder:<dir or .tar.gz>', 'tfds:<name>' or 'records:<dir from "
+_DATASET_RULE = ("'digits', 'folder:<dir, .tar or .tar.gz>', 'tfds:<name>' or 'records:<dir from "
                  "python -m vit_jax.data.prepare>'")
 _SPLIT_RULE = "a split name or slice, such as 'train' or 'train[:99%]'"
 
@@ -316,7 +316,7 @@ def defaults() -> ml_collections.ConfigDict:
   """Returns the shared defaults (a tiny ViT on the embedded digits)."""
   config = ml_collections.ConfigDict()
   config.model = model_config('ViT-Nano_4', num_layers=4)
-  config.dataset = 'digits'           # 'digits' | 'folder:<dir or .tar.gz>' | 'tfds:<name>'
+  config.dataset = 'digits'           # 'digits' | 'folder:<dir, .tar or .tar.gz>' | 'tfds:<name>'
                                       # | 'records:<dir from python -m vit_jax.data.prepare>'
   config.train_size = placeholder(int)  # nested class-balanced subset; None = all
   config.image_size = 8

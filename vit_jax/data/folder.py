@@ -1,4 +1,5 @@
-"""Image-folder trees and `.tar.gz` archives decoded into memory, with a decoded-array cache.
+"""Image-folder trees and `.tar` / `.tar.gz` archives decoded into memory, with a
+decoded-array cache.
 
 Layout: `<root>/{train,test}/<class>/<image>`, `<root>` being the path itself or its single
 top-level folder. Every image of a split must have the same size and mode.
@@ -49,7 +50,7 @@ def require(path: str) -> None:
 
 
 def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> Split:
-  """An image-folder directory or `.tar.gz`, from the cache when it is there."""
+  """An image-folder directory, `.tar` or `.tar.gz`, from the cache when it is there."""
   require(path)
   cache_file = _cache_file(path, split, cache_dir, skip_corrupt)
   try:
@@ -143,11 +144,12 @@ def list_folder(path: str) -> Listing:
 
 
 def list_archive(path: str, split: str) -> Listing:
-  """(folders, files, read) of a `.tar.gz`, in one streaming pass that keeps the bytes of the
-  files that may belong to `split` (those with a `split` folder at depth one or two)."""
+  """(folders, files, read) of a `.tar` or `.tar.gz`, in one streaming pass that keeps the
+  bytes of the files that may belong to `split` (those with a `split` folder at depth one or
+  two)."""
   dirs, file_names, blobs = set(), set(), {}
   try:
-    with epath.Path(path).open('rb') as f, tarfile.open(fileobj=f, mode='r|gz') as tar:
+    with epath.Path(path).open('rb') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
       for member in tar:
         name = posixpath.normpath(member.name).lstrip('/')
         if member.isdir() and name != '.':
@@ -157,7 +159,8 @@ def list_archive(path: str, split: str) -> Listing:
           if split in name.split('/')[:2]:
             blobs[name] = tar.extractfile(member).read()
   except tarfile.TarError as e:
-    raise ValueError(f'{path} is neither a directory nor a readable .tar.gz archive: {e}') from e
+    raise ValueError(f'{path} is neither a directory nor a readable .tar / .tar.gz archive: '
+                     f'{e}') from e
   for name in file_names:  # archives need not list every folder
     parts = name.split('/')
     dirs.update('/'.join(parts[:i]) for i in range(1, len(parts)))

@@ -1,7 +1,7 @@
-"""An image-folder tree or `.tar.gz` read in place as a record source (small trees of images of
-any size, or too big to decode whole: a streamed 'folder:' dataset). Large trees are better
-prepared once with `python -m vit_jax.data.prepare`, which a run then opens without walking the
-images."""
+"""An image-folder tree, `.tar` or `.tar.gz` read in place as a record source (small trees of
+images of any size, or too big to decode whole: a streamed 'folder:' dataset). Large trees are
+better prepared once with `python -m vit_jax.data.prepare`, which a run then opens without
+walking the images."""
 from etils import epath
 import numpy as np
 

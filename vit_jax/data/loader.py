@@ -44,7 +44,7 @@ def _record_source(config: ml_collections.ConfigDict, split: str):
     return FolderSource(arg, split)
   raise ValueError(f'config.dataset={config.dataset!r}: data.kind=\'stream\' needs a '
                    "'records:<directory>' (prepare one with python -m vit_jax.data.prepare), "
-                   "'tfds:<name>' or 'folder:<directory or .tar.gz>' dataset.")
+                   "'tfds:<name>' or 'folder:<directory, .tar or .tar.gz>' dataset.")
 
 
 def _record_split(config: ml_collections.ConfigDict, split: str) -> pipeline.RecordSplit:

@@ -3,7 +3,7 @@
 - 'digits': scikit-learn's embedded 8x8 digits (works offline), with a fixed class-balanced
   80/20 train/test split.
 - 'folder:<path>': an image-folder tree `<root>/{train,test}/<class>/<image>`, as a directory
-  or a `.tar.gz` read in one streaming pass (see `vit_jax.data.folder`).
+  or a `.tar` / `.tar.gz` read in one streaming pass (see `vit_jax.data.folder`).
 - 'tfds:<name>': a prepared TensorFlow Datasets dataset of equal-size images (read with
   `tfds.data_source`, no TensorFlow; see `vit_jax.data.tfds_source`), where tensorflow-datasets
   is installed (imported lazily).
@@ -18,7 +18,7 @@ from vit_jax.data.pipeline import RecordSplit
 from vit_jax.data.split import SPLITS, Split
 from vit_jax.data.tfds_source import TfdsSource
 
-SOURCES = ("'digits', 'folder:<directory or .tar.gz>', 'tfds:<name>' or 'records:<prepared "
+SOURCES = ("'digits', 'folder:<directory, .tar or .tar.gz>', 'tfds:<name>' or 'records:<prepared "
            "directory>'")
 CORRUPT_IMAGES = ('error', 'skip')  # what `data.corrupt_images` may say to do with a broken file
 

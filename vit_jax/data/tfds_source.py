@@ -19,8 +19,8 @@ def _tfds():
   except ImportError as e:
     raise ImportError("config.dataset='tfds:<name>' needs TensorFlow Datasets: pip install -e "
                       '".[tfds]" (reading needs no TensorFlow; many catalog builders need it to '
-                      "prepare), or use a 'folder:<directory or .tar.gz>' or 'records:<directory>'"
-                      ' dataset instead.') from e
+                      "prepare), or use a 'folder:<directory, .tar or .tar.gz>' or "
+                      "'records:<directory>' dataset instead.") from e
   return tfds
 
 
