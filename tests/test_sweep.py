@@ -228,18 +228,49 @@ def test_labels_that_would_share_folders_are_refused_before_anything_is_written(
 
 
 def test_config_check_compares_a_folder_dataset_by_name_not_directory(tmp_path):
-  """A committed study resumes where its archive lies elsewhere; another archive is refused."""
+  """A committed study resumes where its archive (its few-shot probe's archive, its prepared
+  records) lies elsewhere; another archive is refused."""
   point = sweep.expand(data_scaling.get_config('smoke'), str(tmp_path))[0]
   os.makedirs(point.workdir)
   then = json.loads(point.config.to_json_best_effort())
   then['dataset'] = 'folder:/home/someone/datasets/mnist.tar.gz'
+  then['eval']['fewshot_dataset'] = 'records:/data/cifar10/'
   files.write_json(os.path.join(point.workdir, 'config.json'), then)
   point.config.dataset = f'folder:{tmp_path}/data/mnist.tar.gz'
+  point.config.eval.fewshot_dataset = f'records:{tmp_path}/cifar10'
   sweep.check_configs([point])
   point.config.dataset = f'folder:{tmp_path}/data/mnist/'  # a directory, trailing slash
   with pytest.raises(ValueError, match=re.escape(
       "(dataset: 'folder:mnist.tar.gz' then, 'folder:mnist' now)")):
     sweep.check_configs([point])
+
+
+def test_a_changed_sweep_config_is_named_and_the_earlier_one_kept(tmp_path, capsys):
+  """Rerun with fewer (or more) seeds or sizes, the sweep's results.csv and report cover
+  the new config's points: a warning names the changed fields and the earlier file is kept.
+  The same config, or one whose archive lies in another directory, is no change."""
+  config = data_scaling.get_config('mnist')
+  path = tmp_path / 'sweep_config.json'
+  sweep.write_sweep_config(config, str(tmp_path))
+  first = path.read_text()
+  moved = data_scaling.get_config('mnist')
+  moved.base.dataset = 'folder:/elsewhere/mnist.tar.gz'
+  for same in (config, moved):
+    sweep.write_sweep_config(same, str(tmp_path))
+  assert os.listdir(tmp_path) == ['sweep_config.json'] and not capsys.readouterr().out
+  written = path.read_text()
+  assert written != first and json.loads(written)['base']['dataset'] == moved.base.dataset
+  config.seeds, config.train_sizes = 3, (200, 500)
+  sweep.write_sweep_config(config, str(tmp_path))
+  [backup] = [n for n in os.listdir(tmp_path) if n != 'sweep_config.json']
+  assert (tmp_path / backup).read_text() == written
+  assert json.loads(path.read_text())['seeds'] == 3
+  assert capsys.readouterr().out == (
+      f'Warning: this sweep config differs from the last one run in {tmp_path} (seeds: 2 then, '
+      '3 now, train_sizes: [200, 500, 1000, 2000, 5000, 10000] then, [200, 500] now); '
+      'results.csv and the report now cover '
+      "this config's points (the folders of the others stay), and the earlier config is kept "
+      f'as {tmp_path / backup}.\n')
 
 
 def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):

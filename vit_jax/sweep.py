@@ -343,34 +343,54 @@ def _error_message(output: str, returncode: int) -> str:
 
 
 def _comparable(config: dict) -> dict:
-  """A config flattened ({'optim.lr': ...}), with a 'folder:' dataset reduced to its file or
-  directory name: a study committed with its runs resumes from another checkout or machine
-  whose $VIT_JAX_DATA holds the same archive under another absolute path."""
+  """A config flattened ({'optim.lr': ...}), with every 'folder:' or 'records:' dataset (the
+  training one, a sweep's base.dataset, a few-shot probe's) reduced to its file or directory
+  name: a study committed with its runs resumes from another checkout or machine whose
+  $VIT_JAX_DATA holds the same archive under another absolute path."""
   flat = traverse_util.flatten_dict(config, sep='.')
-  dataset = flat.get('dataset')
-  if isinstance(dataset, str) and dataset.startswith('folder:'):
-    flat['dataset'] = 'folder:' + os.path.basename(dataset[len('folder:'):].rstrip('/'))
+  for key, value in flat.items():
+    kind, _, path = value.partition(':') if isinstance(value, str) else ('', '', '')
+    if kind in ('folder', 'records') and path:
+      flat[key] = f'{kind}:{os.path.basename(path.rstrip("/"))}'
   return flat
+
+
+def _differences(path: str, config: ml_collections.ConfigDict) -> str:
+  """The fields in which the config JSON file `path` differs from `config` ('' when none or
+  no file): 'field: <then> then, <now> now, ...' (at most five). Fields present on one side
+  only (added or removed by a newer version of the code) are not compared, nor the directory a
+  'folder:' or 'records:' dataset lies in (its name is: `_comparable`)."""
+  if not files.exists(path):
+    return ''
+  then = _comparable(files.read_json(path))
+  now = _comparable(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in then.keys() & now.keys() if then[k] != now[k])
+  return ', '.join(f'{k}: {then[k]!r} then, {now[k]!r} now' for k in changed[:5]) + (
+      f' and {len(changed) - 5} more' if len(changed) > 5 else '')
 
 
 def check_configs(points: list[Point]) -> None:
   """Raises ValueError if a point's workdir was started with another config than the sweep
-  gives it now, so results of different configs are never mixed. Fields present on one side
-  only (added or removed by a newer version of the code) are not compared, nor the directory
-  a 'folder:' dataset lies in (its name is)."""
+  gives it now (`_differences`), so results of different configs are never mixed."""
   for point in points:
-    path = os.path.join(point.workdir, 'config.json')
-    if not files.exists(path):
-      continue
-    then = _comparable(files.read_json(path))
-    now = _comparable(json.loads(point.config.to_json_best_effort()))
-    changed = sorted(k for k in then.keys() & now.keys() if then[k] != now[k])
-    if changed:
+    if changed := _differences(os.path.join(point.workdir, 'config.json'), point.config):
       raise ValueError(
-          f'{point.workdir} was run with another config than this sweep gives it (' +
-          ', '.join(f'{k}: {then[k]!r} then, {now[k]!r} now'
-                    for k in changed[:5]) +
-          '); use a new --workdir, or delete that point to rerun it.')
+          f'{point.workdir} was run with another config than this sweep gives it ({changed}); '
+          'use a new --workdir, or delete that point to rerun it.')
+
+
+def write_sweep_config(sweep: ml_collections.ConfigDict, sweep_dir: str) -> None:
+  """Writes sweep_config.json. One that differs (`_differences`: more seeds or sizes, fewer,
+  another report field) is kept with a timestamp, and a warning says that the report now covers
+  this config's points (the others' folders stay)."""
+  path = os.path.join(sweep_dir, 'sweep_config.json')
+  if changed := _differences(path, sweep):
+    backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
+    files.rename(path, backup)
+    print(f'Warning: this sweep config differs from the last one run in {sweep_dir} ({changed}); '
+          "results.csv and the report now cover this config's points (the folders of the "
+          f'others stay), and the earlier config is kept as {backup}.', flush=True)
+  files.write_json(path, sweep.to_dict())
 
 
 def check_data(points: list[Point]) -> None:
@@ -558,7 +578,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
   if not launcher:  # a launcher's jobs may run on hosts that hold data this one lacks
     check_data(grid + expand(sweep, sweep_dir))
   files.makedirs(sweep_dir)
-  files.write_json(os.path.join(sweep_dir, 'sweep_config.json'), sweep.to_dict())
+  write_sweep_config(sweep, sweep_dir)
   csv_path = os.path.join(sweep_dir, 'results.csv')
   chosen = {}
   if grid:
