@@ -1,4 +1,5 @@
 """Every config preset builds a valid config and model; the CIFAR-10 preset runs at smoke size."""
+import contextlib
 import importlib
 import os
 import re
@@ -76,11 +77,22 @@ def test_cifar10_hybrid_runs_at_smoke_size(tmp_path):
       recounted_test_accuracy(tmp_path / 'run'), abs=1e-9)
 
 
+@contextlib.contextmanager
+def reloaded_presets(monkeypatch, *names: str):
+  """The preset modules configs.<name> reloaded in monkeypatch's environment, and reloaded
+  again after the block in the real one."""
+  presets = [importlib.reload(importlib.import_module(f'configs.{m}')) for m in names]
+  try:
+    yield presets
+  finally:
+    monkeypatch.undo()
+    for preset in presets:
+      importlib.reload(preset)
+
+
 def test_real_data_presets_read_from_vit_jax_data(tmp_path, monkeypatch):
   monkeypatch.setenv('VIT_JAX_DATA', str(tmp_path))
-  presets = [importlib.reload(importlib.import_module(f'configs.{m}'))
-             for m in ('cifar10', 'data_scaling')]
-  try:
+  with reloaded_presets(monkeypatch, 'cifar10', 'data_scaling') as presets:
     assert presets[0].get_config('vit').dataset == f'folder:{tmp_path}/cifar10.tar.gz'
     assert presets[1].get_config('mnist').base.dataset == f'folder:{tmp_path}/mnist.tar.gz'
     with pytest.raises(FileNotFoundError, match=re.escape(
@@ -98,10 +110,6 @@ def test_real_data_presets_read_from_vit_jax_data(tmp_path, monkeypatch):
     other.dataset = f'folder:{tmp_path}/cifar10.tar.gz'
     with pytest.raises(FileNotFoundError, match=r'cifar10.tar.gz does not exist\.$'):
       data.check_present(other)
-  finally:
-    monkeypatch.undo()
-    for preset in presets:
-      importlib.reload(preset)
 
 
 def test_record_presets_read_from_their_variables(tmp_path, monkeypatch):
@@ -110,9 +118,7 @@ def test_record_presets_read_from_their_variables(tmp_path, monkeypatch):
   monkeypatch.setenv('VIT_JAX_I21K', str(tmp_path / 'i21k'))
   monkeypatch.delenv('VIT_JAX_I1K', raising=False)
   monkeypatch.setitem(records.PRESET_DIRS, 'VIT_JAX_I1K', str(tmp_path / 'default'))
-  presets = [importlib.reload(importlib.import_module(f'configs.{m}'))
-             for m in ('pretrain', 'finetune')]
-  try:
+  with reloaded_presets(monkeypatch, 'pretrain', 'finetune') as presets:
     i21k = presets[0].get_config('Ti_16,i21k')
     assert i21k.dataset == f'records:{tmp_path}/i21k'
     with pytest.raises(FileNotFoundError, match=re.escape(
@@ -129,7 +135,3 @@ def test_record_presets_read_from_their_variables(tmp_path, monkeypatch):
     other.dataset = f'records:{tmp_path}/mine'
     with pytest.raises(FileNotFoundError, match=r'/mine does not exist\.$'):
       data.check_present(other)
-  finally:
-    monkeypatch.undo()
-    for preset in presets:
-      importlib.reload(preset)
