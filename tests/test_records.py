@@ -142,6 +142,29 @@ def test_an_out_inside_the_source_tree_is_not_read_as_images(tree, tmp_path):
   assert prepare.prepare(str(src), str(src / 'records'), workers=1, progress=False) == meta
 
 
+def test_a_split_without_class_folders_is_named(tree, tmp_path):
+  """ImageNet's unlabelled test/ (images directly in the split folder) unpacked beside train/
+  and val/: the error names the folder and what to do; several top folders are named too."""
+  root, _ = tree
+  src = tmp_path / 'src'
+  shutil.copytree(root, src)
+  os.makedirs(src / 'test')
+  shutil.copy(src / 'val' / 'n00000001' / os.listdir(src / 'val' / 'n00000001')[0],
+              src / 'test' / 'x.JPEG')
+  with pytest.raises(ValueError, match=re.escape(
+      "1 file(s) lie above the class folders, in ['test'] (e.g. 'test/x.JPEG'): move an "
+      "unlabelled split such as ImageNet's test/ out of --src")):
+    prepare.prepare(str(src), str(tmp_path / 'out'), workers=1, progress=False)
+  os.remove(src / 'test' / 'x.JPEG')
+  shutil.copytree(src, tmp_path / 'two' / 'a')
+  shutil.copytree(src, tmp_path / 'two' / 'b')
+  with pytest.raises(ValueError, match=re.escape(
+      '<split>/<class>/<image>, under at most one <root> folder; found e.g. '
+      "['a/train/n00000000/")):
+    prepare.prepare(str(tmp_path / 'two'), str(tmp_path / 'out'), workers=1, progress=False)
+  assert not os.path.exists(tmp_path / 'out' / 'metadata.json')
+
+
 def test_the_command_line_reports_errors_in_one_line(tree, tmp_path):
   root, _ = tree
   src = tmp_path / 'src'

@@ -99,8 +99,15 @@ def plan_splits(src: str, names: Sequence[str]) -> tuple[tuple[str, ...], dict[s
   elif depths == {3} and len(roots) == 1:
     skip = 1
   else:
-    raise ValueError(f'{src} must hold images as [<root>/]<split>/<class>/<image>; found '
-                     f'files at {len(depths)} different depths, e.g. {sorted(names)[:3]}.')
+    layout = f'{src} must hold images as [<root>/]<split>/<class>/<image>'
+    above = sorted(n for n in names if n.count('/') < max(depths))
+    if above:
+      folders = sorted({posixpath.dirname(n) or '.' for n in above})
+      raise ValueError(f'{layout}; {len(above)} file(s) lie above the class folders, in '
+                       f"{folders[:3]} (e.g. '{above[0]}'): move an unlabelled split such as "
+                       "ImageNet's test/ out of --src, or put its files into class folders.")
+    raise ValueError(f'{layout}, under at most one <root> folder; found e.g. '
+                     f'{sorted(names)[:3]}.')
   by_split = {}
   for name in names:
     split, cls, _ = name.split('/')[skip:]
