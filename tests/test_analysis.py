@@ -13,7 +13,7 @@ from configs import quickstart
 from numpy_vit import vit_forward
 from vit_jax import checkpoint, data, train
 from vit_jax import config as config_lib
-from vit_jax.analysis import attention, embeddings, fourier, hessian, robustness, run
+from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness, run
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
@@ -254,3 +254,19 @@ def test_a_later_call_on_the_same_checkpoint_adds_to_analysis_json(trained_runs,
     run.analyze(trained_runs['vit'], str(tmp_path), only=['distance'], num_images=4)
   assert (tmp_path / 'analysis.json').read_bytes() == saved
   assert not (tmp_path / 'distance.png').exists()
+
+
+def test_two_calls_on_one_out_at_once_keep_each_others_analyses(trained_runs, tmp_path,
+                                                                  monkeypatch):
+  """A second call (here: run while the first one draws its figure) finishes first; the
+  first one's analysis.json keeps the second one's numbers beside its own."""
+  draw = plots.posemb_similarity
+  def meanwhile(*args):
+    draw(*args)
+    inner.append(run.analyze(trained_runs['vit'], str(tmp_path), only=['filters']))
+  inner = []
+  monkeypatch.setattr(plots, 'posemb_similarity', meanwhile)
+  outer = run.analyze(trained_runs['vit'], str(tmp_path), only=['posemb'])
+  saved = json.loads((tmp_path / 'analysis.json').read_text())
+  assert saved['filters'] == inner[0]['filters'] and 'posemb' not in inner[0]
+  assert saved['posemb'] == outer['posemb'] and saved == json.loads(json.dumps(outer))

@@ -8,8 +8,9 @@ rollout, Fourier analysis of feature maps, Hessian eigenvalues.
 Writes `<name>.png` and the numbers behind it into `<out>/analysis.json`. Analyses that do not
 apply to the run's model family (attention for a ResNet, filters for a hybrid) are reported as
 skipped; asking for them by name with --only is an error. A later call with --only on the same
-checkpoint and --out adds to analysis.json (the analyses not run again are kept); an --out that
-holds another checkpoint's analyses is refused. With --sweep, the cheap analyses
+checkpoint and --out adds to analysis.json (the analyses not run again are kept, those of a
+call on the same --out that finished meanwhile too); an --out that holds another checkpoint's
+analyses is refused. With --sweep, the cheap analyses
 (`vit_jax.analysis.run.SWEEP_ANALYSES`) run on every finished point, at the step its result
 reports, into `<sweep>/analysis/<point>/`, and `<sweep>/analysis/sweep.png` + `sweep.csv` show
 how they change with training-set size and depth; the sweep's REPORT.md then includes that

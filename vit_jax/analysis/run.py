@@ -112,9 +112,7 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
              'skipped': bad}
   wanted = [a for a in wanted if a not in bad]
   saved = os.path.join(out, 'analysis.json')
-  earlier = _earlier(saved, results)
-  results.update({a: earlier[a] for a in ANALYSES if a in earlier and a not in wanted})
-  results['skipped'] = [a for a in ANALYSES if a in bad or a in earlier.get('skipped', ())]
+  _earlier(saved, results)  # another checkpoint's folder is refused before any work
   files.makedirs(out)
   figure = lambda name: os.path.join(out, f'{name}.png')
 
@@ -159,6 +157,10 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     values = hessian_eigenvalues(config, model, params, train_split, hessian_batches)
     plots.hessian_spectrum(values, figure('hessian'))
     results['hessian'] = {'top_eigenvalues': values.tolist()}
+  # What is there now: another call on this --out may have finished meanwhile.
+  earlier = _earlier(saved, results)
+  results.update({a: earlier[a] for a in ANALYSES if a in earlier and a not in wanted})
+  results['skipped'] = [a for a in ANALYSES if a in bad or a in earlier.get('skipped', ())]
   files.write_json(saved, results)
   return results
 
@@ -167,7 +169,8 @@ def _earlier(path: str, run: dict) -> dict:
   """What an earlier call wrote to `path` (analysis.json) for the same checkpoint as `run`'s
   ('config_sha256', the digest of the run's config.json, and 'step': the same even after the
   run or its sweep moved to another folder or machine), so that the analyses not run again are
-  kept beside those run now; {} if there is none.
+  kept beside those run now (read just before writing, so that two calls on one --out at once
+  keep each other's); {} if there is none.
 
   Raises:
     ValueError: `path` holds the analyses of another checkpoint (its figures lie beside it).
