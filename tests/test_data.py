@@ -124,13 +124,26 @@ def test_cache_is_written_read_and_survives_corruption(tmp_path, monkeypatch, ca
 
 
 def test_cache_dir_argument_and_changed_directory(tmp_path):
+  """A changed tree is decoded again, and its earlier cache removed; the other split's
+  cache and another tree's of the same name stay."""
   make_tree(tmp_path / 'tree')
+  make_tree(tmp_path / 'other' / 'tree')
   source = f'folder:{tmp_path / "tree"}'
-  before = data.load_split(source, 'train', cache_dir=str(tmp_path / 'mine'))
-  assert len(glob.glob(str(tmp_path / 'mine' / '*-train-*.npz'))) == 1
+  mine = str(tmp_path / 'mine')
+  before = data.load_split(source, 'train', cache_dir=mine)
+  data.load_split(source, 'test', cache_dir=mine)
+  data.load_split(f'folder:{tmp_path / "other" / "tree"}', 'train', cache_dir=mine)
+  caches = lambda: sorted(os.listdir(mine))
+  earlier = caches()
+  assert len(earlier) == 3 and len([n for n in earlier if '-train-' in n]) == 2
   write_images(tmp_path / 'tree' / 'train' / 'cat', count=4, seed=99)  # 3 images -> 4
-  after = data.load_split(source, 'train', cache_dir=str(tmp_path / 'mine'))
+  after = data.load_split(source, 'train', cache_dir=mine)
   assert len(after.labels) == len(before.labels) + 1
+  [new] = set(caches()) - set(earlier)
+  [removed] = set(earlier) - set(caches())
+  assert removed.rsplit('-', 1)[0] == new.rsplit('-', 1)[0] and len(caches()) == 3
+  with np.load(os.path.join(mine, new), allow_pickle=False) as cached:
+    np.testing.assert_array_equal(cached['labels'], after.labels)
 
 
 def bad_tree(tmp_path, problem):

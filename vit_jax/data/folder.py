@@ -5,6 +5,7 @@ Layout: `<root>/{train,test}/<class>/<image>`, `<root>` being the path itself or
 top-level folder. Every image of a split must have the same size and mode.
 """
 import collections
+import contextlib
 import hashlib
 import io
 import os
@@ -78,6 +79,7 @@ def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
     files.write_npz(cache_file, dict(images=result.images, labels=result.labels,
                                      class_names=np.array(class_names, str),
                                      skipped=np.array(skipped, str)))
+    _remove_stale(cache_file)
   except OSError as e:
     logging.warning('Could not write the cache file %s: %s', cache_file, e)
   return result
@@ -107,7 +109,8 @@ def _warn_skipped(path: str, split: str, skipped: tuple[str, ...]) -> None:
 
 
 def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool) -> str:
-  """Cache file name for `split` of `path`, from its absolute path and modification stamp."""
+  """Cache file name for `split` of `path`: `<name>-<split>-<digest of the path, split and
+  decoding>-<digest of its modification stamp>.npz`."""
   path = files.absolute(path)
   if not files.is_local(path):  # an object store: every object's (name, size, modification time)
     stat = lambda p: (p, epath.Path(p).stat().length, epath.Path(p).stat().mtime)
@@ -122,11 +125,24 @@ def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
     stamp = (newest, count)
   else:
     stamp = (os.stat(path).st_size, os.stat(path).st_mtime_ns)
-  key = repr((_CACHE_VERSION, path, stamp, split, skip_corrupt))
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  digest = lambda key: hashlib.sha256(repr(key).encode()).hexdigest()
   cache_dir = cache_dir or os.environ.get('VIT_JAX_CACHE') or os.path.expanduser(
       '~/.cache/vit_jax')
-  return os.path.join(cache_dir, f'{os.path.basename(path)}-{split}-{digest}.npz')
+  return os.path.join(cache_dir, f'{os.path.basename(path)}-{split}-'
+                      f'{digest((_CACHE_VERSION, path, split, skip_corrupt))[:12]}-'
+                      f'{digest(stamp)[:8]}.npz')
+
+
+def _remove_stale(cache_file: str) -> None:
+  """Deletes the caches of the same split of the same path made before its files changed
+  (the names `_cache_file` gives them differ in the stamp's digest alone)."""
+  cache = epath.Path(cache_file)
+  prefix = cache.name.rsplit('-', 1)[0] + '-'
+  for stale in cache.parent.iterdir():
+    if stale.name.startswith(prefix) and stale.name.endswith('.npz') and stale != cache:
+      with contextlib.suppress(OSError):
+        stale.unlink()
+        logging.info('Removed %s, the cache of the data before it changed.', stale)
 
 
 def list_folder(path: str) -> Listing:
