@@ -130,6 +130,10 @@ def test_read_results_converts_numbers_and_names_bad_ones(tmp_path):
   assert (done['train_size'], done['test_accuracy'], done['status']) == (1000, 0.5, 'done')
   assert isinstance(done['params'], int) and isinstance(done['train_flops'], float)
   assert failed['test_accuracy'] is None and failed['error'] == 'boom'
+  path = tmp_path / 'results.csv'  # saved again by a spreadsheet: a BOM, CRLF line ends
+  path.write_bytes(b'\xef\xbb\xbf' + path.read_bytes().replace(b'\r\n', b'\n').replace(
+      b'\n', b'\r\n'))
+  assert results.read_results(str(path)) == [done, failed]
   write_csv(tmp_path, [result_row('ViT-12', 'vit', 12, 1000, 0.5, seed='', role='')])
   empty, = results.read_results(str(tmp_path / 'results.csv'))
   assert (empty['seed'], empty['role']) == (0, 'study')  # as when the columns are absent

@@ -34,12 +34,13 @@ _NUMERIC = {**dict.fromkeys(('depth', 'width', 'params', 'train_size', 'seed', '
 
 def read_results(path: str) -> list[dict]:
   """Rows of a sweep's `results.csv` as dicts; numeric columns become int or float (None when
-  empty), the others stay strings."""
+  empty), the others stay strings. A copy edited in a spreadsheet (UTF-8 with a byte-order
+  mark, CRLF line ends) reads the same."""
   if not files.exists(path):
     run = files.exists(os.path.join(os.path.dirname(path), 'config.json'))
     raise FileNotFoundError(f'Sweep results not found: {path}' + (
         ' (that folder is one training run, not a sweep)' if run else ''))
-  with io.StringIO(files.read_text(path)) as f:
+  with io.StringIO(files.read_text(path).removeprefix('\ufeff')) as f:  # a spreadsheet's BOM
     reader = csv.DictReader(f)
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL]
     if missing:
