@@ -62,7 +62,7 @@ def test_a_tar_gz_with_a_top_folder_gives_the_same_records(tree, tmp_path):
       member.size = 4
       tar.addfile(member, io.BytesIO(b'meta'))
   prepare.prepare(str(archive), str(tmp_path / 'out'), workers=1, progress=False)
-  assert not os.path.exists(tmp_path / 'out' / '.source.tar')
+  assert not [n for n in os.listdir(tmp_path / 'out') if n.startswith('.source')]
   source = records.RecordSource(str(tmp_path / 'out'), 'train')
   assert [source[i] for i in range(len(source))] == [
       (_file_bytes(root, rel), label) for rel, label in written['train']]
@@ -163,6 +163,30 @@ def test_a_split_without_class_folders_is_named(tree, tmp_path):
       "['a/train/n00000000/")):
     prepare.prepare(str(tmp_path / 'two'), str(tmp_path / 'out'), workers=1, progress=False)
   assert not os.path.exists(tmp_path / 'out' / 'metadata.json')
+
+
+def test_a_rerun_after_the_archive_changed_reads_the_new_archive(tree, tmp_path):
+  """A .tar.gz refused for its layout, then packed again without the stray file: the rerun
+  decompresses the new archive (not the copy the first run left in --out) and prepares it."""
+  root, written = tree
+  archive, out = tmp_path / 'tree.tar.gz', tmp_path / 'out'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(root, arcname='.')
+    member = tarfile.TarInfo('val/README.txt')
+    member.size = 4
+    tar.addfile(member, io.BytesIO(b'read'))
+  with pytest.raises(ValueError, match=re.escape("in ['val'] (e.g. 'val/README.txt')")):
+    prepare.prepare(str(archive), str(out), workers=1, progress=False)
+  assert len([n for n in os.listdir(out) if n.startswith('.source')]) == 1  # kept for a rerun
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(root, arcname='.')
+  os.utime(archive, ns=(0, os.stat(archive).st_mtime_ns + 1))  # a later stamp on any clock
+  meta = prepare.prepare(str(archive), str(out), workers=1, progress=False)
+  assert meta['splits']['val']['num_examples'] == len(written['val'])
+  assert not [n for n in os.listdir(out) if n.startswith('.source')]
+  source = records.RecordSource(str(out), 'val')
+  assert [source[i] for i in range(len(source))] == [
+      (_file_bytes(root, rel), label) for rel, label in written['val']]
 
 
 def test_the_command_line_reports_errors_in_one_line(tree, tmp_path):

@@ -11,7 +11,8 @@ encoded bytes (any size, JPEG, PNG, ...); each is decoded once here to refuse (o
 Shards are written in parallel worker processes, each to a temporary file renamed when
 complete, and `metadata.json` last: a killed run leaves no file that looks finished, and
 rerunning the same command keeps the shards already done. A `.tar.gz` is first decompressed to
-`<out>/.source.tar` (random access for the workers), removed at the end. Both paths are local
+`<out>/.source-<digest>.tar` (random access for the workers; decompressed again when the archive
+changes), removed at the end. Both paths are local
 (or a mounted bucket): ArrayRecord shards are local files.
 """
 import concurrent.futures
@@ -70,8 +71,11 @@ def _list_source(src: str, out: str) -> tuple[Reader, dict[str, tuple]]:
     with open(src, 'rb') as f:
       gzipped = f.read(2) == b'\x1f\x8b'
     if gzipped:  # random access needs the plain tar: decompress once (atomically)
-      tar_path = os.path.join(out, '.source.tar')
+      tar_path = _decompressed(src, out)
       if not os.path.isfile(tar_path):
+        for stale in os.listdir(out):  # of an earlier version of the archive
+          if stale.startswith('.source-') and stale.endswith('.tar'):
+            os.remove(os.path.join(out, stale))
         logging.info('Decompressing %s to %s ...', src, tar_path)
         with gzip.open(src, 'rb') as g, files.atomic_open(tar_path, 'wb') as f:
           shutil.copyfileobj(g, f, 1 << 24)
@@ -85,6 +89,15 @@ def _list_source(src: str, out: str) -> tuple[Reader, dict[str, tuple]]:
     raise ValueError(f'--src={src} is neither a directory nor a readable .tar / .tar.gz '
                      f'archive: {e}') from e
   return ('tar', tar_path), found
+
+
+def _decompressed(src: str, out: str) -> str:
+  """Where a `.tar.gz` source is decompressed: `<out>/.source-<digest>.tar`, the digest of
+  its real path, size and modification time, so that a rerun after the archive changed (a
+  layout fixed, images added) never reads the earlier one's."""
+  stat = os.stat(src)
+  key = repr((os.path.realpath(src), stat.st_size, stat.st_mtime_ns))
+  return os.path.join(out, f'.source-{hashlib.sha256(key.encode()).hexdigest()[:12]}.tar')
 
 
 def plan_splits(src: str, names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, list]]:
@@ -244,7 +257,7 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
     for split in plan:
       for i in range(sizes[split]):
         os.remove(os.path.join(out, records.shard_name(split, i, sizes[split])) + '.json')
-    if reader[1] == os.path.join(out, '.source.tar'):
+    if reader[1] != src:  # decompressed here
       os.remove(reader[1])
   return meta
 
