@@ -263,6 +263,13 @@ def run(module, *flags):
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--coordinator_address=node1', '--num_processes=2', '--process_id=0'],
      "Error: --coordinator_address='node1' must be host:port"),
+    # A sweep's config given to the training command, a run's to the sweep.
+    ('vit_jax.main', ['--config=configs/data_scaling.py:digits', '--workdir=/tmp/unused'],
+     "Error: The config is a sweep's (it has 'base' and 'models'): run it with python -m "
+     'vit_jax.sweep'),
+    ('vit_jax.sweep', ['--config=configs/quickstart.py', '--workdir=/tmp/unused'],
+     "Error: The config is a training run's (it has 'model' and 'optim', no 'base' or "
+     "'models'): train it with python -m vit_jax.main"),
     # Counts out of range.
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
                        '--point=4'],

@@ -430,6 +430,9 @@ def check(config: ml_collections.ConfigDict, prefix: str = '') -> None:
   """Raises ValueError naming any field that is not in the vocabulary of `defaults()` or
   whose value is out of its range in TRAIN_FIELDS, and combinations that cannot work.
   `prefix` is the config's place in a larger one (a sweep's 'base.')."""
+  if not prefix and {'base', 'models'} <= set(config):
+    raise ValueError("The config is a sweep's (it has 'base' and 'models'): run it with python "
+                     '-m vit_jax.sweep, which trains each of its points.')
   _check_table(_flatten(config), TRAIN_FIELDS, prefix,
                f' ({config.get("model", {}).get("name")})')
   if config.batch_size % config.optim.grad_accum_steps:
@@ -454,6 +457,10 @@ def check_sweep(sweep: ml_collections.ConfigDict) -> None:
   training config or one of its models."""
   fields = sorted([*SWEEP_FIELDS, 'base', 'models'])
   missing = sorted({'base', 'models'} - set(sweep))
+  if missing and {'model', 'optim'} <= set(sweep):
+    raise ValueError("The config is a training run's (it has 'model' and 'optim', no 'base' or "
+                     "'models'): train it with python -m vit_jax.main, or give a sweep config "
+                     'such as configs/data_scaling.py:<preset>.')
   if missing:
     raise ValueError(f'The sweep config has no field(s) {missing}; its fields are {fields}.')
   rest = _flatten(ml_collections.ConfigDict(
