@@ -9,10 +9,10 @@ split), `folder` (image-folder trees and .tar / .tar.gz archives with a decoded-
 `split` (the in-memory `Split`), `subsets` (nested class-balanced subsets, the validation
 hold-out, the evaluation sample, `load_data` of a training config), `batches` (the in-memory
 training stream and evaluation pass), `transforms` (device-side augmentation and evaluation
-preprocessing); streaming: `records` (prepared ArrayRecord datasets), `prepare` (the converter, `python -m
-vit_jax.data.prepare`), `pipeline` (the grain pipeline: host-side decoding and augmentation,
-resumable training stream, evaluation pass), `worker_signals` (worker processes of both leave
-Ctrl-C to their parent and end when it dies).
+preprocessing); streaming: `records` (prepared ArrayRecord datasets), `prepare` (the
+converter, `python -m vit_jax.data.prepare`), `pipeline` (the grain pipeline: host-side decoding
+and augmentation, resumable training stream, evaluation pass), `worker_signals` (worker
+processes of both leave Ctrl-C to their parent and end when it dies).
 
 Shapes: N examples, B global batch, L = B / process_count local batch, H x W images with
 C channels (1 for grayscale, 3 for colour). The host side (`TrainIterator`, `eval_batches`)
