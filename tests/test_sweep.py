@@ -136,6 +136,15 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert pruned[:3] == added[:3] and len(summaries) == 4
   assert pruned[3] == dict.fromkeys(added[3], '') | {k: added[3][k] for k in (
       'model', 'family', 'depth', 'train_size')}
+  # Every point pruned and never analysed (a committed study copied without its analysis/):
+  # refused, nothing written, the report left as it was.
+  for point in ('ResNet_n60', 'ResNet_n120'):
+    shutil.rmtree(tmp_path / point / 'checkpoints')
+  shutil.rmtree(tmp_path / 'analysis')
+  with pytest.raises(ValueError, match=re.escape(
+      f'No point of {tmp_path} can be analysed: the checkpoints/ of every one is gone')):
+    analysis_run.analyze_sweep(str(tmp_path), num_images=8)
+  assert not (tmp_path / 'analysis' / 'sweep.csv').exists()
 
 
 @pytest.mark.parametrize('preset', ['digits', 'smoke', 'mnist', 'mnist_fixed_val',

@@ -212,7 +212,11 @@ def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int
   sweep (not its grid or convergence reruns); writes `<sweep>/analysis/<point>/`, `sweep.csv`
   and `sweep.png`; returns the summary rows and the names of the points left out because their
   checkpoints/ was deleted before any analysis of theirs (their rows have no analysis values;
-  a point analysed before keeps its earlier numbers)."""
+  a point analysed before keeps its earlier numbers).
+
+  Raises:
+    ValueError: every point is left out (nothing is written).
+  """
   rows = sweep_results.finished(
       sweep_results.read_results(os.path.join(sweep_dir, 'results.csv')), 'study')
   if not rows:
@@ -234,6 +238,10 @@ def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int
         without_checkpoints.append(name)
     summaries.append(_summary(row, results))
     logging.info('Analysed %d/%d: %s', n, len(rows), name)
+  if len(without_checkpoints) == len(rows):
+    raise ValueError(f'No point of {sweep_dir} can be analysed: the checkpoints/ of every one '
+                     'is gone (deleted to save space?) and none was analysed before; nothing '
+                     'was written.')
   with files.atomic_open(os.path.join(out, 'sweep.csv')) as f:
     writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
     writer.writeheader()
