@@ -270,6 +270,15 @@ def run(module, *flags):
     ('vit_jax.sweep', ['--config=configs/quickstart.py', '--workdir=/tmp/unused'],
      "Error: The config is a training run's (it has 'model' and 'optim', no 'base' or "
      "'models'): train it with python -m vit_jax.main"),
+    # A sweep's model label is not a Python name: the override is written with brackets.
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
+                       '--config.models.ViT-1.lr=0.5'],
+     "Error: --config.models.ViT-1.lr: 'ViT-1' is not a Python name, so the field cannot be "
+     'written with dots; quote it: "--config.models[\'ViT-1\'].lr=0.5".'),
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
+                       "--config.models['ViT-2'].lr=0.5"],
+     "Error: --config.models.ViT-2.lr: the config has no field 'models.ViT-2'; its fields of "
+     "models are ['ResNet', 'ViT-1']."),
     # Counts out of range.
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
                        '--point=4'],

@@ -3,6 +3,7 @@ point's output, error.txt removed by a later success, --dry_run, and the environ
 a point's processes."""
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,11 @@ def test_dry_run_lists_the_points_and_writes_nothing(tmp_path):
   one = smoke_sweep(workdir, '--dry_run', '--point=4', '--config.train_sizes=(60, 90, 120)')
   assert one.returncode == 0, one.stderr[-3000:]
   assert one.stdout.splitlines() == lines[8:10]
+  # A model's own field, its label quoted (not a Python name).
+  tuned = smoke_sweep(workdir, '--dry_run', '--point=4', "--config.models['ViT-1'].lr=0.5",
+                      '--config.train_sizes=(60, 90, 120)')
+  assert ' lr=0.5 ' not in lines[8]
+  assert tuned.stdout.splitlines()[0] == re.sub(r' lr=\S+ ', ' lr=0.5 ', lines[8])
   assert not workdir.exists()
 
 

@@ -51,6 +51,13 @@ def _config_spec(argv: list[str]) -> str:
   return spec
 
 
+def _keys(field: str) -> list[str]:
+  """The keys of an override's field path: 'models.ViT-4.lr' and "models['ViT-4'].lr" are
+  ['models', 'ViT-4', 'lr']."""
+  return [quoted or plain for quoted, plain in
+          re.findall(r"""\[\s*['"]([^'"]*)['"]\s*\]|([^.\[\]]+)""", field)]
+
+
 def _unknown_override(argv: list[str]) -> str | None:
   """The message for the first `--config.<field>=` override of `argv` that names no field of
   the loaded config (the field and its section's fields), or None."""
@@ -61,7 +68,7 @@ def _unknown_override(argv: list[str]) -> str | None:
   for arg in argv[1:]:
     if not arg.startswith('--config.'):
       continue
-    path = arg[len('--config.'):].split('=', 1)[0].split('.')
+    path = _keys(arg[len('--config.'):].split('=', 1)[0])
     node = config
     for depth, key in enumerate(path):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
@@ -95,7 +102,23 @@ def _message(error: Exception, argv: list[str]) -> str:
             f'{section[1]}.<field>=<value>.')
   if isinstance(error, flags.Error):
     return f'{text}\nPass --helpshort for the flags.'
+  if 'Could not parse' in text and (quoted := _quoted_override(argv)):
+    return quoted
   return f'in --config or a --config.<field> override: {text}'
+
+
+def _quoted_override(argv: list[str]) -> str | None:
+  """For an override whose field path holds a key that is not a Python name (a sweep's model
+  label such as 'ViT-4'), the message that shows how to write it (models['ViT-4'].lr)."""
+  for arg in argv[1:]:
+    field, _, value = arg.removeprefix('--config.').partition('=')
+    keys = field.split('.')
+    bad = [k for k in keys if not k.isidentifier()]
+    if arg.startswith('--config.') and '[' not in field and bad:
+      written = keys[0] + ''.join(f'.{k}' if k.isidentifier() else f"['{k}']" for k in keys[1:])
+      return (f'--config.{field}: {bad[0]!r} is not a Python name, so the field cannot be '
+              f'written with dots; quote it: "--config.{written}={value}".')
+  return None
 
 
 def _broken_file(error: Exception, argv: list[str]) -> str:
