@@ -238,7 +238,8 @@ def test_labels_that_would_share_folders_are_refused_before_anything_is_written(
 
 def test_config_check_compares_a_folder_dataset_by_name_not_directory(tmp_path):
   """A committed study resumes where its archive (its few-shot probe's archive, its prepared
-  records) lies elsewhere; another archive is refused."""
+  records) lies elsewhere, or with settings that do not change what it computes; another
+  archive or hyperparameter is refused."""
   point = sweep.expand(data_scaling.get_config('smoke'), str(tmp_path))[0]
   os.makedirs(point.workdir)
   then = json.loads(point.config.to_json_best_effort())
@@ -247,7 +248,17 @@ def test_config_check_compares_a_folder_dataset_by_name_not_directory(tmp_path):
   files.write_json(os.path.join(point.workdir, 'config.json'), then)
   point.config.dataset = f'folder:{tmp_path}/data/mnist.tar.gz'
   point.config.eval.fewshot_dataset = f'records:{tmp_path}/cifar10'
+  # Nor do the fields that change where or how it computes, not what: fewer checkpoints kept
+  # to save space, another cache folder, more data workers.
+  point.config.checkpoint.keep, point.config.data.workers = 1, 4
+  point.config.data.cache_dir = str(tmp_path / 'cache')
   sweep.check_configs([point])
+  point.config.checkpoint.keep, point.config.data.workers, point.config.data.cache_dir = (
+      then['checkpoint']['keep'], then['data']['workers'], then['data']['cache_dir'])
+  point.config.optim.weight_decay = 0.5  # what it computes: refused
+  with pytest.raises(ValueError, match='optim.weight_decay: '):
+    sweep.check_configs([point])
+  point.config.optim.weight_decay = then['optim']['weight_decay']
   point.config.dataset = f'folder:{tmp_path}/data/mnist/'  # a directory, trailing slash
   with pytest.raises(ValueError, match=re.escape(
       "(dataset: 'folder:mnist.tar.gz' then, 'folder:mnist' now)")):

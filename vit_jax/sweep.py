@@ -342,12 +342,19 @@ def _error_message(output: str, returncode: int) -> str:
   return f'exited with status {returncode}' + (f': {lines[-1][:300]}' if lines else '')
 
 
+# Fields that say where or how, never what, a run computes: a point may resume with others.
+_NOT_COMPARED = ('data.cache_dir', 'data.tfds_dir', 'data.workers', 'checkpoint.keep',
+                 'checkpoint_every', 'profile_steps')
+
+
 def _comparable(config: dict) -> dict:
-  """A config flattened ({'optim.lr': ...}), with every 'folder:' or 'records:' dataset (the
-  training one, a sweep's base.dataset, a few-shot probe's) reduced to its file or directory
-  name: a study committed with its runs resumes from another checkout or machine whose
-  $VIT_JAX_DATA holds the same archive under another absolute path."""
-  flat = traverse_util.flatten_dict(config, sep='.')
+  """A config flattened ({'optim.lr': ...}) without the _NOT_COMPARED fields, with every
+  'folder:' or 'records:' dataset (the training one, a sweep's base.dataset, a few-shot probe's)
+  reduced to its file or directory name: a study committed with its runs resumes from another
+  checkout or machine whose $VIT_JAX_DATA holds the same archive under another absolute path,
+  and a sweep may go on with fewer checkpoints kept or another cache folder."""
+  flat = {key: value for key, value in traverse_util.flatten_dict(config, sep='.').items()
+          if not any(key == f or key.endswith('.' + f) for f in _NOT_COMPARED)}
   for key, value in flat.items():
     kind, _, path = value.partition(':') if isinstance(value, str) else ('', '', '')
     if kind in ('folder', 'records') and path:
