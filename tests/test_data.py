@@ -123,6 +123,25 @@ def test_cache_is_written_read_and_survives_corruption(tmp_path, monkeypatch, ca
     np.testing.assert_array_equal(cached['images'], expected)
 
 
+def test_linked_class_folders_are_followed_and_a_loop_is_not(tmp_path):
+  """A tree put together from symbolic links to class folders (one holding a link back up to
+  the tree) loads as the real tree does; a change inside a linked folder is seen."""
+  expected = make_tree(tmp_path / 'real')
+  for split in data.SPLITS:
+    (tmp_path / 'linked' / split).mkdir(parents=True)
+    for name in ('bird', 'cat', 'dog'):
+      (tmp_path / 'linked' / split / name).symlink_to(tmp_path / 'real' / split / name)
+  (tmp_path / 'real' / 'train' / 'cat' / 'loop').symlink_to(tmp_path / 'linked')
+  cache = str(tmp_path / 'cache')
+  for split, (images, labels) in expected.items():
+    got = data.load_split(f'folder:{tmp_path / "linked"}', split, cache_dir=cache)
+    np.testing.assert_array_equal(got.images, images)
+    np.testing.assert_array_equal(got.labels, labels)
+  write_images(tmp_path / 'real' / 'train' / 'cat', count=4, seed=99)  # 3 images -> 4
+  grown = data.load_split(f'folder:{tmp_path / "linked"}', 'train', cache_dir=cache)
+  assert len(grown.labels) == len(expected['train'][1]) + 1
+
+
 def test_cache_dir_argument_and_changed_directory(tmp_path):
   """A changed tree is decoded again, and its earlier cache removed; the other split's
   cache and another tree's of the same name stay."""

@@ -142,6 +142,29 @@ def test_an_out_inside_the_source_tree_is_not_read_as_images(tree, tmp_path):
   assert prepare.prepare(str(src), str(src / 'records'), workers=1, progress=False) == meta
 
 
+def test_linked_class_folders_give_the_records_of_the_real_tree(tree, tmp_path):
+  """Class folders that are symbolic links (one with a link back up, a loop) are read as the
+  real ones; an empty source is named."""
+  root, written = tree
+  for split in ('train', 'val'):
+    (tmp_path / 'linked' / split).mkdir(parents=True)
+    for name in sorted(os.listdir(root / split)):
+      (tmp_path / 'linked' / split / name).symlink_to(root / split / name)
+  loop = root / 'train' / 'n00000000' / 'loop'  # inside a linked folder: back up to the tree
+  loop.symlink_to(tmp_path / 'linked')
+  try:
+    prepare.prepare(str(tmp_path / 'linked'), str(tmp_path / 'out'), workers=1, progress=False)
+  finally:
+    loop.unlink()  # the tree is the module's
+  for split in ('train', 'val'):
+    source = records.RecordSource(str(tmp_path / 'out'), split)
+    assert [source[i] for i in range(len(source))] == [
+        (_file_bytes(root, rel), label) for rel, label in written[split]]
+  (tmp_path / 'empty' / 'train').mkdir(parents=True)
+  with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'empty'} holds no files")):
+    prepare.prepare(str(tmp_path / 'empty'), str(tmp_path / 'out2'), workers=1, progress=False)
+
+
 def test_a_split_without_class_folders_is_named(tree, tmp_path):
   """ImageNet's unlabelled test/ (images directly in the split folder) unpacked beside train/
   and val/: the error names the folder and what to do; several top folders are named too."""

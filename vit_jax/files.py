@@ -81,9 +81,16 @@ def makedirs(path: str | os.PathLike) -> None:
 
 def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
   """`os.walk` of a local or object-store directory: (folder, subfolder names, file names),
-  folders as full paths (`gs://...` included)."""
+  folders as full paths (`gs://...` included). Local symbolic links to folders are followed
+  (datasets are often put together from linked class folders), except one that leads back up
+  the path it hangs from (a loop)."""
   if is_local(path):
-    yield from os.walk(path)
+    for folder, subdirs, names in os.walk(path, followlinks=True):
+      rel = os.path.relpath(folder, path)
+      parts = [] if rel == '.' else rel.split(os.sep)
+      chain = {os.path.realpath(os.path.join(path, *parts[:i])) for i in range(len(parts) + 1)}
+      subdirs[:] = [d for d in subdirs if os.path.realpath(os.path.join(folder, d)) not in chain]
+      yield folder, subdirs, names
     return
   scheme = path.split('://')[0]
   for folder, subdirs, names in epath.Path(path).walk():

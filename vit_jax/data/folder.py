@@ -118,7 +118,7 @@ def _cache_file(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
                          for n in names)) if files.isdir(path) else stat(path)
   elif os.path.isdir(path):
     newest, count = 0, 0
-    for folder, _, names in os.walk(path):
+    for folder, _, names in files.walk(path):
       stamps = [os.stat(os.path.join(folder, n)).st_mtime_ns for n in names]
       newest = max([newest, os.stat(folder).st_mtime_ns, *stamps])
       count += len(names)

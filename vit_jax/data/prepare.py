@@ -58,7 +58,7 @@ def _list_source(src: str, out: str) -> tuple[Reader, dict[str, tuple]]:
   inside: a rerun must not read its own shards as images) or (decompressed) tar archive."""
   if os.path.isdir(src):
     found, inside = {}, os.path.realpath(out)
-    for folder, subfolders, names in os.walk(src):
+    for folder, subfolders, names in files.walk(src):
       subfolders[:] = [d for d in subfolders
                        if os.path.realpath(os.path.join(folder, d)) != inside]
       rel = os.path.relpath(folder, src).replace(os.sep, '/')
@@ -105,6 +105,9 @@ def plan_splits(src: str, names: Sequence[str]) -> tuple[tuple[str, ...], dict[s
   files' paths `[<root>/]<split>/<class>/<image>` (file managers' files are left out:
   `folder.is_metadata`)."""
   names = [n for n in names if not folder.is_metadata(n)]
+  if not names:
+    raise ValueError(f'{src} holds no files; it must hold images as '
+                     '[<root>/]<split>/<class>/<image>.')
   depths = {n.count('/') for n in names}
   roots = {n.split('/')[0] for n in names}
   if depths == {2}:
