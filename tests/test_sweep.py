@@ -291,6 +291,13 @@ def test_a_changed_sweep_config_is_named_and_the_earlier_one_kept(tmp_path, caps
       'results.csv and the report now cover '
       "this config's points (the folders of the others stay), and the earlier config is kept "
       f'as {tmp_path / backup}.\n')
+  os.remove(tmp_path / backup)
+  path.write_text('{"seeds": 3, "train_s')  # damaged: kept aside, never in the way
+  sweep.write_sweep_config(config, str(tmp_path))
+  [backup] = [n for n in os.listdir(tmp_path) if n != 'sweep_config.json']
+  assert (tmp_path / backup).read_text() == '{"seeds": 3, "train_s'
+  assert json.loads(path.read_text())['seeds'] == 3
+  assert f'({path} is not readable JSON' in capsys.readouterr().out
 
 
 def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):

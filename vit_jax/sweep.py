@@ -388,10 +388,14 @@ def check_configs(points: list[Point]) -> None:
 
 def write_sweep_config(sweep: ml_collections.ConfigDict, sweep_dir: str) -> None:
   """Writes sweep_config.json. One that differs (`_differences`: more seeds or sizes, fewer,
-  another report field) is kept with a timestamp, and a warning says that the report now covers
-  this config's points (the others' folders stay)."""
+  another report field) or cannot be read is kept with a timestamp, and a warning says that
+  the report now covers this config's points (the others' folders stay)."""
   path = os.path.join(sweep_dir, 'sweep_config.json')
-  if changed := _differences(path, sweep):
+  try:
+    changed = _differences(path, sweep)
+  except ValueError as e:  # a damaged file: a record only, it must not stop the sweep
+    changed = str(e)
+  if changed:
     backup = f'{path}.{time.strftime("%Y%m%d-%H%M%S")}'
     files.rename(path, backup)
     print(f'Warning: this sweep config differs from the last one run in {sweep_dir} ({changed}); '
