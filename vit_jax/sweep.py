@@ -569,15 +569,20 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
   results.csv written, and in the study's stage the report of the points finished so far
   (the unfinished ones are counted, not listed).
 
-  Raises:
-    ValueError: a bad launcher template, max_parallel or time_limit, before anything runs.
+  Raises (before anything is written):
+    ValueError: a bad launcher template, max_parallel or time_limit; `sweep_dir` is a run's.
     FileNotFoundError, ValueError: without a launcher, a dataset path that is not there
-      (`check_data`), before anything runs.
+      (`check_data`).
+    files.LockedError: another sweep runs in `sweep_dir`.
   """
   if max_parallel < 1:
     raise ValueError(f'--max_parallel={max_parallel} must be at least 1.')
   if time_limit is not None and not time_limit > 0:
     raise ValueError(f'--time_limit={time_limit} must be a positive number of seconds.')
+  if (files.exists(os.path.join(sweep_dir, 'config.json'))
+      and not files.exists(os.path.join(sweep_dir, 'sweep_config.json'))):
+    raise ValueError(f"{sweep_dir} is a training run's folder (it holds config.json): give the "
+                     'sweep a --workdir of its own.')
   if launcher:  # a template that cannot be filled in is refused before the sweep folder is made
     fill_launcher(launcher, point_flags='', workdir='', index=0, num_processes=num_processes,
                   python='', coordinator='')
@@ -589,6 +594,14 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
   if not launcher:  # a launcher's jobs may run on hosts that hold data this one lacks
     check_data(grid + expand(sweep, sweep_dir))
   files.makedirs(sweep_dir)
+  with files.exclusive_lock(sweep_dir, 'sweep'):
+    return _run_stages(sweep, sweep_dir, grid, run)
+
+
+def _run_stages(sweep: ml_collections.ConfigDict, sweep_dir: str, grid: list[Point],
+                run) -> list[dict]:
+  """The body of `run_sweep` once its checks passed and it holds the folder: the grid's points,
+  the study's, results.csv and the report; `run(points, indices, title)` runs points."""
   write_sweep_config(sweep, sweep_dir)
   csv_path = os.path.join(sweep_dir, 'results.csv')
   chosen = {}
@@ -701,9 +714,8 @@ def main(argv: list[str]) -> None:
       point = points[_POINT.value]
       train.train_and_evaluate(point.config, point.workdir)
       return
-    with files.exclusive_lock(_WORKDIR.value, 'sweep'):
-      run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv, _LAUNCHER.value,
-                flags.FLAGS.num_processes or 1, _MAX_PARALLEL.value, _TIME_LIMIT.value)
+    run_sweep(_CONFIG.value, _WORKDIR.value, sys.argv, _LAUNCHER.value,
+              flags.FLAGS.num_processes or 1, _MAX_PARALLEL.value, _TIME_LIMIT.value)
   except cli.COMMAND_ERRORS as e:
     sys.exit(f'Error: {e}')
 
