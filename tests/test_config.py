@@ -302,10 +302,10 @@ def test_config_errors_are_one_error_line(tmp_path, module, flags, message):
 def test_a_run_into_a_sweep_folder_and_a_sweep_into_a_run_folder_are_refused(tmp_path):
   """Mixing the two levels would put a run's files among a sweep's points (or the points
   inside a run): one Error line, nothing written."""
-  (tmp_path / 'sweep').mkdir()
-  (tmp_path / 'sweep' / 'sweep_config.json').write_text('{}')
-  (tmp_path / 'run').mkdir()
-  (tmp_path / 'run' / 'config.json').write_text('{}')
+  for folder, made in (('sweep', 'sweep_config.json'), ('run', 'config.json')):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / made).write_text('{}')
+    (tmp_path / folder / '.lock').write_text('pid 1')  # each kind holds its lock file
   for module, config, workdir, message in (
       ('vit_jax.main', 'configs/quickstart.py', tmp_path / 'sweep',
        f"Error: {tmp_path / 'sweep'} is a sweep's folder (it holds sweep_config.json): give the "
@@ -315,8 +315,8 @@ def test_a_run_into_a_sweep_folder_and_a_sweep_into_a_run_folder_are_refused(tmp
        'sweep a --workdir of its own.')):
     proc = run(module, f'--config={config}', f'--workdir={workdir}')
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == message, proc.stderr
-  assert os.listdir(tmp_path / 'sweep') == ['sweep_config.json']
-  assert os.listdir(tmp_path / 'run') == ['config.json']
+  assert sorted(os.listdir(tmp_path / 'sweep')) == ['.lock', 'sweep_config.json']
+  assert sorted(os.listdir(tmp_path / 'run')) == ['.lock', 'config.json']
 
 
 GCS_EXTRA = ('gs:// paths need the [gcs] extra (gcsfs, google-cloud-storage): pip install -e '
@@ -329,14 +329,14 @@ WITHOUT_EXTRAS = ("import sys\nsys.modules.update(dict.fromkeys(['gcsfs', 'googl
 @pytest.mark.slow
 @pytest.mark.parametrize('module,flags,message', [
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=gs://b/run'],
-     f'Error: {GCS_EXTRA}.'),
+     f"Error: gs://b/run: {GCS_EXTRA} (import of google.api_core halted; None in sys.modules)."),
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--config.dataset=folder:gs://b/images'], f'Error: {GCS_EXTRA}.'),
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--config.dataset=tfds:mnist'],
      'Error: config.dataset=\'tfds:<name>\' needs TensorFlow Datasets: pip install -e ".[tfds]"'),
     ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=gs://b/sweep'],
-     f'Error: {GCS_EXTRA}.'),
+     f'Error: gs://b/sweep: {GCS_EXTRA} ('),
     ('vit_jax.analyze', ['--sweep=gs://b/sweep'], f'Error: {GCS_EXTRA}.'),
     ('vit_jax.export', ['--workdir=gs://b/run', '--format=npz', '--out=/tmp/unused'],
      f'Error: {GCS_EXTRA}.'),

@@ -113,7 +113,7 @@ def _quoted_override(argv: list[str]) -> str | None:
   for arg in argv[1:]:
     field, _, value = arg.removeprefix('--config.').partition('=')
     keys = field.split('.')
-    bad = [k for k in keys if not k.isidentifier()]
+    bad = [k for k in keys[1:] if not k.isidentifier()]
     if arg.startswith('--config.') and '[' not in field and bad:
       written = keys[0] + ''.join(f'.{k}' if k.isidentifier() else f"['{k}']" for k in keys[1:])
       return (f'--config.{field}: {bad[0]!r} is not a Python name, so the field cannot be '

@@ -579,10 +579,6 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
     raise ValueError(f'--max_parallel={max_parallel} must be at least 1.')
   if time_limit is not None and not time_limit > 0:
     raise ValueError(f'--time_limit={time_limit} must be a positive number of seconds.')
-  if (files.exists(os.path.join(sweep_dir, 'config.json'))
-      and not files.exists(os.path.join(sweep_dir, 'sweep_config.json'))):
-    raise ValueError(f"{sweep_dir} is a training run's folder (it holds config.json): give the "
-                     'sweep a --workdir of its own.')
   if launcher:  # a template that cannot be filled in is refused before the sweep folder is made
     fill_launcher(launcher, point_flags='', workdir='', index=0, num_processes=num_processes,
                   python='', coordinator='')
@@ -593,8 +589,11 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_dir: str, argv: list[str],
   check_configs(grid)
   if not launcher:  # a launcher's jobs may run on hosts that hold data this one lacks
     check_data(grid + expand(sweep, sweep_dir))
-  files.makedirs(sweep_dir)
-  with files.exclusive_lock(sweep_dir, 'sweep'):
+  with files.exclusive_lock(sweep_dir, 'sweep'):  # (makes the folder, checks access)
+    if (files.exists(os.path.join(sweep_dir, 'config.json'))
+        and not files.exists(os.path.join(sweep_dir, 'sweep_config.json'))):
+      raise ValueError(f"{sweep_dir} is a training run's folder (it holds config.json): give "
+                       'the sweep a --workdir of its own.')
     return _run_stages(sweep, sweep_dir, grid, run)
 
 

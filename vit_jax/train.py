@@ -230,7 +230,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stop_flag: list) -> dict[str, Any]:
   """The body of `train_and_evaluate`; `stop_flag` is `workdir.stop_flag`'s list."""
   config_lib.check(config)
-  run_dir.check_not_a_sweep(workdir)
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
   train_split, val_split, test_split = data.load_data(config)

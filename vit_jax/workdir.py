@@ -24,14 +24,6 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EAC
                  errno.EIO, errno.ENOTDIR}
 
 
-def check_not_a_sweep(workdir: str) -> None:
-  """Raises ValueError when `workdir` is a sweep's folder (it holds sweep_config.json): a run
-  there would mix its files with the sweep's."""
-  if files.exists(os.path.join(workdir, 'sweep_config.json')):
-    raise ValueError(f"{workdir} is a sweep's folder (it holds sweep_config.json): give the run "
-                     'a --workdir of its own.')
-
-
 @contextlib.contextmanager
 def hold(workdir: str) -> Iterator[None]:
   """Holds the workdir's lock (on process 0) for the block and turns a failed write into one
@@ -39,11 +31,16 @@ def hold(workdir: str) -> Iterator[None]:
 
   Raises:
     files.LockedError: another run holds the workdir.
+    ValueError: the workdir is a sweep's folder (it holds sweep_config.json; a run there would
+      mix its files with the sweep's points), before anything is written.
     OSError: a write failed; the message says that everything written before is intact.
   """
   try:
     with (files.exclusive_lock(workdir, 'training run') if jax.process_index() == 0
           else contextlib.nullcontext()):
+      if files.exists(os.path.join(workdir, 'sweep_config.json')):  # (the lock checked access)
+        raise ValueError(f"{workdir} is a sweep's folder (it holds sweep_config.json): give the "
+                         'run a --workdir of its own.')
       yield
   except OSError as e:
     if e.errno not in _WRITE_ERRNOS:
