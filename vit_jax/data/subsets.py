@@ -71,13 +71,12 @@ def load_data(config) -> tuple[AnySplit, AnySplit | None, AnySplit]:
   config = loader.resolve_kind(config)
   train, test = (loader.open_split(config, split)
                  for split in (config.data.train_split, loader.eval_split_name(config)))
-  seed = config.data.subset_seed
-  if config.eval.val_size:
+  seed, val = config.data.subset_seed, None
+  if config.eval.val_size:  # (the config check allows one of val_size and val_fraction)
     train, val = _split_off(train, config.eval.val_size, seed + 1,
                             f'eval.val_size={config.eval.val_size}')
-    train = train.take(nested_subset(train.labels, config.train_size, seed))
-  else:
-    train = train.take(nested_subset(train.labels, config.train_size, seed))
+  train = train.take(nested_subset(train.labels, config.train_size, seed))
+  if val is None:
     train, val = hold_out(train, config.eval.val_fraction, seed + 1)
   unseen = np.count_nonzero(np.bincount(train.labels, minlength=len(train.class_names)) == 0)
   if unseen:
