@@ -133,17 +133,54 @@ def test_hybrid_groupnorm_stored_as_4d_loads(tmp_path):
                                 model.apply({'params': params}, images))
 
 
+def _fit_error(path, model) -> str:
+  """The message of loading `path` into `model` (of 16x16 images)."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
+  with pytest.raises(ValueError) as e:
+    checkpoint.load_pretrained(path, shapes)
+  return str(e.value)
+
+
 def test_wrong_architecture_reports_keys_and_shapes(tiny_vit, tmp_path):
   _, params, _ = tiny_vit
   path, _ = _saved(tmp_path, params)
   other = get_model('ViT-Ti_16', num_classes=5, **dict(TINY_VIT, hidden_size=48, num_layers=3))
-  other_init = jax.eval_shape(other.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-  with pytest.raises(ValueError) as e:
-    checkpoint.load_pretrained(path, other_init['params'])
-  msg = str(e.value)
-  assert 'does not fit the model' in msg
-  assert 'missing from the checkpoint (16)' in msg and 'encoderblock_2/LayerNorm_0/scale' in msg
-  assert 'embedding/kernel: checkpoint (4, 4, 3, 32) vs model (4, 4, 3, 48)' in msg
+  msg = _fit_error(path, other)
+  first, *lines = msg.split('\n')
+  # The first line names the encoder sizes that differ and the overrides that fit the file.
+  assert first == (f'Checkpoint {path} does not fit the model: its encoder has num_layers=2 (the '
+                   'model: 3), hidden_size=32 (the model: 48); to fine-tune a model of its shape, '
+                   'add --config.model.num_layers=2 --config.model.hidden_size=32.')
+  # Every key of the third block is missing: 10 listed (in block order), the rest counted.
+  third = [k for k in pretrained.flatten(params) if k.startswith('Transformer/encoderblock_1/')]
+  assert lines[0] == f'missing from the checkpoint ({len(third)}):'
+  assert lines[1] == '  Transformer/encoderblock_2/LayerNorm_0/bias'
+  assert lines[11] == f'  ... and {len(third) - 10} more'
+  # Listed as mismatched: every array the two models share whose shapes differ, but the head
+  # (replaced by the model's zero-initialised one for any other shape).
+  ours = pretrained.flatten(jax.eval_shape(other.init, jax.random.PRNGKey(0),
+                                           jnp.zeros((1, 16, 16, 3)))['params'])
+  differ = [k for k, v in pretrained.flatten(params).items()
+            if not k.startswith('head/') and ours[k].shape != v.shape]
+  assert len(differ) == 36 and lines[12] == f'shape mismatch ({len(differ)}):'
+  assert lines[13] == ('  Transformer/encoder_norm/bias: checkpoint (32,) vs model (48,)')
+
+  # Only the patch size differs: one mismatch, listed in full, and no encoder hint.
+  patch = get_model('ViT-Ti_16', num_classes=5, **dict(TINY_VIT, patch_size=2))
+  assert _fit_error(path, patch).split('\n') == [
+      f'Checkpoint {path} does not fit the model.', 'shape mismatch (1):',
+      '  embedding/kernel: checkpoint (4, 4, 3, 32) vs model (2, 2, 3, 32)']
+
+
+def test_wrong_depth_of_a_scanned_model_is_named(tiny_vit, tmp_path):
+  _, params, _ = tiny_vit
+  path, _ = _saved(tmp_path, params)
+  deeper = get_model('ViT-Ti_16', num_classes=5, **dict(TINY_VIT, num_layers=5, num_heads=2),
+                     scan=True)
+  first = _fit_error(path, deeper).split('\n')[0]
+  assert first.endswith(': its encoder has num_layers=2 (the model: 5), num_heads=4 (the '
+                        'model: 2); to fine-tune a model of its shape, add '
+                        '--config.model.num_layers=2 --config.model.num_heads=4.')
 
 
 def test_unexpected_keys_fail_unless_not_strict(tiny_vit, tmp_path):

@@ -147,6 +147,39 @@ _PRETRAINING_ONLY = {
 }
 
 
+_LISTED = 10  # keys listed per kind of problem in `fit`'s error
+
+
+def _encoder_shape(flat: dict[str, Any]) -> dict[str, int]:
+  """The Transformer encoder's `model.*` sizes (num_layers, hidden_size, mlp_dim, num_heads)
+  read off a flat tree in the model's layout (scanned or unrolled); {} without an encoder."""
+  scanned = 'Transformer/encoderblock/LayerNorm_0/scale' in flat
+  block = 'Transformer/encoderblock/' if scanned else 'Transformer/encoderblock_0/'
+  if block + 'LayerNorm_0/scale' not in flat:
+    return {}
+  sizes = {'num_layers': flat[block + 'LayerNorm_0/scale'].shape[0] if scanned else len(
+      {m[1] for k in flat if (m := re.match(r'Transformer/encoderblock_(\d+)/', k))})}
+  for name, key, axis in [('hidden_size', 'LayerNorm_0/scale', -1),
+                          ('mlp_dim', 'MlpBlock_0/Dense_0/kernel', -1),
+                          ('num_heads', 'MultiHeadDotProductAttention_0/query/kernel', -2)]:
+    if block + key in flat:
+      sizes[name] = flat[block + key].shape[axis]
+  return {k: int(v) for k, v in sizes.items()}
+
+
+def _encoder_hint(flat: dict[str, Any], expected: dict[str, Any]) -> str:
+  """': its encoder has num_layers=4 (the model: 12); ...' naming the encoder sizes in which
+  the checkpoint `flat` and the model `expected` (flat trees) differ, or ''."""
+  theirs, ours = _encoder_shape(flat), _encoder_shape(expected)
+  differ = {k: v for k, v in theirs.items() if k in ours and v != ours[k]}
+  if not differ:
+    return ''
+  return (': its encoder has ' + ', '.join(f'{k}={v} (the model: {ours[k]})'
+                                           for k, v in differ.items())
+          + '; to fine-tune a model of its shape, add '
+          + ' '.join(f'--config.model.{k}={v}' for k, v in differ.items()))
+
+
 def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | None = None,
         strict: bool = True) -> Params:
   """Fits a published-format parameter tree (as read from a `.npz` or a run's checkpoint by
@@ -203,16 +236,20 @@ def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | No
     if k in expected and re.search(r'(^|/)gn[^/]*/(scale|bias)$', k) and v.ndim > 1:
       flat[k] = v.reshape(-1) if v.size == expected[k].size else v
 
-  missing = sorted(set(expected) - set(flat))
-  unexpected = sorted(set(flat) - set(expected))
-  mismatched = sorted(f'{k}: checkpoint {flat[k].shape} vs model {expected[k].shape}'
-                      for k in set(flat) & set(expected) if flat[k].shape != expected[k].shape)
+  natural = lambda key: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', key)]
+  missing = sorted(set(expected) - set(flat), key=natural)
+  unexpected = sorted(set(flat) - set(expected), key=natural)
+  mismatched = sorted((f'{k}: checkpoint {flat[k].shape} vs model {expected[k].shape}'
+                       for k in set(flat) & set(expected) if flat[k].shape != expected[k].shape),
+                      key=natural)
   if missing or mismatched or (unexpected and strict):
-    problems = [f'{title} ({len(keys)}):\n  ' + '\n  '.join(keys)
+    problems = [f'{title} ({len(keys)}):\n  ' + '\n  '.join(keys[:_LISTED])
+                + (f'\n  ... and {len(keys) - _LISTED} more' if len(keys) > _LISTED else '')
                 for title, keys in [('missing from the checkpoint', missing),
                                     ('unexpected in the checkpoint', unexpected),
                                     ('shape mismatch', mismatched)] if keys]
-    raise ValueError(f'Checkpoint {path} does not fit the model.\n' + '\n'.join(problems))
+    raise ValueError(f'Checkpoint {path} does not fit the model{_encoder_hint(flat, expected)}.'
+                     '\n' + '\n'.join(problems))
   if unexpected:
     logging.warning('Ignoring %d checkpoint keys the model lacks: %s', len(unexpected), unexpected)
   return unflatten({k: flat[k].astype(expected[k].dtype) for k in expected})
