@@ -47,6 +47,8 @@ def run_plan(tmp_path, mesh: str) -> dict:
   assert proc.stdout.startswith(f'ViT-Nano_2: {result["num_params"]:,} parameters (10-class head: '
                                 '--plan_num_classes), batch')
   assert result['num_classes'] == 10
+  total = [c.strip() for c in proc.stdout.rstrip().splitlines()[-1].split(' | ')]
+  assert total == ['total', '', f'{result["num_params"]:,}', f'{len(result["params"])} arrays']
   return result
 
 

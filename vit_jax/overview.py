@@ -1,5 +1,6 @@
-"""The parameter table logged at the start of a run: every parameter's name, shape, size and
-sharding, and the total."""
+"""The parameter table logged at the start of a run (and printed by plan mode): every
+parameter's name, shape, size and sharding, the Transformer's blocks grouped, and the total."""
+import re
 from typing import Any
 
 import jax
@@ -20,13 +21,45 @@ def parameter_rows(params: Any) -> list[tuple[str, tuple[int, ...], int, str]]:
   return rows
 
 
+def group_blocks(rows: list[tuple[str, tuple[int, ...], int, str]]
+                 ) -> list[tuple[str, str, int, str]]:
+  """`parameter_rows` with the rows of the Transformer's blocks 0..L-1 that differ only in the
+  block number (same shape and sharding) as one row: ('Transformer/encoderblock_0..11/
+  LayerNorm_0/bias', '12 x (768,)', 9216, 'replicated'), at the place of block 0's row; other
+  rows as they are, their shape as text."""
+  def split(row):  # ((name with '#' for its block number, shape, sharding), block number)
+    block = re.search(r'encoderblock_(\d+)/', row[0])
+    return ((row[0].replace(block[0], 'encoderblock_#/'), row[1], row[3]), int(block[1])
+            ) if block else (None, None)
+  groups = {}  # split(row)[0] -> the block numbers
+  for row in rows:
+    key, number = split(row)
+    if key:
+      groups.setdefault(key, []).append(number)
+  grouped = []
+  for row in rows:
+    key, number = split(row)
+    blocks = groups.get(key, [])
+    if len(blocks) < 2 or sorted(blocks) != list(range(len(blocks))):
+      grouped.append((row[0], str(row[1]), row[2], row[3]))
+    elif number == 0:
+      grouped.append((key[0].replace('#', f'0..{len(blocks) - 1}'), f'{len(blocks)} x {row[1]}',
+                      row[2] * len(blocks), row[3]))
+  return grouped
+
+
 def parameter_table(params: Any) -> str:
-  """`parameter_rows` as an aligned text table with a header and a total line."""
-  numbers = parameter_rows(params)
-  rows = [(n, str(s), f'{c:,}', p) for n, s, c, p in numbers]
+  """`parameter_rows` as an aligned text table (`format_table`)."""
+  return format_table(parameter_rows(params))
+
+
+def format_table(numbers: list[tuple[str, tuple[int, ...], int, str]]) -> str:
+  """`parameter_rows`-style rows as an aligned text table with a header and a total line, the
+  Transformer's blocks grouped (`group_blocks`)."""
+  rows = [(n, s, f'{c:,}', p) for n, s, c, p in group_blocks(numbers)]
   total = sum(c for _, _, c, _ in numbers)
   rows = [('name', 'shape', 'size', 'sharding'), *rows,
-          ('total', '', f'{total:,}', f'{len(rows)} arrays')]
+          ('total', '', f'{total:,}', f'{len(numbers)} arrays')]
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   line = lambda r: ' | '.join(
       (c.rjust(w) if i == 2 else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))).rstrip()

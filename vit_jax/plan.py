@@ -10,6 +10,7 @@ in host memory. The numbers are XLA's CPU compilation of the same SPMD program a
 would run; their buffer assignment and fusion differ, so treat them as estimates.
 """
 import functools
+import math
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vit_jax import config as config_lib
-from vit_jax import flops, optim, sharding, train
+from vit_jax import flops, optim, overview, sharding, train
 from vit_jax.models import config_fields
 
 GB = 1e9
@@ -32,12 +33,11 @@ def use_simulated_devices(count: int) -> None:
   jax.config.update('jax_num_cpu_devices', count)
 
 
-def _param_rows(shardings: Any, abstract: Any) -> list[dict[str, Any]]:
-  """[{'path', 'shape', 'spec'}] for every parameter."""
-  flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
-  specs = jax.tree_util.tree_leaves(shardings)
-  return [{'path': sharding.path_str(path), 'shape': list(leaf.shape), 'spec': str(s.spec)}
-          for (path, leaf), s in zip(flat, specs)]
+def _param_rows(abstract: Any) -> list[dict[str, Any]]:
+  """[{'path', 'shape', 'spec'}] for every parameter of `abstract` (with shardings), as
+  `overview.parameter_rows` names them."""
+  return [{'path': name, 'shape': list(shape), 'spec': spec}
+          for name, shape, _, spec in overview.parameter_rows(abstract)]
 
 
 def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
@@ -84,14 +84,14 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
       'memory': flops.compiled_memory(compiled),
       'flops_per_step': flops.train_flops(forward, config.batch_size),
       'compile_seconds': seconds,
-      'params': _param_rows(shardings.params, abstract.params),
+      'params': _param_rows(abstract.params),
       'fsdp_replicated': [path for path, _ in whole],
       'fsdp_replicated_bytes': sum(leaf.size * leaf.dtype.itemsize for _, leaf in whole),
   }
 
 
 def summary(result: dict[str, Any]) -> str:
-  """The plan as text: header lines, then one line per parameter."""
+  """The plan as text: header lines, then the parameter table (`overview.format_table`)."""
   m = result['memory']
   lines = [
       f'{result["model"]}: {result["num_params"]:,} parameters ({result["num_classes"]:,}-class '
@@ -108,5 +108,6 @@ def summary(result: dict[str, Any]) -> str:
                  f'parameters, {result["fsdp_replicated_bytes"] / GB:.3f} GB on every device '
                  f'(plus their optimizer state), e.g. {whole[0]}')
   lines.append('parameter shardings:')
-  lines += [f'  {p["path"]} {tuple(p["shape"])} {p["spec"]}' for p in result['params']]
+  lines.append(overview.format_table([(p['path'], tuple(p['shape']), math.prod(p['shape']),
+                                       p['spec']) for p in result['params']]))
   return '\n'.join(lines)
