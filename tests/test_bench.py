@@ -3,6 +3,7 @@ errors. No timing assertions: timings only have to be positive and add up."""
 import contextlib
 import io
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -180,6 +181,36 @@ def test_infer_table_bfloat16(capsys):
   assert 'ours' in out and 'img/s' in out and 'reference' not in out
 
 
+def _xla_forward(name: str, image_size: int = 32, **fields) -> float:
+  """XLA's FLOPs of one image's forward pass through `name` (10 classes), compiled here."""
+  model = get_model(name, num_classes=10, **fields)
+  shape = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), shape), shape).compile()
+  return compiled.cost_analysis()['flops']
+
+
+@pytest.mark.parametrize('mode, name, fields', [
+    ('train', 'BiT-R14x0.25-small', {}),
+    # Scanned: the compiled program counts its one block once; the MFU's count has all three.
+    ('infer', 'R8+ViT-Nano_4-small', dict(num_layers=3, scan=True))])
+def test_resnets_and_hybrids_are_timed_with_xla_flop_counts(capsys, mode, name, fields):
+  record = json.loads(run(capsys, mode, f'--model={name}', '--image-size=32', '--batch=4',
+                          '--num-classes=10', '--steps=2', '--warmup=1', '--json',
+                          *(f'--set={k}={v}' for k, v in fields.items())))
+  forward = _xla_forward(name, **dict(fields, scan=None))
+  assert record['flops_counted'] == 'XLA, unscanned'
+  assert record['flops_per_image'] == pytest.approx(forward * (3 if mode == 'train' else 1),
+                                                    rel=1e-6)
+  ours = record['ours']
+  assert ours['mfu'] == pytest.approx(
+      record['flops_per_image'] * ours['images_per_sec'] / record['peak_flops'], rel=1e-9)
+  if fields.get('scan'):  # the compiled program's count: about that of one block
+    assert record['xla_flops_per_image'] == pytest.approx(
+        _xla_forward(name, **dict(fields, num_layers=1, scan=None)), rel=0.02)
+    assert record['xla_flops_per_image'] < 0.98 * record['flops_per_image']
+
+
 def test_data_json(capsys):
   record = json.loads(run(capsys, 'data', *TINY, '--json'))
   assert record['dataset'] == 'synthetic'
@@ -211,7 +242,6 @@ def test_data_mode_on_prepared_records_times_the_stream(capsys, tmp_path):
 @pytest.mark.parametrize('argv, message', [
     (['--model=ViT-Q_4'], 'Unknown model name'),
     (['--model=ViT-Ti_4', '--image-size=18'], 'patch_size=4 does not divide'),
-    (['--model=BiT-R14x0.25-small'], 'covers plain ViTs'),
     (['--model=ViT-Ti_4', '--set=depth=3'], "Unknown model field(s) ['depth']"),
     (['--model=ViT-Ti_4', '--set=num_heads=5'], 'num_heads=5 must divide'),
     (['--model=ViT-Ti_4', '--batch=3', '--set=classifier=gap', '--vs=torch'],
@@ -222,6 +252,14 @@ def test_bad_input_names_the_problem(argv, message):
   with pytest.raises(SystemExit) as e:
     bench.main(['train', '--image-size=16', '--set=num_layers=1', *argv])
   assert message in str(e.value)
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--vs-ref=.', 'no reference for --model=BiT-R14x0.25-small, a resnet model'),
+    ('--vs=torch', "--vs=torch has no PyTorch reference for {'family': 'resnet'}")])
+def test_the_references_are_vits_only(flag, message):
+  with pytest.raises(SystemExit, match=re.escape(message)):
+    bench.main(['train', '--image-size=16', '--model=BiT-R14x0.25-small', flag])
 
 
 @pytest.mark.parametrize('argv,message', [

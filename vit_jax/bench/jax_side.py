@@ -1,6 +1,7 @@
 """Our side of the benchmark: the real train step of `vit_jax.train`, the forward pass and the
 input pipeline, built from a training config, on device-resident synthetic inputs."""
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -150,8 +151,13 @@ def worker_steps(spec: dict) -> tuple[dict[str, Callable[[], None]], dict, Calla
   if peak is None:  # CPU: the matmul ceiling, timed in the same rounds as the model
     steps['matmul'], info_flops = flops.matmul_step(spec['dtype'])
     source = f'measured: {spec["dtype"]} 2048x2048 matmul in the same rounds'
+  fields = model_fields(config)
   info = {**report.environment(), 'xla_flops_per_image': ours.xla_flops / spec['batch'],
           'num_params': ours.num_params, 'memory_source': ours.memory_source,
           'peak_flops': peak, 'peak_flops_source': source,
-          'matmul_flops': None if peak else info_flops}
+          'matmul_flops': None if peak else info_flops,
+          # ViTs are counted analytically; other families by XLA (every layer, unscanned)
+          'forward_flops_per_image': None if fields['family'] == 'vit' else flops.forward_flops(
+              functools.partial(train.build_model, config, spec['num_classes'], 3),
+              (config.image_size, config.image_size, 3), fields.get('num_layers'))}
   return steps, info, lambda: {'memory_bytes': peak_memory(ours.memory_bytes)}
