@@ -83,6 +83,26 @@ def test_unknown_model_lists_known_names():
     get_model('ViT-Q_16', num_classes=2)
 
 
+@pytest.mark.parametrize('name, meant', [
+    ('ViT-B16', 'ViT-B_16'),          # the patch size without '_'
+    ('ViT-Nano4', 'ViT-Nano_4'),
+    ('ViT-S8', 'ViT-S_8'),            # not a listed name, but one the registry accepts
+    ('vit-b_16', 'ViT-B_16'),         # letter case
+    ('bit-r50x1', 'BiT-R50x1'),
+    ('R50-ViT-B_16', 'R50+ViT-B_16'),  # a typo away from a listed name
+    ('T2T-ViT14', 'T2T-ViT-14'),
+    ('ResNet50', None)])              # nothing close: no guess
+def test_unknown_model_suggests_the_name_meant(name, meant):
+  with pytest.raises(ValueError) as e:
+    get_model(name, num_classes=2)
+  first = str(e.value).split(' Known names: ')[0]
+  if meant is None:
+    assert first == f"Unknown model name '{name}'."
+  else:
+    assert first == f"Unknown model name '{name}'; did you mean '{meant}'?"
+    get_model(meant, num_classes=2)  # the guess is accepted
+
+
 def test_unknown_override_lists_valid_fields():
   with pytest.raises(ValueError, match=r"Unknown model override\(s\) \['depth'\].*num_layers"):
     get_model('ViT-B_16', num_classes=2, depth=3)

@@ -14,6 +14,7 @@ Accepted names (`_` and `/` are the same, `ViT-B/16` == `ViT-B_16`):
                            suffix `-small` uses a 3x3/1 stem without pooling, for 8-32 px images
   T2T-ViT-{7,10,12,14,19,24} (also T2T-ViT_t-14): T2T-ViT with the "transformer" T2T module
 """
+import difflib
 import re
 
 import ml_collections
@@ -113,6 +114,20 @@ def _parse(name: str) -> dict | None:
   return None
 
 
+def _close_name(name: str) -> str | None:
+  """The accepted name that `name` (not accepted) most likely meant: a known name in other
+  letter case, the name with '_' before its patch size ('ViT-B16'), or a known name a typo
+  away ('R50-ViT-B_16'); None when nothing is close."""
+  by_case = {known.lower(): known for known in known_names()}
+  for guess in (name, re.sub(r'(?<=[A-Za-z])(\d+)$', r'_\1', name)):
+    if guess.lower() in by_case:
+      return by_case[guess.lower()]
+    if _parse(guess) is not None:
+      return guess
+  close = difflib.get_close_matches(name, known_names(), n=1, cutoff=0.85)
+  return close[0] if close else None
+
+
 def get_model_config(name: str) -> ml_collections.ConfigDict:
   """Returns the ConfigDict for a registered model name (see the module docstring).
 
@@ -122,8 +137,10 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   canonical = name.replace('/', '_')
   fields = _parse(canonical)
   if fields is None:
+    guess = _close_name(canonical)
     raise ValueError(
-        f'Unknown model name {name!r}. Known names: {", ".join(known_names())}; any '
+        f'Unknown model name {name!r}' + (f'; did you mean {guess!r}?' if guess else '.')
+        + f' Known names: {", ".join(known_names())}; any '
         f'ViT-<size>_<patch> with size in {sorted(VIT_SIZES)}, and BiT-R<depth>x<factor>'
         f'[-small] with depth in {sorted(RESNET_LAYERS)}.')
   return ml_collections.ConfigDict(dict(fields, name=canonical))
