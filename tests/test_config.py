@@ -225,6 +225,15 @@ def run(module, *flags):
                       '--config.optim.nofield', '1'],
      "Error: --config.optim.nofield: the config has no field 'optim.nofield'; its fields of "
      "optim are ['b1', 'b2', "),
+    # A field a typo away from one: named.
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--config.total_step=5'],
+     "Error: --config.total_step: the config has no field 'total_step' (did you mean "
+     "'total_steps'?); its top-level fields are ['augment', "),
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
+                       "--config.models['ViT-l'].lr=0.5"],
+     "Error: --config.models.ViT-l.lr: the config has no field 'models.ViT-l' (did you mean "
+     "'models.ViT-1'?); its fields of models are ['ResNet', 'ViT-1']."),
     ('vit_jax.main', ['--config', 'configs/nowhere.py', '--workdir', '/tmp/unused'],
      'Error: --config=configs/nowhere.py: no such file.'),
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',

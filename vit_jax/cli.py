@@ -4,6 +4,7 @@ starts an absl command with all of them; `ArgumentParser` for the commands that 
 positional arguments (argparse)."""
 import argparse
 import contextlib
+import difflib
 import functools
 import logging as std_logging
 import os
@@ -74,8 +75,13 @@ def _unknown_override(argv: list[str]) -> str | None:
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         where = 'top-level fields' if not depth else f'fields of {".".join(path[:depth])}'
         fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        # A name a typo away, but not one that differs in its numbers only (ViT-4, ViT-8).
+        digits = lambda name: re.sub(r'\d+', '#', name)
+        close = [name for name in difflib.get_close_matches(key, fields, n=3, cutoff=0.75)
+                 if digits(name) != digits(key)][:1]
+        meant = f' (did you mean {".".join([*path[:depth], *close])!r}?)' if close else ''
         return (f'--config.{".".join(path)}: the config has no field '
-                f'{".".join(path[:depth + 1])!r}; its {where} are {fields}.')
+                f'{".".join(path[:depth + 1])!r}{meant}; its {where} are {fields}.')
       node = node[key]
   return None
 
