@@ -1,6 +1,7 @@
 """Masked patch prediction: targets, corruption, the mask token, the loss, pre-training and
 fine-tuning from it."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_VIT, init, randomize, recounted_test_accuracy
+from numpy_vit import vit_forward
 from test_train import smoke_config
-from vit_jax import checkpoint, mpp, train
+from vit_jax import checkpoint, data, export, mpp, train
+from vit_jax.analysis import run
 from vit_jax.models import config_overrides, get_model
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
@@ -130,8 +133,9 @@ def test_pretrain_then_finetune(tmp_path):
   saved = checkpoint.read_params(pre)
   assert saved['mpp_head']['kernel'].shape[-1] == mpp.num_colors(1)  # digits are grayscale
   assert 'mask_token' in saved and 'head' not in saved
-  with pytest.raises(ValueError, match='no classification head'):  # analysis and export
-    checkpoint.load_run(pre)
+  _check_analysis_of_the_pretrained_encoder(pre, tmp_path / 'analysis')
+  with pytest.raises(ValueError, match='pre-training run: it has no classification head'):
+    export.Source.from_run(pre)
 
   # The classifier takes the encoder; the mask token and colour head are dropped.
   config = smoke_config(**{'checkpoint.init_from': pre})
@@ -147,6 +151,32 @@ def test_pretrain_then_finetune(tmp_path):
   assert result['test_accuracy'] == pytest.approx(
       recounted_test_accuracy(tmp_path / 'finetune'), abs=1e-9)
   assert os.path.exists(tmp_path / 'finetune' / 'result.json')
+
+
+def _check_analysis_of_the_pretrained_encoder(pre, out):
+  """The analyses of the encoder run on a pre-training run; those that score class logits are
+  skipped (and refused when asked for). The mean attention distance is recomputed with the
+  NumPy reference ViT on the 6 evenly spaced test images."""
+  results = run.analyze(pre, str(out), num_images=6)
+  assert results['skipped'] == ['noise', 'hessian']
+  assert sorted(os.listdir(out)) == ['analysis.json', 'distance.png', 'filters.png',
+                                     'fourier.png', 'posemb.png', 'rollout.png']
+  with pytest.raises(ValueError, match=re.escape(
+      "['hessian'] do not apply to ViT-Nano_2 (vit, pre-trained by masked patch prediction: "
+      'no class logits).')):
+    run.analyze(pre, str(out), only=['hessian'])
+  params = checkpoint.read_params(pre)
+  test = data.load_split('digits', 'test')
+  images = data.preprocess_eval(
+      test.images[np.linspace(0, len(test.labels) - 1, 6).astype(int)], image_size=8)
+  _, weights = vit_forward(dict(params, head=params['mpp_head']), np.asarray(images),
+                           patch_size=2)  # the class token through the colour head: unused
+  rows, cols = np.divmod(np.arange(16), 4)  # 4x4 patches of 2 pixels
+  distance = 2 * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
+  for layer, w in enumerate(weights):
+    patches = w[..., 1:, 1:] / w[..., 1:, 1:].sum(-1, keepdims=True)  # (B, K, 16, 16)
+    np.testing.assert_allclose(results['distance']['pixels'][layer],
+                               (patches * distance).sum(-1).mean(axis=(0, 2)), atol=1e-3)
 
 
 @pytest.mark.parametrize('changes, message', [

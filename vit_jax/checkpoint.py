@@ -275,8 +275,9 @@ def read_params(path: str, step: Step = None) -> Params:
 
 def load_run(workdir: str, step: Step = None) -> tuple[Any, Any, Params]:
   """(config, model, params) of a run's checkpoint `step` ('latest' or None, 'best', a
-  number): the resolved config from `<workdir>/config.json`, the model it names and its
-  parameters as NumPy arrays."""
+  number): the resolved config from `<workdir>/config.json`, the model it names (of a masked
+  patch prediction pre-training run: built with `masked_patch_prediction`, its logits the
+  patches' colours, not classes) and its parameters as NumPy arrays."""
   path = _run_config_path(workdir)
   config = ml_collections.ConfigDict(files.read_json(path))
   if not isinstance(config.get('model'), ml_collections.ConfigDict) or not isinstance(
@@ -284,11 +285,10 @@ def load_run(workdir: str, step: Step = None) -> tuple[Any, Any, Params]:
     raise ValueError(f'{path} names no model (model.name): not the config.json of a '
                      'training run.')
   params = read_params(workdir, step)
-  if 'head' not in params:
-    raise ValueError(f'{workdir} has no classification head (a masked patch prediction '
-                     'pre-training run?): use a classifier, e.g. its fine-tuned run.')
-  num_classes = params['head']['kernel'].shape[-1]
-  model = get_model(config.model.name, num_classes=num_classes, **config_overrides(config.model))
+  colours = 'mpp_head' in params  # pre-trained by masked patch prediction: no class head
+  num_classes = params['mpp_head' if colours else 'head']['kernel'].shape[-1]
+  model = get_model(config.model.name, num_classes=num_classes, **config_overrides(config.model),
+                    **({'masked_patch_prediction': True} if colours else {}))
   return config, model, params
 
 

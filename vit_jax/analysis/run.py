@@ -30,6 +30,7 @@ _FAMILIES = {'filters': ('vit',), 'posemb': ('vit', 'hybrid'), 'distance': ('vit
              'rollout': ('vit', 'hybrid'), 'fourier': ('vit', 'hybrid', 'resnet'),
              'noise': ('vit', 'hybrid', 'resnet', 't2t'),
              'hessian': ('vit', 'hybrid', 'resnet', 't2t')}
+_NEED_CLASSES = ('noise', 'hessian')  # skipped on masked patch prediction pre-training runs
 
 def _grid(num_tokens: int, classifier: str) -> tuple[int, int]:
   side = int(round(np.sqrt(num_tokens - (classifier == 'token'))))
@@ -103,9 +104,12 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   kind = resolved_fields(**config.model)['family']
   wanted = list(only or ANALYSES)
   learned_posemb = 'posembed_input' in params.get('Transformer', {})  # not with sincos2d
-  bad = [a for a in wanted if kind not in _FAMILIES[a] or (a == 'posemb' and not learned_posemb)]
+  colours = 'mpp_head' in params  # masked patch prediction: no class logits to score
+  bad = [a for a in wanted if kind not in _FAMILIES[a] or (a == 'posemb' and not learned_posemb)
+         or (colours and a in _NEED_CLASSES)]
   if only and bad:
-    raise ValueError(f'{bad} do not apply to {config.model.name} ({kind}).')
+    why = f'{kind}, pre-trained by masked patch prediction: no class logits' if colours else kind
+    raise ValueError(f'{bad} do not apply to {config.model.name} ({why}).')
   config_text = files.read_text(os.path.join(workdir, 'config.json'))
   results = {'model': config.model.name, 'family': kind, 'workdir': files.absolute(workdir),
              'config_sha256': hashlib.sha256(config_text.encode()).hexdigest(), 'step': step,

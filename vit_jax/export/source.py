@@ -132,6 +132,9 @@ class Source:
     evaluation split (any kind of dataset: `sample_images`)."""
     step = checkpoint.resolve_step(workdir, step)
     config, model, params = checkpoint.load_run(workdir, step)
+    if 'head' not in params:
+      raise ValueError(f'{workdir} is a masked patch prediction pre-training run: it has no '
+                       'classification head to export; export its fine-tuned run.')
     names = os.path.join(workdir, 'class_names.json')
     return cls.from_model(config.model.name, model, params, image_size=config.image_size,
                           class_names=files.read_json(names) if files.exists(names) else None,
