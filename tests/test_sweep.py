@@ -118,12 +118,29 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert report_text.startswith('# Data scaling: smoke')
   assert '## Inside the models' in report_text and '](analysis/sweep.png)' in report_text
   # Adding the Hessian later keeps the other analyses' columns.
-  assert analysis_run.analyze_sweep(str(tmp_path), ['hessian'], num_images=8,
-                                    hessian_batches=1)[1] == []
+  with_hessian = analysis_run.analyze_sweep(str(tmp_path), ['hessian'], num_images=8,
+                                            hessian_batches=1)
+  assert with_hessian[1] == []
   with open(tmp_path / 'analysis' / 'sweep.csv') as f:
     added = list(csv.DictReader(f))
   for before, after in zip(rows, added, strict=True):
     assert after == dict(before, hessian_top=after['hessian_top']) and after['hessian_top']
+  # A rerun with the same analyses and settings (after a Ctrl-C, say) keeps every point's
+  # analyses as they are; other --images analyse again, and the setting is recorded.
+  saved = sorted((tmp_path / 'analysis').glob('*/analysis.json'))
+  stamps = [f.stat().st_mtime_ns for f in saved]
+  assert analysis_run.analyze_sweep(str(tmp_path), ['hessian'], num_images=8,
+                                    hessian_batches=1) == with_hessian
+  assert [f.stat().st_mtime_ns for f in saved] == stamps
+  analysis_run.analyze_sweep(str(tmp_path), num_images=6)
+  assert all(f.stat().st_mtime_ns != t for f, t in zip(saved, stamps))
+  again = json.loads((tmp_path / 'analysis' / 'ViT-1_n60' / 'analysis.json').read_text())
+  assert again['distance']['images'] == 6 and again['hessian']['batches'] == 1
+  stamps = [f.stat().st_mtime_ns for f in saved]  # each analysis is judged on its own setting
+  analysis_run.analyze_sweep(str(tmp_path), ['distance', 'fourier', 'hessian'], num_images=6,
+                             hessian_batches=1)
+  assert [f.stat().st_mtime_ns for f in saved] == stamps
+  analysis_run.analyze_sweep(str(tmp_path), num_images=8)  # back to the numbers of `added`
   # Checkpoints deleted after the sweep: a point analysed before keeps its numbers, one never
   # analysed is left out (an empty row), and the others are analysed as before.
   for point in ('ViT-1_n60', 'ViT-1_n120'):

@@ -31,6 +31,9 @@ _FAMILIES = {'filters': ('vit',), 'posemb': ('vit', 'hybrid'), 'distance': ('vit
              'noise': ('vit', 'hybrid', 'resnet', 't2t'),
              'hessian': ('vit', 'hybrid', 'resnet', 't2t')}
 _NEED_CLASSES = ('noise', 'hessian')  # skipped on masked patch prediction pre-training runs
+# The setting each analysis's numbers depend on (recorded with them): `--images`, or for the
+# Hessian `--hessian_batches`.
+_SETTING = {'distance': 'images', 'rollout': 'images', 'fourier': 'images', 'hessian': 'batches'}
 
 def _grid(num_tokens: int, classifier: str) -> tuple[int, int]:
   side = int(round(np.sqrt(num_tokens - (classifier == 'token'))))
@@ -110,10 +113,8 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   if only and bad:
     why = f'{kind}, pre-trained by masked patch prediction: no class logits' if colours else kind
     raise ValueError(f'{bad} do not apply to {config.model.name} ({why}).')
-  config_text = files.read_text(os.path.join(workdir, 'config.json'))
   results = {'model': config.model.name, 'family': kind, 'workdir': files.absolute(workdir),
-             'config_sha256': hashlib.sha256(config_text.encode()).hexdigest(), 'step': step,
-             'skipped': bad}
+             'config_sha256': _config_digest(workdir), 'step': step, 'skipped': bad}
   wanted = [a for a in wanted if a not in bad]
   saved = os.path.join(out, 'analysis.json')
   _earlier(saved, results)  # another checkpoint's folder is refused before any work
@@ -161,12 +162,37 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     values = hessian_eigenvalues(config, model, params, train_split, hessian_batches)
     plots.hessian_spectrum(values, figure('hessian'))
     results['hessian'] = {'top_eigenvalues': values.tolist()}
+  settings = {'images': num_images, 'batches': hessian_batches}
+  for name in set(wanted) & set(_SETTING):
+    results[name][_SETTING[name]] = settings[_SETTING[name]]
   # What is there now: another call on this --out may have finished meanwhile.
   earlier = _earlier(saved, results)
   results.update({a: earlier[a] for a in ANALYSES if a in earlier and a not in wanted})
   results['skipped'] = [a for a in ANALYSES if a in bad or a in earlier.get('skipped', ())]
   files.write_json(saved, results)
   return results
+
+
+def _config_digest(workdir: str) -> str:
+  """The SHA-256 of the run's config.json: with the step, what names a checkpoint (a run moved
+  to another folder or machine keeps it)."""
+  return hashlib.sha256(files.read_text(os.path.join(workdir, 'config.json')).encode()
+                        ).hexdigest()
+
+
+def _still_to_do(path: str, workdir: str, step: checkpoint.Step, wanted: list[str],
+                 settings: dict[str, int]) -> list[str]:
+  """The analyses of `wanted` that the analysis.json at `path` lacks for `workdir`'s checkpoint
+  `step` made with the same `settings` ({'images': n, 'batches': m}, see `_SETTING`): all of
+  them when it holds another checkpoint's or none."""
+  if not files.exists(path):
+    return wanted
+  earlier = files.read_json(path)
+  if ((earlier.get('config_sha256'), earlier.get('step'))
+      != (_config_digest(workdir), checkpoint.resolve_step(workdir, step))):
+    return wanted
+  return [a for a in wanted if a not in earlier or (
+      a in _SETTING and earlier[a].get(_SETTING[a]) != settings[_SETTING[a]])]
 
 
 def _earlier(path: str, run: dict) -> dict:
@@ -216,7 +242,8 @@ def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int
   sweep (not its grid or convergence reruns); writes `<sweep>/analysis/<point>/`, `sweep.csv`
   and `sweep.png`; returns the summary rows and the names of the points left out because their
   checkpoints/ was deleted before any analysis of theirs (their rows have no analysis values;
-  a point analysed before keeps its earlier numbers).
+  a point analysed before keeps its earlier numbers). The analyses a point's analysis.json
+  holds for the same checkpoint with the same settings are not run again (`_still_to_do`).
 
   Raises:
     ValueError: every point is left out (nothing is written).
@@ -226,22 +253,31 @@ def analyze_sweep(sweep_dir: str, only: list[str] | None = None, num_images: int
   if not rows:
     raise ValueError(f'No finished point in {sweep_dir}/results.csv to analyse.')
   out = os.path.join(sweep_dir, 'analysis')
+  settings = {'images': num_images, 'batches': hessian_batches}
   summaries, without_checkpoints = [], []
   for n, row in enumerate(rows, 1):
     kinds = [a for a in (only or SWEEP_ANALYSES) if row['family'] in _FAMILIES[a]]
     name = os.path.basename(os.path.normpath(row['workdir']))
+    saved, step = os.path.join(out, name, 'analysis.json'), row.get('best_step')  # reported
+    kept = ''
     if files.isdir(os.path.join(row['workdir'], 'checkpoints')):
-      results = analyze(row['workdir'], os.path.join(out, name), kinds, num_images,
-                        hessian_batches, row.get('best_step')) if kinds else {}  # reported step
+      # What a point has from an earlier call alike (a rerun after Ctrl-C) is kept.
+      to_do = _still_to_do(saved, row['workdir'], step, kinds, settings)
+      if to_do:
+        results = analyze(row['workdir'], os.path.dirname(saved), to_do, num_images,
+                          hessian_batches, step)
+      elif kinds:
+        results, kept = files.read_json(saved), ' (analysed alike before)'
+      else:
+        results = {}
     else:  # checkpoints deleted (a finished sweep pruned): what an earlier call found, if any
-      saved = os.path.join(out, name, 'analysis.json')
       results = files.read_json(saved) if files.exists(saved) else {}
       logging.warning('%s has no checkpoints/ (deleted?): %s.', row['workdir'],
                       'its earlier analyses are kept' if results else 'left out of the analyses')
       if not results:
         without_checkpoints.append(name)
     summaries.append(_summary(row, results))
-    logging.info('Analysed %d/%d: %s', n, len(rows), name)
+    logging.info('Analysed %d/%d: %s%s', n, len(rows), name, kept)
   if len(without_checkpoints) == len(rows):
     raise ValueError(f'No point of {sweep_dir} can be analysed: the checkpoints/ of every one '
                      'is gone (deleted to save space?) and none was analysed before; nothing '
