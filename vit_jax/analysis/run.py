@@ -182,15 +182,15 @@ def _config_digest(workdir: str) -> str:
 
 def _still_to_do(path: str, workdir: str, step: checkpoint.Step, wanted: list[str],
                  settings: dict[str, int]) -> list[str]:
-  """The analyses of `wanted` that the analysis.json at `path` lacks for `workdir`'s checkpoint
-  `step` made with the same `settings` ({'images': n, 'batches': m}, see `_SETTING`): all of
-  them when it holds another checkpoint's or none."""
-  if not files.exists(path):
-    return wanted
-  earlier = files.read_json(path)
-  if ((earlier.get('config_sha256'), earlier.get('step'))
-      != (_config_digest(workdir), checkpoint.resolve_step(workdir, step))):
-    return wanted
+  """The analyses of `wanted` that the analysis.json at `path` (if any) lacks for `workdir`'s
+  checkpoint `step`, or holds made with other `settings` ({'images': n, 'batches': m}, see
+  `_SETTING`).
+
+  Raises:
+    ValueError: `path` holds the analyses of another checkpoint (`_earlier`).
+  """
+  earlier = _earlier(path, {'workdir': files.absolute(workdir), 'step': checkpoint.resolve_step(
+      workdir, step), 'config_sha256': _config_digest(workdir)})
   return [a for a in wanted if a not in earlier or (
       a in _SETTING and earlier[a].get(_SETTING[a]) != settings[_SETTING[a]])]
 
