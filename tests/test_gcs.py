@@ -6,7 +6,9 @@ import csv
 import gc
 import io
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,8 +54,11 @@ def test_the_lock_object_refuses_a_second_holder_and_is_released(gcs_bucket):
       with files.exclusive_lock(directory, 'training run'):
         pass
   assert not files.exists(f'{directory}/.lock')
-  with files.exclusive_lock(directory, 'sweep'):  # free again
-    pass
+  with files.exclusive_lock(directory, 'sweep'):  # free again; held, it names its holder
+    with pytest.raises(files.LockedError, match=re.escape(
+        f'A sweep is running in {directory} (host {socket.gethostname()}, pid {os.getpid()})')):
+      with files.exclusive_lock(directory, 'training run'):
+        pass
 
 
 def test_a_missing_bucket_or_missing_credentials_is_one_error_line(gcs_bucket, tmp_path):

@@ -1,5 +1,6 @@
 """Training end to end: workdir files, sharded = unsharded, exact resume, fine-tuning, errors."""
 import errno
+import fcntl
 import json
 import os
 import re
@@ -611,6 +612,19 @@ def test_the_python_api_refuses_a_workdir_in_use(tmp_path):
                        rf'\(pid {os.getpid()}\)'):
       train.train_and_evaluate(smoke_config(), str(tmp_path))
   assert os.listdir(tmp_path) == ['.lock']
+
+
+def test_the_refusal_names_what_holds_the_workdir(tmp_path):
+  with files.exclusive_lock(str(tmp_path), 'sweep'):  # e.g. a sweep running in that folder
+    with pytest.raises(files.LockedError, match=re.escape(
+        f'A sweep is running in {tmp_path} (pid {os.getpid()}); wait for it to finish')):
+      train.train_and_evaluate(smoke_config(), str(tmp_path))
+  (tmp_path / '.lock').write_text('pid 1')  # a lock file of an earlier version: its own kind
+  with open(tmp_path / '.lock') as f:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(files.LockedError, match=re.escape(
+        f'Another training run is running in {tmp_path} (pid 1)')):
+      train.train_and_evaluate(smoke_config(), str(tmp_path))
 
 
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path):

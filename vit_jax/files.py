@@ -172,11 +172,11 @@ def exclusive_lock(directory: str, what: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       f.seek(0)
-      raise LockedError(f'Another {what} is running in {directory} ({f.read().strip()}); wait '
-                        'for it to finish or use another directory.') from None
+      holder, _, pid = f.read().strip().rpartition(': ')  # '<what>: pid <n>' ('pid <n>' before)
+      raise _locked(directory, what, holder or what, pid) from None
     f.seek(0)
     f.truncate()
-    f.write(f'pid {os.getpid()}')
+    f.write(f'{what}: pid {os.getpid()}')
     f.flush()
     try:
       yield
@@ -184,10 +184,17 @@ def exclusive_lock(directory: str, what: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_holder(blob, generation: int, retry) -> None:
-  """Uploads this process (host, pid, time) as the holder in the lock object `blob` if the
+def _locked(directory: str, what: str, holder: str, where: str) -> LockedError:
+  """The error for a `what` (e.g. 'training run') that finds `directory` held by a `holder`
+  (e.g. 'sweep') at `where` (its pid, or host and pid)."""
+  return LockedError(f'{"Another" if holder == what else "A"} {holder} is running in '
+                     f'{directory} ({where}); wait for it to finish or use another directory.')
+
+
+def _write_holder(blob, generation: int, retry, what: str) -> None:
+  """Uploads this `what` (host, pid, time, what) as the holder in the lock object `blob` if the
   object's generation is `generation` (0: only if there is none)."""
-  holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'time': time.time()}
+  holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'time': time.time(), 'what': what}
   blob.upload_from_string(json.dumps(holder), if_generation_match=generation, retry=retry)
 
 
@@ -242,7 +249,7 @@ def _object_lock(directory: str, what: str) -> Iterator[None]:
   def refresh():
     while not stop.wait(LOCK_LEASE / 4):
       try:
-        _write_holder(blob, blob.generation, retry)
+        _write_holder(blob, blob.generation, retry, what)
       except exceptions.PreconditionFailed:
         logging.error('Another process took over the lock of %s (not refreshed for %g s): two '
                       'processes may now write there.', directory, LOCK_LEASE)
@@ -278,7 +285,7 @@ def _take(blob, retry, directory: str, what: str) -> None:
   """
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   try:
-    _write_holder(blob, 0, retry)
+    _write_holder(blob, 0, retry, what)
     return
   except exceptions.NotFound as e:
     raise FileNotFoundError(f'{directory}: the bucket {blob.bucket.name} does not exist.') from e
@@ -291,11 +298,10 @@ def _take(blob, retry, directory: str, what: str) -> None:
   generation = blob.generation
   holder = json.loads(blob.download_as_bytes(if_generation_match=generation, retry=retry))
   if not _stale(holder):
-    raise LockedError(f'Another {what} is running in {directory} (host {holder.get("host")}, '
-                      f'pid {holder.get("pid")}); wait for it to finish or use another '
-                      'directory.')
+    raise _locked(directory, what, holder.get('what', what),
+                  f'host {holder.get("host")}, pid {holder.get("pid")}')
   try:
-    _write_holder(blob, generation, retry)
+    _write_holder(blob, generation, retry, what)
   except exceptions.PreconditionFailed:
     raise LockedError(f'Another {what} took the lock of {directory} just now; wait for it '
                       'to finish or use another directory.') from None
