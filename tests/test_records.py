@@ -175,8 +175,9 @@ def test_a_split_without_class_folders_is_named(tree, tmp_path):
   shutil.copy(src / 'val' / 'n00000001' / os.listdir(src / 'val' / 'n00000001')[0],
               src / 'test' / 'x.JPEG')
   with pytest.raises(ValueError, match=re.escape(
-      "1 file(s) lie above the class folders, in ['test'] (e.g. 'test/x.JPEG'): move an "
-      "unlabelled split such as ImageNet's test/ out of --src")):
+      "1 file(s) lie above the class folders, in ['test'] (e.g. 'test/x.JPEG'): leave an "
+      "unlabelled split such as ImageNet's test/ out (--splits=train,val, or move it out of "
+      '--src)')):
     prepare.prepare(str(src), str(tmp_path / 'out'), workers=1, progress=False)
   os.remove(src / 'test' / 'x.JPEG')
   shutil.copytree(src, tmp_path / 'two' / 'a')
@@ -186,6 +187,37 @@ def test_a_split_without_class_folders_is_named(tree, tmp_path):
       "['a/train/n00000000/")):
     prepare.prepare(str(tmp_path / 'two'), str(tmp_path / 'out'), workers=1, progress=False)
   assert not os.path.exists(tmp_path / 'out' / 'metadata.json')
+
+
+def test_splits_prepares_the_named_splits_alone(tree, tmp_path):
+  """ImageNet unpacked with its unlabelled test/, under a root folder (as an archive of it
+  would be): --splits=train,val prepares those two from the tree, test/ is never read."""
+  root, written = tree
+  src = tmp_path / 'src' / 'imagenet'
+  shutil.copytree(root, src)
+  os.makedirs(src / 'test')
+  (src / 'test' / 'x.JPEG').write_bytes(b'not even an image')
+  result = run_prepare(f'--src={src.parent}', f'--out={tmp_path / "out"}', '--splits=train,val',
+                       '--workers=1')
+  assert result.returncode == 0, result.stderr
+  assert 'train 15 images, val 6 images, 3 classes' in result.stdout
+  for split, items in written.items():
+    source = records.RecordSource(str(tmp_path / 'out'), split)
+    assert [source[i] for i in range(len(source))] == [
+        (_file_bytes(root, rel), label) for rel, label in items]
+  # One split alone; a split that is not there; a finished --out without a split asked for.
+  meta = prepare.prepare(str(src), str(tmp_path / 'val'), splits=['val'], workers=1,
+                         progress=False)
+  assert list(meta['splits']) == ['val'] and meta['splits']['val']['num_examples'] == 6
+  with pytest.raises(ValueError, match=re.escape(
+      f"--splits names ['validation'], not a split folder of {src}; its split folders: "
+      "['test', 'train', 'val'].")):
+    prepare.prepare(str(src), str(tmp_path / 'other'), splits=['train', 'validation'])
+  assert not (tmp_path / 'other' / 'metadata.json').exists()
+  with pytest.raises(ValueError, match=re.escape(
+      f"{tmp_path / 'val'} is already prepared, with the splits ['val'], not ['train']: remove "
+      'it (or choose another --out) to prepare --splits=train,val.')):
+    prepare.prepare(str(src), str(tmp_path / 'val'), splits=['train', 'val'])
 
 
 def test_a_rerun_after_the_archive_changed_reads_the_new_archive(tree, tmp_path):

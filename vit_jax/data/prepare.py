@@ -1,10 +1,11 @@
 """Converts an image-folder tree or archive into ArrayRecord shards (see `records`), once.
 
   python -m vit_jax.data.prepare --src=<directory, .tar or .tar.gz> --out=<directory> \
-      [--workers=8] [--shard_size=1024] [--corrupt_images=error|skip]
+      [--splits=train,val] [--workers=8] [--shard_size=1024] [--corrupt_images=error|skip]
 
 Layout of the source: `[<root>/]<split>/<class>/<image>` (e.g. ImageNet's `train/<wnid>/*.JPEG`
-and `val/<wnid>/*.JPEG`); every split must have the same class folders. Images keep their
+and `val/<wnid>/*.JPEG`); every split must have the same class folders. --splits prepares those
+splits alone (the others, e.g. ImageNet's unlabelled `test/`, are not read). Images keep their
 encoded bytes (any size, JPEG, PNG, ...); each is decoded once here to refuse (or with
 --corrupt_images=skip, leave out and list) files that are not images.
 
@@ -100,14 +101,24 @@ def _decompressed(src: str, out: str) -> str:
   return os.path.join(out, f'.source-{hashlib.sha256(key.encode()).hexdigest()[:12]}.tar')
 
 
-def plan_splits(src: str, names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, list]]:
+def plan_splits(src: str, names: Sequence[str], splits: Sequence[str] | None = None
+                ) -> tuple[tuple[str, ...], dict[str, list]]:
   """(class names, {split: [(file name, label), ...] sorted by class then name}) from the
   files' paths `[<root>/]<split>/<class>/<image>` (file managers' files are left out:
-  `folder.is_metadata`)."""
+  `folder.is_metadata`), of the `splits` named (None: all)."""
   names = [n for n in names if not folder.is_metadata(n)]
   if not names:
     raise ValueError(f'{src} holds no files; it must hold images as '
                      '[<root>/]<split>/<class>/<image>.')
+  if splits:  # a path's split: its first folder or, under one root folder, its second
+    tops = {n.split('/')[0] for n in names if '/' in n}
+    root = len(tops) == 1 and not tops & set(splits)
+    split_of = lambda n: n.split('/')[root] if n.count('/') > root else None
+    present = {split_of(n) for n in names} - {None}
+    if missing := [s for s in splits if s not in present]:
+      raise ValueError(f'--splits names {missing}, not a split folder of {src}; its split '
+                       f'folders: {sorted(present)[:10]}.')
+    names = [n for n in names if split_of(n) in splits]
   depths = {n.count('/') for n in names}
   roots = {n.split('/')[0] for n in names}
   if depths == {2}:
@@ -120,8 +131,9 @@ def plan_splits(src: str, names: Sequence[str]) -> tuple[tuple[str, ...], dict[s
     if above:
       folders = sorted({posixpath.dirname(n) or '.' for n in above})
       raise ValueError(f'{layout}; {len(above)} file(s) lie above the class folders, in '
-                       f"{folders[:3]} (e.g. '{above[0]}'): move an unlabelled split such as "
-                       "ImageNet's test/ out of --src, or put its files into class folders.")
+                       f"{folders[:3]} (e.g. '{above[0]}'): leave an unlabelled split such as "
+                       "ImageNet's test/ out (--splits=train,val, or move it out of --src), "
+                       'or put its files into class folders.')
     raise ValueError(f'{layout}, under at most one <root> folder; found e.g. '
                      f'{sorted(names)[:3]}.')
   by_split = {}
@@ -194,11 +206,12 @@ def _done(path: str, digest: str) -> dict | None:
   return side if side.get('digest') == digest and os.path.isfile(path) else None
 
 
-def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
-            corrupt_images: str = 'error', progress: bool = True) -> dict:
-  """Writes the prepared dataset of `src` into `out` (see the module docstring); returns its
-  metadata. A finished `out` is left as it is (with a warning if it was prepared from another
-  `src`); an interrupted one is completed. workers=0: one per CPU."""
+def prepare(src: str, out: str, *, splits: Sequence[str] | None = None, workers: int = 0,
+            shard_size: int = 1024, corrupt_images: str = 'error', progress: bool = True) -> dict:
+  """Writes the prepared dataset of `src` (its `splits`, None: all) into `out` (see the module
+  docstring); returns its metadata. A finished `out` is left as it is (with a warning if it was
+  prepared from another `src`; an error if it lacks one of `splits`); an interrupted one is
+  completed. workers=0: one per CPU."""
   if corrupt_images not in ('error', 'skip'):
     raise ValueError(f"--corrupt_images={corrupt_images!r} must be 'error' or 'skip'.")
   if shard_size < 1:
@@ -219,6 +232,10 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
     else:
       logging.info('%s is already prepared from %s; nothing to do (remove it to prepare it '
                    'again after the images changed).', out, src)
+    if missing := [s for s in splits or () if s not in meta['splits']]:
+      raise ValueError(f'{out} is already prepared, with the splits {list(meta["splits"])}, '
+                       f'not {missing}: remove it (or choose another --out) to prepare '
+                       f'--splits={",".join(splits)}.')
     return meta
   if not os.path.isdir(src) and not os.path.isfile(src):  # refused before `out` is made
     plain = src.removeprefix('folder:')  # config.dataset's form of the same path
@@ -226,7 +243,7 @@ def prepare(src: str, out: str, *, workers: int = 0, shard_size: int = 1024,
     raise FileNotFoundError(f'--src={src} does not exist{hint}.')
   with files.exclusive_lock(out, 'prepare run'):
     reader, found = _list_source(src, out)
-    class_names, plan = plan_splits(src, list(found))
+    class_names, plan = plan_splits(src, list(found), splits)
     jobs, sizes = [], {}
     for split, examples in plan.items():
       count = -(-len(examples) // shard_size)
@@ -299,6 +316,8 @@ def _run_jobs(jobs: list, total: int, workers: int, progress: bool) -> None:
 FLAGS = flags.FLAGS
 flags.DEFINE_string('src', None, 'Image-folder directory, .tar or .tar.gz archive.')
 flags.DEFINE_string('out', None, 'Directory to write the prepared dataset into.')
+flags.DEFINE_list('splits', None, 'The split folders to prepare (default: all), e.g. '
+                  'train,val to leave out an unlabelled test/.')
 flags.DEFINE_integer('workers', 0, 'Worker processes (0: one per CPU).', lower_bound=0)
 flags.DEFINE_integer('shard_size', 1024, 'Images per ArrayRecord shard.')
 flags.DEFINE_enum('corrupt_images', 'error', ['error', 'skip'],
@@ -312,8 +331,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('--src and --out are required.')
   logging.set_verbosity(logging.INFO)
   try:
-    meta = prepare(FLAGS.src, FLAGS.out, workers=FLAGS.workers, shard_size=FLAGS.shard_size,
-                   corrupt_images=FLAGS.corrupt_images)
+    meta = prepare(FLAGS.src, FLAGS.out, splits=FLAGS.splits, workers=FLAGS.workers,
+                   shard_size=FLAGS.shard_size, corrupt_images=FLAGS.corrupt_images)
   except cli.COMMAND_ERRORS as e:
     sys.exit(f'Error: {e}')
   print(f'{FLAGS.out}: ' + ', '.join(f'{s} {v["num_examples"]} images'
