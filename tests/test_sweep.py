@@ -417,7 +417,7 @@ def test_stopping_or_killing_the_sweep_stops_its_point_at_a_checkpoint(tmp_path)
     lines = lambda: metrics_file.read_text().count('\n') if metrics_file.exists() else 0
     seen = lines()
     wait_for(lambda: lines() > seen + 1, 'the point to make progress')
-    child = int((point / '.lock').read_text().split()[1])
+    child = int((point / '.lock').read_text().rsplit('pid ', 1)[1])  # 'training run: pid N'
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     wait_for(lambda: not os.path.exists(f'/proc/{child}') or
