@@ -31,14 +31,13 @@ def group_blocks(rows: list[tuple[str, tuple[int, ...], int, str]]
     block = re.search(r'encoderblock_(\d+)/', row[0])
     return ((row[0].replace(block[0], 'encoderblock_#/'), row[1], row[3]), int(block[1])
             ) if block else (None, None)
+  keys = [split(row) for row in rows]
   groups = {}  # split(row)[0] -> the block numbers
-  for row in rows:
-    key, number = split(row)
+  for key, number in keys:
     if key:
       groups.setdefault(key, []).append(number)
   grouped = []
-  for row in rows:
-    key, number = split(row)
+  for row, (key, number) in zip(rows, keys):
     blocks = groups.get(key, [])
     if len(blocks) < 2 or sorted(blocks) != list(range(len(blocks))):
       grouped.append((row[0], str(row[1]), row[2], row[3]))
