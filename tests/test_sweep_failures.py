@@ -215,12 +215,17 @@ def test_an_exit_without_config_json_is_a_stop_while_the_sweep_stops(tmp_path):
      "config.dataset='folder:{tmp}/mnist.tar.gz': {tmp}/mnist.tar.gz does not exist."),
     ('fewshot_dataset', 'records:{tmp}/prepared',
      "config.eval.fewshot_dataset='records:{tmp}/prepared': {tmp}/prepared does not exist."),
+    ('dataset', 'tfds:mnist',  # a catalog dataset, not prepared in data.tfds_dir
+     "config.dataset='tfds:mnist' has no ArrayRecord build in {tmp}/tfds (random access reads "
+     'only that format): prepare it with `tfds build mnist --file_format=array_record`, or set '
+     'data.tfds_dir to where it is.'),
 ])
 def test_a_missing_dataset_fails_the_sweep_before_any_point_runs(tmp_path, field, dataset,
                                                                   message):
   config = data_scaling.get_config('smoke')
   section = config.base if field == 'dataset' else config.base.eval
   section[field] = dataset.format(tmp=tmp_path)
+  config.base.data.tfds_dir = str(tmp_path / 'tfds')
   with pytest.raises(FileNotFoundError) as e:
     sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
   assert str(e.value) == message.format(tmp=tmp_path)

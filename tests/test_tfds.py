@@ -126,6 +126,16 @@ def test_a_dataset_not_prepared_in_tfds_dir_says_how_to_prepare_it(tiny, tmp_pat
     data.open_split(config, 'train')
 
 
+def test_a_dataset_not_prepared_in_the_default_tfds_directory_is_the_same_error(
+    tiny, tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tfds.core.constants, 'DATA_DIR', str(tmp_path / 'default'))
+  config = _config('tfds:tiny0', tfds_dir=None)  # TFDS's default: $TFDS_DATA_DIR at its import
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"config.dataset='tfds:tiny0' has no ArrayRecord build in {tmp_path}/default (random ")):
+    data.open_split(config, 'train')
+
+
 def test_damaged_or_truncated_files_are_an_error_naming_the_dataset(tiny, tmp_path):
   copy = tmp_path / 'tfds'
   shutil.copytree(TFDS_DIR[0], copy)

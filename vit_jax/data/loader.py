@@ -200,23 +200,26 @@ def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
     return open_split(probe, 'train'), open_split(probe, eval_split_name(probe))
 
 
-def _check_present(dataset: str) -> None:
+def _check_present(dataset: str, train_split: str, tfds_dir: str | None) -> None:
   kind, _, arg = dataset.partition(':')
   if kind == 'folder':
     folder.require(arg)
   elif kind == 'records':
     records.read_metadata(arg)
+  elif kind == 'tfds':
+    tfds_source.open_source(arg, train_split, tfds_dir)
 
 
 def check_present(config: ml_collections.ConfigDict) -> None:
   """Raises FileNotFoundError or ValueError, naming the field, when config.dataset or
-  eval.fewshot_dataset is a 'folder:' path that does not exist or a 'records:' directory that
-  is not a prepared dataset. Reads no image (a sweep checks its points before running any);
-  'digits' and 'tfds:' datasets are checked when a run opens them."""
-  _check_present(config.dataset)
+  eval.fewshot_dataset is a 'folder:' path that does not exist, a 'records:' directory that
+  is not a prepared dataset or a 'tfds:' dataset whose training split is not prepared (as
+  ArrayRecord). Reads no image (a sweep checks its points before running any); 'digits' needs
+  no check."""
+  _check_present(config.dataset, config.data.train_split, config.data.tfds_dir)
   if config.eval.fewshot_dataset:
     with _as_fewshot_dataset():
-      _check_present(config.eval.fewshot_dataset)
+      _check_present(config.eval.fewshot_dataset, 'train', config.data.tfds_dir)
 
 
 def train_iterator(split: Split | pipeline.RecordSplit, config: ml_collections.ConfigDict,

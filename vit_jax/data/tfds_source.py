@@ -49,24 +49,7 @@ class TfdsSource:
     self.labels = self._labels()
 
   def _open(self):
-    tfds = _tfds()
-    try:
-      return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, download=False,
-                              decoders={'image': tfds.decode.SkipDecoding()})
-    except tfds.core.registered.DatasetNotFoundError as e:
-      raise FileNotFoundError(f"config.dataset='tfds:{self.name}': no such TFDS dataset "
-                              f'({str(e).splitlines()[0]}).') from None
-    except ValueError as e:  # an unknown split names the existing ones
-      raise ValueError(f"config.dataset='tfds:{self.name}', split {self.split!r}: {e}") from None
-    except (AssertionError, FileNotFoundError) as e:  # not prepared
-      raise FileNotFoundError(f"config.dataset='tfds:{self.name}' is not prepared in "
-                              f"{self.data_dir or 'the TFDS data directory'}: {e}") from None
-    except NotImplementedError:  # not prepared, or prepared as TFRecord files only
-      raise FileNotFoundError(
-          f"config.dataset='tfds:{self.name}' has no ArrayRecord build in "
-          f"{self.data_dir or 'the TFDS data directory'} (random access reads only that "
-          f'format): prepare it with `tfds build {self.name} --file_format=array_record`, or '
-          'set data.tfds_dir to where it is.') from None
+    return open_source(self.name, self.split, self.data_dir)
 
   def _labels(self) -> np.ndarray:
     """(N,) int32 from the cache file, else from one pass over the records (then cached)."""
@@ -108,12 +91,41 @@ class TfdsSource:
   def _damaged(self, what: str, error: RuntimeError) -> OSError:
     """The error for prepared files array_record cannot read (`what` of them)."""
     return OSError(f"Cannot read {what} of config.dataset='tfds:{self.name}' ({self.split} in "
-                   f"{self.data_dir or 'the TFDS data directory'}): {error}. The files are "
+                   f'{_data_dir(self.data_dir)}): {error}. The files are '
                    'damaged or were cut short in a copy: copy them again, or prepare again '
                    f'(tfds build {self.name} --file_format=array_record).')
 
   def __getstate__(self) -> dict:  # workers reopen the data source
     return {**self.__dict__, '_source': None}
+
+
+def open_source(name: str, split: str, data_dir: str | None = None):
+  """`tfds.data_source` of split expression `split` of the prepared TFDS dataset `name`, images
+  left encoded; FileNotFoundError or ValueError naming config.dataset when it is not there."""
+  tfds = _tfds()
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise FileNotFoundError(f"config.dataset='tfds:{name}': no such TFDS dataset "
+                            f'({str(e).splitlines()[0]}).') from None
+  except ValueError as e:  # an unknown split names the existing ones
+    raise ValueError(f"config.dataset='tfds:{name}', split {split!r}: {e}") from None
+  except (AssertionError, FileNotFoundError) as e:  # not prepared
+    raise FileNotFoundError(f"config.dataset='tfds:{name}' is not prepared in "
+                            f'{_data_dir(data_dir)}: {e}') from None
+  except (NotImplementedError, KeyError):  # not prepared (in data_dir: the first; in TFDS's
+    # default directory: the second, no split), or prepared as TFRecord files only
+    raise FileNotFoundError(
+        f"config.dataset='tfds:{name}' has no ArrayRecord build in {_data_dir(data_dir)} "
+        f'(random access reads only that format): prepare it with `tfds build {name} '
+        '--file_format=array_record`, or set data.tfds_dir to where it is.') from None
+
+
+def _data_dir(data_dir: str | None) -> str:
+  """The directory TFDS reads: `data_dir` (data.tfds_dir), else its default ($TFDS_DATA_DIR or
+  ~/tensorflow_datasets)."""
+  return data_dir or _tfds().core.constants.DATA_DIR
 
 
 def split_names(name: str, data_dir: str | None = None) -> list[str]:
