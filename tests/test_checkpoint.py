@@ -266,6 +266,27 @@ def test_manager_keeps_the_last_n_and_the_best_and_resolves_steps(tmp_path):
   manager.close()
 
 
+def test_a_checkpoint_folder_reads_as_its_step_and_folders_inside_a_run_name_it(tmp_path):
+  run = tmp_path / 'run'
+  manager = checkpoint.CheckpointManager(str(run / 'checkpoints'))
+  for step in (1, 2):
+    manager.save(step, {'params': {'w': jnp.full((3,), float(step))}}, {'best': {}})
+  manager.close()
+  (run / 'config.json').write_text('{"model": {"name": "ViT-Ti_4"}}')
+  for folder in (f'{run}/checkpoints/1', f'{run}/checkpoints/1/'):  # what init_from reads
+    np.testing.assert_array_equal(checkpoint.read_params(folder)['w'], np.full(3, 1.))
+  np.testing.assert_array_equal(checkpoint.read_params(str(run))['w'], np.full(3, 2.))
+  inside = f'is not a training run directory (no config.json); it is inside the run {run}: '
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f'{run}/checkpoints/1 {inside}give that folder and step 1 (--step=1).')):
+    checkpoint.load_run(f'{run}/checkpoints/1')
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f'{run}/checkpoints {inside}give that folder.')):
+    checkpoint.load_run(f'{run}/checkpoints')
+  with pytest.raises(FileNotFoundError, match=re.escape(f'{tmp_path}/nothing does not exist.')):
+    checkpoint.load_run(f'{tmp_path}/nothing')
+
+
 @pytest.mark.parametrize('text,want', [('best', 'best'), ('latest', 'latest'), ('12', 12)])
 def test_parse_step(text, want):
   assert checkpoint.parse_step(text) == want

@@ -236,7 +236,7 @@ def _run_checkpoints(workdir: str) -> Iterator[CheckpointManager]:
       raise FileNotFoundError(f'{workdir} is a training run without checkpoints/ (deleted, or '
                               'the run stopped before its first checkpoint).')
     raise FileNotFoundError(f'{workdir} is neither a .npz file nor a run workdir with '
-                            'checkpoints/.')
+                            'checkpoints/ (or one of its checkpoints/<step> folders).')
   manager = CheckpointManager(directory)
   try:
     yield manager
@@ -244,14 +244,34 @@ def _run_checkpoints(workdir: str) -> Iterator[CheckpointManager]:
     manager.close()
 
 
+def _checkpoint_folder(path: str) -> tuple[str, int] | None:
+  """(run workdir, step) when `path` is a run's checkpoint folder `<workdir>/checkpoints/<step>`,
+  else None."""
+  parent, name = os.path.split(path.rstrip('/'))
+  run, folder = os.path.split(parent)
+  if folder == 'checkpoints' and name.isdigit() and files.exists(os.path.join(run,
+                                                                           'config.json')):
+    return run, int(name)
+  return None
+
+
 def _run_config_path(workdir: str) -> str:
-  """`<workdir>/config.json` (FileNotFoundError if `workdir` is not a training run)."""
+  """`<workdir>/config.json` (FileNotFoundError if `workdir` is not a training run, naming the
+  run it is inside (its checkpoints/ or a checkpoint folder) or the sweep it is)."""
   path = os.path.join(workdir, 'config.json')
-  if not files.exists(path):
-    sweep = files.exists(os.path.join(workdir, 'results.csv'))
-    raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json)' + (
-        "; it is a sweep's: give one of its point folders" if sweep else '') + '.')
-  return path
+  if files.exists(path):
+    return path
+  if not files.exists(workdir):
+    raise FileNotFoundError(f'{workdir} does not exist.')
+  run, step = _checkpoint_folder(workdir) or (os.path.dirname(workdir.rstrip('/')), None)
+  if files.exists(os.path.join(run, 'config.json')):
+    hint = f'; it is inside the run {run}: give that folder' + (
+        f' and step {step} (--step={step})' if step is not None else '')
+  elif files.exists(os.path.join(workdir, 'results.csv')):
+    hint = "; it is a sweep's: give one of its point folders"
+  else:
+    hint = ''
+  raise FileNotFoundError(f'{workdir} is not a training run directory (no config.json){hint}.')
 
 
 def resolve_step(workdir: str, step: Step = None) -> int:
@@ -263,8 +283,11 @@ def resolve_step(workdir: str, step: Step = None) -> int:
 
 
 def read_params(path: str, step: Step = None) -> Params:
-  """Parameters from a `.npz` file, or from checkpoint `step` ('latest' or None, 'best', a
-  number) of a run workdir."""
+  """Parameters from a `.npz` file, from checkpoint `step` ('latest' or None, 'best', a
+  number) of a run workdir, or from a run's checkpoint folder `<workdir>/checkpoints/<step>`
+  (with `step` None)."""
+  if step is None and (found := _checkpoint_folder(path)):
+    path, step = found
   if files.isdir(path):
     with _run_checkpoints(path) as manager:
       return manager.restore_params(step)
@@ -293,7 +316,8 @@ def load_run(workdir: str, step: Step = None) -> tuple[Any, Any, Params]:
 
 
 def load_pretrained(path: str, init_params: Params, **options) -> Params:
-  """Loads a published-format `.npz` (or a run workdir's latest checkpoint) into a tree shaped
+  """Loads a published-format `.npz` (or a run workdir's latest checkpoint, or one of its
+  checkpoint folders `<workdir>/checkpoints/<step>`) into a tree shaped
   like `init_params`: `pretrained.fit` (naming generations, scanned or unrolled layers,
   position embedding resizing, head reset; `options` are its `reset_head` and `strict`) of
   `read_params(path)`.

@@ -370,7 +370,7 @@ def defaults() -> ml_collections.ConfigDict:
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
       keep=3,                         # last N checkpoints kept
-      init_from=placeholder(str),     # a .npz or a run workdir to fine-tune from
+      init_from=placeholder(str),     # a .npz, run workdir or <workdir>/checkpoints/<step>
       reset_head=placeholder(bool),   # None: reset when the class count differs
   ))
   config.mpp = ml_collections.ConfigDict(dict(
