@@ -351,7 +351,7 @@ def test_training_path_imports_neither_tensorflow_nor_torch(tmp_path):
 @pytest.mark.parametrize('changes,message', [
     ({'dataset': 'imagenet'}, 'imagenet'),
     ({'dataset': 'folder:/no/such/dir'}, '/no/such/dir'),
-    ({'mesh': (('data', 2),)}, r"mesh=\(\('data', 2\),\) has 2 devices but 1 are available"),
+    ({'mesh': (('data', 2),)}, r"mesh=\(\('data', 2\),\) spans 2 devices but 1 is available"),
     ({'mesh': (('batch', -1),)}, 'unknown: .*batch'),
     ({'optim.grad_accum_steps': 3}, 'batch_size=32 is not divisible by optim.grad_accum_steps=3'),
     ({'optim.name': 'lamb'}, "optim.name='lamb' must be one of"),

@@ -67,8 +67,9 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
                        f'need a multiple of {known}.')
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f'mesh={spec!r} has {math.prod(sizes)} devices but {len(devices)} are '
-                     'available (use -1 for one axis to take the rest).')
+    raise ValueError(f'mesh={spec!r} spans {math.prod(sizes)} devices but '
+                     f'{len(devices)} {"is" if len(devices) == 1 else "are"} available (use -1 '
+                     'for one axis to take the rest).')
   return Mesh(np.asarray(devices).reshape(sizes), tuple(names))
 
 
