@@ -179,6 +179,14 @@ def test_every_preset_expands(preset, tmp_path):
   assert len({p.workdir for p in points}) == len(points)
   listing = sweep.describe(points)
   assert listing.count('workdir=') == len(points)
+  steps = [int(re.search(r' steps=(\d+) ', line)[1]) for line in listing.splitlines()
+           if line.startswith('[')]
+  roles = {role: sum(p.role == role for p in points) for role in ('grid', 'study', 'convergence')}
+  want = ', '.join(f'{n} {role}' for role, n in roles.items() if n)
+  os.makedirs(points[-1].workdir)
+  open(os.path.join(points[-1].workdir, 'result.json'), 'w').close()
+  assert sweep.summarize(points) == (f'{len(points)} points ({want}), {sum(steps):,} training '
+                                     'steps at most; 1 finished already.')
   for point in points:
     family, depth, width = sweep._family_depth_width(point.config)
     assert family in ('vit', 'hybrid', 'resnet') and depth > 0 and width > 0

@@ -694,6 +694,18 @@ def describe(points: list[Point], indices: list[int] | None = None) -> str:
   return '\n'.join(lines)
 
 
+def summarize(points: list[Point]) -> str:
+  """The dry-run listing's last line: the points by role, their training steps (at most: early
+  stopping may end a point sooner) and how many have finished already."""
+  roles = {}
+  for p in points:
+    roles[p.role] = roles.get(p.role, 0) + 1
+  steps = sum(p.config.total_steps for p in points)
+  finished = sum(files.exists(os.path.join(p.workdir, 'result.json')) for p in points)
+  return (f'{len(points)} points ({", ".join(f"{n} {role}" for role, n in roles.items())}), '
+          f'{steps:,} training steps at most; {finished} finished already.')
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -706,6 +718,8 @@ def main(argv: list[str]) -> None:
                        f'{len(points) - 1} (--dry_run lists them).')
     if _DRY_RUN.value:
       print(describe(points, None if _POINT.value is None else [_POINT.value]))
+      if _POINT.value is None:
+        print(summarize(points))
       return
     if _POINT.value is not None:  # child process: one training run
       cli.setup_logging()
