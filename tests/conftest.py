@@ -60,6 +60,16 @@ def recounted_test_accuracy(workdir, step=None) -> float:
   return float(np.mean(predictions == test.labels))
 
 
+@pytest.fixture(scope='session', autouse=True)
+def temporary_files_under_pytest(tmp_path_factory):
+  """This process's temporary files go under pytest's base folder (which pytest prunes), not
+  $TMPDIR: TFDS leaves an empty tmp*tfds folder there each time it looks up an unprepared
+  catalog dataset's metadata."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tempfile, 'tempdir', str(tmp_path_factory.mktemp('tempfile')))
+    yield
+
+
 @pytest.fixture
 def tiny_vit():
   """A tiny random ViT on 16x16 images: (model, params, images)."""
