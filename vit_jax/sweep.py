@@ -405,11 +405,11 @@ def write_sweep_config(sweep: ml_collections.ConfigDict, sweep_dir: str) -> None
 
 
 def check_data(points: list[Point]) -> None:
-  """`data.check_present` for each distinct dataset of `points` (paths only, no image read):
-  a path that is not there fails the sweep in one line before any point runs, not every point
-  in turn."""
-  for config in {(p.config.dataset, p.config.eval.fewshot_dataset): p.config
-                 for p in points}.values():
+  """`data.check_present` for each distinct dataset of `points` (paths and a TFDS build's
+  metadata only, no image read): data that is not there fails the sweep in one line before any
+  point runs, not every point in turn."""
+  for config in {(p.config.dataset, p.config.eval.fewshot_dataset, p.config.data.train_split,
+                  p.config.data.tfds_dir): p.config for p in points}.values():
     data.check_present(config)
 
 
