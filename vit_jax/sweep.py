@@ -49,6 +49,7 @@ Each process of a point runs `python -m vit_jax.sweep {point_flags}` with the
 `vit_jax.main` takes. A point is tracked only by its workdir's files (`result.json`: done), so
 a rerun skips finished points and retries failed or stopped ones, whichever host ran them.
 """
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -697,9 +698,7 @@ def describe(points: list[Point], indices: list[int] | None = None) -> str:
 def summarize(points: list[Point]) -> str:
   """The dry-run listing's last line: the points by role, their training steps (at most: early
   stopping may end a point sooner) and how many have finished already."""
-  roles = {}
-  for p in points:
-    roles[p.role] = roles.get(p.role, 0) + 1
+  roles = collections.Counter(p.role for p in points)
   steps = sum(p.config.total_steps for p in points)
   finished = sum(files.exists(os.path.join(p.workdir, 'result.json')) for p in points)
   return (f'{len(points)} points ({", ".join(f"{n} {role}" for role, n in roles.items())}), '
