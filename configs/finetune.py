@@ -4,6 +4,8 @@ one of our run workdirs, at a new resolution.
   python -m vit_jax.main --config=configs/finetune.py:B_16,cifar10 --workdir=<dir> \
       --config.checkpoint.init_from=ViT-B_16.npz
 
+The published ImageNet-21k checkpoints download as <model name>.npz, e.g.
+`wget https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz`.
 Presets `<model>,<dataset>`: model is any ViT size/patch (B_16, L_16, ...) or a hybrid
 (R50+B_16); dataset in cifar10 (cifar10.tar.gz in $VIT_JAX_DATA, 10k
 steps), cifar100 (tfds:cifar100, 10k steps), i1k (a prepared record directory at $VIT_JAX_I1K,

@@ -12,8 +12,10 @@ layers stacked in one `encoderblock` (`stack_layers`); the files hold them unrol
 layout, position embedding resolution, head). Reading a file or a run's checkpoint and fitting
 it is `vit_jax.checkpoint.load_pretrained`.
 """
+import os
 import re
 from typing import Any
+import urllib.parse
 
 from absl import logging
 from flax import traverse_util
@@ -23,6 +25,21 @@ import scipy.ndimage
 from vit_jax import files
 
 Params = dict[str, Any]
+
+# The original checkpoints pre-trained on ImageNet-21k, published as <model name>.npz under
+# I21K_URL (gs://vit_models/imagenet21k; fine-tuned ones in imagenet21k+imagenet2012, augreg, ...).
+I21K_URL = 'https://storage.googleapis.com/vit_models/imagenet21k/'
+I21K_MODELS = ('ViT-B_16', 'ViT-B_32', 'ViT-L_16', 'ViT-L_32', 'ViT-H_14', 'R26+ViT-B_32',
+               'R50+ViT-B_16', 'R50+ViT-L_32')
+
+
+def published_url(path: str) -> str | None:
+  """Where the published ImageNet-21k checkpoint that `path` names by its file name (e.g.
+  'ViT-B_16.npz', as configs/finetune.py names it) downloads from; None for other names."""
+  name = os.path.basename(path)
+  if name.endswith('.npz') and name.removesuffix('.npz') in I21K_MODELS:
+    return I21K_URL + urllib.parse.quote(name)
+  return None
 
 # Linen name -> pre-Linen name inside an encoder block (creation order within the block).
 _PRE_LINEN_BLOCK = {

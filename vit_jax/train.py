@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from vit_jax import (checkpoint, data, evaluate, files, flops, metrics, mpp, optim, overview,
-                     prefetch, sharding)
+                     prefetch, pretrained, sharding)
 from vit_jax import config as config_lib
 from vit_jax import workdir as run_dir
 from vit_jax.models import config_fields, config_overrides, get_model
@@ -183,7 +183,9 @@ def _check_inputs(config: ml_collections.ConfigDict, mesh, shots_from) -> None:
     evaluate.fewshot_indices(shots_from.labels, max(shots), seed=0)
   init_from = config.checkpoint.init_from
   if init_from and not files.exists(init_from):
-    raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist.')
+    url = pretrained.published_url(init_from)
+    raise FileNotFoundError(f'checkpoint.init_from={init_from!r} does not exist' + (
+        f'; the published checkpoint downloads from {url}' if url else '') + '.')
   sharding.check_tensor_parallel(mesh, config_fields(config.model))
 
 
