@@ -175,6 +175,14 @@ def test_analyze_a_vit_run_writes_every_figure_and_the_numbers(trained_runs, tmp
   assert saved['noise']['clean_accuracy'] == pytest.approx(accuracy, abs=1.5 / len(idx))
 
 
+def test_more_images_than_the_split_holds_use_and_record_them_all(trained_runs, tmp_path):
+  n = len(data.load_split('digits', 'test').labels)
+  every = run.analyze(trained_runs['vit'], str(tmp_path / 'all'), ['distance'], num_images=n)
+  more = run.analyze(trained_runs['vit'], str(tmp_path / 'more'), ['distance'],
+                     num_images=100 * n)
+  assert more['distance'] == every['distance'] and more['distance']['images'] == n
+
+
 def test_analyze_a_resnet_run_and_the_errors(trained_runs, tmp_path):
   results = run.analyze(trained_runs['resnet'], str(tmp_path), only=None,
                             num_images=4, hessian_batches=1)

@@ -124,6 +124,9 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   config = data.resolve_kind(config)  # the run's dataset, of any kind
   test = data.open_split(config, data.eval_split_name(config))
   x, _ = evaluate.eval_sample(config, test, num_images)
+  if len(x) < num_images:
+    logging.warning('The evaluation split has %d images, fewer than --images=%d: the analyses '
+                    'use all of them (and record %d).', len(x), num_images, len(x))
   if kind in ('vit', 'hybrid') and {'distance', 'rollout', 'fourier'} & set(wanted):
     _, inter = forward_with_intermediates(model, {'params': params}, x)
     attn = np.asarray(inter['attention_weights'])
@@ -162,7 +165,7 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
     values = hessian_eigenvalues(config, model, params, train_split, hessian_batches)
     plots.hessian_spectrum(values, figure('hessian'))
     results['hessian'] = {'top_eigenvalues': values.tolist()}
-  settings = {'images': num_images, 'batches': hessian_batches}
+  settings = {'images': len(x), 'batches': hessian_batches}  # the images actually used
   for name in set(wanted) & set(_SETTING):
     results[name][_SETTING[name]] = settings[_SETTING[name]]
   # What is there now: another call on this --out may have finished meanwhile.
