@@ -272,6 +272,11 @@ def run(module, *flags):
     ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
                       '--coordinator_address=node1', '--num_processes=2', '--process_id=0'],
      "Error: --coordinator_address='node1' must be host:port"),
+    ('vit_jax.sweep', ['--config=configs/data_scaling.py:smoke', '--workdir=/tmp/unused',
+                       '--num_processes=0'],  # was taken as 1 by the sweep
+     'Error: flag --num_processes=0: 0 is not a positive integer'),
+    ('vit_jax.main', ['--config=configs/quickstart.py', '--workdir=/tmp/unused',
+                      '--process_id=-1'], 'Error: flag --process_id=-1: -1 is not a non-negative'),
     # A sweep's config given to the training command, a run's to the sweep.
     ('vit_jax.main', ['--config=configs/data_scaling.py:digits', '--workdir=/tmp/unused'],
      "Error: The config is a sweep's (it has 'base' and 'models'): run it with python -m "

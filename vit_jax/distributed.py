@@ -96,7 +96,8 @@ def define_flags() -> Callable[[], None]:
       'than one task), on (always; JAX detects Cloud TPU, SLURM, Open MPI settings), off.')
   coordinator = flags.DEFINE_string('coordinator_address', None,
                                     'host:port of process 0 (multi-process runs).')
-  num_processes = flags.DEFINE_integer('num_processes', None, 'Number of processes of a run.')
+  num_processes = flags.DEFINE_integer('num_processes', None, 'Number of processes of a run.',
+                                       lower_bound=1)
   process_id = flags.DEFINE_integer('process_id', None,
-                                    'This process: 0 .. num_processes - 1.')
+                                    'This process: 0 .. num_processes - 1.', lower_bound=0)
   return lambda: initialize(mode.value, coordinator.value, num_processes.value, process_id.value)
