@@ -41,6 +41,7 @@ def published_url(path: str) -> str | None:
     return I21K_URL + urllib.parse.quote(name)
   return None
 
+
 # Linen name -> pre-Linen name inside an encoder block (creation order within the block).
 _PRE_LINEN_BLOCK = {
     'LayerNorm_0': 'LayerNorm_0',
