@@ -365,7 +365,8 @@ def test_training_path_imports_neither_tensorflow_nor_torch(tmp_path):
      r'exist\.$'),
     ({'checkpoint.init_from': 'R50+ViT-B_16.npz'}, re.escape(  # the finetune preset's default
         "checkpoint.init_from='R50+ViT-B_16.npz' does not exist; the published checkpoint "
-        'downloads from https://storage.googleapis.com/vit_models/imagenet21k/R50%2BViT-B_16.npz.')),
+        'downloads from https://storage.googleapis.com/vit_models/imagenet21k/'
+        'R50%2BViT-B_16.npz.')),
     ({'model.patch_size': 0}, r'patch_size=0 must be positive \(ViT-Nano_2\)'),
     ({'model.num_layers': 0}, 'num_layers=0 must be a positive integer'),
     ({'model.dropout_rate': 1.5}, r'dropout_rate=1.5 must be in \[0, 1\)'),
