@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import child_env, orphans_after_kill, with_site_hook
+from configs import quickstart
 from imagenet_tree import make_tree
+from vit_jax import data
 from vit_jax.data import prepare, records
 
 
@@ -209,6 +211,12 @@ def test_splits_prepares_the_named_splits_alone(tree, tmp_path):
   meta = prepare.prepare(str(src), str(tmp_path / 'val'), splits=['val'], workers=1,
                          progress=False)
   assert list(meta['splits']) == ['val'] and meta['splits']['val']['num_examples'] == 6
+  probe = quickstart.get_config()  # read as a few-shot dataset, whose shots come from 'train'
+  probe.eval.fewshot_dataset = f"records:{tmp_path / 'val'}"
+  with pytest.raises(ValueError, match=re.escape(
+      f"config.eval.fewshot_dataset='records:{tmp_path / 'val'}' has no 'train' split; it has "
+      "['val'].")):
+    data.probe_splits(probe)
   with pytest.raises(ValueError, match=re.escape(
       f"--splits names ['validation'], not a split folder of {src}; its split folders: "
       "['test', 'train', 'val'].")):

@@ -82,7 +82,8 @@ class RecordSource:
     meta = read_metadata(directory)
     splits = meta['splits']
     if split not in splits:
-      raise ValueError(f"{directory} has no '{split}' split; it has {sorted(splits)}.")
+      raise ValueError(f"config.dataset='records:{directory}' has no '{split}' split; it has "
+                       f'{sorted(splits)}.')
     info = splits[split]
     self.directory, self.split = directory, split
     self.class_names = tuple(meta['class_names'])
