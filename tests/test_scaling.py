@@ -300,10 +300,13 @@ def test_missing_results_csv_names_the_path(tmp_path):
 
 
 @pytest.mark.parametrize('argv,message', [
-    ([], 'Error: the following arguments are required: workdir'),
+    ([], 'Error: the sweep workdir is required: python -m vit_jax.scaling <dir> (or '
+     '--workdir=<dir>).'),
     (['a', 'b', 'c'], 'Error: unrecognized arguments: c'),
-    (['{}', '--title=x'], 'Error: unrecognized arguments: --title=x'),  # not taken as the title
+    (['{}', 'x', '--title=x'], 'Error: the title is given twice: as an argument and as --title.'),
+    (['{}', '--workdir={}'], 'Error: the workdir is given twice: as an argument and as --workdir.'),
     (['{}'], 'Error: Sweep results not found: {}/results.csv'),
+    (['--workdir={}'], 'Error: Sweep results not found: {}/results.csv'),  # as the others take it
 ])
 def test_the_report_command_ends_bad_input_in_one_error_line(tmp_path, argv, message):
   argv = [a.format(tmp_path) for a in argv]
@@ -313,13 +316,24 @@ def test_the_report_command_ends_bad_input_in_one_error_line(tmp_path, argv, mes
   assert not (tmp_path / 'REPORT.md').exists()
 
 
+def test_the_report_command_takes_its_folder_and_title_as_arguments_or_flags(tmp_path, capsys):
+  for name, argv in (('args', ['{}', 'Mine']), ('flags', ['--title=Mine', '--workdir={}'])):
+    folder = tmp_path / name
+    folder.mkdir()
+    write_csv(folder, synthetic_rows())
+    scaling_command.main(['python -m vit_jax.scaling', *[a.format(folder) for a in argv]])
+    assert (folder / 'REPORT.md').read_text().startswith('# Mine\n')
+  out = capsys.readouterr().out
+  assert out.count(f"Wrote {tmp_path / 'flags' / 'REPORT.md'}") == 1
+
+
 def test_the_report_command_answers_help_without_reading_a_folder(tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(SystemExit) as e:
     scaling_command.main(['python -m vit_jax.scaling', '--help'])
   assert e.value.code == 0
-  assert capsys.readouterr().out.startswith('usage: python -m vit_jax.scaling [-h] workdir '
-                                            '[title]')
+  assert capsys.readouterr().out.startswith(
+      'usage: python -m vit_jax.scaling [-h] [--workdir WORKDIR] [--title TITLE]')
   assert not list(tmp_path.iterdir())
 
 
