@@ -65,3 +65,16 @@ def vit_forward(params, images, *, patch_size, classifier='token', gelu=gelu_tan
   if 'pre_logits' in params:
     x = np.tanh(x @ params['pre_logits']['kernel'] + params['pre_logits']['bias'])
   return x @ params['head']['kernel'] + params['head']['bias'], weights
+
+
+def mean_attention_distance(weights, side, patch_size):
+  """Per layer and head, the attention-weighted pixel distance between patches of a
+  side x side grid (the class token's row and column dropped, each row renormalised), averaged
+  over images and query patches: [(K,)] from the (B, K, N, N) weights of `vit_forward`."""
+  rows, cols = np.divmod(np.arange(side * side), side)
+  distance = patch_size * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
+  out = []
+  for w in weights:
+    patches = w[..., 1:, 1:] / w[..., 1:, 1:].sum(-1, keepdims=True)  # (B, K, side**2, side**2)
+    out.append((patches * distance).sum(-1).mean(axis=(0, 2)))
+  return out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from numpy_vit import vit_forward
+from numpy_vit import mean_attention_distance, vit_forward
 from vit_jax import checkpoint, data, train
 from vit_jax import config as config_lib
 from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness, run
@@ -163,11 +163,7 @@ def test_analyze_a_vit_run_writes_every_figure_and_the_numbers(trained_runs, tmp
   spread = lambda k: np.linspace(0, n - 1, min(k, n)).astype(int)
   images = lambda idx: np.asarray(data.preprocess_eval(test.images[idx], image_size=8))
   _, weights = vit_forward(params, images(spread(6)), patch_size=2)
-  rows, cols = np.divmod(np.arange(16), 4)  # 4x4 patches of 2 pixels
-  distance = 2 * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
-  for layer, w in enumerate(weights):
-    patches = w[..., 1:, 1:] / w[..., 1:, 1:].sum(-1, keepdims=True)  # (B, K, 16, 16)
-    want = (patches * distance).sum(-1).mean(axis=(0, 2))
+  for layer, want in enumerate(mean_attention_distance(weights, 4, 2)):  # 4x4 patches of 2 px
     np.testing.assert_allclose(saved['distance']['pixels'][layer], want, atol=1e-3)
   idx = spread(512)
   logits, _ = vit_forward(params, images(idx), patch_size=2)

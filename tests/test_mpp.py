@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_VIT, init, randomize, recounted_test_accuracy
-from numpy_vit import vit_forward
+from numpy_vit import mean_attention_distance, vit_forward
 from test_train import smoke_config
 from vit_jax import checkpoint, data, export, mpp, train
 from vit_jax.analysis import run
@@ -171,12 +171,8 @@ def _check_analysis_of_the_pretrained_encoder(pre, out):
       test.images[np.linspace(0, len(test.labels) - 1, 6).astype(int)], image_size=8)
   _, weights = vit_forward(dict(params, head=params['mpp_head']), np.asarray(images),
                            patch_size=2)  # the class token through the colour head: unused
-  rows, cols = np.divmod(np.arange(16), 4)  # 4x4 patches of 2 pixels
-  distance = 2 * np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])
-  for layer, w in enumerate(weights):
-    patches = w[..., 1:, 1:] / w[..., 1:, 1:].sum(-1, keepdims=True)  # (B, K, 16, 16)
-    np.testing.assert_allclose(results['distance']['pixels'][layer],
-                               (patches * distance).sum(-1).mean(axis=(0, 2)), atol=1e-3)
+  for layer, want in enumerate(mean_attention_distance(weights, 4, 2)):  # 4x4 patches of 2 px
+    np.testing.assert_allclose(results['distance']['pixels'][layer], want, atol=1e-3)
 
 
 @pytest.mark.parametrize('changes, message', [
