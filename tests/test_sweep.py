@@ -41,8 +41,9 @@ def read_rows(workdir):
 
 
 def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
-  # 60 and 120 images train; 5000 exceeds the 1,438 digits and must fail alone.
-  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)')
+  # 60 and 120 images train; 10 fail alone, when they start: the validation hold-out takes one
+  # image of each of the 10 classes, all 10.
+  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 10)')
   assert '6 points, 0 already finished, 6 to run' in out
   rows = read_rows(tmp_path)
   assert [r['status'] for r in rows] == ['done', 'done', 'failed'] * 2
@@ -58,11 +59,12 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   assert rows[3]['family'] == 'vit' and rows[3]['depth'] == '1' and rows[3]['width'] == '64'
   assert rows[0]['family'] == 'resnet' and rows[0]['depth'] == '14'
   failed = [r for r in rows if r['status'] == 'failed']
-  assert all('train_size=5000' in r['error'] for r in failed)
+  assert all(r['error'] == 'Error: eval.val_fraction=0.1 leaves no training examples out of 10.'
+             for r in failed)
   for name in ('accuracy_vs_data.png', 'gap_vs_data.png', 'accuracy_vs_compute.png'):
     assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   report_text = (tmp_path / 'REPORT.md').read_text()
-  assert 'ViT-1' in report_text and 'ResNet' in report_text and 'train_size=5000' in report_text
+  assert 'ViT-1' in report_text and 'ResNet' in report_text and 'out of 10.' in report_text
   assert 'REPORT.md' in out and 'accuracy_vs_data.png' in out
 
   # Rerun after losing one finished point: only it and the failed ones run again.
@@ -70,10 +72,11 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   kept = tmp_path / 'ResNet_n60' / 'result.json'
   stamp = kept.stat().st_mtime_ns
   os.remove(finished)
-  # --time_limit: half a second, so the first of them is stopped while it starts (a point
-  # takes seconds to import JAX); results.csv and the report say what finished.
-  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)', '--time_limit=0.5')
-  assert ('ResNet train_size=5000 seed=0 (study): stopped by the time limit; the rerun '
+  # --time_limit: two seconds (the data check takes the first, loading the digits), so the
+  # first of them is stopped while it starts (a point takes seconds to import JAX); results.csv
+  # and the report say what finished.
+  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 10)', '--time_limit=2')
+  assert ('ResNet train_size=10 seed=0 (study): stopped by the time limit; the rerun '
           'resumes it.') in out
   assert 'Stopped by the time limit; 3 of 6 points finished. Rerun the same command' in out
   assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed', 'done',
@@ -86,7 +89,7 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
       timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode != 0 and 'Traceback' not in proc.stderr
   assert 'Error: --time_limit=0.0 must be a positive number of seconds.' in proc.stderr
-  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 5000)')
+  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 10)')
   assert '6 points, 3 already finished, 3 to run' in out
   assert finished.exists() and kept.stat().st_mtime_ns == stamp
   assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed'] * 2

@@ -13,7 +13,10 @@ import pytest
 
 from configs import data_scaling
 from conftest import FAST_COMPILE, ROOT
+from imagenet_tree import make_tree
+from test_study import smoke
 from vit_jax import sweep
+from vit_jax.data import prepare
 
 
 @pytest.mark.parametrize('output,returncode,want', [
@@ -230,6 +233,45 @@ def test_a_missing_dataset_fails_the_sweep_before_any_point_runs(tmp_path, field
     sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
   assert str(e.value) == message.format(tmp=tmp_path)
   assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
+
+
+@pytest.mark.parametrize('dataset,change,message', [
+    ('digits', {'train_sizes': (60, 5000)},  # the embedded digits' 1,438 training images
+     "train_sizes asks for 5,000 training images but config.dataset='digits' has 1,438 in "
+     "data.train_split='train': lower train_sizes or use a larger training split."),
+    ('folder', {'train_sizes': (6, 13)},  # 3 classes x 4 training images
+     "train_sizes asks for 13 training images but config.dataset='folder:{tmp}/tree' has 12 in "
+     "data.train_split='train': lower train_sizes or use a larger training split."),
+    ('folder', {'train_sizes': (6, 12), 'base.eval.val_size': 2},
+     "train_sizes asks for 12 training images but config.dataset='folder:{tmp}/tree' has 10 in "
+     "data.train_split='train' less the eval.val_size=2 held out: lower train_sizes or use a "
+     'larger training split.'),
+    ('folder', {'train_sizes': (6,), 'base.eval.val_size': 12},
+     "eval.val_size=12 leaves none of the 12 training images of config.dataset='folder:{tmp}/"
+     "tree' (data.train_split='train') to train on: lower eval.val_size."),
+    ('records', {'train_sizes': (6,), 'base.data.train_split': 'train[:25%]'},  # 3 of 12
+     "train_sizes asks for 6 training images but config.dataset='records:{tmp}/prepared' has 3 "
+     "in data.train_split='train[:25%]': lower train_sizes or use a larger training split."),
+    ('records', {'train_sizes': (6,), 'grid.size': 20, 'grid.lr': (1e-3,)},
+     "grid.size asks for 20 training images but config.dataset='records:{tmp}/prepared' has 12 "
+     "in data.train_split='train': lower grid.size or use a larger training split."),
+])
+def test_train_sizes_beyond_the_training_split_fail_the_sweep_before_any_point_runs(
+    tmp_path, dataset, change, message):
+  make_tree(tmp_path / 'tree', classes=3, per_class={'train': 4, 'test': 1}, sizes=(8, 12))
+  if dataset == 'records':
+    prepare.prepare(str(tmp_path / 'tree'), str(tmp_path / 'prepared'), workers=1,
+                    progress=False)
+  config = smoke(**{'base.eval.val_fraction': 0., **change, 'base.dataset': {
+      'digits': 'digits', 'folder': f'folder:{tmp_path}/tree',
+      'records': f'records:{tmp_path}/prepared'}[dataset]})
+  with pytest.raises(ValueError) as e:
+    sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
+  assert str(e.value) == message.format(tmp=tmp_path)
+  assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
+  config.train_sizes, config.grid.size = (1,), config.grid.size and 1  # sizes it holds pass
+  if not message.startswith('eval.val_size'):
+    sweep.check_data(sweep.grid_points(config, 'g') + sweep.expand(config, 's'))
 
 
 def test_with_a_launcher_the_data_is_left_to_the_points_hosts(tmp_path, capsys):

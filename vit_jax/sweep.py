@@ -406,12 +406,40 @@ def write_sweep_config(sweep: ml_collections.ConfigDict, sweep_dir: str) -> None
 
 
 def check_data(points: list[Point]) -> None:
-  """`data.check_present` for each distinct dataset of `points` (paths and a TFDS build's
-  metadata only, no image read): data that is not there fails the sweep in one line before any
-  point runs, not every point in turn."""
-  for config in {(p.config.dataset, p.config.eval.fewshot_dataset, p.config.data.train_split,
-                  p.config.data.tfds_dir): p.config for p in points}.values():
+  """For each distinct dataset of `points`: `data.check_present` (paths and a TFDS build's
+  metadata), then its training split's size (`data.training_examples`, no image decoded)
+  against the points' largest train_size. Data that is not there, or too few images, fails
+  the sweep in one line before any point runs, not every point in turn.
+
+  Raises:
+    FileNotFoundError, ValueError: as `data.check_present`; ValueError: a train_size beyond
+      the training split less eval.val_size (held out of it first), or a val_size that leaves
+      nothing, naming the field.
+  """
+  groups = collections.defaultdict(list)
+  for p in points:
+    groups[json.dumps([p.config.dataset, p.config.eval.fewshot_dataset, p.config.eval.val_size,
+                       p.config.data.to_dict()], sort_keys=True)].append(p)
+  for group in groups.values():
+    config = group[0].config
     data.check_present(config)
+    largest = max((p for p in group if p.train_size is not None), default=None,
+                  key=lambda p: p.train_size)
+    held_out = config.eval.val_size or 0
+    if largest is None and not held_out:
+      continue
+    available = data.training_examples(config) - held_out
+    if available < 1:
+      raise ValueError(f'eval.val_size={held_out} leaves none of the {available + held_out:,} '
+                       f'training images of config.dataset={config.dataset!r} (data.train_split='
+                       f'{config.data.train_split!r}) to train on: lower eval.val_size.')
+    if largest is not None and largest.train_size > available:
+      field = 'grid.size' if largest.role == 'grid' else 'train_sizes'
+      less = f' less the eval.val_size={held_out} held out' if held_out else ''
+      raise ValueError(f'{field} asks for {largest.train_size:,} training images but '
+                       f'config.dataset={config.dataset!r} has {available:,} in '
+                       f'data.train_split={config.data.train_split!r}{less}: lower {field} or '
+                       'use a larger training split.')
 
 
 def _die_with_parent() -> None:

@@ -3,7 +3,7 @@ size, `loader.resolve_kind`), deterministic batching, augmentation.
 
 Modules: `loader` (the one interface over both kinds of split: `resolve_kind`, `open_split`,
 `train_iterator`, `split_eval_batches`; `check_present`, a dataset's path checked without
-reading it), `footprint` (a split's decoded size, what data.kind='auto' decides by), `sources`
+reading it; `training_examples`, its training split's size), `footprint` (a split's decoded size, what data.kind='auto' decides by), `sources`
 (`load_split` for 'digits', 'folder:<path>', 'tfds:<name>'; `decode_records` for any record
 split), `folder` (image-folder trees and .tar / .tar.gz archives with a decoded-array cache),
 `split` (the in-memory `Split`), `subsets` (nested class-balanced subsets, the validation
@@ -22,7 +22,8 @@ in [-1, 1] on the device, inside the jitted step.
 from vit_jax.data.batches import TrainIterator, eval_batches
 from vit_jax.data.loader import (KINDS, MEMORY_LIMIT_GB, check_present, choose_kind,
                                  eval_split_name, is_streamed, open_split, probe_splits,
-                                 resolve_kind, split_eval_batches, train_iterator)
+                                 resolve_kind, split_eval_batches, train_iterator,
+                                 training_examples)
 from vit_jax.data.pipeline import RecordSplit, StreamIterator
 from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, dataset_file, load_split
 from vit_jax.data.split import SPLITS, Split
@@ -33,7 +34,7 @@ __all__ = ['CORRUPT_IMAGES', 'KINDS', 'MEMORY_LIMIT_GB', 'RecordSplit', 'SOURCES
            'check_present', 'choose_kind', 'dataset_file', 'eval_batches', 'eval_split_name',
            'evenly_spaced', 'hold_out', 'is_streamed', 'load_data', 'load_split',
            'nested_subset', 'normalize', 'open_split', 'preprocess_eval', 'probe_splits',
-           'resolve_kind', 'split_eval_batches', 'train_iterator']
+           'resolve_kind', 'split_eval_batches', 'train_iterator', 'training_examples']
 
 _DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval')
 

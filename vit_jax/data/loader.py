@@ -68,6 +68,15 @@ def _footprint(config: ml_collections.ConfigDict) -> footprint.Footprint:
   return footprint.of_records(_record_split(config, split))
 
 
+def training_examples(config: ml_collections.ConfigDict) -> int:
+  """N, the examples in data.train_split of config.dataset, counted without decoding the split
+  (`_footprint`: a record source's count, a folder's listing or its decoded-array cache; the
+  embedded digits are loaded)."""
+  if config.dataset == 'digits':
+    return len(sources.load_split('digits', config.data.train_split).labels)
+  return _footprint(config).examples
+
+
 def choose_kind(config: ml_collections.ConfigDict) -> tuple[str, str]:
   """('memory' or 'stream', why): data.kind when it forces one; for 'auto', memory when the
   decoded training split fits under data.memory_limit_gb (see the module docstring)."""
