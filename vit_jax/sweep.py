@@ -428,11 +428,12 @@ def check_data(points: list[Point]) -> None:
     held_out = config.eval.val_size or 0
     if largest is None and not held_out:
       continue
-    available = data.training_examples(config) - held_out
-    if available < 1:
-      raise ValueError(f'eval.val_size={held_out} leaves none of the {available + held_out:,} '
-                       f'training images of config.dataset={config.dataset!r} (data.train_split='
+    examples = data.training_examples(config)
+    if held_out >= examples:
+      raise ValueError(f'eval.val_size={held_out} leaves none of the {examples:,} training '
+                       f'images of config.dataset={config.dataset!r} (data.train_split='
                        f'{config.data.train_split!r}) to train on: lower eval.val_size.')
+    available = examples - held_out
     if largest is not None and largest.train_size > available:
       field = 'grid.size' if largest.role == 'grid' else 'train_sizes'
       less = f' less the eval.val_size={held_out} held out' if held_out else ''
