@@ -72,12 +72,15 @@ def test_smoke_sweep_end_to_end_resume_failures_and_analysis_view(tmp_path):
   kept = tmp_path / 'ResNet_n60' / 'result.json'
   stamp = kept.stat().st_mtime_ns
   os.remove(finished)
-  # --time_limit: two seconds (the data check takes the first, loading the digits), so the
-  # first of them is stopped while it starts (a point takes seconds to import JAX); results.csv
-  # and the report say what finished.
-  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 10)', '--time_limit=2')
-  assert ('ResNet train_size=10 seed=0 (study): stopped by the time limit; the rerun '
-          'resumes it.') in out
+  # --time_limit: three seconds, all three started at once after the data check (a second,
+  # loading the digits), so each is stopped while it starts (a point takes seconds to import
+  # JAX); results.csv and the report say what finished.
+  out = run_sweep(tmp_path, '--config.train_sizes=(60, 120, 10)', '--time_limit=3',
+                  '--max_parallel=3')
+  stopped = re.findall(r'^(.*) seed=0 \(study\): stopped by the time limit; the rerun resumes '
+                       r'it\.$', out, re.MULTILINE)
+  assert sorted(stopped) == ['ResNet train_size=10', 'ViT-1 train_size=10',
+                             'ViT-1 train_size=120'], out
   assert 'Stopped by the time limit; 3 of 6 points finished. Rerun the same command' in out
   assert [r['status'] for r in read_rows(tmp_path)] == ['done', 'done', 'failed', 'done',
                                                        'unfinished', 'failed']
