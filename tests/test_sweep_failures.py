@@ -235,29 +235,29 @@ def test_a_missing_dataset_fails_the_sweep_before_any_point_runs(tmp_path, field
   assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
 
 
-@pytest.mark.parametrize('dataset,change,message', [
-    ('digits', {'train_sizes': (60, 5000)},  # the embedded digits' 1,438 training images
+@pytest.mark.parametrize('dataset,holds,change,message', [
+    ('digits', 1438, {'train_sizes': (60, 5000)},  # the embedded digits' 1,438 training images
      "train_sizes asks for 5,000 training images but config.dataset='digits' has 1,438 in "
      "data.train_split='train': lower train_sizes or use a larger training split."),
-    ('folder', {'train_sizes': (6, 13)},  # 3 classes x 4 training images
+    ('folder', 12, {'train_sizes': (6, 13)},  # 3 classes x 4 training images
      "train_sizes asks for 13 training images but config.dataset='folder:{tmp}/tree' has 12 in "
      "data.train_split='train': lower train_sizes or use a larger training split."),
-    ('folder', {'train_sizes': (6, 12), 'base.eval.val_size': 2},
+    ('folder', 10, {'train_sizes': (6, 12), 'base.eval.val_size': 2},
      "train_sizes asks for 12 training images but config.dataset='folder:{tmp}/tree' has 10 in "
      "data.train_split='train' less the eval.val_size=2 held out: lower train_sizes or use a "
      'larger training split.'),
-    ('folder', {'train_sizes': (6,), 'base.eval.val_size': 12},
+    ('folder', None, {'train_sizes': (6,), 'base.eval.val_size': 12},
      "eval.val_size=12 leaves none of the 12 training images of config.dataset='folder:{tmp}/"
      "tree' (data.train_split='train') to train on: lower eval.val_size."),
-    ('records', {'train_sizes': (6,), 'base.data.train_split': 'train[:25%]'},  # 3 of 12
+    ('records', 3, {'train_sizes': (6,), 'base.data.train_split': 'train[:25%]'},  # of 12
      "train_sizes asks for 6 training images but config.dataset='records:{tmp}/prepared' has 3 "
      "in data.train_split='train[:25%]': lower train_sizes or use a larger training split."),
-    ('records', {'train_sizes': (6,), 'grid.size': 20, 'grid.lr': (1e-3,)},
+    ('records', 12, {'train_sizes': (6,), 'grid.size': 20, 'grid.lr': (1e-3,)},
      "grid.size asks for 20 training images but config.dataset='records:{tmp}/prepared' has 12 "
      "in data.train_split='train': lower grid.size or use a larger training split."),
 ])
 def test_train_sizes_beyond_the_training_split_fail_the_sweep_before_any_point_runs(
-    tmp_path, dataset, change, message):
+    tmp_path, dataset, holds, change, message):
   make_tree(tmp_path / 'tree', classes=3, per_class={'train': 4, 'test': 1}, sizes=(8, 12))
   if dataset == 'records':
     prepare.prepare(str(tmp_path / 'tree'), str(tmp_path / 'prepared'), workers=1,
@@ -269,8 +269,8 @@ def test_train_sizes_beyond_the_training_split_fail_the_sweep_before_any_point_r
     sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
   assert str(e.value) == message.format(tmp=tmp_path)
   assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
-  config.train_sizes, config.grid.size = (1,), config.grid.size and 1  # sizes it holds pass
-  if not message.startswith('eval.val_size'):
+  if holds:  # as many images as it holds pass
+    config.train_sizes, config.grid.size = (holds,), config.grid.size and holds
     sweep.check_data(sweep.grid_points(config, 'g') + sweep.expand(config, 's'))
 
 
