@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from vit_jax import data
-from vit_jax.data import folder
+from vit_jax.data import folder, subsets
 
 
 @pytest.fixture(autouse=True)
@@ -229,6 +229,25 @@ def test_a_tree_with_a_val_folder_evaluates_on_it_when_asked(tmp_path):
   with pytest.raises(ValueError, match=re.escape(
       "differ between train and val: only in val: ['dog'], only in train: []")):
     data.load_split(f'folder:{tmp_path / "tree"}', 'val', cache_dir=str(tmp_path / 'cache'))
+
+
+def test_a_run_opens_its_evaluation_split_before_decoding_the_training_split(tmp_path,
+                                                                             cache_dir):
+  """A wrong evaluation split (ImageNet's layout: no 'test') fails before the training split,
+  usually the larger, is decoded; named, it loads."""
+  for s, split in enumerate(('train', 'val')):
+    write_images(tmp_path / 'tree' / split / 'cat', count=4, seed=s)
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config()
+  config.dataset, config.data.kind = f'folder:{tmp_path / "tree"}', 'memory'
+  config.train_size, config.eval.val_fraction = None, 0.25
+  with pytest.raises(FileNotFoundError, match="has no 'test' folder; it holds"):
+    subsets.load_data(config)
+  assert not list(cache_dir.glob('*.npz'))  # nothing decoded
+  config.data.eval_split = 'val'
+  train, val, test = subsets.load_data(config)
+  assert (len(train.labels), len(val.labels), len(test.labels)) == (3, 1, 4)
+  assert sorted(p.name.split('-')[1] for p in cache_dir.glob('*.npz')) == ['train', 'val']
 
 
 def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -272,6 +273,41 @@ def test_train_sizes_beyond_the_training_split_fail_the_sweep_before_any_point_r
   if holds:  # as many images as it holds pass
     config.train_sizes, config.grid.size = (holds,), config.grid.size and holds
     sweep.check_data(sweep.grid_points(config, 'g') + sweep.expand(config, 's'))
+
+
+@pytest.mark.parametrize('dataset,splits,change,message', [
+    ('folder', ('train', 'test'), {'base.data.eval_split': 'val'},
+     "data.eval_split='val': {tmp}/tree has no 'val' folder; it holds ['test', 'train']."),
+    ('folder', ('train', 'val'), {},  # ImageNet's layout, the default 'test' asked for
+     "{tmp}/tree has no 'test' folder; it holds ['train', 'val']; set data.eval_split='val' to "
+     'evaluate on it.'),
+    ('archive', ('train', 'test'), {'base.data.train_split': 'training'},
+     "data.train_split='training': {tmp}/tree.tar.gz/tree has no 'training' folder; it holds "
+     "['test', 'train']."),
+    ('records', ('train', 'test'), {'base.data.eval_split': 'validation[:50%]'},
+     "data.eval_split='validation[:50%]': config.dataset='records:{tmp}/prepared' has no "
+     "'validation' split; it has ['test', 'train']."),
+])
+def test_a_missing_split_fails_the_sweep_before_any_point_runs(tmp_path, dataset, splits,
+                                                                change, message):
+  make_tree(tmp_path / 'tree', classes=2, per_class=dict.fromkeys(splits, 1), sizes=(8, 12))
+  path = {'folder': f'folder:{tmp_path}/tree', 'archive': f'folder:{tmp_path}/tree.tar.gz',
+          'records': f'records:{tmp_path}/prepared'}[dataset]
+  if dataset == 'archive':
+    with tarfile.open(tmp_path / 'tree.tar.gz', 'w:gz') as tar:
+      tar.add(tmp_path / 'tree', arcname='tree')
+  if dataset == 'records':
+    prepare.prepare(str(tmp_path / 'tree'), str(tmp_path / 'prepared'), workers=1,
+                    progress=False)
+  fields = {'base.dataset': path, 'train_sizes': (2,), 'base.eval.val_fraction': 0.}
+  named = smoke(**fields, **{'base.data.train_split': splits[0],
+                             'base.data.eval_split': splits[1]})
+  sweep.check_data(sweep.expand(named, 's'))  # the splits it has: present
+  config = smoke(**fields, **change)
+  with pytest.raises((FileNotFoundError, ValueError)) as e:
+    sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
+  assert str(e.value) == message.format(tmp=tmp_path)
+  assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
 
 
 def test_with_a_launcher_the_data_is_left_to_the_points_hosts(tmp_path, capsys):

@@ -115,6 +115,10 @@ def test_unknown_splits_and_datasets_are_named(tiny):
     data.open_split(_config('tfds:tiny0'), 'test')
   with pytest.raises(FileNotFoundError, match="'tfds:nosuch'"):
     data.open_split(_config('tfds:nosuch'), 'train')
+  data.check_present(_config('tfds:tiny0'))  # 'train' and the default 'validation'
+  with pytest.raises(ValueError, match=re.escape(
+      "data.eval_split='test': config.dataset='tfds:tiny0', split 'test': ")):
+    data.check_present(_config('tfds:tiny0', eval_split='test'))  # as a sweep checks its points
 
 
 def test_a_dataset_not_prepared_in_tfds_dir_says_how_to_prepare_it(tiny, tmp_path):

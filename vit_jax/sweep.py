@@ -406,10 +406,11 @@ def write_sweep_config(sweep: ml_collections.ConfigDict, sweep_dir: str) -> None
 
 
 def check_data(points: list[Point]) -> None:
-  """For each distinct dataset of `points`: `data.check_present` (paths and a TFDS build's
-  metadata), then its training split's size (`data.training_examples`, no image decoded)
-  against the points' largest train_size. Data that is not there, or too few images, fails
-  the sweep in one line before any point runs, not every point in turn.
+  """For each distinct dataset of `points`: `data.check_present` (paths, the training and
+  evaluation splits, a TFDS build's metadata), then its training split's size
+  (`data.training_examples`, no image decoded) against the points' largest train_size. Data
+  that is not there, or too few images, fails the sweep in one line before any point runs, not
+  every point in turn.
 
   Raises:
     FileNotFoundError, ValueError: as `data.check_present`; ValueError: a train_size beyond

@@ -2,18 +2,18 @@
 size, `loader.resolve_kind`), deterministic batching, augmentation.
 
 Modules: `loader` (the one interface over both kinds of split: `resolve_kind`, `open_split`,
-`train_iterator`, `split_eval_batches`; `check_present`, a dataset's path checked without
-reading it; `training_examples`, its training split's size), `footprint` (a split's decoded
-size, what data.kind='auto' decides by), `sources` (`load_split` for 'digits', 'folder:<path>',
-'tfds:<name>'; `decode_records` for any record split), `folder` (image-folder trees and .tar /
-.tar.gz archives with a decoded-array cache), `split` (the in-memory `Split`), `subsets`
-(nested class-balanced subsets, the validation hold-out, the evaluation sample, `load_data` of
-a training config), `batches` (the in-memory training stream and evaluation pass), `transforms`
-(device-side augmentation and evaluation preprocessing); streaming: `records` (prepared
-ArrayRecord datasets), `prepare` (the converter, `python -m vit_jax.data.prepare`), `pipeline`
-(the grain pipeline: host-side decoding and augmentation, resumable training stream, evaluation
-pass), `worker_signals` (worker processes of both leave Ctrl-C to their parent and end when it
-dies).
+`train_iterator`, `split_eval_batches`; `check_present`, a dataset's path and splits checked
+without decoding it; `training_examples`, its training split's size), `footprint` (a split's
+decoded size, what data.kind='auto' decides by), `sources` (`load_split` for 'digits',
+'folder:<path>', 'tfds:<name>'; `decode_records` for any record split), `folder` (image-folder
+trees and .tar / .tar.gz archives with a decoded-array cache), `split` (the in-memory `Split`),
+`subsets` (nested class-balanced subsets, the validation hold-out, the evaluation sample,
+`load_data` of a training config), `batches` (the in-memory training stream and evaluation
+pass), `transforms` (device-side augmentation and evaluation preprocessing); streaming:
+`records` (prepared ArrayRecord datasets), `prepare` (the converter, `python -m
+vit_jax.data.prepare`), `pipeline` (the grain pipeline: host-side decoding and augmentation,
+resumable training stream, evaluation pass), `worker_signals` (worker processes of both leave
+Ctrl-C to their parent and end when it dies).
 
 Shapes: N examples, B global batch, L = B / process_count local batch, H x W images with
 C channels (1 for grayscale, 3 for colour). The host side (`TrainIterator`, `eval_batches`)

@@ -67,7 +67,7 @@ def load_folder(path: str, split: str, cache_dir: str | None, skip_corrupt: bool
 
   logging.info('Decoding the %s split of %s ...', split, path)
   start = time.perf_counter()
-  dirs, file_names, read = list_folder(path) if files.isdir(path) else list_archive(path, split)
+  dirs, file_names, read = listing(path, split)
   paths, labels, class_names = image_paths(path, split, dirs, file_names)
   images, kept = decode_images(path, paths, read, skip_corrupt)
   skipped = tuple(os.path.join(path, p) for p, k in zip(paths, kept) if not k)
@@ -145,6 +145,12 @@ def _remove_stale(cache_file: str) -> None:
         logging.info('Removed %s, the cache of the data before it changed.', stale)
 
 
+def listing(path: str, split: str | None) -> Listing:
+  """(folders, files, read) of the directory tree or archive at `path` (`list_folder`,
+  `list_archive`: an archive keeps the bytes of `split`'s files, None: of none)."""
+  return list_folder(path) if files.isdir(path) else list_archive(path, split)
+
+
 def list_folder(path: str) -> Listing:
   """(folders, files, read) of a directory tree; paths are relative and '/'-separated."""
   dirs, file_names = set(), set()
@@ -159,10 +165,10 @@ def list_folder(path: str) -> Listing:
   return dirs, file_names, read
 
 
-def list_archive(path: str, split: str) -> Listing:
+def list_archive(path: str, split: str | None) -> Listing:
   """(folders, files, read) of a `.tar` or `.tar.gz`, in one streaming pass that keeps the
   bytes of the files that may belong to `split` (those with a `split` folder at depth one or
-  two)."""
+  two; None: it lists only)."""
   dirs, file_names, blobs = set(), set(), {}
   try:
     with epath.Path(path).open('rb') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
@@ -172,7 +178,7 @@ def list_archive(path: str, split: str) -> Listing:
           dirs.add(name)
         elif member.isfile():
           file_names.add(name)
-          if split in name.split('/')[:2]:
+          if split is not None and split in name.split('/')[:2]:
             blobs[name] = tar.extractfile(member).read()
   except tarfile.TarError as e:
     raise ValueError(f'{path} is neither a directory nor a readable .tar / .tar.gz archive: '

@@ -24,6 +24,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from vit_jax import files
 from vit_jax.data import folder, footprint, pipeline, records, sources, tfds_source
 from vit_jax.data.batches import TrainIterator, eval_batches
 from vit_jax.data.folder_source import FolderSource
@@ -219,16 +220,52 @@ def _check_present(dataset: str, train_split: str, tfds_dir: str | None) -> None
     tfds_source.open_source(arg, train_split, tfds_dir)
 
 
+@contextlib.contextmanager
+def _naming_split(field: str | None, split: str) -> Iterator[None]:
+  """Errors inside start with the field that set split `split` ("data.eval_split='val': ...");
+  `field` None (a default split): unchanged."""
+  try:
+    yield
+  except (ValueError, OSError) as e:
+    if field is None:
+      raise
+    raise type(e)(f'{field}={split!r}: {e}') from e
+
+
+def _check_splits(config: ml_collections.ConfigDict) -> None:
+  """Raises FileNotFoundError or ValueError, naming the field, when data.train_split or the
+  evaluation split (`eval_split_name`) is not a split of config.dataset (for a 'folder:' tree:
+  a split folder of class folders, as `folder.image_paths` checks). Decodes no image: a tree
+  is listed once (an archive only when a split's decoded-array cache is missing)."""
+  kind, _, arg = config.dataset.partition(':')
+  skip = config.data.corrupt_images == 'skip'
+  listed = None
+  for field, split in (('data.train_split', config.data.train_split),
+                       ('data.eval_split' if config.data.eval_split else None,
+                        eval_split_name(config))):
+    with _naming_split(field, split):
+      if kind == 'records':
+        _record_split(config, split)
+      elif kind == 'tfds':
+        tfds_source.open_source(arg, split, config.data.tfds_dir)
+      elif kind == 'folder' and (files.isdir(arg) or folder.cached_shape(
+          arg, split, config.data.cache_dir, skip) is None):
+        listed = listed or folder.listing(arg, None)
+        folder.image_paths(arg, split, *listed[:2])
+
+
 def check_present(config: ml_collections.ConfigDict) -> None:
   """Raises FileNotFoundError or ValueError, naming the field, when config.dataset or
   eval.fewshot_dataset is a 'folder:' path that does not exist, a 'records:' directory that
   is not a prepared dataset or a 'tfds:' dataset whose training split is not prepared (as
-  ArrayRecord). Reads no image (a sweep checks its points before running any); 'digits' needs
-  no check."""
+  ArrayRecord), or when config.dataset lacks data.train_split or the evaluation split
+  (`_check_splits`). Decodes no image (a sweep checks its points before running any);
+  'digits' needs no check."""
   _check_present(config.dataset, config.data.train_split, config.data.tfds_dir)
   if config.eval.fewshot_dataset:
     with _as_fewshot_dataset():
       _check_present(config.eval.fewshot_dataset, 'train', config.data.tfds_dir)
+  _check_splits(config)
 
 
 def train_iterator(split: Split | pipeline.RecordSplit, config: ml_collections.ConfigDict,

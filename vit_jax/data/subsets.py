@@ -69,8 +69,10 @@ def load_data(config) -> tuple[AnySplit, AnySplit | None, AnySplit]:
   `loader.eval_split_name`'s. In memory (`Split`) or streamed (`RecordSplit`), as
   `loader.resolve_kind` decides (and logs)."""
   config = loader.resolve_kind(config)
-  train, test = (loader.open_split(config, split)
-                 for split in (config.data.train_split, loader.eval_split_name(config)))
+  # the evaluation split first: usually the smaller, so a wrong name fails before the
+  # training split's long decode
+  test = loader.open_split(config, loader.eval_split_name(config))
+  train = loader.open_split(config, config.data.train_split)
   seed, val = config.data.subset_seed, None
   if config.eval.val_size:  # (the config check allows one of val_size and val_fraction)
     train, val = _split_off(train, config.eval.val_size, seed + 1,
