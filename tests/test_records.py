@@ -222,10 +222,47 @@ def test_splits_prepares_the_named_splits_alone(tree, tmp_path):
       "['test', 'train', 'val'].")):
     prepare.prepare(str(src), str(tmp_path / 'other'), splits=['train', 'validation'])
   assert not (tmp_path / 'other' / 'metadata.json').exists()
+
+
+def test_a_finished_out_gains_the_splits_it_lacks_and_keeps_the_others(tree, tmp_path):
+  """val/ prepared after train/ into the same --out: train's files are not written again, val's
+  records are its files; a val/ whose classes differ from train's, or an --out prepared from
+  another --src, is refused and the --out left as it was."""
+  root, written = tree
+  src, out = tmp_path / 'src', tmp_path / 'out'
+  shutil.copytree(root, src)
+  prepare.prepare(str(src), str(out), splits=['train'], workers=1, shard_size=4,
+                  progress=False)
+  stamps = lambda: {p.name: p.stat().st_mtime_ns for p in out.iterdir()
+                    if p.name.startswith('train')}
+  before = stamps()
+  result = run_prepare(f'--src={src}', f'--out={out}', '--splits=train,val', '--workers=1',
+                       '--shard_size=4')
+  assert result.returncode == 0, result.stderr
+  assert f"{out} is prepared from {src} with the splits ['train']; adding ['val']." in (
+      result.stderr)
+  assert 'train 15 images, val 6 images, 3 classes' in result.stdout
+  assert stamps() == before
+  for split, items in written.items():
+    source = records.RecordSource(str(out), split)
+    assert [source[i] for i in range(len(source))] == [
+        (_file_bytes(root, rel), label) for rel, label in items]
+  meta = (out / 'metadata.json').read_bytes()
+  os.makedirs(src / 'test' / 'n00000009')  # a class of its own
+  shutil.copy(src / 'val' / 'n00000001' / os.listdir(src / 'val' / 'n00000001')[0],
+              src / 'test' / 'n00000009' / 'x.JPEG')
+  for dirname in os.listdir(src / 'val'):
+    shutil.copytree(src / 'val' / dirname, src / 'test' / dirname)
   with pytest.raises(ValueError, match=re.escape(
-      f"{tmp_path / 'val'} is already prepared, with the splits ['val'], not ['train']: remove "
-      'it (or choose another --out) to prepare --splits=train,val.')):
-    prepare.prepare(str(src), str(tmp_path / 'val'), splits=['train', 'val'])
+      f"The class folders of ['test'] in {src} differ from the classes {out} was prepared "
+      "with: only in " f"{out}: [], only in ['test']: ['n00000009']; remove {out} (or choose "
+      'another --out) to prepare every split together.')):
+    prepare.prepare(str(src), str(out), splits=['test'], workers=1, progress=False)
+  with pytest.raises(ValueError, match=re.escape(
+      f"{out} is already prepared from {src}, with the splits ['train', 'val'], not ['test']: "
+      f'remove it (or choose another --out) to prepare --splits=test from {root}.')):
+    prepare.prepare(str(root), str(out), splits=['test'])
+  assert (out / 'metadata.json').read_bytes() == meta and not list(out.glob('test*'))
 
 
 def test_a_rerun_after_the_archive_changed_reads_the_new_archive(tree, tmp_path):

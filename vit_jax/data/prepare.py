@@ -11,10 +11,11 @@ encoded bytes (any size, JPEG, PNG, ...); each is decoded once here to refuse (o
 
 Shards are written in parallel worker processes, each to a temporary file renamed when
 complete, and `metadata.json` last: a killed run leaves no file that looks finished, and
-rerunning the same command keeps the shards already done. A `.tar.gz` is first decompressed to
-`<out>/.source-<digest>.tar` (random access for the workers; decompressed again when the archive
-changes), removed at the end. Both paths are local
-(or a mounted bucket): ArrayRecord shards are local files.
+rerunning the same command keeps the shards already done. A finished `<out>` gains the splits
+of --splits it lacks (say val/, prepared after train/), its others left as they are. A
+`.tar.gz` is first decompressed to `<out>/.source-<digest>.tar` (random access for the workers;
+decompressed again when the archive changes), removed at the end. Both paths are local (or a
+mounted bucket): ArrayRecord shards are local files.
 """
 import concurrent.futures
 import gzip
@@ -210,8 +211,9 @@ def prepare(src: str, out: str, *, splits: Sequence[str] | None = None, workers:
             shard_size: int = 1024, corrupt_images: str = 'error', progress: bool = True) -> dict:
   """Writes the prepared dataset of `src` (its `splits`, None: all) into `out` (see the module
   docstring); returns its metadata. A finished `out` is left as it is (with a warning if it was
-  prepared from another `src`; an error if it lacks one of `splits`); an interrupted one is
-  completed. workers=0: one per CPU."""
+  prepared from another `src`, an error if it then lacks one of `splits`); the splits of
+  `splits` that a finished `out` from the same `src` lacks are added to it (their class
+  folders must be its classes); an interrupted run is completed. workers=0: one per CPU."""
   if corrupt_images not in ('error', 'skip'):
     raise ValueError(f"--corrupt_images={corrupt_images!r} must be 'error' or 'skip'.")
   if shard_size < 1:
@@ -223,20 +225,26 @@ def prepare(src: str, out: str, *, splits: Sequence[str] | None = None, workers:
                        'and copy the result where the hosts read it, or use a mounted bucket '
                        '(gcsfuse) path.')
   source = os.path.realpath(src)
+  meta = None
   if os.path.isfile(os.path.join(out, records.METADATA)):
     meta = records.read_metadata(out)
+    missing = [s for s in splits or () if s not in meta['splits']]
     if meta.get('source', source) != source:  # (no 'source': prepared before it was recorded)
+      if missing:
+        raise ValueError(f'{out} is already prepared from {meta["source"]}, with the splits '
+                         f'{list(meta["splits"])}, not {missing}: remove it (or choose another '
+                         f'--out) to prepare --splits={",".join(splits)} from {src}.')
       # Not an error: a copy made on another host, or a job script that always prepares first.
       logging.warning('%s holds the dataset prepared from %s, not from --src=%s; it is left as '
                       'it is (remove it to prepare %s).', out, meta['source'], src, src)
-    else:
+      return meta
+    if not missing:
       logging.info('%s is already prepared from %s; nothing to do (remove it to prepare it '
                    'again after the images changed).', out, src)
-    if missing := [s for s in splits or () if s not in meta['splits']]:
-      raise ValueError(f'{out} is already prepared, with the splits {list(meta["splits"])}, '
-                       f'not {missing}: remove it (or choose another --out) to prepare '
-                       f'--splits={",".join(splits)}.')
-    return meta
+      return meta
+    logging.info('%s is prepared from %s with the splits %s; adding %s.', out, src,
+                 list(meta['splits']), missing)
+    splits = missing
   if not os.path.isdir(src) and not os.path.isfile(src):  # refused before `out` is made
     plain = src.removeprefix('folder:')  # config.dataset's form of the same path
     hint = f' (--src takes the path alone: --src={plain})' if plain != src else ''
@@ -244,6 +252,16 @@ def prepare(src: str, out: str, *, splits: Sequence[str] | None = None, workers:
   with files.exclusive_lock(out, 'prepare run'):
     reader, found = _list_source(src, out)
     class_names, plan = plan_splits(src, list(found), splits)
+    if meta is None:
+      meta = {'format': records.FORMAT, 'source': source, 'class_names': list(class_names),
+              'splits': {}}
+    elif list(class_names) != meta['class_names']:
+      ours, theirs = set(meta['class_names']), set(class_names)
+      raise ValueError(
+          f'The class folders of {list(plan)} in {src} differ from the classes {out} was '
+          f'prepared with: only in {out}: {sorted(ours - theirs)[:5]}, only in {list(plan)}: '
+          f'{sorted(theirs - ours)[:5]}; remove {out} (or choose another --out) to prepare '
+          'every split together.')
     jobs, sizes = [], {}
     for split, examples in plan.items():
       count = -(-len(examples) // shard_size)
@@ -259,8 +277,6 @@ def prepare(src: str, out: str, *, splits: Sequence[str] | None = None, workers:
                  sum(map(len, plan.values())), {s: len(e) for s, e in plan.items()}, len(todo),
                  len(jobs))
     _run_jobs(todo, total, workers or os.cpu_count() or 1, progress)
-    meta = {'format': records.FORMAT, 'source': source, 'class_names': list(class_names),
-            'splits': {}}
     for split in plan:
       shards = [records.shard_name(split, i, sizes[split]) for i in range(sizes[split])]
       sides = [files.read_json(os.path.join(out, s) + '.json') for s in shards]
