@@ -236,6 +236,20 @@ def test_a_missing_dataset_fails_the_sweep_before_any_point_runs(tmp_path, field
   assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
 
 
+def _dataset(tmp_path, kind: str) -> str:
+  """config.dataset of kind 'digits', or of the tree at tmp_path/tree as it is ('folder'),
+  packed as tree.tar.gz ('archive') or prepared as records ('records')."""
+  if kind == 'archive':
+    with tarfile.open(tmp_path / 'tree.tar.gz', 'w:gz') as tar:
+      tar.add(tmp_path / 'tree', arcname='tree')
+  if kind == 'records':
+    prepare.prepare(str(tmp_path / 'tree'), str(tmp_path / 'prepared'), workers=1,
+                    progress=False)
+  return {'digits': 'digits', 'folder': f'folder:{tmp_path}/tree',
+          'archive': f'folder:{tmp_path}/tree.tar.gz',
+          'records': f'records:{tmp_path}/prepared'}[kind]
+
+
 @pytest.mark.parametrize('dataset,holds,change,message', [
     ('digits', 1438, {'train_sizes': (60, 5000)},  # the embedded digits' 1,438 training images
      "train_sizes asks for 5,000 training images but config.dataset='digits' has 1,438 in "
@@ -260,12 +274,8 @@ def test_a_missing_dataset_fails_the_sweep_before_any_point_runs(tmp_path, field
 def test_train_sizes_beyond_the_training_split_fail_the_sweep_before_any_point_runs(
     tmp_path, dataset, holds, change, message):
   make_tree(tmp_path / 'tree', classes=3, per_class={'train': 4, 'test': 1}, sizes=(8, 12))
-  if dataset == 'records':
-    prepare.prepare(str(tmp_path / 'tree'), str(tmp_path / 'prepared'), workers=1,
-                    progress=False)
-  config = smoke(**{'base.eval.val_fraction': 0., **change, 'base.dataset': {
-      'digits': 'digits', 'folder': f'folder:{tmp_path}/tree',
-      'records': f'records:{tmp_path}/prepared'}[dataset]})
+  config = smoke(**{'base.eval.val_fraction': 0., **change,
+                    'base.dataset': _dataset(tmp_path, dataset)})
   with pytest.raises(ValueError) as e:
     sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
   assert str(e.value) == message.format(tmp=tmp_path)
@@ -291,15 +301,8 @@ def test_train_sizes_beyond_the_training_split_fail_the_sweep_before_any_point_r
 def test_a_missing_split_fails_the_sweep_before_any_point_runs(tmp_path, dataset, splits,
                                                                 change, message):
   make_tree(tmp_path / 'tree', classes=2, per_class=dict.fromkeys(splits, 1), sizes=(8, 12))
-  path = {'folder': f'folder:{tmp_path}/tree', 'archive': f'folder:{tmp_path}/tree.tar.gz',
-          'records': f'records:{tmp_path}/prepared'}[dataset]
-  if dataset == 'archive':
-    with tarfile.open(tmp_path / 'tree.tar.gz', 'w:gz') as tar:
-      tar.add(tmp_path / 'tree', arcname='tree')
-  if dataset == 'records':
-    prepare.prepare(str(tmp_path / 'tree'), str(tmp_path / 'prepared'), workers=1,
-                    progress=False)
-  fields = {'base.dataset': path, 'train_sizes': (2,), 'base.eval.val_fraction': 0.}
+  fields = {'base.dataset': _dataset(tmp_path, dataset), 'train_sizes': (2,),
+            'base.eval.val_fraction': 0.}
   named = smoke(**fields, **{'base.data.train_split': splits[0],
                              'base.data.eval_split': splits[1]})
   sweep.check_data(sweep.expand(named, 's'))  # the splits it has: present
