@@ -250,6 +250,37 @@ def test_a_run_opens_its_evaluation_split_before_decoding_the_training_split(tmp
   assert sorted(p.name.split('-')[1] for p in cache_dir.glob('*.npz')) == ['train', 'val']
 
 
+@pytest.mark.parametrize('packed', [None, 'tar.gz'])
+def test_a_few_shot_folder_is_evaluated_on_its_test_or_else_its_val_folder(tmp_path, packed):
+  """The probe has no split field: a 'folder:' few-shot dataset in ImageNet's layout (train/,
+  val/) is evaluated on val/, one with test/ on test/; one with neither is refused, naming
+  the field and the folders looked for."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config()
+  config.data.cache_dir = str(tmp_path / 'cache')
+  for held, evaluated in ((('train', 'val', 'test'), 'test'), (('train', 'val'), 'val'),
+                          (('train',), None)):
+    path = tmp_path / '-'.join(held)
+    images = {split: write_images(path / split / 'cat', count=2 + s, seed=s)
+              for s, split in enumerate(held)}
+    if packed:
+      path = make_archive(path, tmp_path / f'{path.name}.tar.gz')
+    config.eval.fewshot_dataset = f'folder:{path}'
+    if evaluated is None:
+      with pytest.raises(FileNotFoundError) as e:
+        data.probe_splits(config)
+      assert str(e.value) == (
+          f"config.eval.fewshot_dataset='folder:{path}': {path} has no split to evaluate the "
+          f"probe on, none of ['test', 'validation', 'val']; it holds ['train'].")
+      with pytest.raises(FileNotFoundError, match=re.escape(str(e.value))):
+        data.check_present(config)  # as the sweep checks its points before running any
+      continue
+    data.check_present(config)
+    shots_from, probe_test = data.probe_splits(config)
+    np.testing.assert_array_equal(shots_from.images, np.stack(images['train']))
+    np.testing.assert_array_equal(probe_test.images, np.stack(images[evaluated]))
+
+
 def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):
   """data.corrupt_images='skip' leaves broken files out, names and counts them (also when the
   split comes from the cache) and keeps the labels of the others aligned."""
@@ -454,6 +485,23 @@ def test_augment_crop_geometry():
 def test_augment_rejects_bad_crop_scale():
   with pytest.raises(ValueError, match=r'augment.crop_scale=\(0.5, 1.5\) must satisfy'):
     run_augment(RANDOM_IMAGES, crop=True, crop_scale=(0.5, 1.5))
+
+
+def test_to_channels_converts_as_pillow_does():
+  """Grayscale as colour: Pillow's 'RGB' exactly; colour to grayscale: Pillow's 'L' (which
+  rounds to whole levels: within half a level), on normalized images."""
+  rgb = np.random.default_rng(7).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+  pillow = lambda images, mode: np.stack(
+      [np.asarray(Image.fromarray(i.squeeze(-1) if i.shape[-1] == 1 else i).convert(mode))
+       for i in images]).reshape(*images.shape[:3], -1)
+  gray = pillow(rgb, 'L')
+  np.testing.assert_array_equal(data.to_channels(data.normalize(gray), 3),
+                                data.normalize(pillow(gray, 'RGB')))
+  np.testing.assert_allclose(data.to_channels(data.normalize(rgb), 1), data.normalize(gray),
+                             rtol=0, atol=0.5 / 127.5 + 1e-6)
+  np.testing.assert_array_equal(data.to_channels(data.normalize(rgb), 3), data.normalize(rgb))
+  with pytest.raises(ValueError, match='Images of 3 channels cannot be turned into 2 channels'):
+    data.to_channels(data.normalize(rgb), 2)
 
 
 def test_preprocess_eval_identity_and_central_crop():

@@ -339,6 +339,17 @@ def test_the_few_shot_probe_may_use_another_dataset(prepared, tmp_path):
   assert abs(result['test_accuracy'] * 9 - round(result['test_accuracy'] * 9)) < 1e-9
 
 
+@pytest.mark.slow
+def test_a_colour_folder_in_imagenet_layout_probes_a_grayscale_model(tmp_path):
+  """A run on the grayscale digits (in memory, 1 channel) probed on a tree of colour images of
+  any size with train/ and val/, no test/ (streamed, 3 channels): scored on its 9 val images."""
+  make_tree(tmp_path / 'tree', classes=3, per_class={'train': 2, 'val': 3})
+  config = smoke_config(**{'eval.fewshot_dataset': f'folder:{tmp_path / "tree"}',
+                           'eval.fewshot_shots': (1,), 'total_steps': 3})
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert abs(result['fewshot_1shot'] * 9 - round(result['fewshot_1shot'] * 9)) < 1e-9
+
+
 def test_auto_holds_a_split_that_fits_in_memory_and_streams_a_bigger_one(tmp_path, caplog):
   """A folder tree of 16x16 RGB JPEGs and PNGs (8 training, 4 test images) and the same tree
   prepared as records: with data.memory_limit_gb at exactly the decoded training split's

@@ -313,6 +313,21 @@ def test_a_missing_split_fails_the_sweep_before_any_point_runs(tmp_path, dataset
   assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
 
 
+def test_a_few_shot_folder_without_an_evaluation_folder_fails_the_sweep_before_any_point_runs(
+    tmp_path):
+  make_tree(tmp_path / 'tree', classes=2, per_class={'train': 2}, sizes=(8, 12))
+  config = smoke(**{'base.eval.fewshot_dataset': f'folder:{tmp_path}/tree', 'train_sizes': (2,),
+                    'base.eval.val_fraction': 0.})
+  with pytest.raises(FileNotFoundError) as e:
+    sweep.run_sweep(config, str(tmp_path / 'sweep'), argv=[])
+  assert str(e.value) == (
+      f"config.eval.fewshot_dataset='folder:{tmp_path}/tree': {tmp_path}/tree has no split to "
+      "evaluate the probe on, none of ['test', 'validation', 'val']; it holds ['train'].")
+  assert not (tmp_path / 'sweep').exists()  # nothing written, no point started
+  make_tree(tmp_path / 'tree', classes=2, per_class={'val': 1}, sizes=(8, 12))  # ImageNet's
+  sweep.check_data(sweep.expand(config, 's'))  # layout: the probe evaluates on val/
+
+
 def test_with_a_launcher_the_data_is_left_to_the_points_hosts(tmp_path, capsys):
   config = data_scaling.get_config('smoke')
   config.base.dataset = f'folder:{tmp_path}/on-the-pod-hosts-only.tar.gz'

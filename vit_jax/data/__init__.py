@@ -35,9 +35,10 @@ __all__ = ['CORRUPT_IMAGES', 'KINDS', 'MEMORY_LIMIT_GB', 'RecordSplit', 'SOURCES
            'check_present', 'choose_kind', 'dataset_file', 'eval_batches', 'eval_split_name',
            'evenly_spaced', 'hold_out', 'is_streamed', 'load_data', 'load_split',
            'nested_subset', 'normalize', 'open_split', 'preprocess_eval', 'probe_splits',
-           'resolve_kind', 'split_eval_batches', 'train_iterator', 'training_examples']
+           'resolve_kind', 'split_eval_batches', 'to_channels', 'train_iterator',
+           'training_examples']
 
-_DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval')
+_DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval', 'to_channels')
 
 
 def __getattr__(name: str):

@@ -208,16 +208,27 @@ def _subfolders(dirs: set[str], parent: str) -> list[str]:
                 if d.startswith(prefix) and '/' not in d[len(prefix):])
 
 
+def _root(dirs: set[str]) -> str:
+  """The folder that holds a tree's split folders: its single top-level folder if that is not
+  a split itself (an archive of 'mnist/train/...'), else '' (the top level)."""
+  top = _subfolders(dirs, '')
+  return top[0] if len(top) == 1 and top[0] not in SPLITS else ''
+
+
+def split_names(dirs: set[str]) -> list[str]:
+  """The sorted names of the split folders among a tree's folders `dirs` (`listing`)."""
+  return _subfolders(dirs, _root(dirs))
+
+
 def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
                 ) -> tuple[list[str], list[int], tuple[str, ...]]:
   """Checks the layout; returns the split's image paths (by class, then name), their labels
   and the sorted class names."""
-  top = _subfolders(dirs, '')
-  root = top[0] if len(top) == 1 and top[0] not in SPLITS else ''
+  root = _root(dirs)
   split_dir = posixpath.join(root, split)
   where = os.path.normpath(os.path.join(path, root))
   if split_dir not in dirs:
-    held = _subfolders(dirs, root)
+    held = split_names(dirs)
     hint = next((f"; set data.eval_split='{n}' to evaluate on it" for n in ('validation', 'val')
                  if n in held), '') if split == 'test' else ''
     raise FileNotFoundError(f"{where} has no '{split}' folder; it holds {held}{hint}.")

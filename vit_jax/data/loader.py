@@ -33,6 +33,7 @@ from vit_jax.data.split import Split
 KINDS = ('auto', 'memory', 'stream')
 MEMORY_LIMIT_GB = 4.  # data.memory_limit_gb by default (and for runs saved before it existed)
 EVAL_SPLITS = ('validation', 'val', 'test')  # a record source's evaluation split, if not given
+PROBE_FOLDER_SPLITS = ('test', 'validation', 'val')  # a 'folder:' probe's, the first held
 
 
 def _record_source(config: ml_collections.ConfigDict, split: str):
@@ -113,19 +114,27 @@ def is_streamed(config: ml_collections.ConfigDict) -> bool:
   return choose_kind(config)[0] == 'stream'
 
 
+def _split_names(dataset: str, tfds_dir: str | None) -> list[str]:
+  """The splits a 'records:' or 'tfds:' dataset holds (its metadata), or the split folders of
+  a 'folder:' one (a listing: an archive is read through)."""
+  kind, _, arg = dataset.partition(':')
+  if kind == 'tfds':
+    return tfds_source.split_names(arg, tfds_dir)
+  if kind == 'records':
+    return list(records.read_metadata(arg)['splits'])
+  folder.require(arg)
+  return folder.split_names(folder.listing(arg, None)[0])
+
+
 def eval_split_name(config: ml_collections.ConfigDict) -> str:
   """data.eval_split, or by default 'test' for 'digits' and 'folder:' datasets and for record
   sources ('records:', 'tfds:') the first of EVAL_SPLITS they have (ImageNet's labelled
   evaluation split is 'validation'/'val'), whichever kind reads them."""
   if config.data.eval_split:
     return config.data.eval_split
-  kind, _, arg = config.dataset.partition(':')
-  if kind == 'tfds':
-    available = tfds_source.split_names(arg, config.data.tfds_dir)
-  elif kind == 'records':
-    available = records.read_metadata(arg)['splits']
-  else:
+  if not config.dataset.startswith(('records:', 'tfds:')):
     return 'test'
+  available = _split_names(config.dataset, config.data.tfds_dir)
   for name in EVAL_SPLITS:
     if name in available:
       return name
@@ -186,28 +195,48 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipelin
 
 
 @contextlib.contextmanager
-def _as_fewshot_dataset() -> Iterator[None]:
-  """The sources' messages name config.dataset=; inside, they name the field a few-shot
-  dataset comes from, config.eval.fewshot_dataset= (same exception type)."""
+def _as_fewshot_dataset(dataset: str) -> Iterator[None]:
+  """Errors inside name the field the few-shot dataset `dataset` comes from: a source's
+  "config.dataset=" becomes "config.eval.fewshot_dataset=", other messages start with
+  "config.eval.fewshot_dataset='<dataset>': " (same exception type)."""
   try:
     yield
   except (ValueError, OSError, ImportError) as e:
-    if 'config.dataset=' not in str(e):
-      raise
-    raise type(e)(str(e).replace('config.dataset=', 'config.eval.fewshot_dataset=')) from e
+    field = 'config.eval.fewshot_dataset='
+    message = str(e).replace('config.dataset=', field)
+    raise type(e)(message if field in message else f'{field}{dataset!r}: {message}') from e
+
+
+def _probe_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose dataset is eval.fewshot_dataset, read with the same data.*
+  settings from its 'train' split and its evaluation split, which the probe has no field to
+  name: a record source's first of EVAL_SPLITS, a 'folder:' dataset's first of
+  PROBE_FOLDER_SPLITS (ImageNet's layout has val/, no test/), 'digits'' 'test'. Raises
+  FileNotFoundError when the dataset holds none of them."""
+  probe = copy.deepcopy(config)
+  probe.dataset = config.eval.fewshot_dataset
+  probe.data.train_split, probe.data.eval_split = 'train', 'test'
+  kind, _, path = probe.dataset.partition(':')
+  if kind == 'digits' or kind == 'folder' and not files.isdir(path) and folder.cached_shape(
+      path, 'test', config.data.cache_dir, config.data.corrupt_images == 'skip'):
+    return probe  # (an archive's decoded test split: no need to read the archive through)
+  held = _split_names(probe.dataset, config.data.tfds_dir)
+  order = PROBE_FOLDER_SPLITS if kind == 'folder' else EVAL_SPLITS
+  probe.data.eval_split = next((s for s in order if s in held), None)
+  if not probe.data.eval_split:
+    raise FileNotFoundError(f'{path} has no split to evaluate the probe on, none of '
+                            f'{list(order)}; it holds {held}.')
+  return probe
 
 
 def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
-  """(train, evaluation) splits of eval.fewshot_dataset for the few-shot probe, opened like
-  the run's own dataset (same data.* settings, default splits); None without one."""
+  """(train, evaluation) splits of eval.fewshot_dataset for the few-shot probe (`_probe_config`),
+  opened like the run's own dataset; None without one."""
   if not config.eval.fewshot_dataset:
     return None
-  probe = copy.deepcopy(config)
-  probe.dataset = config.eval.fewshot_dataset
-  probe.data.train_split, probe.data.eval_split = 'train', None
-  with _as_fewshot_dataset():
-    probe = resolve_kind(probe)
-    return open_split(probe, 'train'), open_split(probe, eval_split_name(probe))
+  with _as_fewshot_dataset(config.eval.fewshot_dataset):
+    probe = resolve_kind(_probe_config(config))
+    return open_split(probe, 'train'), open_split(probe, probe.data.eval_split)
 
 
 def _check_present(dataset: str, train_split: str, tfds_dir: str | None) -> None:
@@ -232,17 +261,17 @@ def _naming_split(field: str | None, split: str) -> Iterator[None]:
     raise type(e)(f'{field}={split!r}: {e}') from e
 
 
-def _check_splits(config: ml_collections.ConfigDict) -> None:
-  """Raises FileNotFoundError or ValueError, naming the field, when data.train_split or the
-  evaluation split (`eval_split_name`) is not a split of config.dataset (for a 'folder:' tree:
-  a split folder of class folders, as `folder.image_paths` checks). Decodes no image: a tree
-  is listed once (an archive only when a split's decoded-array cache is missing)."""
+def _check_splits(config: ml_collections.ConfigDict,
+                  fields: tuple[str | None, str | None]) -> None:
+  """Raises FileNotFoundError or ValueError when data.train_split or the evaluation split
+  (`eval_split_name`) is not a split of config.dataset (for a 'folder:' tree: a split folder
+  of class folders, as `folder.image_paths` checks), naming the field of `fields` that set the
+  split (None: none). Decodes no image: a tree is listed once (an archive only when a split's
+  decoded-array cache is missing)."""
   kind, _, arg = config.dataset.partition(':')
   skip = config.data.corrupt_images == 'skip'
   listed = None
-  for field, split in (('data.train_split', config.data.train_split),
-                       ('data.eval_split' if config.data.eval_split else None,
-                        eval_split_name(config))):
+  for field, split in zip(fields, (config.data.train_split, eval_split_name(config))):
     with _naming_split(field, split):
       if kind == 'records':
         _record_split(config, split)
@@ -258,14 +287,17 @@ def check_present(config: ml_collections.ConfigDict) -> None:
   """Raises FileNotFoundError or ValueError, naming the field, when config.dataset or
   eval.fewshot_dataset is a 'folder:' path that does not exist, a 'records:' directory that
   is not a prepared dataset or a 'tfds:' dataset whose training split is not prepared (as
-  ArrayRecord), or when config.dataset lacks data.train_split or the evaluation split
-  (`_check_splits`). Decodes no image (a sweep checks its points before running any);
+  ArrayRecord), or when config.dataset lacks data.train_split or the evaluation split, or
+  the few-shot dataset its 'train' split or its evaluation split (`_check_splits`,
+  `_probe_config`). Decodes no image (a sweep checks its points before running any);
   'digits' needs no check."""
   _check_present(config.dataset, config.data.train_split, config.data.tfds_dir)
   if config.eval.fewshot_dataset:
-    with _as_fewshot_dataset():
+    with _as_fewshot_dataset(config.eval.fewshot_dataset):
       _check_present(config.eval.fewshot_dataset, 'train', config.data.tfds_dir)
-  _check_splits(config)
+      _check_splits(_probe_config(config), (None, None))
+  _check_splits(config, ('data.train_split',
+                         'data.eval_split' if config.data.eval_split else None))
 
 
 def train_iterator(split: Split | pipeline.RecordSplit, config: ml_collections.ConfigDict,
