@@ -15,7 +15,7 @@ from conftest import child_env, orphans_after_kill, with_site_hook
 from configs import quickstart
 from imagenet_tree import make_tree
 from vit_jax import data
-from vit_jax.data import prepare, records
+from vit_jax.data import footprint, prepare, records
 
 
 @pytest.fixture(scope='module')
@@ -309,6 +309,15 @@ def test_the_command_line_reports_errors_in_one_line(tree, tmp_path):
   result = run_prepare(f'--src={root}', f'--out={tmp_path / "out2"}', '--workers=1')
   assert result.returncode == 0, result.stderr
   assert 'train 15 images, val 6 images, 3 classes' in result.stdout
+  # A .tar.gz's failed run keeps its decompressed copy for the rerun, and says so.
+  with tarfile.open(tmp_path / 'src.tar.gz', 'w:gz') as tar:
+    tar.add(src, arcname='.')
+  result = run_prepare(f'--src={tmp_path / "src.tar.gz"}', f'--out={tmp_path / "out3"}')
+  kept, = (tmp_path / 'out3').glob('.source-*.tar')
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].endswith(
+      f"only in val: []. Kept for the rerun into this --out: {kept} "
+      f'({footprint.size(kept.stat().st_size)}, the decompressed --src); remove it if there '
+      'will be none.')
 
 
 def test_record_source_errors_name_the_split_and_the_file(tree, tmp_path):

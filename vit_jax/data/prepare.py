@@ -18,6 +18,7 @@ decompressed again when the archive changes), removed at the end. Both paths are
 mounted bucket): ArrayRecord shards are local files.
 """
 import concurrent.futures
+import glob
 import gzip
 import hashlib
 import io
@@ -37,7 +38,7 @@ from PIL import Image
 
 from vit_jax import cli
 from vit_jax import files
-from vit_jax.data import folder, records
+from vit_jax.data import folder, footprint, records
 from vit_jax.data import worker_signals
 
 # Where an item's bytes are: ('dir', root) + relative path, or ('tar', archive) + (offset, size).
@@ -340,6 +341,15 @@ flags.DEFINE_enum('corrupt_images', 'error', ['error', 'skip'],
                   'A file that is not a decodable image: stop with an error, or leave it out.')
 
 
+def _kept_copy(out: str) -> str:
+  """The sentence naming the decompressed `.tar.gz` a failed run left in `out` for the rerun
+  ('' if none): as large as the archive's contents, so the user learns of it."""
+  kept = glob.glob(os.path.join(glob.escape(out), '.source-*.tar'))
+  return ''.join(f' Kept for the rerun into this --out: {path} '
+                 f'({footprint.size(os.path.getsize(path))}, the decompressed --src); remove it '
+                 'if there will be none.' for path in kept[:1])
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -350,7 +360,7 @@ def main(argv: list[str]) -> None:
     meta = prepare(FLAGS.src, FLAGS.out, splits=FLAGS.splits, workers=FLAGS.workers,
                    shard_size=FLAGS.shard_size, corrupt_images=FLAGS.corrupt_images)
   except cli.COMMAND_ERRORS as e:
-    sys.exit(f'Error: {e}')
+    sys.exit(f'Error: {e}{_kept_copy(FLAGS.out)}')
   print(f'{FLAGS.out}: ' + ', '.join(f'{s} {v["num_examples"]} images'
                                      for s, v in meta['splits'].items())
         + f', {len(meta["class_names"])} classes'
