@@ -101,6 +101,22 @@ def test_load_at_new_resolution_resizes_posemb(tiny_vit, tmp_path):
   assert big.apply({'params': loaded}, big_images).shape == (2, 5)
 
 
+def test_a_colour_checkpoint_fits_a_grayscale_model_and_back(tmp_path):
+  """The fitted model computes what the checkpoint's computes on its own kind of image: on a
+  grayscale image, what the colour one computes on it repeated in three channels; on a colour
+  image, what the grayscale one computes on its luma (ITU-R 601-2 weights)."""
+  model = get_model('ViT-Ti_16', num_classes=5, **TINY_VIT)
+  luma = lambda rgb: rgb @ np.array([[0.299], [0.587], [0.114]], np.float32)
+  for have, want in ((3, 1), (1, 3)):
+    path, params = _saved(tmp_path, randomize(init(model, 16, channels=have)[0]))
+    loaded = checkpoint.load_pretrained(path, init(model, 16, seed=1, channels=want)[0])
+    images = np.random.default_rng(want).uniform(-1, 1, (2, 16, 16, want)).astype(np.float32)
+    theirs = np.repeat(images, 3, -1) if have == 3 else luma(images)
+    np.testing.assert_allclose(model.apply({'params': loaded}, images),
+                               model.apply({'params': params}, theirs),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_new_class_count_gets_zero_head_and_pre_logits_follow_the_model(tmp_path):
   model = get_model('ViT-Ti_16', num_classes=5, representation_size=16, **TINY_VIT)
   params, images = init(model, 16)

@@ -9,8 +9,8 @@ prefix the tree with `params/`. All load here, never with pickle. Scanned models
 layers stacked in one `encoderblock` (`stack_layers`); the files hold them unrolled.
 
 `save_npz` writes the format; `fit` adapts a tree read from it to a model (naming, layer
-layout, position embedding resolution, head). Reading a file or a run's checkpoint and fitting
-it is `vit_jax.checkpoint.load_pretrained`.
+layout, position embedding resolution, input channels, head). Reading a file or a run's
+checkpoint and fitting it is `vit_jax.checkpoint.load_pretrained`.
 """
 import os
 import re
@@ -23,6 +23,7 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax import files
+from vit_jax.data.transforms import LUMA
 
 Params = dict[str, Any]
 
@@ -156,6 +157,20 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int, num_prefix: int) -> np.nd
   return np.concatenate([prefix, grid.reshape(1, new * new, -1)], axis=1)
 
 
+def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
+  """A ViT's patch-embedding kernel (P, P, C, D) for images of `channels` channels, computing
+  on them exactly what `kernel` computes on its own kind: colour (C = 3) to grayscale, the sum
+  over C (a grayscale image seen as colour has three equal channels); grayscale to colour,
+  copies weighted by `LUMA` (a colour image seen as its luma), as `data.to_channels` converts
+  images. Other channel counts: `kernel` unchanged."""
+  have = kernel.shape[2]
+  if (have, channels) == (3, 1):
+    return kernel.sum(axis=2, keepdims=True)
+  if (have, channels) == (1, 3):
+    return kernel * np.asarray(LUMA, kernel.dtype)[:, None]
+  return kernel
+
+
 
 # Parameters of pre-training that a fine-tuned model may lack -> why they are dropped.
 _PRETRAINING_ONLY = {
@@ -206,6 +221,8 @@ def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | No
   Handles both naming generations, big_vision's `params/` prefix, GroupNorm parameters stored
   as (1, 1, 1, C), scanned vs unrolled layers, and adapts the checkpoint to the model:
   - position embeddings are resized to the model's grid (`resize_posemb`);
+  - a plain ViT's patch embedding of colour images is adapted to a model of grayscale ones
+    and back (`adapt_input_channels`);
   - `pre_logits` is dropped when the model has none (built without `representation_size`),
     and so are masked patch prediction's `mask_token` and `mpp_head`;
   - the head is taken from `init_params` (zero-initialised) when `reset_head` is True, or
@@ -250,6 +267,12 @@ def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | No
   key = 'Transformer/posembed_input/pos_embedding'
   if key in flat and key in expected and flat[key].shape != expected[key].shape:
     flat[key] = resize_posemb(flat[key], expected[key].shape[1], int('cls' in expected))
+  key = 'embedding/kernel'  # a plain ViT's first layer (a hybrid's sees the ResNet's features)
+  if (key in flat and key in expected and 'conv_root/kernel' not in expected
+      and (have := flat[key].shape[2]) != (channels := expected[key].shape[2])):
+    logging.info('Adapting the patch embedding of %s from %d- to %d-channel images.', path,
+                 have, channels)
+    flat[key] = adapt_input_channels(flat[key], channels)
   for k, v in flat.items():  # pre-Linen GroupNorm parameters are stored as (1, 1, 1, C)
     if k in expected and re.search(r'(^|/)gn[^/]*/(scale|bias)$', k) and v.ndim > 1:
       flat[k] = v.reshape(-1) if v.size == expected[k].size else v
