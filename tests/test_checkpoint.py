@@ -115,6 +115,8 @@ def test_a_colour_checkpoint_fits_a_grayscale_model_and_back(tmp_path):
     np.testing.assert_allclose(model.apply({'params': loaded}, images),
                                model.apply({'params': params}, theirs),
                                rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='3-channel images cannot be adapted to 2 channels'):
+    pretrained.adapt_input_channels(np.zeros((4, 4, 3, 32)), 2)
 
 
 def test_new_class_count_gets_zero_head_and_pre_logits_follow_the_model(tmp_path):

@@ -162,13 +162,13 @@ def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
   on them exactly what `kernel` computes on its own kind: colour (C = 3) to grayscale, the sum
   over C (a grayscale image seen as colour has three equal channels); grayscale to colour,
   copies weighted by `LUMA` (a colour image seen as its luma), as `data.to_channels` converts
-  images. Other channel counts: `kernel` unchanged."""
+  images. ValueError for other channel counts."""
   have = kernel.shape[2]
   if (have, channels) == (3, 1):
     return kernel.sum(axis=2, keepdims=True)
   if (have, channels) == (1, 3):
     return kernel * np.asarray(LUMA, kernel.dtype)[:, None]
-  return kernel
+  raise ValueError(f'A kernel of {have}-channel images cannot be adapted to {channels} channels.')
 
 
 
@@ -269,7 +269,7 @@ def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | No
     flat[key] = resize_posemb(flat[key], expected[key].shape[1], int('cls' in expected))
   key = 'embedding/kernel'  # a plain ViT's first layer (a hybrid's sees the ResNet's features)
   if (key in flat and key in expected and 'conv_root/kernel' not in expected
-      and (have := flat[key].shape[2]) != (channels := expected[key].shape[2])):
+      and {have := flat[key].shape[2], channels := expected[key].shape[2]} == {1, 3}):
     logging.info('Adapting the patch embedding of %s from %d- to %d-channel images.', path,
                  have, channels)
     flat[key] = adapt_input_channels(flat[key], channels)

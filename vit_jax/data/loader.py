@@ -211,7 +211,7 @@ def _probe_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   """A copy of `config` whose dataset is eval.fewshot_dataset, read with the same data.*
   settings from its 'train' split and its evaluation split, which the probe has no field to
   name: a record source's first of EVAL_SPLITS, a 'folder:' dataset's first of
-  PROBE_FOLDER_SPLITS (ImageNet's layout has val/, no test/), 'digits'' 'test'. Raises
+  PROBE_FOLDER_SPLITS (ImageNet's layout has val/, no test/), and 'test' for 'digits'. Raises
   FileNotFoundError when the dataset holds none of them."""
   probe = copy.deepcopy(config)
   probe.dataset = config.eval.fewshot_dataset
