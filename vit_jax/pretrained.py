@@ -213,6 +213,23 @@ def _encoder_hint(flat: dict[str, Any], expected: dict[str, Any]) -> str:
           + ' '.join(f'--config.model.{k}={v}' for k, v in differ.items()))
 
 
+def _channels_hint(flat: dict[str, Any], expected: dict[str, Any]) -> str:
+  """'; it was trained on 3-channel images, ...' when the ResNet root (of a hybrid or a BiT
+  ResNet) of the checkpoint `flat` and the model `expected` (flat trees) takes images of other
+  channel counts, or ''."""
+  key = 'conv_root/kernel'
+  if key not in flat or key not in expected:
+    return ''
+  theirs, ours = flat[key].shape[2], expected[key].shape[2]
+  if theirs == ours:
+    return ''
+  return (f'; it was trained on {theirs}-channel images, the model is built for the dataset\'s '
+          f'{ours}-channel ones (a weight-standardised ResNet root has no exact adaptation, '
+          "unlike a plain ViT's patch embedding)" + (
+              ": read a grayscale 'folder:', 'records:' or 'tfds:' dataset as colour with "
+              "data.kind='stream'" if (theirs, ours) == (3, 1) else ''))
+
+
 def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | None = None,
         strict: bool = True) -> Params:
   """Fits a published-format parameter tree (as read from a `.npz` or a run's checkpoint by
@@ -289,8 +306,8 @@ def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | No
                 for title, keys in [('missing from the checkpoint', missing),
                                     ('unexpected in the checkpoint', unexpected),
                                     ('shape mismatch', mismatched)] if keys]
-    raise ValueError(f'Checkpoint {path} does not fit the model{_encoder_hint(flat, expected)}.'
-                     '\n' + '\n'.join(problems))
+    raise ValueError(f'Checkpoint {path} does not fit the model{_encoder_hint(flat, expected)}'
+                     f'{_channels_hint(flat, expected)}.\n' + '\n'.join(problems))
   if unexpected:
     logging.warning('Ignoring %d checkpoint keys the model lacks: %s', len(unexpected), unexpected)
   return unflatten({k: flat[k].astype(expected[k].dtype) for k in expected})
