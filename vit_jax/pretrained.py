@@ -171,7 +171,6 @@ def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(f'A kernel of {have}-channel images cannot be adapted to {channels} channels.')
 
 
-
 # Parameters of pre-training that a fine-tuned model may lack -> why they are dropped.
 _PRETRAINING_ONLY = {
     'pre_logits/': 'the model has no representation layer',

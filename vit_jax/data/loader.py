@@ -114,16 +114,20 @@ def is_streamed(config: ml_collections.ConfigDict) -> bool:
   return choose_kind(config)[0] == 'stream'
 
 
-def _split_names(dataset: str, tfds_dir: str | None) -> list[str]:
-  """The splits a 'records:' or 'tfds:' dataset holds (its metadata), or the split folders of
-  a 'folder:' one (a listing: an archive is read through)."""
+def _first_held(dataset: str, tfds_dir: str | None, order: tuple[str, ...]
+                ) -> tuple[str | None, list[str]]:
+  """(the first of `order` that `dataset` holds or None, the sorted splits it holds): a
+  'records:' or 'tfds:' dataset's from its metadata, a 'folder:' one's split folders from a
+  listing (an archive is read through)."""
   kind, _, arg = dataset.partition(':')
   if kind == 'tfds':
-    return tfds_source.split_names(arg, tfds_dir)
-  if kind == 'records':
-    return list(records.read_metadata(arg)['splits'])
-  folder.require(arg)
-  return folder.split_names(folder.listing(arg, None)[0])
+    held = tfds_source.split_names(arg, tfds_dir)
+  elif kind == 'records':
+    held = list(records.read_metadata(arg)['splits'])
+  else:
+    folder.require(arg)
+    held = folder.split_names(folder.listing(arg, None)[0])
+  return next((s for s in order if s in held), None), sorted(held)
 
 
 def eval_split_name(config: ml_collections.ConfigDict) -> str:
@@ -134,12 +138,11 @@ def eval_split_name(config: ml_collections.ConfigDict) -> str:
     return config.data.eval_split
   if not config.dataset.startswith(('records:', 'tfds:')):
     return 'test'
-  available = _split_names(config.dataset, config.data.tfds_dir)
-  for name in EVAL_SPLITS:
-    if name in available:
-      return name
-  raise ValueError(f'config.dataset={config.dataset!r} has none of the evaluation splits '
-                   f'{EVAL_SPLITS} (it has {sorted(available)}); set data.eval_split.')
+  name, held = _first_held(config.dataset, config.data.tfds_dir, EVAL_SPLITS)
+  if name is None:
+    raise ValueError(f'config.dataset={config.dataset!r} has none of the evaluation splits '
+                     f'{EVAL_SPLITS} (it has {held}); set data.eval_split.')
+  return name
 
 
 _EXPRESSION = re.compile(r'^([\w-]+)(?:\[(\d*)(%?):(\d*)(%?)\])?$')
@@ -220,9 +223,8 @@ def _probe_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   if kind == 'digits' or kind == 'folder' and not files.isdir(path) and folder.cached_shape(
       path, 'test', config.data.cache_dir, config.data.corrupt_images == 'skip'):
     return probe  # (an archive's decoded test split: no need to read the archive through)
-  held = _split_names(probe.dataset, config.data.tfds_dir)
   order = PROBE_FOLDER_SPLITS if kind == 'folder' else EVAL_SPLITS
-  probe.data.eval_split = next((s for s in order if s in held), None)
+  probe.data.eval_split, held = _first_held(probe.dataset, config.data.tfds_dir, order)
   if not probe.data.eval_split:
     raise FileNotFoundError(f'{path} has no split to evaluate the probe on, none of '
                             f'{list(order)}; it holds {held}.')

@@ -345,9 +345,11 @@ def _kept_copy(out: str) -> str:
   """The sentence naming the decompressed `.tar.gz` a failed run left in `out` for the rerun
   ('' if none): as large as the archive's contents, so the user learns of it."""
   kept = glob.glob(os.path.join(glob.escape(out), '.source-*.tar'))
-  return ''.join(f' Kept for the rerun into this --out: {path} '
-                 f'({footprint.size(os.path.getsize(path))}, the decompressed --src); remove it '
-                 'if there will be none.' for path in kept[:1])
+  if not kept:
+    return ''
+  return (f' Kept for the rerun into this --out: {kept[0]} '
+          f'({footprint.size(os.path.getsize(kept[0]))}, the decompressed --src); remove it if '
+          'there will be none.')
 
 
 def main(argv: list[str]) -> None:
