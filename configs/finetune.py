@@ -10,7 +10,8 @@ Presets `<model>,<dataset>`: model is any ViT size/patch (B_16, L_16, ...) or a 
 (R50+B_16); dataset in cifar10 (cifar10.tar.gz in $VIT_JAX_DATA, 10k
 steps), cifar100 (tfds:cifar100, 10k steps), i1k (a prepared record directory at $VIT_JAX_I1K,
 default /data/imagenet2012, see configs/pretrain.py; 20k steps), digits (the
-embedded dataset, 500 steps, for a quick check on a CPU).
+embedded dataset, 500 steps, for a quick check on a CPU). Every image is read as colour
+(data.channels=3), as the published checkpoints were trained: the grayscale digits too.
 Recipe: SGD with momentum 0.9, batch 512, lr 0.03 (the paper sweeps 0.003, 0.01, 0.03, 0.06:
 `--config.optim.lr=...`), 500 warm-up steps then cosine decay, no weight decay, gradient
 clipping at 1, 384 px. The position embeddings are resized bilinearly to the new grid, the head
@@ -54,6 +55,7 @@ def get_config(arg: str = 'B_16,cifar10'):
   config.schedule.decay = 'cosine'
   config.augment.crop_scale = (0.08, 1.0)
   config.augment.flip = dataset != 'digits'
+  config.data.channels = 3
   if dataset == 'i1k':
     config.data.workers = 8
   config.checkpoint.init_from = f'{name}.npz'

@@ -119,22 +119,22 @@ def test_a_colour_checkpoint_fits_a_grayscale_model_and_back(tmp_path):
     pretrained.adapt_input_channels(np.zeros((4, 4, 3, 32)), 2)
 
 
-def test_a_hybrid_of_other_channels_is_refused_with_the_way_to_read_images_as_colour(tmp_path):
+def test_a_hybrid_of_other_channels_is_refused_with_the_way_to_read_images_as_its_own(tmp_path):
   """A weight-standardised ResNet root has no exact channel adaptation: the error says so, and
-  for a colour checkpoint on grayscale images how to read them as colour."""
+  how to read the images as the checkpoint's kind (data.channels)."""
   model = get_model('R50+ViT-B_16', num_classes=2, hidden_size=32, mlp_dim=32, num_heads=2,
                     num_layers=1, resnet_width=16, resnet_layers=(1,))
   shapes = lambda c: jax.eval_shape(model.init, jax.random.PRNGKey(0),
                                     jnp.zeros((1, 16, 16, c)))['params']
-  for have, want, remedy in ((3, 1, ": read a grayscale 'folder:', 'records:' or 'tfds:' "
-                                    "dataset as colour with data.kind='stream'"), (1, 3, '')):
+  for have, want, kind in ((3, 1, 'colour'), (1, 3, 'grayscale')):
     path, _ = _saved(tmp_path, init(model, 16, channels=have)[0])
     with pytest.raises(ValueError) as e:
       checkpoint.load_pretrained(path, shapes(want))
     assert str(e.value).split('\n') == [
         f'Checkpoint {path} does not fit the model; it was trained on {have}-channel images, the '
         f"model is built for the dataset's {want}-channel ones (a weight-standardised ResNet "
-        f"root has no exact adaptation, unlike a plain ViT's patch embedding){remedy}.",
+        f"root has no exact adaptation, unlike a plain ViT's patch embedding): set "
+        f"data.channels={have} to read the dataset's images as {kind}.",
         'shape mismatch (1):',
         f'  conv_root/kernel: checkpoint (7, 7, {have}, 16) vs model (7, 7, {want}, 16)']
 

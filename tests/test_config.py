@@ -43,6 +43,7 @@ BAD = {
     'mpp.random_fraction': -0.1,
     'data.cache_dir': '', 'data.subset_seed': -1, 'data.corrupt_images': 'drop',
     'data.kind': 'disk', 'data.memory_limit_gb': -1.0, 'data.workers': -1, 'data.tfds_dir': '',
+    'data.channels': 2,
     'data.train_split': 'train[:', 'data.eval_split': 'val[1%:2]',
     'eval.fewshot_dataset': 'imagenet',
 }

@@ -268,7 +268,7 @@ def test_a_few_shot_folder_is_evaluated_on_its_test_or_else_its_val_folder(tmp_p
     config.eval.fewshot_dataset = f'folder:{path}'
     if evaluated is None:
       with pytest.raises(FileNotFoundError) as e:
-        data.probe_splits(config)
+        data.probe_splits(config, 3)
       assert str(e.value) == (
           f"config.eval.fewshot_dataset='folder:{path}': {path} has no split to evaluate the "
           f"probe on, none of ['test', 'validation', 'val']; it holds ['train'].")
@@ -276,9 +276,27 @@ def test_a_few_shot_folder_is_evaluated_on_its_test_or_else_its_val_folder(tmp_p
         data.check_present(config)  # as the sweep checks its points before running any
       continue
     data.check_present(config)
-    shots_from, probe_test = data.probe_splits(config)
+    shots_from, probe_test = data.probe_splits(config, 3)
     np.testing.assert_array_equal(shots_from.images, np.stack(images['train']))
     np.testing.assert_array_equal(probe_test.images, np.stack(images[evaluated]))
+    # for a grayscale model the images are converted as Pillow converts them
+    shots_from, probe_test = data.probe_splits(config, 1)
+    np.testing.assert_array_equal(shots_from.images, pillow(np.stack(images['train']), 'L'))
+    np.testing.assert_array_equal(probe_test.images, pillow(np.stack(images[evaluated]), 'L'))
+
+
+def test_a_test_folder_of_the_other_kind_is_read_as_the_training_images(tmp_path):
+  """Colour training images and a grayscale test folder: the test images are read as colour,
+  as Pillow converts them (the model is built for the training images)."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  write_images(tmp_path / 'tree' / 'train' / 'cat', shape=(6, 6, 3), count=4)
+  gray = np.stack(write_images(tmp_path / 'tree' / 'test' / 'cat', shape=(6, 6, 1), count=3))
+  config = quickstart.get_config()
+  config.dataset, config.data.cache_dir = f'folder:{tmp_path / "tree"}', str(tmp_path / 'c')
+  config.train_size, config.eval.val_fraction = None, 0.25
+  train, _, test = subsets.load_data(config)
+  assert (train.channels, test.channels) == (3, 3)
+  np.testing.assert_array_equal(test.images, pillow(gray, 'RGB'))
 
 
 def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):
@@ -487,21 +505,60 @@ def test_augment_rejects_bad_crop_scale():
     run_augment(RANDOM_IMAGES, crop=True, crop_scale=(0.5, 1.5))
 
 
-def test_to_channels_converts_as_pillow_does():
-  """Grayscale as colour: Pillow's 'RGB' exactly; colour to grayscale: Pillow's 'L' (which
-  rounds to whole levels: within half a level), on normalized images."""
-  rgb = np.random.default_rng(7).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
-  pillow = lambda images, mode: np.stack(
-      [np.asarray(Image.fromarray(i.squeeze(-1) if i.shape[-1] == 1 else i).convert(mode))
-       for i in images]).reshape(*images.shape[:3], -1)
-  gray = pillow(rgb, 'L')
-  np.testing.assert_array_equal(data.to_channels(data.normalize(gray), 3),
-                                data.normalize(pillow(gray, 'RGB')))
-  np.testing.assert_allclose(data.to_channels(data.normalize(rgb), 1), data.normalize(gray),
-                             rtol=0, atol=0.5 / 127.5 + 1e-6)
-  np.testing.assert_array_equal(data.to_channels(data.normalize(rgb), 3), data.normalize(rgb))
+def pillow(images, mode):
+  """uint8 images (N, H, W, C) converted one by one by Pillow to `mode` ('L' or 'RGB')."""
+  return np.stack([np.asarray(Image.fromarray(i.squeeze(-1) if i.shape[-1] == 1 else i)
+                              .convert(mode)) for i in images]).reshape(*images.shape[:3], -1)
+
+
+def test_convert_channels_is_pillows_conversion():
+  """Colour to grayscale: Pillow's 'L' (its luma rounded to levels), exactly; grayscale to
+  colour: Pillow's 'RGB'; the same kind or None: unchanged."""
+  rgb = np.random.default_rng(7).integers(0, 256, (5, 9, 7, 3), dtype=np.uint8)
+  gray = data.convert_channels(rgb, 1)
+  assert gray.dtype == np.uint8
+  np.testing.assert_array_equal(gray, pillow(rgb, 'L'))
+  np.testing.assert_array_equal(data.convert_channels(gray, 3), pillow(gray, 'RGB'))
+  for same in (3, None):
+    assert data.convert_channels(rgb, same) is rgb
   with pytest.raises(ValueError, match='Images of 3 channels cannot be turned into 2 channels'):
-    data.to_channels(data.normalize(rgb), 2)
+    data.convert_channels(rgb, 2)
+
+
+@pytest.mark.parametrize('kind', ['memory', 'stream'])
+def test_data_channels_reads_every_image_as_grayscale_or_colour(tmp_path, kind):
+  """data.channels=1 reads a colour tree as Pillow's 'L' of its images, in memory and streamed
+  (training and evaluation batches); 'auto' weighs the split at the channels asked for; the
+  digits read as colour are their grayscale repeated."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  expected = make_tree(tmp_path / 'tree', shape=(8, 8, 3))
+  config = quickstart.get_config()
+  config.dataset, config.image_size = f'folder:{tmp_path / "tree"}', 8
+  config.data.kind, config.data.cache_dir = kind, str(tmp_path / 'cache')
+  config.augment.crop, config.augment.flip, config.batch_size = False, False, 4
+  batches = {}
+  for channels in (None, 1):
+    config.data.channels = channels
+    split = data.open_split(config, 'test')
+    assert split.channels == (channels or 3)
+    stream = data.train_iterator(split, config)
+    batches[channels] = (next(stream)[0], next(iter(data.split_eval_batches(
+        split, 4, 0, 1, image_size=8)))[0])
+    if kind == 'memory':
+      np.testing.assert_array_equal(split.images, pillow(expected['test'][0], 'L')
+                                    if channels else expected['test'][0])
+  for got, colour in zip(batches[1], batches[None]):
+    assert got.shape == (*colour.shape[:3], 1)
+    np.testing.assert_array_equal(got, pillow(colour, 'L'))
+  config.data.kind, config.data.channels = 'auto', None
+  stored = data.choose_kind(config)[1]
+  config.data.channels = 1
+  assert (stored, data.choose_kind(config)[1]) == (
+      '9 images, 1.73 kB decoded <= 4 GB', '9 images, 576 bytes decoded <= 4 GB')
+  config.dataset, config.data.channels = 'digits', 3
+  digits = data.load_split('digits', 'test').images
+  np.testing.assert_array_equal(data.open_split(config, 'test').images,
+                                np.repeat(digits, 3, axis=-1))
 
 
 def test_preprocess_eval_identity_and_central_crop():

@@ -2,7 +2,6 @@
 against a direct count on the whole split; the validation hold-out; the best-step selection."""
 import numpy as np
 import pytest
-from PIL import Image
 
 from configs import quickstart
 from conftest import TINY_VIT, init, randomize
@@ -46,19 +45,6 @@ def test_accuracy_and_loss_over_padded_batches_equal_a_direct_count(setup):
   assert metrics['loss'] == pytest.approx(-np.mean(log_probs[np.arange(13), labels]), rel=1e-5)
   assert got_features.shape == (13, 32)
   np.testing.assert_allclose(got_features, features, rtol=1e-5, atol=1e-6)
-
-
-def test_a_colour_model_evaluates_grayscale_images_as_pillow_colours_them(setup):
-  """With the model's channels given, the step turns (B, H, W, 1) images into the colour
-  images Pillow makes of them (a few-shot dataset of grayscale images for a colour model)."""
-  model, params, images, mesh = setup
-  gray = images[..., :1]
-  coloured = np.stack([np.asarray(Image.fromarray(g.squeeze(-1)).convert('RGB')) for g in gray])
-  split = data.Split(gray, np.zeros(13, np.int32), tuple('abcde'))
-  step = evaluate.make_eval_step(model, image_size=8, crop_fraction=1., channels=3)
-  got_features = evaluate.features_and_metrics(step, params, split, batch_size=5, mesh=mesh)[1]
-  np.testing.assert_allclose(got_features, direct_logits_and_features(model, params, coloured)[1],
-                             rtol=1e-5, atol=1e-6)
 
 
 def constant_head(params, cls):

@@ -384,13 +384,14 @@ def test_cli_exports_a_trained_run_and_hf_carries_its_labels(digits_run, tmp_pat
 
 def test_a_run_exported_where_its_data_is_not_keeps_its_class_names(tmp_path):
   """A run's class_names.json gives the export its labels when the dataset cannot be read
-  (trained elsewhere, or the data since moved); the check then runs on the embedded digits."""
+  (trained elsewhere, or the data since moved); the check then runs on the embedded digits,
+  read as colour for this run's colour model."""
   rng = np.random.default_rng(0)
   for split in ('train', 'test'):
     for name in ('cat', 'dog', 'eel'):
       os.makedirs(tmp_path / 'tree' / split / name)
       for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (8, 8), np.uint8)).save(
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
             tmp_path / 'tree' / split / name / f'{i}.png')
   config = quickstart.get_config()
   config.dataset, config.model.num_layers = f'folder:{tmp_path / "tree"}', 1

@@ -216,7 +216,7 @@ def test_splits_prepares_the_named_splits_alone(tree, tmp_path):
   with pytest.raises(ValueError, match=re.escape(
       f"config.eval.fewshot_dataset='records:{tmp_path / 'val'}' has no 'train' split; it has "
       "['val'].")):
-    data.probe_splits(probe)
+    data.probe_splits(probe, 3)
   prepare.prepare(str(src), str(tmp_path / 'train'), splits=['train'], workers=1,
                   progress=False)  # a few-shot dataset needs a split to evaluate on, too
   probe.eval.fewshot_dataset = f"records:{tmp_path / 'train'}"
@@ -224,7 +224,7 @@ def test_splits_prepares_the_named_splits_alone(tree, tmp_path):
       f"config.eval.fewshot_dataset='records:{tmp_path / 'train'}': {tmp_path / 'train'} has no "
       "split to evaluate the probe on, none of ['validation', 'val', 'test']; it holds "
       "['train'].")):
-    data.probe_splits(probe)
+    data.probe_splits(probe, 3)
   with pytest.raises(ValueError, match=re.escape(
       f"--splits names ['validation'], not a split folder of {src}; its split folders: "
       "['test', 'train', 'val'].")):

@@ -18,6 +18,7 @@ from conftest import recounted_test_accuracy
 from configs import finetune, quickstart
 from vit_jax import checkpoint, data, files, flops, metrics, pretrained, train
 from vit_jax import workdir as run_dir
+from vit_jax.data.split import LUMA
 from vit_jax.models import get_model
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
@@ -295,28 +296,49 @@ def test_profile_steps_write_a_trace_and_the_start_logs_the_parameter_table(tmp_
   assert total == ('', f'{sum(v.size for v in params.values()):,}', f'{len(params)} arrays')
 
 
+def finetune_on_digits(tmp_path, preset: str, params, **model) -> dict:
+  """The parameters of a 2-step run of the finetune preset `preset` (on the digits) with the
+  model overrides `model`, initialised from `params` saved as .npz, at a learning rate that
+  keeps the loaded weights (up to a negligible step) to compare them."""
+  checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)
+  config = finetune.get_config(preset)
+  config.model.update(model)
+  config.batch_size, config.total_steps = 32, 2
+  config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.eval.fewshot_shots = (1,)
+  config.checkpoint.init_from = str(tmp_path / 'pre.npz')
+  config.optim.lr = 1e-12
+  assert train.train_and_evaluate(config, str(tmp_path / 'ft'))['step'] == 2
+  return checkpoint.read_params(str(tmp_path / 'ft'))
+
+
 @pytest.mark.parametrize('channels', [1, 3])  # 3: colour, as the published checkpoints
 def test_finetune_from_npz_at_another_resolution(tmp_path, channels):
   source = get_model('ViT-Nano_2', num_classes=10, num_layers=1)
   params = jax.jit(source.init)(jax.random.PRNGKey(3), np.zeros((1, 8, 8, channels)))['params']
-  checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)  # 4x4 grid at 8 px
-  config = finetune.get_config('Nano_2,digits')  # 16x16 grid at 32 px
-  config.model.num_layers, config.batch_size, config.total_steps = 1, 32, 2
-  config.log_every = config.eval_every = config.checkpoint_every = 2
-  config.eval.fewshot_shots = (1,)
-  config.checkpoint.init_from = str(tmp_path / 'pre.npz')
-  config.optim.lr = 1e-12  # keep the loaded weights (up to a negligible step) to compare them
-  result = train.train_and_evaluate(config, str(tmp_path / 'ft'))
-  assert result['step'] == 2
-  tuned = checkpoint.read_params(str(tmp_path / 'ft'))
+  # a 4x4 grid at 8 px to a 16x16 grid at 32 px
+  tuned = finetune_on_digits(tmp_path, 'Nano_2,digits', params, num_layers=1)
   posemb = tuned['Transformer']['posembed_input']['pos_embedding']
   assert posemb.shape == (1, 1 + 16 * 16, 64)
   want = pretrained.resize_posemb(np.asarray(params['Transformer']['posembed_input']
                                              ['pos_embedding']), 1 + 16 * 16, 1)
   np.testing.assert_allclose(posemb, want, atol=1e-6)
-  # The digits are grayscale: a colour kernel is summed over its channels.
+  # The preset reads the digits as colour: a grayscale kernel becomes luma-weighted copies.
+  kernel = params['embedding']['kernel']
   np.testing.assert_allclose(tuned['embedding']['kernel'],
-                             np.sum(params['embedding']['kernel'], axis=2, keepdims=True),
+                             kernel if channels == 3 else kernel * np.array(LUMA)[:, None],
+                             atol=1e-6)
+
+
+def test_a_colour_hybrid_checkpoint_finetunes_on_the_digits(tmp_path):
+  """The finetune preset reads the grayscale digits as colour, so a colour hybrid checkpoint
+  (whose weight-standardised root has no exact adaptation to grayscale) loads as it is."""
+  model = dict(hidden_size=32, mlp_dim=32, num_heads=2, num_layers=1, resnet_width=16,
+               resnet_layers=(1,))
+  source = get_model('R50+ViT-B_16', num_classes=10, **model)
+  params = jax.jit(source.init)(jax.random.PRNGKey(3), np.zeros((1, 32, 32, 3)))['params']
+  tuned = finetune_on_digits(tmp_path, 'R50+B_16,digits', params, **model)
+  np.testing.assert_allclose(tuned['conv_root']['kernel'], params['conv_root']['kernel'],
                              atol=1e-6)
 
 

@@ -22,6 +22,7 @@ from ml_collections.config_dict import placeholder
 
 from vit_jax import sharding
 from vit_jax.data import loader
+from vit_jax.data.split import CHANNELS
 from vit_jax.models import model_fields, registry
 
 
@@ -189,6 +190,8 @@ TRAIN_FIELDS: dict[str, Field] = {
     'data.corrupt_images': _choice('error', 'skip'),
     'data.kind': _choice(*loader.KINDS), 'data.memory_limit_gb': _real(0),
     'data.workers': _int(0), 'data.tfds_dir': _PATH_OR_NONE,
+    'data.channels': Field((int,), lambda v: _is_int(v, 1) and v in CHANNELS,
+                           f'one of {CHANNELS}', none=True),
     'data.train_split': Field((str,), _split_expression, _SPLIT_RULE),
     'data.eval_split': Field((str,), _split_expression, _SPLIT_RULE, none=True),
 }
@@ -394,6 +397,9 @@ def defaults() -> ml_collections.ConfigDict:
       memory_limit_gb=loader.MEMORY_LIMIT_GB,  # the limit of 'auto' on the decoded training
                                       # split: N x H x W x C bytes at the stored image size
       workers=0,                      # grain worker processes decoding ahead (0: threads)
+      channels=placeholder(int),      # read every image as 1 (grayscale: its luma, as
+                                      # Pillow's 'L') or 3 (colour) channels; None: as stored
+                                      # (streamed: colour), e.g. 3 for a colour checkpoint
       tfds_dir=placeholder(str),      # prepared TFDS data; None: $TFDS_DATA_DIR or
                                       # ~/tensorflow_datasets
       train_split='train',            # record sources also take slices: 'train[:99%]',

@@ -45,23 +45,18 @@ def eval_sample(config, split, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_eval_step(model, *, image_size: int, crop_fraction: float,
-                   masked_patches: dict | None = None, host_cropped: bool = False,
-                   channels: int | None = None) -> Callable:
+                   masked_patches: dict | None = None, host_cropped: bool = False) -> Callable:
   """Returns jitted (params, images uint8 (B,H,W,C), labels (B,), mask (B,)) ->
   (sum of losses, number correct, count, pre-logits features (B, F)).
 
   With `host_cropped` the images come centre-cropped at image_size (streaming pipeline) and
   are only scaled to [-1, 1]. With `masked_patches` (`mpp.objective_args`) the scores are those
   of masked patch prediction over the corrupted patches, with the same corruption every call.
-  With `channels` (the model's), images of another channel count are converted
-  (`data.to_channels`: a few-shot dataset of grayscale images for a colour model, or back).
   """
 
   def step(params, images, labels, mask):
     x = eval_input(images, image_size=image_size, crop_fraction=crop_fraction,
                    host_cropped=host_cropped)
-    if channels:
-      x = data.to_channels(x, channels)
     if masked_patches is not None:
       loss, correct, count, features = mpp.objective(
           model, params, x, jax.random.PRNGKey(0), train=False, valid=mask, **masked_patches)
@@ -184,12 +179,8 @@ class Evaluator:
     self._steps = {cropped: make_eval_step(model, image_size=config.image_size,
                                            crop_fraction=config.eval.crop_fraction,
                                            masked_patches=mpp.objective_args(config),
-                                           host_cropped=cropped, channels=train.channels)
+                                           host_cropped=cropped)
                    for cropped in (False, True)}
-    if probe and probe[0].channels != train.channels:
-      logging.info('The few-shot dataset %s has %d-channel images, the model %d: they are '
-                   'converted (%s).', config.eval.fewshot_dataset, probe[0].channels,
-                   train.channels, 'grayscale as colour' if train.channels == 3 else 'to luma')
     self._pipeline = dict(image_size=config.image_size, crop_fraction=config.eval.crop_fraction,
                           workers=config.data.workers)
     self._batch = -(-config.eval.batch_size // dp) * dp  # rounded up to the data-parallel size

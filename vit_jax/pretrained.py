@@ -23,7 +23,7 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax import files
-from vit_jax.data.transforms import LUMA
+from vit_jax.data.split import CHANNELS, LUMA
 
 Params = dict[str, Any]
 
@@ -161,8 +161,8 @@ def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
   """A ViT's patch-embedding kernel (P, P, C, D) for images of `channels` channels, computing
   on them exactly what `kernel` computes on its own kind: colour (C = 3) to grayscale, the sum
   over C (a grayscale image seen as colour has three equal channels); grayscale to colour,
-  copies weighted by `LUMA` (a colour image seen as its luma), as `data.to_channels` converts
-  images. ValueError for other channel counts."""
+  copies weighted by `LUMA` (a colour image seen as its luma), as `data.split.convert_channels`
+  converts images (up to its rounding to levels). ValueError for other channel counts."""
   have = kernel.shape[2]
   if (have, channels) == (3, 1):
     return kernel.sum(axis=2, keepdims=True)
@@ -225,8 +225,8 @@ def _channels_hint(flat: dict[str, Any], expected: dict[str, Any]) -> str:
   return (f'; it was trained on {theirs}-channel images, the model is built for the dataset\'s '
           f'{ours}-channel ones (a weight-standardised ResNet root has no exact adaptation, '
           "unlike a plain ViT's patch embedding)" + (
-              ": read a grayscale 'folder:', 'records:' or 'tfds:' dataset as colour with "
-              "data.kind='stream'" if (theirs, ours) == (3, 1) else ''))
+              f": set data.channels={theirs} to read the dataset's images as "
+              f"{'colour' if theirs == 3 else 'grayscale'}" if theirs in CHANNELS else ''))
 
 
 def fit(tree: Params, init_params: Params, *, source: str, reset_head: bool | None = None,

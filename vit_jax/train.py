@@ -235,9 +235,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
   train_split, val_split, test_split = data.load_data(config)
-  probe = data.probe_splits(config)  # eval.fewshot_dataset's (train, test), or None
-  _check_inputs(config, mesh, (probe or (train_split,))[0])
   channels = train_split.channels
+  probe = data.probe_splits(config, channels)  # eval.fewshot_dataset's (train, test), or None
+  _check_inputs(config, mesh, (probe or (train_split,))[0])
   model = build_model(config, len(train_split.class_names), channels)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.image_size, config.image_size, channels)

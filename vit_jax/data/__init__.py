@@ -6,9 +6,10 @@ Modules: `loader` (the one interface over both kinds of split: `resolve_kind`, `
 without decoding it; `training_examples`, its training split's size), `footprint` (a split's
 decoded size, what data.kind='auto' decides by), `sources` (`load_split` for 'digits',
 'folder:<path>', 'tfds:<name>'; `decode_records` for any record split), `folder` (image-folder
-trees and .tar / .tar.gz archives with a decoded-array cache), `split` (the in-memory `Split`),
-`subsets` (nested class-balanced subsets, the validation hold-out, the evaluation sample,
-`load_data` of a training config), `batches` (the in-memory training stream and evaluation
+trees and .tar / .tar.gz archives with a decoded-array cache), `split` (the in-memory `Split`;
+`convert_channels`, images read as grayscale or colour, data.channels), `subsets` (nested
+class-balanced subsets, the validation hold-out, the evaluation sample, `load_data` of a
+training config), `batches` (the in-memory training stream and evaluation
 pass), `transforms` (device-side augmentation and evaluation preprocessing); streaming:
 `records` (prepared ArrayRecord datasets), `prepare` (the converter, `python -m
 vit_jax.data.prepare`), `pipeline` (the grain pipeline: host-side decoding and augmentation,
@@ -27,18 +28,18 @@ from vit_jax.data.loader import (KINDS, MEMORY_LIMIT_GB, check_present, choose_k
                                  training_examples)
 from vit_jax.data.pipeline import RecordSplit, StreamIterator
 from vit_jax.data.sources import CORRUPT_IMAGES, SOURCES, dataset_file, load_split
-from vit_jax.data.split import SPLITS, Split
+from vit_jax.data.split import SPLITS, Split, convert_channels
 from vit_jax.data.subsets import evenly_spaced, hold_out, load_data, nested_subset
 
 __all__ = ['CORRUPT_IMAGES', 'KINDS', 'MEMORY_LIMIT_GB', 'RecordSplit', 'SOURCES', 'SPLITS',
            'Split', 'StreamIterator', 'TrainIterator', 'augment', 'augment_from_config',
-           'check_present', 'choose_kind', 'dataset_file', 'eval_batches', 'eval_split_name',
-           'evenly_spaced', 'hold_out', 'is_streamed', 'load_data', 'load_split',
-           'nested_subset', 'normalize', 'open_split', 'preprocess_eval', 'probe_splits',
-           'resolve_kind', 'split_eval_batches', 'to_channels', 'train_iterator',
+           'check_present', 'choose_kind', 'convert_channels', 'dataset_file', 'eval_batches',
+           'eval_split_name', 'evenly_spaced', 'hold_out', 'is_streamed', 'load_data',
+           'load_split', 'nested_subset', 'normalize', 'open_split', 'preprocess_eval',
+           'probe_splits', 'resolve_kind', 'split_eval_batches', 'train_iterator',
            'training_examples']
 
-_DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval', 'to_channels')
+_DEVICE_SIDE = ('augment', 'augment_from_config', 'normalize', 'preprocess_eval')
 
 
 def __getattr__(name: str):

@@ -4,13 +4,13 @@ of a few records spread over the split (a prepared directory's count is in its m
 no image file is listed or opened but those few).
 
 Memory holds every image at its stored size, one size and mode per split (grayscale as one
-channel, other modes as three), so a split of H x W images with C channels takes
-N x H x W x C bytes; a split whose sampled images differ in size or mode cannot be held.
+channel, other modes as three, or as data.channels asks), so a split of H x W images with C
+channels takes N x H x W x C bytes; a split whose sampled images differ in size or mode cannot
+be held.
 """
 import dataclasses
 import io
 
-import numpy as np
 from PIL import Image
 
 from vit_jax.data import subsets
@@ -23,16 +23,19 @@ SAMPLE = 16  # records whose headers are read
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-  """examples: N; shapes: the distinct (H, W, C) seen (one when the split can be held)."""
+  """examples: N; shapes: the distinct (H, W, C) seen (one when the split can be held);
+  channels: the C the images are read as (data.channels), None: as stored."""
   examples: int
   shapes: tuple[tuple[int, int, int], ...]
+  channels: int | None = None
 
   @property
   def nbytes(self) -> int | None:
     """N x H x W x C, or None when the images differ in size or mode."""
     if len(self.shapes) != 1:
       return None
-    return self.examples * int(np.prod(self.shapes[0]))
+    height, width, channels = self.shapes[0]
+    return self.examples * height * width * (self.channels or channels)
 
   def describe(self) -> str:
     """'50,000 images, 154 MB decoded' or '9 images of different sizes or modes (...)'."""

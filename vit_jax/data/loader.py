@@ -17,6 +17,7 @@ for a run and logs the decision in one line.
 """
 import contextlib
 import copy
+import dataclasses
 import re
 from typing import Iterator
 
@@ -58,16 +59,16 @@ def _record_split(config: ml_collections.ConfigDict, split: str) -> pipeline.Rec
 
 
 def _footprint(config: ml_collections.ConfigDict) -> footprint.Footprint:
-  """The decoded size of the training split: a 'folder:' split from its decoded-array cache
-  when it is there, else any split from its records (`footprint.of_records`)."""
+  """The decoded size of the training split, its images read as data.channels asks: a
+  'folder:' split from its decoded-array cache when it is there, else any split from its
+  records (`footprint.of_records`)."""
   kind, _, arg = config.dataset.partition(':')
   split = config.data.train_split
-  if kind == 'folder':
-    shape = folder.cached_shape(arg, split, config.data.cache_dir,
-                                config.data.corrupt_images == 'skip')
-    if shape is not None:
-      return footprint.of_array(shape)
-  return footprint.of_records(_record_split(config, split))
+  shape = kind == 'folder' and folder.cached_shape(arg, split, config.data.cache_dir,
+                                                   config.data.corrupt_images == 'skip')
+  found = (footprint.of_array(shape) if shape else
+           footprint.of_records(_record_split(config, split)))
+  return dataclasses.replace(found, channels=config.data.get('channels'))
 
 
 def training_examples(config: ml_collections.ConfigDict) -> int:
@@ -185,16 +186,19 @@ def _select(source, expression: str) -> pipeline.RecordSplit:
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipeline.RecordSplit:
   """Split `split` (data.train_split or eval_split_name(config)) of config.dataset, of the
-  kind `choose_kind` says (a run calls `resolve_kind` first, so 'auto' is decided once).
-  Record sources take slices such as 'train[:99%]' (`_select`) in either kind."""
+  kind `choose_kind` says (a run calls `resolve_kind` first, so 'auto' is decided once), its
+  images read as data.channels asks (None: as stored; streamed images are colour). Record
+  sources take slices such as 'train[:99%]' (`_select`) in either kind."""
   if is_streamed(config):
-    return _record_split(config, split)
-  if config.dataset.startswith(('records:', 'tfds:')):
-    return sources.decode_records(_record_split(config, split),
-                                  config.data.corrupt_images == 'skip')
-  return sources.load_split(config.dataset, split, cache_dir=config.data.cache_dir,
-                            corrupt_images=config.data.corrupt_images,
-                            tfds_dir=config.data.tfds_dir)
+    opened = _record_split(config, split)
+  elif config.dataset.startswith(('records:', 'tfds:')):
+    opened = sources.decode_records(_record_split(config, split),
+                                    config.data.corrupt_images == 'skip')
+  else:
+    opened = sources.load_split(config.dataset, split, cache_dir=config.data.cache_dir,
+                                corrupt_images=config.data.corrupt_images,
+                                tfds_dir=config.data.tfds_dir)
+  return opened.with_channels(config.data.get('channels'))  # (absent in runs saved before it)
 
 
 @contextlib.contextmanager
@@ -231,14 +235,21 @@ def _probe_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return probe
 
 
-def probe_splits(config: ml_collections.ConfigDict) -> tuple | None:
+def probe_splits(config: ml_collections.ConfigDict, channels: int) -> tuple | None:
   """(train, evaluation) splits of eval.fewshot_dataset for the few-shot probe (`_probe_config`),
-  opened like the run's own dataset; None without one."""
+  opened like the run's own dataset, their images converted to the model's `channels` (and
+  logged, when the dataset holds grayscale images for a colour model, or back); None without
+  one."""
   if not config.eval.fewshot_dataset:
     return None
   with _as_fewshot_dataset(config.eval.fewshot_dataset):
     probe = resolve_kind(_probe_config(config))
-    return open_split(probe, 'train'), open_split(probe, probe.data.eval_split)
+    splits = open_split(probe, 'train'), open_split(probe, probe.data.eval_split)
+  if splits[0].channels != channels:
+    logging.info('The few-shot dataset %s has %d-channel images, the model %d: they are '
+                 'converted (%s).', probe.dataset, splits[0].channels, channels,
+                 'grayscale as colour' if channels == 3 else 'to luma')
+  return tuple(split.with_channels(channels) for split in splits)
 
 
 def _check_present(dataset: str, train_split: str, tfds_dir: str | None) -> None:

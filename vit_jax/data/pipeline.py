@@ -8,8 +8,9 @@ its rows [p * L, (p + 1) * L); the augmentation of position i draws from
 `default_rng([seed, i])`. So the number of worker processes never changes the data, and the
 state is the number of examples consumed, as for the in-memory `TrainIterator`.
 
-Shapes: images (L, S, S, 3) uint8 (grayscale and other modes become RGB), labels (L,) int32,
-evaluation masks (L,) bool; S = image_size.
+Shapes: images (L, S, S, C) uint8 (C = 3: every mode is decoded as RGB; C = 1 when the split
+asks for grayscale, `RecordSplit.channels`), labels (L,) int32, evaluation masks (L,) bool;
+S = image_size.
 """
 import contextlib
 import dataclasses
@@ -28,6 +29,7 @@ from PIL import Image
 
 from vit_jax.data import worker_signals
 from vit_jax.data.batches import local_batch_size
+from vit_jax.data.split import convert_channels
 
 
 class Source(Protocol):
@@ -45,14 +47,15 @@ class RecordSplit:
   nested subset or a validation hold-out, without copying any image.
 
   labels: (N,) int32 of the selected records. Images are decoded and, for training,
-  augmented on the host (`host_augmented`), so the device only scales them to [-1, 1].
+  augmented on the host (`host_augmented`), so the device only scales them to [-1, 1];
+  as colour, or as grayscale with `channels` 1 (`convert_channels`).
   """
   source: Source
   indices: np.ndarray | None = None
   skipped: tuple[str, ...] = ()
+  channels: int = 3
 
   host_augmented = True
-  channels = 3
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -80,6 +83,10 @@ class RecordSplit:
     indices = np.asarray(indices, np.int64)
     return dataclasses.replace(
         self, indices=indices if self.indices is None else self.indices[indices])
+
+  def with_channels(self, channels: int | None) -> 'RecordSplit':
+    """This split read as `channels` (1 or 3; None: unchanged), like `Split.with_channels`."""
+    return self if channels is None else dataclasses.replace(self, channels=channels)
 
 
 def open_image(data: bytes, need: tuple[float, float] | None = None) -> tuple[Image.Image, float]:
@@ -180,7 +187,7 @@ class _TrainBatch:
       except (OSError, SyntaxError, ValueError) as e:
         raise _decode_error(self.split, i, e) from None
       labels.append(label)
-    return np.stack(images), np.asarray(labels, np.int32)
+    return convert_channels(np.stack(images), self.split.channels), np.asarray(labels, np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +211,8 @@ class _EvalBatch:
       except (OSError, SyntaxError, ValueError) as e:
         raise _decode_error(self.split, i, e) from None
       labels.append(label)
-    return np.stack(images), np.asarray(labels, np.int32), mask
+    return (convert_channels(np.stack(images), self.split.channels),
+            np.asarray(labels, np.int32), mask)
 
 
 # grain's RuntimeError when a worker process dies (e.g. killed for memory).
@@ -261,7 +269,7 @@ def _batches(fn, start: int, stop: int, workers: int) -> Iterator:
 class StreamIterator:
   """Endless, deterministic, exactly resumable stream of training batches of a RecordSplit
   (see the module docstring), decoded and augmented in `workers` grain processes that run
-  ahead of the loop. Yields (images (L, S, S, 3) uint8, labels (L,) int32); state
+  ahead of the loop. Yields (images (L, S, S, C) uint8, labels (L,) int32); state
   {'position': examples of the global stream consumed}, like `TrainIterator`."""
 
   _END = 2 ** 62  # batches: the stream is endless in practice
@@ -310,7 +318,7 @@ class StreamIterator:
 def stream_eval_batches(split: RecordSplit, global_batch_size: int, process_index: int = 0,
                         process_count: int = 1, *, image_size: int, crop_fraction: float,
                         workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """The whole split once, in order, centre-cropped on the host: (images (L, S, S, 3) uint8,
+  """The whole split once, in order, centre-cropped on the host: (images (L, S, S, C) uint8,
   labels (L,) int32, mask (L,) bool) per global batch; the last batch is padded with copies of
   example 0 whose mask is False."""
   if not 0 < crop_fraction <= 1:

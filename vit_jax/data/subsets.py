@@ -66,13 +66,15 @@ def load_data(config) -> tuple[AnySplit, AnySplit | None, AnySplit]:
   for validation (with `data.subset_seed` + 1); or, with `eval.val_size`, that many
   class-balanced images held out of the whole split first (same seed), the subset drawn from
   the rest: one validation set for every size, outside every subset. The test split is
-  `loader.eval_split_name`'s. In memory (`Split`) or streamed (`RecordSplit`), as
-  `loader.resolve_kind` decides (and logs)."""
+  `loader.eval_split_name`'s, its images converted to the training images' channels when they
+  differ (a 'folder:' tree of grayscale test images for colour training images, or back). In
+  memory (`Split`) or streamed (`RecordSplit`), as `loader.resolve_kind` decides (and logs)."""
   config = loader.resolve_kind(config)
   # the evaluation split first: usually the smaller, so a wrong name fails before the
   # training split's long decode
   test = loader.open_split(config, loader.eval_split_name(config))
   train = loader.open_split(config, config.data.train_split)
+  test = test.with_channels(train.channels)
   seed, val = config.data.subset_seed, None
   if config.eval.val_size:  # (the config check allows one of val_size and val_fraction)
     train, val = _split_off(train, config.eval.val_size, seed + 1,

@@ -22,23 +22,6 @@ def normalize(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 127.5 - 1
 
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma weights of R, G, B, as Pillow's 'L' mode
-
-
-def to_channels(images: jax.Array, channels: int) -> jax.Array:
-  """Images (..., C) -> (..., channels): grayscale (C = 1) repeated as colour, colour (C = 3)
-  turned to its luma (`LUMA`, which sums to 1, so it commutes with `normalize`); unchanged
-  when C = channels. For a few-shot dataset whose images are not of the model's kind."""
-  have = images.shape[-1]
-  if have == channels:
-    return images
-  if (have, channels) == (1, 3):
-    return jnp.broadcast_to(images, (*images.shape[:-1], 3))
-  if (have, channels) == (3, 1):
-    return images @ jnp.asarray(LUMA, images.dtype)[:, None]
-  raise ValueError(f'Images of {have} channels cannot be turned into {channels} channels.')
-
-
 def _check_range(name: str, value: tuple[float, float], upper: float = np.inf) -> None:
   if not 0 < value[0] <= value[1] <= upper:
     raise ValueError(f'{name}={value} must satisfy 0 < min <= max <= {upper}.')

@@ -178,6 +178,7 @@ def sample_images(config: ml_collections.ConfigDict, channels: int
   preprocessed as evaluation does: (N, S, S, C) float32 in [-1, 1], S = config.image_size.
 
   Falls back to the embedded digits (with a warning) when the dataset cannot be read here.
+  Images of the other kind than the model's `channels` are converted (`data.convert_channels`).
   Returns (images, the dataset's class names or None for the fallback, a description).
   """
   try:
@@ -191,11 +192,7 @@ def sample_images(config: ml_collections.ConfigDict, channels: int
     config = _digits(config.image_size, config.eval.crop_fraction)
     split = data.open_split(config, 'test')
     names, source = None, 'the embedded digits (the run\'s dataset is not readable here)'
-  images, _ = evaluate.eval_sample(config, split, NUM_IMAGES)
-  if images.shape[-1] != channels:
-    if images.shape[-1] != 1:
-      raise ValueError(f'{source} has {images.shape[-1]} channels, the model {channels}.')
-    images = np.repeat(images, channels, axis=-1)
+  images, _ = evaluate.eval_sample(config, split.with_channels(channels), NUM_IMAGES)
   return images, names, f'{len(images)} images of {source}'
 
 
