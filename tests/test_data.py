@@ -187,9 +187,6 @@ def bad_tree(tmp_path, problem):
   elif problem == 'mixed sizes':
     write_images(root / 'test' / 'cat', shape=(6, 6, 3))
     write_images(root / 'test' / 'dog', shape=(5, 6, 3))
-  elif problem == 'mixed modes':
-    write_images(root / 'test' / 'cat', shape=(6, 6, 3))
-    write_images(root / 'test' / 'dog', shape=(6, 6, 1))
   elif problem == 'not an archive':
     root = tmp_path / 'images.tar.gz'
     root.write_bytes(b'plain text')
@@ -204,8 +201,8 @@ def bad_tree(tmp_path, problem):
     ('differing classes', ValueError, r"only in test: \['bird'\], only in train: \['dog'\]"),
     ('undecodable image', ValueError, r'Cannot decode the image .*bad/test/cat/broken.png: not an '
      r"image format Pillow can identify; set data.corrupt_images='skip'"),
-    ('mixed sizes', ValueError, r'bad/test/dog/0.png is 5x6 \(HxW\) with 3 channel\(s\) but .*6x6'),
-    ('mixed modes', ValueError, r'dog/0.png is 6x6 \(HxW\) with 1 channel\(s\) but .* with 3'),
+    ('mixed sizes', ValueError, r'bad/test/dog/0.png is 5x6 \(HxW\) but .*cat/0.png is 6x6 '
+     r'\(HxW\): all images of a split must have the same size'),
     ('not an archive', ValueError, r'images.tar.gz is neither a directory nor a readable'),
 ])
 def test_folder_errors_name_the_problem(tmp_path, problem, error, message):
@@ -283,6 +280,30 @@ def test_a_few_shot_folder_is_evaluated_on_its_test_or_else_its_val_folder(tmp_p
     shots_from, probe_test = data.probe_splits(config, 1)
     np.testing.assert_array_equal(shots_from.images, pillow(np.stack(images['train']), 'L'))
     np.testing.assert_array_equal(probe_test.images, pillow(np.stack(images[evaluated]), 'L'))
+
+
+@pytest.mark.parametrize('packed', [None, 'tar.gz'])
+def test_a_split_of_grayscale_and_colour_images_is_held_as_colour(tmp_path, packed):
+  """Grayscale images among colour ones of one size are held as colour, as Pillow converts
+  them (as streaming reads them), so 'auto' holds the split in memory; data.channels=1 reads
+  every image as Pillow's 'L'."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'mixed'
+  for split in data.SPLITS:
+    write_images(root / split / 'cat', shape=(6, 6, 3), count=3, seed=1)
+    write_images(root / split / 'dog', shape=(6, 6, 1), count=3, seed=2)
+  colour = np.stack(write_images(tmp_path / 'x', shape=(6, 6, 3), count=3, seed=1))
+  gray = np.stack(write_images(tmp_path / 'x', shape=(6, 6, 1), count=3, seed=2))
+  if packed:
+    root = make_archive(root, tmp_path / 'mixed.tar.gz')
+  config = quickstart.get_config()
+  config.dataset, config.data.cache_dir = f'folder:{root}', str(tmp_path / 'cache')
+  assert data.choose_kind(config) == ('memory', '6 images, 648 bytes decoded <= 4 GB')
+  split = data.open_split(config, 'train')
+  np.testing.assert_array_equal(split.images, np.concatenate([colour, pillow(gray, 'RGB')]))
+  config.data.channels = 1
+  np.testing.assert_array_equal(data.open_split(config, 'train').images,
+                                np.concatenate([pillow(colour, 'L'), gray]))
 
 
 def test_a_test_folder_of_the_other_kind_is_read_as_the_training_images(tmp_path):

@@ -131,8 +131,8 @@ def test_subsets_and_the_hold_out_are_index_lists_over_the_records(prepared):
 
 
 def test_stream_config_errors_name_the_field(prepared, tmp_path):
-  with pytest.raises(ValueError, match=r"all images of a split must have the same size and "
-                     r"mode \(data.kind='stream' reads images of any size\)"):
+  with pytest.raises(ValueError, match=r"all images of a split must have the same size "
+                     r"\(data.kind='stream' reads images of any size\)"):
     train.train_and_evaluate(stream_config(prepared, **{'data.kind': 'memory'}), str(tmp_path))
   with pytest.raises(ValueError, match="no 'test' split; it has"):
     train.train_and_evaluate(stream_config(prepared, **{'data.eval_split': 'test'}),
@@ -240,7 +240,7 @@ def test_auto_sizes_a_prepared_split_from_16_records_spread_over_it(prepared, mo
                       lambda self, i: read.append((self.split, i)) or get(self, i))
   kind, why = data.choose_kind(stream_config(prepared))
   # 18 training records of sizes from 40 to 120 pixels, some grayscale: streamed.
-  assert kind == 'stream' and why.startswith('18 images of different sizes or modes (HxWxC ')
+  assert kind == 'stream' and why.startswith('18 images of different sizes (HxWxC ')
   assert read == [('train', i) for i in np.linspace(0, 17, 16).astype(int)]
 
 

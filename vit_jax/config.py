@@ -392,8 +392,8 @@ def defaults() -> ml_collections.ConfigDict:
       kind='auto',                    # 'memory' (decoded whole, augmented on the device) |
                                       # 'stream' (grain, decoded + augmented on the host) |
                                       # 'auto' (memory when the training split decoded fits
-                                      # memory_limit_gb and its images share one size and
-                                      # mode, else stream; 'digits' always in memory)
+                                      # memory_limit_gb and its images share one size, else
+                                      # stream; 'digits' always in memory)
       memory_limit_gb=loader.MEMORY_LIMIT_GB,  # the limit of 'auto' on the decoded training
                                       # split: N x H x W x C bytes at the stored image size
       workers=0,                      # grain worker processes decoding ahead (0: threads)

@@ -2,7 +2,8 @@
 decoded-array cache.
 
 Layout: `<root>/{train,test}/<class>/<image>`, `<root>` being the path itself or its single
-top-level folder. Every image of a split must have the same size and mode.
+top-level folder. Every image of a split must have the same size; a split that mixes grayscale
+and colour images is held as colour.
 """
 import collections
 import contextlib
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vit_jax import files
-from vit_jax.data.split import SPLITS, Split
+from vit_jax.data.split import SPLITS, Split, convert_channels
 
 _CACHE_VERSION = 1  # part of the cache key: bump when decoding changes
 GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')  # decoded as 'L' (one channel); others as 'RGB'
@@ -267,8 +268,10 @@ def pillow_error(error: Exception) -> str:
 
 def decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
                   skip_corrupt: bool) -> tuple[np.ndarray, np.ndarray]:
-  """Decodes `paths` with Pillow into (N', H, W, C) uint8, all of one size and mode, and a
-  (N,) bool mask of the decoded paths (False only for files skipped with `skip_corrupt`)."""
+  """Decodes `paths` with Pillow into (N', H, W, C) uint8, all of one size (grayscale modes as
+  one channel, other modes as RGB; grayscale among colour images repeated as colour, as Pillow
+  converts them), and a (N,) bool mask of the decoded paths (False only for files skipped with
+  `skip_corrupt`)."""
   images, kept = [], np.ones(len(paths), bool)
   for i, name in enumerate(paths):
     try:
@@ -282,14 +285,14 @@ def decode_images(path: str, paths: list[str], read: Callable[[str], bytes],
                        f"{pillow_error(e)}; set data.corrupt_images='skip' to leave such files "
                        'out.') from e
     image = image.reshape(*image.shape[:2], -1)
-    if images and image.shape != images[0].shape:
-      describe = lambda s: f'{s[0]}x{s[1]} (HxW) with {s[2]} channel(s)'
+    if images and image.shape[:2] != images[0].shape[:2]:
+      size = lambda s: f'{s[0]}x{s[1]} (HxW)'
       raise ValueError(
-          f'{os.path.join(path, name)} is {describe(image.shape)} but '
-          f'{os.path.join(path, paths[0])} is {describe(images[0].shape)}: all images of a '
-          'split must have the same size and mode (data.kind=\'stream\' reads images of any '
-          'size).')
+          f'{os.path.join(path, name)} is {size(image.shape)} but '
+          f'{os.path.join(path, paths[0])} is {size(images[0].shape)}: all images of a split '
+          'must have the same size (data.kind=\'stream\' reads images of any size).')
     images.append(image)
   if not images:
     raise ValueError(f'None of the {len(paths)} images of {path} can be decoded.')
-  return np.stack(images), kept
+  channels = max(image.shape[-1] for image in images)
+  return np.stack([convert_channels(image, channels) for image in images]), kept

@@ -3,10 +3,10 @@ decoding it: from the decoded-array cache's header, or from the record count and
 of a few records spread over the split (a prepared directory's count is in its metadata, so
 no image file is listed or opened but those few).
 
-Memory holds every image at its stored size, one size and mode per split (grayscale as one
-channel, other modes as three, or as data.channels asks), so a split of H x W images with C
-channels takes N x H x W x C bytes; a split whose sampled images differ in size or mode cannot
-be held.
+Memory holds every image at its stored size, one size per split (grayscale as one channel,
+other modes as three; a split that mixes both as three; or as data.channels asks), so a split of
+H x W images with C channels takes N x H x W x C bytes; a split whose sampled images differ in
+size cannot be held.
 """
 import dataclasses
 import io
@@ -23,7 +23,7 @@ SAMPLE = 16  # records whose headers are read
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-  """examples: N; shapes: the distinct (H, W, C) seen (one when the split can be held);
+  """examples: N; shapes: the distinct (H, W, C) held (one when the split can be held);
   channels: the C the images are read as (data.channels), None: as stored."""
   examples: int
   shapes: tuple[tuple[int, int, int], ...]
@@ -31,20 +31,20 @@ class Footprint:
 
   @property
   def nbytes(self) -> int | None:
-    """N x H x W x C, or None when the images differ in size or mode."""
+    """N x H x W x C, or None when the images differ in size."""
     if len(self.shapes) != 1:
       return None
     height, width, channels = self.shapes[0]
     return self.examples * height * width * (self.channels or channels)
 
   def describe(self) -> str:
-    """'50,000 images, 154 MB decoded' or '9 images of different sizes or modes (...)'."""
+    """'50,000 images, 154 MB decoded' or '9 images of different sizes (...)'."""
     if not self.shapes:
       return f'{self.examples:,} images, none of the sampled headers readable'
     if self.nbytes is None:
       seen = ', '.join('x'.join(map(str, s)) for s in self.shapes[:3])
       more = ', ...' if len(self.shapes) > 3 else ''
-      return f'{self.examples:,} images of different sizes or modes (HxWxC {seen}{more})'
+      return f'{self.examples:,} images of different sizes (HxWxC {seen}{more})'
     return f'{self.examples:,} images, {size(self.nbytes)} decoded'
 
 
@@ -79,4 +79,6 @@ def of_records(split: RecordSplit, sample: int = SAMPLE) -> Footprint:
       continue
     if shape not in shapes:
       shapes.append(shape)
+  if len({shape[:2] for shape in shapes}) == 1:  # one size: grayscale among colour held as colour
+    shapes = [max(shapes)]
   return Footprint(len(split), tuple(shapes))

@@ -11,8 +11,8 @@ never look at which kind they got.
 
 `data.kind` ('auto' | 'memory' | 'stream') forces one kind; 'auto' (`choose_kind`) holds a
 dataset in memory when its training split, decoded (`footprint`: N x H x W x C bytes at the
-stored image size), takes at most `data.memory_limit_gb` and its images have one size and
-mode, and streams it otherwise ('digits' is always in memory). `resolve_kind` decides once
+stored image size), takes at most `data.memory_limit_gb` and its images have one size, and
+streams it otherwise ('digits' is always in memory). `resolve_kind` decides once
 for a run and logs the decision in one line.
 """
 import contextlib
