@@ -24,28 +24,31 @@ BATCH, LAYERS, DEVICES = 32, 2, 8
 
 @pytest.fixture(scope='module')
 def plans(tmp_path_factory):
-  """Plan results by mesh axis, each computed once."""
+  """Plan results by (mesh axis, data.channels), each computed once."""
   cache = {}
-  def get(axis: str) -> dict:
-    if axis not in cache:
-      cache[axis] = run_plan(tmp_path_factory.mktemp(axis), f"(('{axis}', {DEVICES}),)")
-    return cache[axis]
+  def get(axis: str, channels: int | None = None) -> dict:
+    if (axis, channels) not in cache:
+      cache[axis, channels] = run_plan(tmp_path_factory.mktemp(axis),
+                                       f"(('{axis}', {DEVICES}),)", channels)
+    return cache[axis, channels]
   return get
 
 
-def run_plan(tmp_path, mesh: str) -> dict:
+def run_plan(tmp_path, mesh: str, channels: int | None) -> dict:
   out = tmp_path / 'plan.json'
   proc = subprocess.run(
       [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py', '--plan',
        f'--plan_devices={DEVICES}', '--plan_num_classes=10', f'--plan_json={out}',
        f'--config.batch_size={BATCH}', f'--config.model.num_layers={LAYERS}',
-       f'--config.mesh={mesh}', '--config.model.scan=True'],
+       f'--config.mesh={mesh}', '--config.model.scan=True']
+      + ([f'--config.data.channels={channels}'] if channels else []),
       cwd=ROOT, env=child_env(1), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'per device: peak' in proc.stdout and 'parameter shardings:' in proc.stdout
   result = json.loads(out.read_text())
-  assert proc.stdout.startswith(f'ViT-Nano_2: {result["num_params"]:,} parameters (10-class head: '
-                                '--plan_num_classes), batch')
+  assert proc.stdout.startswith(
+      f'ViT-Nano_2: {result["num_params"]:,} parameters (10-class head: --plan_num_classes), '
+      f'batch {BATCH} at 8 px with {channels or 3} channel(s) (data.channels), mesh')
   assert result['num_classes'] == 10
   total = [c.strip() for c in proc.stdout.rstrip().splitlines()[-1].split(' | ')]
   assert total == ['total', '', f'{result["num_params"]:,}', f'{len(result["params"])} arrays']
@@ -54,15 +57,15 @@ def run_plan(tmp_path, mesh: str) -> dict:
 
 @pytest.fixture(scope='module')
 def model_and_state():
-  """The quickstart model (unscanned) and its abstract train state, built here on one device."""
+  """channels -> the quickstart model (unscanned) and its abstract train state for images of
+  that many channels, built here on one device."""
   config = quickstart.get_config()
   config.model.num_layers = LAYERS
   model = get_model(config.model.name, num_classes=10, **config_overrides(config.model))
   tx, _ = optim.make_optimizer(config)
-  shapes = jax.eval_shape(
+  return lambda channels: (model, jax.eval_shape(
       lambda: (lambda p: (p, tx.init(p)))(
-          model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']))
-  return model, shapes
+          model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, channels)))['params'])))
 
 
 def per_device_bytes(tree, mesh) -> int:
@@ -75,16 +78,19 @@ def per_device_bytes(tree, mesh) -> int:
   return total
 
 
-@pytest.mark.parametrize('axis', ['data', 'fsdp'])
-def test_plan_arguments_are_the_state_and_batch_shards(plans, model_and_state, axis):
-  _, (params, opt_state) = model_and_state
-  result = plans(axis)
+@pytest.mark.parametrize('axis,channels', [('data', None), ('fsdp', None), ('data', 1)])
+def test_plan_arguments_are_the_state_and_batch_shards(plans, model_and_state, axis, channels):
+  """The state and the batch of (8, 8, C) uint8 images, C = data.channels or 3 (the plan reads
+  no data)."""
+  _, (params, opt_state) = model_and_state(channels or 3)
+  result = plans(axis, channels)
   assert result['devices'] == DEVICES and result['mesh'] == {axis: DEVICES}
+  assert result['channels'] == (channels or 3)
   assert result['num_params'] == sum(a.size for a in jax.tree_util.tree_leaves(params))
   mesh = AbstractMesh((DEVICES,), (axis,))
   # Step (int32), RNG key (2 x uint32), parameters, optimizer state and the batch rows.
   state = per_device_bytes((params, opt_state), mesh) + 4 + 8
-  batch = BATCH // DEVICES * (8 * 8 * 3 + 4)  # uint8 RGB images (the plan assumes 3 channels), int32 labels
+  batch = BATCH // DEVICES * (8 * 8 * (channels or 3) + 4)  # uint8 images, int32 labels
   assert result['memory']['arguments'] == pytest.approx(state + batch, abs=64)
   if axis == 'fsdp':
     sharded = [p for p in result['params'] if 'fsdp' in p['spec']]
@@ -93,7 +99,7 @@ def test_plan_arguments_are_the_state_and_batch_shards(plans, model_and_state, a
 
 
 def test_plan_flops_match_cost_analysis_of_the_unscanned_model(plans, model_and_state):
-  model, _ = model_and_state
+  model, _ = model_and_state(3)
   result = plans('data')
   forward = flops.xla_forward_flops(model, (8, 8, 3))  # XLA's count for the whole unrolled model
   np.testing.assert_allclose(result['flops_per_step'], 3 * BATCH * forward, rtol=1e-6)

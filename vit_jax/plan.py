@@ -40,13 +40,13 @@ def _param_rows(abstract: Any) -> list[dict[str, Any]]:
           for name, shape, _, spec in overview.parameter_rows(abstract)]
 
 
-def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
-         ) -> dict[str, Any]:
-  """Compiles `config`'s train step on the current devices (abstract inputs only).
+def plan(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
+  """Compiles `config`'s train step on the current devices (abstract inputs only), for images
+  of data.channels channels (no data is read: colour unless it says 1).
 
-  Returns {'model', 'num_classes', 'mesh', 'devices', 'batch_size', 'num_params', 'memory'
-  (bytes per device: arguments, outputs, aliased, temporaries, peak = arguments + outputs -
-  aliased + temporaries), 'flops_per_step' (3 x forward FLOPs x batch: forward, backward and no
+  Returns {'model', 'num_classes', 'mesh', 'devices', 'batch_size', 'image_size', 'channels',
+  'num_params', 'memory' (bytes per device: arguments, outputs, aliased, temporaries, peak =
+  arguments + outputs - aliased + temporaries), 'flops_per_step' (3 x forward FLOPs x batch: forward, backward and no
   rematerialisation), 'compile_seconds', 'params' (path, shape, PartitionSpec of every
   parameter), 'fsdp_replicated' (paths of the large parameters the `fsdp` axis cannot split,
   `sharding.fsdp_replicated`), 'fsdp_replicated_bytes' (their bytes on every device, optimizer
@@ -58,6 +58,7 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
   config_lib.check(config)
   mesh = sharding.make_mesh(config.mesh)
   config_lib.check_batch(config, mesh)
+  channels = config.data.channels or 3
   model = train.build_model(config, num_classes, channels)
   fields = config_fields(config.model)
   sharding.check_tensor_parallel(mesh, fields)
@@ -78,7 +79,7 @@ def plan(config: ml_collections.ConfigDict, num_classes: int, channels: int = 3
   return {
       'model': config.model.name, 'num_classes': num_classes, 'mesh': dict(mesh.shape),
       'devices': mesh.size,
-      'batch_size': config.batch_size, 'image_size': config.image_size,
+      'batch_size': config.batch_size, 'image_size': config.image_size, 'channels': channels,
       'scan': bool(config.model.scan), 'remat_policy': config.model.remat_policy or 'none',
       'num_params': sum(int(a.size) for a in jax.tree_util.tree_leaves(abstract.params)),
       'memory': flops.compiled_memory(compiled),
@@ -95,8 +96,9 @@ def summary(result: dict[str, Any]) -> str:
   m = result['memory']
   lines = [
       f'{result["model"]}: {result["num_params"]:,} parameters ({result["num_classes"]:,}-class '
-      f'head: --plan_num_classes), batch {result["batch_size"]} at {result["image_size"]} px, '
-      f'mesh {result["mesh"]} ({result["devices"]} devices)',
+      f'head: --plan_num_classes), batch {result["batch_size"]} at {result["image_size"]} px '
+      f'with {result["channels"]} channel(s) (data.channels), mesh {result["mesh"]} '
+      f'({result["devices"]} devices)',
       f'per device: peak {m["peak"] / GB:.2f} GB = arguments {m["arguments"] / GB:.2f} + outputs '
       f'{m["outputs"] / GB:.2f} - aliased (donated) {m["aliased"] / GB:.2f} + temporaries '
       f'{m["temporaries"] / GB:.2f}',
