@@ -46,11 +46,11 @@ def plan(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
 
   Returns {'model', 'num_classes', 'mesh', 'devices', 'batch_size', 'image_size', 'channels',
   'num_params', 'memory' (bytes per device: arguments, outputs, aliased, temporaries, peak =
-  arguments + outputs - aliased + temporaries), 'flops_per_step' (3 x forward FLOPs x batch: forward, backward and no
-  rematerialisation), 'compile_seconds', 'params' (path, shape, PartitionSpec of every
-  parameter), 'fsdp_replicated' (paths of the large parameters the `fsdp` axis cannot split,
-  `sharding.fsdp_replicated`), 'fsdp_replicated_bytes' (their bytes on every device, optimizer
-  state not included)}.
+  arguments + outputs - aliased + temporaries), 'flops_per_step' (3 x forward FLOPs x batch:
+  forward, backward and no rematerialisation), 'compile_seconds', 'params' (path, shape,
+  PartitionSpec of every parameter), 'fsdp_replicated' (paths of the large parameters the
+  `fsdp` axis cannot split, `sharding.fsdp_replicated`), 'fsdp_replicated_bytes' (their bytes
+  on every device, optimizer state not included)}.
 
   Raises:
     ValueError: the same config errors as training (mesh, batch, model, tensor parallelism).

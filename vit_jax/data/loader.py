@@ -59,16 +59,16 @@ def _record_split(config: ml_collections.ConfigDict, split: str) -> pipeline.Rec
 
 
 def _footprint(config: ml_collections.ConfigDict) -> footprint.Footprint:
-  """The decoded size of the training split, its images read as data.channels asks: a
-  'folder:' split from its decoded-array cache when it is there, else any split from its
-  records (`footprint.of_records`)."""
+  """The decoded size of the training split: a 'folder:' split from its decoded-array cache
+  when it is there, else any split from its records (`footprint.of_records`)."""
   kind, _, arg = config.dataset.partition(':')
   split = config.data.train_split
-  shape = kind == 'folder' and folder.cached_shape(arg, split, config.data.cache_dir,
-                                                   config.data.corrupt_images == 'skip')
-  found = (footprint.of_array(shape) if shape else
-           footprint.of_records(_record_split(config, split)))
-  return dataclasses.replace(found, channels=config.data.get('channels'))
+  if kind == 'folder':
+    shape = folder.cached_shape(arg, split, config.data.cache_dir,
+                                config.data.corrupt_images == 'skip')
+    if shape is not None:
+      return footprint.of_array(shape)
+  return footprint.of_records(_record_split(config, split))
 
 
 def training_examples(config: ml_collections.ConfigDict) -> int:
@@ -90,7 +90,7 @@ def choose_kind(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return kind, f'data.kind={kind!r}'
   if config.dataset == 'digits':
     return 'memory', 'the embedded digits'
-  found = _footprint(config)
+  found = dataclasses.replace(_footprint(config), channels=config.data.get('channels'))
   limit = config.data.get('memory_limit_gb', MEMORY_LIMIT_GB)
   if found.nbytes is None:
     return 'stream', found.describe()

@@ -73,9 +73,9 @@ def _load_tfds(name: str, split: str, data_dir: str | None, cache_dir: str | Non
 
 def decode_records(split: RecordSplit, skip_corrupt: bool) -> Split:
   """Every record of a record split decoded into memory, as image folders are (one size;
-  grayscale stays one channel, unless mixed with colour): images (N, H, W, C) uint8. A record that cannot be
-  decoded is an error, or with `skip_corrupt` left out and listed in `Split.skipped` (after
-  the files the split itself lists as skipped)."""
+  grayscale stays one channel, unless mixed with colour): images (N, H, W, C) uint8. A record
+  that cannot be decoded is an error, or with `skip_corrupt` left out and listed in
+  `Split.skipped` (after the files the split itself lists as skipped)."""
   where = f'{split.where} record'
   records = [str(split.record(i)) for i in range(len(split))]
   images, kept = decode_images(where, records, lambda r: split.source[int(r)][0], skip_corrupt)

@@ -46,5 +46,8 @@ class Split:
     return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
   def with_channels(self, channels: int | None) -> 'Split':
-    """This split with its images converted to `channels` (`convert_channels`)."""
+    """This split with its images converted to `channels` (`convert_channels`; None or its
+    own: itself)."""
+    if channels is None or channels == self.channels:
+      return self
     return dataclasses.replace(self, images=convert_channels(self.images, channels))
