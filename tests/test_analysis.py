@@ -7,6 +7,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
 from configs import quickstart
@@ -171,6 +172,35 @@ def test_analyze_a_vit_run_writes_every_figure_and_the_numbers(trained_runs, tmp
   assert saved['noise']['clean_accuracy'] == pytest.approx(accuracy, abs=1.5 / len(idx))
 
 
+def test_a_test_folder_of_the_other_kind_is_analysed_as_training_evaluated_it(tmp_path):
+  """Colour training images and a grayscale test folder: the run evaluates the test images as
+  colour, and so does the analysis (the model's kernel wants 3 channels); its attention
+  distances equal the NumPy ViT's on the grayscale PNGs repeated to RGB (Pillow's conversion)."""
+  rng = np.random.default_rng(0)
+  for split, shape in (('train', (8, 8, 3)), ('test', (8, 8))):
+    for name in ('a', 'b'):
+      os.makedirs(tmp_path / 'tree' / split / name)
+      for i in range(6):
+        Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(
+            tmp_path / 'tree' / split / name / f'{i}.png')
+  config = quickstart.get_config()
+  config.model = config_lib.model_config('ViT-Nano_2', num_layers=2)
+  config.dataset, config.data.cache_dir = f'folder:{tmp_path / "tree"}', str(tmp_path / 'c')
+  config.train_size, config.eval.val_fraction = None, 0.25
+  config.total_steps = config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.batch_size, config.eval.fewshot_shots = 8, ()
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  saved = run.analyze(workdir, str(tmp_path / 'out'), ['distance'], num_images=12)
+  gray = data.load_split(config.dataset, 'test').images  # (12, 8, 8, 1), as stored
+  assert gray.shape == (12, 8, 8, 1)
+  _, _, params = checkpoint.load_run(workdir)
+  colour = np.asarray(data.preprocess_eval(np.repeat(gray, 3, -1), image_size=8))
+  _, weights = vit_forward(params, colour, patch_size=2)
+  for layer, want in enumerate(mean_attention_distance(weights, 4, 2)):  # 4x4 patches of 2 px
+    np.testing.assert_allclose(saved['distance']['pixels'][layer], want, atol=1e-3)
+
+
 def test_more_images_than_the_split_holds_use_and_record_them_all(trained_runs, tmp_path):
   n = len(data.load_split('digits', 'test').labels)
   every = run.analyze(trained_runs['vit'], str(tmp_path / 'all'), ['distance'], num_images=n)
@@ -221,7 +251,6 @@ def test_band_noise_stays_in_its_band_and_has_the_asked_std():
   assert robustness.bands(4) == [(0, .25), (.25, .5), (.5, .75), (.75, 1)]
   with pytest.raises(ValueError, match=r'band=\(0.5, 0.2\) must satisfy'):
     robustness.band_noise((1, 4, 4, 1), (0.5, 0.2), 0.1, rng)
-
 
 
 def test_fixed_position_embeddings_skip_the_posemb_analysis(trained_runs, tmp_path):

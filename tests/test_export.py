@@ -27,9 +27,9 @@ import transformers
 from configs import quickstart
 from conftest import randomize
 from numpy_vit import gelu_exact, gelu_tanh, vit_forward
-from vit_jax import checkpoint, data, export, files, pretrained, train
+from vit_jax import checkpoint, data, export, files, models, pretrained, train
 from vit_jax import config as config_lib
-from vit_jax.export import hf, layout, stdconv, timm
+from vit_jax.export import hf, stdconv, timm
 from vit_jax.models import get_model, resnet
 
 pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
@@ -442,7 +442,7 @@ def test_cli_exports_a_trained_resnet_to_timm_and_onnx(resnet_run, tmp_path):
 def zero_params(model, image_size, channels=3):
   """Zero parameters of the right shapes for (S, S, C) images, without compiling `init`."""
   return pretrained.unflatten({k: np.zeros(v, np.float32) for k, v in
-                               layout.param_shapes(model, image_size, channels).items()})
+                               models.param_shapes(model, image_size, channels).items()})
 
 
 def test_resnets_timm_cannot_hold_and_other_errors_are_one_clear_error(sources, tmp_path):

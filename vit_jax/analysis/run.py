@@ -18,7 +18,7 @@ import numpy as np
 from vit_jax import checkpoint, data, evaluate, files, train
 from vit_jax.scaling import results as sweep_results
 from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness
-from vit_jax.models import forward_with_intermediates, resolved_fields
+from vit_jax.models import forward_with_intermediates, input_channels, resolved_fields
 from vit_jax.models.resnet import ResidualUnit
 
 ANALYSES = ('filters', 'posemb', 'distance', 'rollout', 'fourier', 'noise', 'hessian')
@@ -122,7 +122,9 @@ def analyze(workdir: str, out: str, only: list[str] | None = None, num_images: i
   figure = lambda name: os.path.join(out, f'{name}.png')
 
   config = data.resolve_kind(config)  # the run's dataset, of any kind
-  test = data.open_split(config, data.eval_split_name(config))
+  # as training evaluated it: images of the other kind than the model's are converted
+  channels = input_channels(model, params, config.image_size, config.model.name)
+  test = data.open_split(config, data.eval_split_name(config)).with_channels(channels)
   x, _ = evaluate.eval_sample(config, test, num_images)
   if len(x) < num_images:
     logging.warning('The evaluation split has %d images, fewer than --images=%d: the analyses '

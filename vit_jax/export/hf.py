@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from absl import logging
 import numpy as np
 
-from vit_jax import files, pretrained
+from vit_jax import files, models, pretrained
 from vit_jax.export import layout
 from vit_jax.export.source import Source
 from vit_jax.export.verify import VerificationError
@@ -175,7 +175,7 @@ def import_state_dict(state: Mapping[str, Any], hf_config: Mapping[str, Any] | A
       key = re.sub(pattern, replacement, key)
     arrays[key] = value.detach().cpu().numpy() if hasattr(value, 'detach') else np.asarray(value)
   flat = layout.from_state_dict(arrays, _entries(model.num_layers),
-                                layout.param_shapes(model, image_size, channels),
+                                models.param_shapes(model, image_size, channels),
                                 'the Hugging Face checkpoint')
   return model, pretrained.unflatten(flat)
 

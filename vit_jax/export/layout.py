@@ -12,16 +12,15 @@ several, concatenated on the output axis, as timm's fused qkv), `theirs` a state
 - 'conv': HWIO -> OIHW;
 - 'linear_1x1': a Dense kernel (D_in, D_out) -> a 1x1 convolution weight (D_out, D_in, 1, 1).
 
-`vit_for_weights` and `param_shapes` build the ViT that imported weights go into.
+`vit_for_weights` builds the ViT that imported weights go into (`models.param_shapes` gives
+its parameter shapes).
 """
 import dataclasses
-from typing import Any, Mapping
+from typing import Mapping
 
 import flax.linen as nn
-import jax
 import numpy as np
 
-from vit_jax import pretrained
 from vit_jax.models import get_model
 
 
@@ -119,12 +118,3 @@ def vit_for_weights(*, num_classes: int, hidden_size: int, mlp_dim: int, num_hea
   return get_model('ViT-B_16', num_classes=num_classes, hidden_size=hidden_size, mlp_dim=mlp_dim,
                    num_heads=num_heads, num_layers=num_layers, patch_size=patch_size,
                    classifier=classifier, gelu_approximate=gelu_approximate)
-
-
-def param_shapes(model: nn.Module, image_size: int | tuple[int, int], channels: int
-                 ) -> dict[str, tuple[int, ...]]:
-  """{'a/b': shape} of `model`'s parameters for (S, S, C) images, without computing them."""
-  size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-  images = jax.ShapeDtypeStruct((1, *size, channels), np.float32)
-  params: Any = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)['params']
-  return {k: tuple(v.shape) for k, v in pretrained.flatten(params).items()}

@@ -20,7 +20,7 @@ import numpy as np
 
 from vit_jax import checkpoint, data, evaluate, files, pretrained
 from vit_jax import config as config_lib
-from vit_jax.export import layout
+from vit_jax import models
 from vit_jax.models import ResNet, T2TViT, VisionTransformer
 
 Params = dict[str, Any]
@@ -108,7 +108,7 @@ class Source:
     """
     model = model.clone(**{k: v for k, v in _EXPORT_FIELDS.items() if hasattr(model, k)})
     params = pretrained.unstack_layers(jax.tree_util.tree_map(np.asarray, dict(params)))
-    channels = input_channels(model, params, image_size, name)
+    channels = models.input_channels(model, params, image_size, name)
     images_from = 'the given images'
     if images is None:
       config = config if config is not None else _digits(image_size)
@@ -152,16 +152,6 @@ def predictor(model: nn.Module, params: Params) -> Callable[[np.ndarray], np.nda
   """The jitted forward pass: images (B, S, S, C) float32 -> logits (B, classes) NumPy."""
   apply = _jitted_apply(model)
   return lambda images: np.asarray(apply(params, jnp.asarray(images, jnp.float32)))
-
-
-def input_channels(model: nn.Module, params: Params, image_size: int, name: str) -> int:
-  """The channels C of the (S, S, C) images that `params` were made for (checked by shape)."""
-  shapes = {k: np.shape(v) for k, v in pretrained.flatten(params).items()}
-  for channels in (3, 1, 4, 2):
-    if layout.param_shapes(model, image_size, channels) == shapes:
-      return channels
-  raise ValueError(f'The parameters do not fit {name} on {image_size}x{image_size} images with '
-                   '1 to 4 channels (wrong image_size, model overrides or checkpoint).')
 
 
 def _digits(image_size: int, crop_fraction: float = 1.) -> ml_collections.ConfigDict:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from vit_jax import files, pretrained
+from vit_jax import files, models, pretrained
 from vit_jax.export import layout, stdconv
 from vit_jax.export.source import Source
 from vit_jax.export.verify import VerificationError
@@ -259,7 +259,7 @@ def import_state_dict(state: Mapping[str, Any], *, num_heads: int, gelu_approxim
       num_layers=sum(k.endswith('.norm1.weight') for k in arrays),
       patch_size=tuple(patch), classifier='token' if class_token else 'gap',
       gelu_approximate=gelu_approximate)
-  shapes = layout.param_shapes(model, (grid * patch[0], grid * patch[1]), channels)
+  shapes = models.param_shapes(model, (grid * patch[0], grid * patch[1]), channels)
   flat = layout.from_state_dict(arrays, _vit_entries(model.num_layers, class_token), shapes,
                                 'the timm checkpoint')
   return model, pretrained.unflatten(flat)

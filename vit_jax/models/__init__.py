@@ -5,9 +5,11 @@ Names and sizes live in `vit_jax/models/registry.py`. Every module is called as
 """
 import dataclasses
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vit_jax.models import registry
 from vit_jax.models.resnet import ResNet
@@ -111,5 +113,26 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
   return FAMILIES[family](num_classes=num_classes, **kwargs)
 
 
+def param_shapes(model: nn.Module, image_size: int | tuple[int, int], channels: int
+                 ) -> dict[str, tuple[int, ...]]:
+  """{'a/b': shape} of `model`'s parameters for (S, S, C) images, without computing them."""
+  size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  images = jax.ShapeDtypeStruct((1, *size, channels), np.float32)
+  params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)['params']
+  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
+
+
+def input_channels(model: nn.Module, params, image_size: int, name: str) -> int:
+  """The channels C of the (S, S, C) images that `params` (a nested dict, unrolled layers if
+  `model` is) were made for, checked by shape."""
+  shapes = {k: np.shape(v) for k, v in traverse_util.flatten_dict(params, sep='/').items()}
+  for channels in (3, 1, 4, 2):
+    if param_shapes(model, image_size, channels) == shapes:
+      return channels
+  raise ValueError(f'The parameters do not fit {name} on {image_size}x{image_size} images with '
+                   '1 to 4 channels (wrong image_size, model overrides or checkpoint).')
+
+
 __all__ = ['FAMILIES', 'ResNet', 'T2TViT', 'VisionTransformer', 'config_fields', 'config_overrides',
-           'forward_with_intermediates', 'get_model', 'model_fields', 'resolved_fields']
+           'forward_with_intermediates', 'get_model', 'input_channels', 'model_fields',
+           'param_shapes', 'resolved_fields']
