@@ -2,6 +2,7 @@
 import functools
 import glob
 import json
+import logging
 import os
 import re
 import sys
@@ -545,10 +546,10 @@ def test_convert_channels_is_pillows_conversion():
 
 
 @pytest.mark.parametrize('kind', ['memory', 'stream'])
-def test_data_channels_reads_every_image_as_grayscale_or_colour(tmp_path, kind):
+def test_data_channels_reads_every_image_as_grayscale_or_colour(tmp_path, kind, caplog):
   """data.channels=1 reads a colour tree as Pillow's 'L' of its images, in memory and streamed
-  (training and evaluation batches); 'auto' weighs the split at the channels asked for; the
-  digits read as colour are their grayscale repeated."""
+  (training and evaluation batches); 'auto' weighs the split at the channels asked for and
+  says them; the digits read as colour are their grayscale repeated."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   expected = make_tree(tmp_path / 'tree', shape=(8, 8, 3))
   config = quickstart.get_config()
@@ -574,6 +575,11 @@ def test_data_channels_reads_every_image_as_grayscale_or_colour(tmp_path, kind):
   config.data.channels = 1
   assert (stored, data.choose_kind(config)[1]) == (
       '9 images, 1.73 kB decoded <= 4 GB', '9 images, 576 bytes decoded <= 4 GB')
+  caplog.set_level(logging.INFO)
+  data.resolve_kind(config)
+  assert caplog.records[-1].getMessage() == (
+      f'data: {config.dataset}, memory (9 images, 576 bytes decoded <= 4 GB), read as grayscale'
+      ' (data.channels=1)')
   config.dataset, config.data.channels = 'digits', 3
   digits = data.load_split('digits', 'test').images
   np.testing.assert_array_equal(data.open_split(config, 'test').images,

@@ -102,9 +102,13 @@ def choose_kind(config: ml_collections.ConfigDict) -> tuple[str, str]:
 def resolve_kind(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` whose data.kind is the kind its dataset is read as ('memory' or
   'stream', `choose_kind`), decided once and logged in one line ('data: folder:cifar10.tar.gz,
-  memory (50,000 images, 154 MB decoded <= 4 GB)')."""
+  memory (50,000 images, 154 MB decoded <= 4 GB)', with data.channels when set: ', read as
+  grayscale (data.channels=1)')."""
   kind, why = choose_kind(config)
-  logging.info('data: %s, %s (%s)', config.dataset, kind, why)
+  channels = config.data.get('channels')
+  read_as = {1: ', read as grayscale', 3: ', read as colour'}.get(channels)
+  logging.info('data: %s, %s (%s)%s', config.dataset, kind, why,
+               f'{read_as} (data.channels={channels})' if read_as else '')
   resolved = copy.deepcopy(config)
   resolved.data.kind = kind
   return resolved
