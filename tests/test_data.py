@@ -319,6 +319,52 @@ def test_a_test_folder_of_the_other_kind_is_read_as_the_training_images(tmp_path
   np.testing.assert_array_equal(test.images, pillow(gray, 'RGB'))
 
 
+def test_a_folder_with_only_train_trains_and_evaluates_on_slices_of_it(tmp_path):
+  """A tree with train/ alone: its missing test/ is refused with the way out, and slices of
+  train/ (one fixed pseudo-random order, classes mixed, the same images in memory and
+  streamed) are trained and evaluated on; a slice past the end is refused by name, from the
+  tree's listing before any image is decoded and from the decoded-array cache after."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  images = {name: write_images(tmp_path / 'tree' / 'train' / name, shape=(8, 8, 3), count=10,
+                               seed=s) for s, name in enumerate(('cat', 'dog'))}
+  every = np.stack(images['cat'] + images['dog'])  # class, then name order
+  config = quickstart.get_config()
+  config.dataset, config.data.cache_dir = f'folder:{tmp_path / "tree"}', str(tmp_path / 'c')
+  config.train_size, config.eval.val_fraction = None, 0.25
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      "it holds ['train']; to evaluate on a part of train/, set data.train_split='train[:90%]' "
+      "and data.eval_split='train[90%:]'.")):
+    data.check_present(config)
+  past_the_end = re.escape(
+      "data.eval_split='train[15:21]': Split 'train[15:21]' reaches past the end of its split: "
+      '21 is more than its 20 images.')
+  config.data.train_split, config.data.eval_split = 'train[:80%]', 'train[15:21]'
+  with pytest.raises(ValueError, match=past_the_end):
+    data.check_present(config)
+  config.data.eval_split = 'train[80%:]'
+  data.check_present(config)
+  order = np.random.default_rng(0).permutation(20)
+  pixels = {}
+  for kind in ('memory', 'stream'):
+    config.data.kind = kind
+    train, val, test = subsets.load_data(config)
+    assert (len(train.labels), len(val.labels), len(test.labels)) == (12, 4, 4)
+    pixels[kind] = np.concatenate([b[0] for b in data.split_eval_batches(
+        test, 4, 0, 1, image_size=8)])
+    np.testing.assert_array_equal(pixels[kind], every[np.sort(order[16:])])
+    head = data.open_split(config, 'train[:80%]')
+    np.testing.assert_array_equal(head.labels, np.sort(order[:16]) >= 10)  # both classes
+  # An archive is weighed and checked from its decoded-array cache, the slice's share of it.
+  config.dataset = f'folder:{make_archive(tmp_path / "tree", tmp_path / "tree.tar")}'
+  config.data.kind = 'auto'
+  assert data.choose_kind(config)[1] == '16 images, 3.07 kB decoded <= 4 GB'  # from a listing
+  data.open_split(config, 'train[:80%]')  # decodes train/ and caches it
+  assert data.choose_kind(config)[1] == '16 images, 3.07 kB decoded <= 4 GB'
+  config.data.eval_split = 'train[15:21]'
+  with pytest.raises(ValueError, match=past_the_end):
+    data.check_present(config)
+
+
 def test_corrupt_images_can_be_skipped_and_are_counted(tmp_path, caplog):
   """data.corrupt_images='skip' leaves broken files out, names and counts them (also when the
   split comes from the cache) and keeps the labels of the others aligned."""

@@ -257,7 +257,7 @@ def test_split_slices_are_disjoint_class_mixed_and_cover_the_split(prepared):
   for bad in ('train[:5', 'train[1%:5]', 'train[-2:]'):
     with pytest.raises(ValueError, match='must be <name> or <name>'):
       data.open_split(config, bad)
-  with pytest.raises(ValueError, match='selects none of the 18'):
+  with pytest.raises(ValueError, match='selects none of the 18 images'):
     data.open_split(config, 'train[18:]')
   assert len(data.open_split(config, 'train[:100%]')) == 18 == len(
       data.open_split(config, 'train[:18]'))
@@ -265,7 +265,7 @@ def test_split_slices_are_disjoint_class_mixed_and_cover_the_split(prepared):
                      r'split: 150% is more than 100%\.'):
     data.open_split(config, 'train[:150%]')
   with pytest.raises(ValueError, match=r"Split 'train\[2:19\]' reaches past the end of its "
-                     r'split: 19 is more than its 18 records\.'):
+                     r'split: 19 is more than its 18 images\.'):
     data.open_split(config, 'train[2:19]')
 
 

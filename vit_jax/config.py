@@ -402,8 +402,8 @@ def defaults() -> ml_collections.ConfigDict:
                                       # (streamed: colour), e.g. 3 for a colour checkpoint
       tfds_dir=placeholder(str),      # prepared TFDS data; None: $TFDS_DATA_DIR or
                                       # ~/tensorflow_datasets
-      train_split='train',            # record sources also take slices: 'train[:99%]',
-      eval_split=placeholder(str),    # 'train[102400:]'; None: 'test' in memory, for record
+      train_split='train',            # or a slice: 'train[:99%]', 'train[102400:]';
+      eval_split=placeholder(str),    # None: 'test' for digits and folders, for record
                                       # sources the first of validation, val, test
   ))
   return config

@@ -230,8 +230,13 @@ def image_paths(path: str, split: str, dirs: set[str], file_names: set[str]
   where = os.path.normpath(os.path.join(path, root))
   if split_dir not in dirs:
     held = split_names(dirs)
-    hint = next((f"; set data.eval_split='{n}' to evaluate on it" for n in ('validation', 'val')
-                 if n in held), '') if split == 'test' else ''
+    evaluation = [n for n in ('validation', 'val') if n in held]
+    hint = ''
+    if split == 'test' and evaluation:
+      hint = f"; set data.eval_split='{evaluation[0]}' to evaluate on it"
+    elif split == 'test' and held == ['train']:
+      hint = ("; to evaluate on a part of train/, set data.train_split='train[:90%]' and "
+              "data.eval_split='train[90%:]'")
     raise FileNotFoundError(f"{where} has no '{split}' folder; it holds {held}{hint}.")
   classes = _subfolders(dirs, split_dir)
   if not classes:

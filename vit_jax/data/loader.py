@@ -51,11 +51,12 @@ def _record_source(config: ml_collections.ConfigDict, split: str):
 
 
 def _record_split(config: ml_collections.ConfigDict, split: str) -> pipeline.RecordSplit:
-  """Split `split` of config.dataset as records; record sources take slices such as
-  'train[:99%]' (`_select`), TFDS any split expression."""
-  if config.dataset.startswith(('tfds:', 'folder:')):  # TFDS takes split expressions itself
+  """Split `split` of config.dataset as records: a slice such as 'train[:99%]' is selected
+  (`_select`) before anything is read; TFDS takes any split expression itself."""
+  if config.dataset.startswith('tfds:'):
     return pipeline.RecordSplit(_record_source(config, split))
-  return _select(_record_source(config, parse_split(split)[0]), split)
+  source = _record_source(config, parse_split(split)[0])
+  return _select(pipeline.RecordSplit(source, skipped=source.skipped), split)
 
 
 def _footprint(config: ml_collections.ConfigDict) -> footprint.Footprint:
@@ -64,10 +65,11 @@ def _footprint(config: ml_collections.ConfigDict) -> footprint.Footprint:
   kind, _, arg = config.dataset.partition(':')
   split = config.data.train_split
   if kind == 'folder':
-    shape = folder.cached_shape(arg, split, config.data.cache_dir,
+    shape = folder.cached_shape(arg, parse_split(split)[0], config.data.cache_dir,
                                 config.data.corrupt_images == 'skip')
     if shape is not None:
-      return footprint.of_array(shape)
+      chosen = _slice_indices(split, shape[0])
+      return footprint.of_array(shape if chosen is None else (len(chosen), *shape[1:]))
   return footprint.of_records(_record_split(config, split))
 
 
@@ -76,7 +78,7 @@ def training_examples(config: ml_collections.ConfigDict) -> int:
   (`_footprint`: a record source's count, a folder's listing or its decoded-array cache; the
   embedded digits are loaded)."""
   if config.dataset == 'digits':
-    return len(sources.load_split('digits', config.data.train_split).labels)
+    return len(open_split(config, config.data.train_split).labels)
   return _footprint(config).examples
 
 
@@ -167,41 +169,50 @@ def parse_split(expression: str) -> tuple[str, tuple[int | None, int | None, boo
   return name, (number(start), number(stop), bool(start_pct or stop_pct))
 
 
-def _select(source, expression: str) -> pipeline.RecordSplit:
-  """The records of `expression`: a slice selects from the split's records in a fixed
-  pseudo-random order (the same for every run), so slices mix all classes, as TFDS's shuffled
-  files do; percentages are rounded to records. A bound past the end (more than 100% or the
-  record count) is an error, as in TFDS, not cut to the end."""
-  split = pipeline.RecordSplit(source, skipped=source.skipped)
+def _slice_indices(expression: str, n: int) -> np.ndarray | None:
+  """The sorted indices into a split of `n` examples that `expression` selects (None for a
+  whole split): a slice selects from the split in a fixed pseudo-random order (the same for
+  every run and kind), so slices mix all classes, as TFDS's shuffled files do, though folders
+  and prepared records are ordered by class; percentages are rounded to examples. A bound
+  past the end (more than 100% or the example count) is an error, as in TFDS, not cut to the
+  end."""
   bounds = parse_split(expression)[1]
   if bounds is None:
-    return split
-  n = len(source)
+    return None
   start, stop, percent = bounds
   if past := [v for v in (start, stop) if v is not None and v > (100 if percent else n)]:
     raise ValueError(f'Split {expression!r} reaches past the end of its split: {past[0]}'
-                     + ('% is more than 100%.' if percent else f' is more than its {n} records.'))
+                     + ('% is more than 100%.' if percent else f' is more than its {n} images.'))
   scale = lambda v: None if v is None else (round(v * n / 100) if percent else v)
   chosen = np.random.default_rng(0).permutation(n)[scale(start):scale(stop)]
   if not len(chosen):
-    raise ValueError(f'Split {expression!r} selects none of the {n} records.')
-  return split.take(np.sort(chosen))
+    raise ValueError(f'Split {expression!r} selects none of the {n} images.')
+  return np.sort(chosen)
+
+
+def _select(split: Split | pipeline.RecordSplit, expression: str
+            ) -> Split | pipeline.RecordSplit:
+  """The examples of the whole split `split` that `expression` selects (`_slice_indices`)."""
+  chosen = _slice_indices(expression, len(split.labels))
+  return split if chosen is None else split.take(chosen)
 
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> Split | pipeline.RecordSplit:
   """Split `split` (data.train_split or eval_split_name(config)) of config.dataset, of the
   kind `choose_kind` says (a run calls `resolve_kind` first, so 'auto' is decided once), its
-  images read as data.channels asks (None: as stored; streamed images are colour). Record
-  sources take slices such as 'train[:99%]' (`_select`) in either kind."""
+  images read as data.channels asks (None: as stored; streamed images are colour). Every
+  dataset takes slices such as 'train[:99%]' (`_slice_indices`) in either kind: records are
+  selected before they are decoded, a folder's or the digits' split is decoded (or read from
+  its cache) whole."""
   if is_streamed(config):
     opened = _record_split(config, split)
   elif config.dataset.startswith(('records:', 'tfds:')):
     opened = sources.decode_records(_record_split(config, split),
                                     config.data.corrupt_images == 'skip')
   else:
-    opened = sources.load_split(config.dataset, split, cache_dir=config.data.cache_dir,
-                                corrupt_images=config.data.corrupt_images,
-                                tfds_dir=config.data.tfds_dir)
+    opened = _select(sources.load_split(
+        config.dataset, parse_split(split)[0], cache_dir=config.data.cache_dir,
+        corrupt_images=config.data.corrupt_images, tfds_dir=config.data.tfds_dir), split)
   return opened.with_channels(config.data.get('channels'))  # (absent in runs saved before it)
 
 
@@ -294,10 +305,14 @@ def _check_splits(config: ml_collections.ConfigDict,
         _record_split(config, split)
       elif kind == 'tfds':
         tfds_source.open_source(arg, split, config.data.tfds_dir)
-      elif kind == 'folder' and (files.isdir(arg) or folder.cached_shape(
-          arg, split, config.data.cache_dir, skip) is None):
-        listed = listed or folder.listing(arg, None)
-        folder.image_paths(arg, split, *listed[:2])
+      elif kind == 'folder':
+        name = parse_split(split)[0]
+        shape = None if files.isdir(arg) else folder.cached_shape(
+            arg, name, config.data.cache_dir, skip)
+        if shape is None:
+          listed = listed or folder.listing(arg, None)
+          shape = (len(folder.image_paths(arg, name, *listed[:2])[0]),)
+        _slice_indices(split, shape[0])
 
 
 def check_present(config: ml_collections.ConfigDict) -> None:
