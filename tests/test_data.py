@@ -344,14 +344,12 @@ def test_a_folder_with_only_train_trains_and_evaluates_on_slices_of_it(tmp_path)
   config.data.eval_split = 'train[80%:]'
   data.check_present(config)
   order = np.random.default_rng(0).permutation(20)
-  pixels = {}
   for kind in ('memory', 'stream'):
     config.data.kind = kind
     train, val, test = subsets.load_data(config)
     assert (len(train.labels), len(val.labels), len(test.labels)) == (12, 4, 4)
-    pixels[kind] = np.concatenate([b[0] for b in data.split_eval_batches(
-        test, 4, 0, 1, image_size=8)])
-    np.testing.assert_array_equal(pixels[kind], every[np.sort(order[16:])])
+    pixels = np.concatenate([b[0] for b in data.split_eval_batches(test, 4, 0, 1, image_size=8)])
+    np.testing.assert_array_equal(pixels, every[np.sort(order[16:])])
     head = data.open_split(config, 'train[:80%]')
     np.testing.assert_array_equal(head.labels, np.sort(order[:16]) >= 10)  # both classes
   # An archive is weighed and checked from its decoded-array cache, the slice's share of it.
