@@ -253,6 +253,45 @@ def test_band_noise_stays_in_its_band_and_has_the_asked_std():
     robustness.band_noise((1, 4, 4, 1), (0.5, 0.2), 0.1, rng)
 
 
+def test_the_sweep_figure_draws_seed_means_in_the_reports_colours():
+  """sweep.csv's summary skips 1x1 maps at pi; the figure draws, per model, the mean over its
+  seeds at each size with bars of their sample standard deviation (NaN for one seed), each
+  model in one colour on every panel (the models' order, as the report's figures), ticks at
+  the sizes, a Hessian panel only when it was run."""
+  row = {'model': 'ResNet', 'family': 'resnet', 'depth': 14, 'train_size': 100}
+  summary = run._summary(row, {'fourier': {'delta_log_amplitude': [[0, -1, -2], [0, -.5], [0]]}})
+  assert (summary['log_amplitude_pi_last'], summary['log_amplitude_pi_mean']) == (-.5, -1.25)
+  empty = dict.fromkeys(run.SWEEP_COLUMNS[4:])
+  rows = [dict(empty, model='ResNet', train_size=n, log_amplitude_pi_last=v)
+          for n, v in ((100, -.5), (100, -.7), (1000, -.6), (1000, -.2))]
+  rows += [dict(empty, model='ViT-4', train_size=n, distance_first_layer=d,
+                log_amplitude_pi_last=v) for n, d, v in
+           ((100, 3., -2.), (100, 4., -2.5), (100, 8., -1.), (1000, 5., -3.))]
+  fig = plots.sweep_figure(rows)
+  assert [ax.get_ylabel() for ax in fig.axes] == [
+      'first-layer mean attention distance (px)', 'last block: delta log amplitude at pi']
+  want = {('ResNet', 1): ([-.6, -.4], [np.std([-.5, -.7], ddof=1), np.std([-.6, -.2], ddof=1)]),
+          ('ViT-4', 0): ([5., 5.], [np.std([3., 4., 8.], ddof=1), np.nan]),
+          ('ViT-4', 1): ([-11 / 6, -3.], [np.std([-2., -2.5, -1.], ddof=1), np.nan])}
+  for (model, panel), (means, stds) in want.items():
+    ax = fig.axes[panel]
+    bars = next(c for c in ax.containers if c.get_label() == model)
+    line = bars.lines[0]
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [100, 1000])
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), float), means)
+    assert line.get_color() == {'ResNet': 'C0', 'ViT-4': 'C1'}[model]
+    # each bar from mean - std to mean + std; none where the std is NaN (one seed)
+    half = [(s[1, 1] - s[0, 1]) / 2 if len(s) else np.nan
+            for s in bars.lines[2][0].get_segments()]
+    np.testing.assert_allclose(half, stds)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['100', '1,000']
+  rows[0]['hessian_top'] = 7.
+  with_hessian = plots.sweep_figure(rows)
+  assert with_hessian.axes[2].get_ylabel() == 'top Hessian eigenvalue (mean over batches)'
+  plots.plt.close(fig)
+  plots.plt.close(with_hessian)
+
+
 def test_fixed_position_embeddings_skip_the_posemb_analysis(trained_runs, tmp_path):
   results = run.analyze(trained_runs['sincos'], str(tmp_path), only=None, num_images=4,
                         hessian_batches=1)

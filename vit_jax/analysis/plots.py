@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from vit_jax import files
+from vit_jax.scaling import results
 
 
 def _save(fig, path: str) -> str:
@@ -115,20 +116,52 @@ def noise(result: dict, path: str) -> str:
   return _save(fig, path)
 
 
-def sweep(rows: list[dict], path: str) -> str:
-  """The analyses of a sweep against training-set size (log x), one line per model: mean
-  attention distance of the first layer and delta log amplitude at pi of the last block."""
-  panels = [('distance_first_layer', 'first-layer mean attention distance (px)'),
-            ('log_amplitude_pi_last', 'last block: delta log amplitude at pi')]
-  fig, axes = plt.subplots(1, len(panels), figsize=(10, 4), squeeze=False)
+_SWEEP_PANELS = (('distance_first_layer', 'first-layer mean attention distance (px)'),
+                 ('log_amplitude_pi_last', 'last block: delta log amplitude at pi'),
+                 ('hessian_top', 'top Hessian eigenvalue (mean over batches)'))
+
+
+def _seed_means(rows: list[dict], key: str) -> dict[str, tuple[list, list, list]]:
+  """{model: (training-set sizes ascending, the means of `key` over the seeds, their sample
+  standard deviations, NaN for one seed)} of the `sweep.csv` rows `rows`, models in their
+  order in `rows`; a model without `key` is left out."""
+  out = {}
+  for model in dict.fromkeys(r['model'] for r in rows):
+    by_size = {}
+    for r in rows:
+      if r['model'] == model and r[key] is not None:
+        by_size.setdefault(r['train_size'], []).append(r[key])
+    stats = [results.mean_and_std(values) for _, values in sorted(by_size.items())]
+    if stats:
+      out[model] = (sorted(by_size), [mean for mean, _ in stats],
+                    [np.nan if std is None else std for _, std in stats])
+  return out
+
+
+def sweep_figure(rows: list[dict]) -> plt.Figure:
+  """The `sweep.csv` rows' analyses against training-set size (log x, ticks at the sizes): the
+  first layer's mean attention distance, the last block's delta log amplitude at pi (of the
+  blocks with maps larger than 1x1) and, when run, the top Hessian eigenvalue; one line per
+  model, the mean over its seeds with bars of their standard deviation, each model in its
+  colour of the report's figures (the models' order in results.csv)."""
+  colors = {m: f'C{i % 10}' for i, m in enumerate(dict.fromkeys(r['model'] for r in rows))}
+  panels = [p for p in _SWEEP_PANELS if any(r[p[0]] is not None for r in rows)
+            ] or list(_SWEEP_PANELS[:2])
+  sizes = sorted({r['train_size'] for r in rows})
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
   for ax, (key, label) in zip(axes[0], panels):
-    for model in dict.fromkeys(r['model'] for r in rows):
-      points = sorted((r['train_size'], r[key]) for r in rows
-                      if r['model'] == model and r[key] is not None)
-      if points:
-        ax.plot(*zip(*points), marker='o', label=model)
+    for model, (size, mean, std) in _seed_means(rows, key).items():
+      ax.errorbar(size, mean, yerr=std, fmt='o-', color=colors[model], capsize=3, label=model)
     ax.set(xscale='log', xlabel='training images', ylabel=label)
+    ax.set_xticks(sizes, [f'{s:,}' for s in sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize='small')
-  fig.suptitle('Inside the models across the data-scaling sweep')
-  return _save(fig, path)
+  fig.suptitle('Inside the models across the data-scaling sweep (bars: std over seeds)')
+  fig.tight_layout()
+  return fig
+
+
+def sweep(rows: list[dict], path: str) -> str:
+  """Writes `sweep_figure(rows)` to `path`."""
+  return _save(sweep_figure(rows), path)

@@ -227,15 +227,18 @@ SWEEP_COLUMNS = ('model', 'family', 'depth', 'train_size', 'distance_first_layer
 
 
 def _summary(row: dict, results: dict) -> dict:
-  """One sweep.csv row: the point and scalar summaries of its analyses (None if not run)."""
+  """One sweep.csv row: the point and scalar summaries of its analyses (None if not run). The
+  values at pi are of the blocks whose maps are larger than 1x1 (a 1x1 map, as a ResNet's last
+  units have on small images, has no frequency but 0): the deepest one's and their mean."""
   out = {k: row[k] for k in ('model', 'family', 'depth', 'train_size')}
   out.update(dict.fromkeys(SWEEP_COLUMNS[4:]))
   if 'distance' in results:
     pixels = np.array(results['distance']['pixels'])  # (layers, heads)
     out['distance_first_layer'], out['distance_mean'] = pixels[0].mean(), pixels.mean()
   if 'fourier' in results:
-    at_pi = [curve[-1] for curve in results['fourier']['delta_log_amplitude']]
-    out['log_amplitude_pi_last'], out['log_amplitude_pi_mean'] = at_pi[-1], np.mean(at_pi)
+    at_pi = [curve[-1] for curve in results['fourier']['delta_log_amplitude'] if len(curve) > 1]
+    if at_pi:
+      out['log_amplitude_pi_last'], out['log_amplitude_pi_mean'] = at_pi[-1], np.mean(at_pi)
   if 'hessian' in results:
     out['hessian_top'] = float(np.mean(np.array(results['hessian']['top_eigenvalues'])[:, 0]))
   return out

@@ -112,6 +112,12 @@ def _mean(values: list) -> float | None:
   return float(np.mean(values)) if values else None
 
 
+def mean_and_std(values: list[float]) -> tuple[float, float | None]:
+  """The mean of the seeds' `values` and their sample standard deviation (None for one)."""
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return float(np.mean(values)), std
+
+
 def curves(rows: list[dict]) -> dict[str, list[dict]]:
   """The finished study rows by model label (in order of first appearance): one point per
   training size, sorted by size, with the mean over seeds as 'test_accuracy' (likewise
@@ -127,9 +133,9 @@ def curves(rows: list[dict]) -> dict[str, list[dict]]:
     for size in sorted(by_size):
       seeds = list(by_size[size].values())
       accs = [r['test_accuracy'] for r in seeds]
+      mean, std = mean_and_std(accs)
       out[label].append(dict(
-          seeds[0], test_accuracy=float(np.mean(accs)), test_accuracies=accs,
-          test_std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None, seeds=len(accs),
+          seeds[0], test_accuracy=mean, test_accuracies=accs, test_std=std, seeds=len(accs),
           **{k: _mean([r[k] for r in seeds])
              for k in ('val_accuracy', 'fewshot_accuracy', 'train_flops')}))
   return out
