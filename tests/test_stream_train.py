@@ -79,8 +79,8 @@ def test_analyze_and_export_a_run_on_prepared_records(prepared, records_run, tmp
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
   proc = subprocess.run([sys.executable, '-m', 'vit_jax.analyze', f'--workdir={workdir}',
                          f'--out={tmp_path / "analysis"}', '--only=distance,noise,hessian',
-                         '--images=4', '--hessian_batches=1'], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+                         '--images=4', '--hessian_batches=1'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = files.read_json(str(tmp_path / 'analysis' / 'analysis.json'))
   distance = np.array(saved['distance']['pixels'])  # (1 layer, heads), in pixels of 16
