@@ -77,7 +77,7 @@ def test_random_patch_in_pixels_is_that_patch_embedding(tiny_vit):
   out, _, _ = mpp.corrupt(jax.random.PRNGKey(3), jnp.asarray(images), 4, mask_fraction=0.,
                           random_fraction=1.)
   embed = lambda x: numpy_patches(np.asarray(x), 4) @ kernel
-  before, after = embed(images).reshape(-1, kernel.shape[1]), embed(out).reshape(-1, kernel.shape[1])
+  before, after = (embed(x).reshape(-1, kernel.shape[1]) for x in (images, out))
   changed = ~np.isclose(before, after).all(-1)
   assert changed.sum() >= 16
   for row in after[changed]:

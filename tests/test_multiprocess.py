@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow  # trains, sweeps or compiles whole programs
 
 # SGD: Adam turns the rounding noise of gradients that are zero in exact arithmetic (the key
 # bias) into full-size steps, so its parameters would not compare (see test_sharding.py).
-SMOKE = ['--config.optim.name=sgd', '--config.total_steps=4', '--config.batch_size=32', '--config.log_every=1',
-         '--config.eval_every=4', '--config.checkpoint_every=2', '--config.model.num_layers=1',
+SMOKE = ['--config.optim.name=sgd', '--config.total_steps=4', '--config.batch_size=32',
+         '--config.log_every=1', '--config.eval_every=4', '--config.checkpoint_every=2',
+         '--config.model.num_layers=1',
          '--config.eval.fewshot_shots=()', "--config.mesh=(('data', 2), ('fsdp', 4))"]
 TIMEOUT = 300
 

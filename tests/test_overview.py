@@ -42,7 +42,8 @@ def test_the_transformer_blocks_that_agree_are_one_row():
   kernel = lambda i: (f'Transformer/encoderblock_{i}/Dense_0/kernel', '(4, 8)', 32,
                       'replicated' if i == 1 else "('fsdp', None)")
   assert overview.group_blocks(rows) == [
-      kernel(0), ('Transformer/encoderblock_0..11/LayerNorm_0/scale', '12 x (4,)', 48, 'replicated'),
+      kernel(0),
+      ('Transformer/encoderblock_0..11/LayerNorm_0/scale', '12 x (4,)', 48, 'replicated'),
       *[kernel(i) for i in (1, 10, 11, *range(2, 10))],
       ('head/bias', '(3,)', 3, 'replicated')]
   lines = overview.parameter_table(tree).splitlines()
