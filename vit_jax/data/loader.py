@@ -59,17 +59,25 @@ def _record_split(config: ml_collections.ConfigDict, split: str) -> pipeline.Rec
   return _select(pipeline.RecordSplit(source, skipped=source.skipped), split)
 
 
+def _cached_shape(config: ml_collections.ConfigDict, split: str) -> tuple[int, ...] | None:
+  """(N, H, W, C) of split `split` of a 'folder:' dataset from its decoded-array cache (for a
+  slice, N is the slice's share; one past the end raises ValueError), or None when the split
+  is not cached."""
+  shape = folder.cached_shape(config.dataset.partition(':')[2], parse_split(split)[0],
+                              config.data.cache_dir, config.data.corrupt_images == 'skip')
+  if shape is None:
+    return None
+  chosen = _slice_indices(split, shape[0])
+  return shape if chosen is None else (len(chosen), *shape[1:])
+
+
 def _footprint(config: ml_collections.ConfigDict) -> footprint.Footprint:
   """The decoded size of the training split: a 'folder:' split from its decoded-array cache
   when it is there, else any split from its records (`footprint.of_records`)."""
-  kind, _, arg = config.dataset.partition(':')
   split = config.data.train_split
-  if kind == 'folder':
-    shape = folder.cached_shape(arg, parse_split(split)[0], config.data.cache_dir,
-                                config.data.corrupt_images == 'skip')
-    if shape is not None:
-      chosen = _slice_indices(split, shape[0])
-      return footprint.of_array(shape if chosen is None else (len(chosen), *shape[1:]))
+  shape = _cached_shape(config, split) if config.dataset.startswith('folder:') else None
+  if shape is not None:
+    return footprint.of_array(shape)
   return footprint.of_records(_record_split(config, split))
 
 
@@ -297,7 +305,6 @@ def _check_splits(config: ml_collections.ConfigDict,
   split (None: none). Decodes no image: a tree is listed once (an archive only when a split's
   decoded-array cache is missing)."""
   kind, _, arg = config.dataset.partition(':')
-  skip = config.data.corrupt_images == 'skip'
   listed = None
   for field, split in zip(fields, (config.data.train_split, eval_split_name(config))):
     with _naming_split(field, split):
@@ -305,14 +312,10 @@ def _check_splits(config: ml_collections.ConfigDict,
         _record_split(config, split)
       elif kind == 'tfds':
         tfds_source.open_source(arg, split, config.data.tfds_dir)
-      elif kind == 'folder':
-        name = parse_split(split)[0]
-        shape = None if files.isdir(arg) else folder.cached_shape(
-            arg, name, config.data.cache_dir, skip)
-        if shape is None:
-          listed = listed or folder.listing(arg, None)
-          shape = (len(folder.image_paths(arg, name, *listed[:2])[0]),)
-        _slice_indices(split, shape[0])
+      elif kind == 'folder' and (files.isdir(arg) or _cached_shape(config, split) is None):
+        listed = listed or folder.listing(arg, None)
+        paths = folder.image_paths(arg, parse_split(split)[0], *listed[:2])[0]
+        _slice_indices(split, len(paths))
 
 
 def check_present(config: ml_collections.ConfigDict) -> None:
