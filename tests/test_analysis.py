@@ -7,11 +7,11 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
 
 from configs import quickstart
 from numpy_vit import mean_attention_distance, vit_forward
+from test_data import write_images
 from vit_jax import checkpoint, data, train
 from vit_jax import config as config_lib
 from vit_jax.analysis import attention, embeddings, fourier, hessian, plots, robustness, run
@@ -176,13 +176,9 @@ def test_a_test_folder_of_the_other_kind_is_analysed_as_training_evaluated_it(tm
   """Colour training images and a grayscale test folder: the run evaluates the test images as
   colour, and so does the analysis (the model's kernel wants 3 channels); its attention
   distances equal the NumPy ViT's on the grayscale PNGs repeated to RGB (Pillow's conversion)."""
-  rng = np.random.default_rng(0)
-  for split, shape in (('train', (8, 8, 3)), ('test', (8, 8))):
-    for name in ('a', 'b'):
-      os.makedirs(tmp_path / 'tree' / split / name)
-      for i in range(6):
-        Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(
-            tmp_path / 'tree' / split / name / f'{i}.png')
+  for s, (split, shape) in enumerate((('train', (8, 8, 3)), ('test', (8, 8, 1)))):
+    for c, name in enumerate(('a', 'b')):
+      write_images(tmp_path / 'tree' / split / name, shape=shape, count=6, seed=2 * s + c)
   config = quickstart.get_config()
   config.model = config_lib.model_config('ViT-Nano_2', num_layers=2)
   config.dataset, config.data.cache_dir = f'folder:{tmp_path / "tree"}', str(tmp_path / 'c')
